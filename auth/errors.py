@@ -1,0 +1,17 @@
+"""The one exception an authenticator raises, carrying the status a transport answers with."""
+
+from __future__ import annotations
+
+
+class AuthError(Exception):
+    """A handshake was refused.
+
+    `status` is the HTTP status to answer (401: credential missing or invalid;
+    403: credential fine but not allowed here, e.g. a foreign Origin). `reason` is safe to log
+    and to return: it never contains the credential.
+    """
+
+    def __init__(self, reason: str, status: int = 401) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status

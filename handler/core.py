@@ -1,0 +1,242 @@
+"""The chat itself, independent of any transport.
+
+A transport drives it with three calls, `connect`, `message` and `disconnect` (plus `expire`
+when a credential runs out), and it answers only through the ports it was given. It never
+waits on a client: delivery queues and returns.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from auth.principal import Principal
+from handler import wire
+from handler.ports import (
+    ChatMessage,
+    Connection,
+    ConnectionStore,
+    Delivery,
+    Dialect,
+    MessageLog,
+)
+from handler.ratelimit import TokenBucket
+from handler.wire import CloseCode, ErrorCode, FrameError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_message_bytes: int = 32 * 1024
+    rate_per_second: float = 20.0
+    rate_burst: int = 40
+    rate_abuse_strikes: int = 20
+    welcome_history: int = 20
+    history_page: int = 500
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectParams:
+    dialect: Dialect = Dialect.TEXT
+    q: int | None = None
+    since: int | None = None
+
+
+@dataclass(slots=True)
+class _RateState:
+    bucket: TokenBucket
+    strikes: int = 0
+
+
+class ChatCore:
+    def __init__(
+        self,
+        connections: ConnectionStore,
+        messages: MessageLog,
+        delivery: Delivery,
+        limits: Limits | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.connections = connections
+        self.messages = messages
+        self.delivery = delivery
+        self.limits = limits or Limits()
+        self._clock = clock
+        # Rate state lives with the process: exact locally, per warm container on Lambda.
+        self._rates: dict[str, _RateState] = {}
+
+    # --- the three calls ------------------------------------------------------------------
+
+    def connect(
+        self, connection_id: str, room: str, principal: Principal, params: ConnectParams
+    ) -> Connection:
+        """Register an accepted connection, welcome it (JSON dialect) and announce it."""
+        connection = Connection(
+            id=connection_id,
+            room=room,
+            user_id=principal.id,
+            user_name=principal.name,
+            dialect=params.dialect,
+            echo=principal.echo,
+            q=params.q,
+            expires_at=principal.expires_at,
+        )
+        self.connections.add(connection)
+        members = self.connections.in_room(room)
+        if connection.dialect is Dialect.JSON:
+            if params.since is None:
+                history = self.messages.recent(room, self.limits.welcome_history)
+            else:
+                history = self.messages.after(room, params.since, self.limits.history_page)
+            latest = self.messages.latest_id(room)
+            welcome = wire.welcome_frame(connection, len(members), history, latest)
+            self._deliver([connection_id], welcome)
+        self._announce("join", connection, members)
+        return connection
+
+    def message(self, connection_id: str, frame: str | bytes) -> None:
+        """Handle one inbound frame from a connected client."""
+        connection = self.connections.get(connection_id)
+        if connection is None:
+            log.warning("frame from unknown connection %s; closing it", connection_id)
+            self.delivery.close(connection_id, CloseCode.POLICY_VIOLATION, "unknown connection")
+            return
+        size = len(frame) if isinstance(frame, bytes) else len(frame.encode())
+        if size > self.limits.max_message_bytes:
+            self.delivery.close(
+                connection_id,
+                CloseCode.MESSAGE_TOO_BIG,
+                f"message over {self.limits.max_message_bytes} bytes",
+            )
+            return
+        if not self._within_rate(connection):
+            return
+        if isinstance(frame, bytes):
+            self._refuse(
+                connection, ErrorCode.BINARY_UNSUPPORTED, "binary frames are not supported"
+            )
+        elif connection.dialect is Dialect.TEXT:
+            self._text(connection, frame)
+        else:
+            self._json(connection, frame)
+
+    def disconnect(self, connection_id: str) -> None:
+        """Forget a connection and tell the room. Safe to call twice."""
+        self._rates.pop(connection_id, None)
+        connection = self.connections.remove(connection_id)
+        if connection is not None:
+            self._announce("leave", connection, self.connections.in_room(connection.room))
+
+    def expire(self, connection_id: str) -> None:
+        """The connection's credential ran out: say so (JSON dialect) and close with 4401."""
+        connection = self.connections.get(connection_id)
+        if connection is not None and connection.dialect is Dialect.JSON:
+            frame = wire.error_frame(ErrorCode.TOKEN_EXPIRED, "credential expired; reconnect")
+            self._deliver([connection_id], frame)
+        self.delivery.close(connection_id, CloseCode.TOKEN_EXPIRED, "token expired")
+
+    def publish(
+        self,
+        room: str,
+        user_id: str,
+        user_name: str,
+        text: str,
+        client_msg_id: str | None = None,
+        sender: Connection | None = None,
+    ) -> tuple[ChatMessage, bool]:
+        """Store a message and deliver it to the room (the sender's text-dialect socket
+        excepted: it already got the seed's echo). A repeated `client_msg_id` is stored and
+        delivered once; the repeat is acknowledged to the JSON sender only."""
+        message, created = self.messages.append(room, user_id, user_name, text, client_msg_id)
+        if not created:
+            if sender is not None and sender.dialect is Dialect.JSON:
+                self._deliver([sender.id], wire.message_frame(message))
+            return message, False
+        text_ids: list[str] = []
+        json_ids: list[str] = []
+        for member in self.connections.in_room(room):
+            if member.dialect is Dialect.JSON:
+                json_ids.append(member.id)
+            elif sender is None or member.id != sender.id:
+                text_ids.append(member.id)
+        # Each payload is encoded once, however many recipients it has.
+        if text_ids:
+            self._deliver(text_ids, wire.chat_line(message))
+        if json_ids:
+            self._deliver(json_ids, wire.message_frame(message))
+        return message, True
+
+    # --- dialects -------------------------------------------------------------------------
+
+    def _text(self, connection: Connection, data: str) -> None:
+        for line in wire.seed_lines(connection, data):
+            self._deliver([connection.id], line)
+        # An empty line gets the seed's echo but is not worth storing or broadcasting.
+        if data.strip():
+            self.publish(
+                connection.room, connection.user_id, connection.user_name, data, None, connection
+            )
+
+    def _json(self, connection: Connection, frame: str) -> None:
+        try:
+            action = wire.parse_action(frame)
+        except FrameError as error:
+            self._refuse(connection, error.code, error.detail)
+            return
+        if isinstance(action, wire.SendMessage):
+            if not action.text.strip():
+                self._refuse(connection, ErrorCode.EMPTY_MESSAGE, "`text` must not be empty")
+                return
+            self.publish(
+                connection.room,
+                connection.user_id,
+                connection.user_name,
+                action.text,
+                action.client_msg_id,
+                connection,
+            )
+        elif isinstance(action, wire.HistoryRequest):
+            room = connection.room
+            history = self.messages.after(room, action.since, self.limits.history_page)
+            latest = self.messages.latest_id(room)
+            self._deliver([connection.id], wire.history_frame(room, history, latest))
+        else:
+            self._deliver([connection.id], wire.pong_frame())
+
+    # --- helpers --------------------------------------------------------------------------
+
+    def _within_rate(self, connection: Connection) -> bool:
+        state = self._rates.get(connection.id)
+        if state is None:
+            bucket = TokenBucket(self.limits.rate_per_second, self.limits.rate_burst, self._clock)
+            state = self._rates[connection.id] = _RateState(bucket)
+        if state.bucket.take():
+            state.strikes = 0
+            return True
+        state.strikes += 1
+        if state.strikes >= self.limits.rate_abuse_strikes:
+            log.warning("closing %s: sustained flood over the rate limit", connection.id)
+            self.delivery.close(connection.id, CloseCode.POLICY_VIOLATION, "rate limit abuse")
+        else:
+            detail = f"over {self.limits.rate_per_second:g} messages/s; message dropped"
+            self._refuse(connection, ErrorCode.RATE_LIMITED, detail)
+        return False
+
+    def _refuse(self, connection: Connection, code: str, detail: str) -> None:
+        if connection.dialect is Dialect.JSON:
+            self._deliver([connection.id], wire.error_frame(code, detail))
+        else:
+            self._deliver([connection.id], wire.error_line(detail))
+
+    def _announce(self, event: str, connection: Connection, members: Sequence[Connection]) -> None:
+        others = [m.id for m in members if m.dialect is Dialect.JSON and m.id != connection.id]
+        if others:
+            self._deliver(others, wire.presence_frame(event, connection, len(members)))
+
+    def _deliver(self, connection_ids: Sequence[str], payload: str) -> None:
+        for gone in self.delivery.send(connection_ids, payload):
+            log.info("connection %s is gone; forgetting it", gone)
+            self.connections.remove(gone)

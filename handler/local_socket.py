@@ -1,0 +1,108 @@
+"""The uvicorn transport: translates a Starlette WebSocket into the core's three calls."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+import unicodedata
+from typing import Annotated, Literal
+
+from fastapi import Query, WebSocket, WebSocketException
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import PlainTextResponse
+
+from auth.credentials import BEARER_SUBPROTOCOL
+from auth.errors import AuthError
+from auth.handshake import Handshake
+from handler.core import ConnectParams
+from handler.ports import Dialect
+from handler.service import LocalChat
+from handler.wire import CloseCode
+from infra.local_delivery import Outbox
+
+log = logging.getLogger(__name__)
+
+JSON_SUBPROTOCOL = "wschat.json"
+
+
+def room_problem(room: str, max_length: int) -> str | None:
+    """Why a room name is refused, or None. Any printable Unicode is a fine room name."""
+    if len(room) > max_length:
+        return f"room name longer than {max_length} characters"
+    if any(unicodedata.category(ch).startswith("C") for ch in room):
+        return "room name contains control characters"
+    return None
+
+
+def choose_subprotocol(offered: list[str]) -> tuple[Dialect | None, str | None]:
+    """The dialect a subprotocol asks for, and the subprotocol to select (never a token)."""
+    if JSON_SUBPROTOCOL in offered:
+        return Dialect.JSON, JSON_SUBPROTOCOL
+    if BEARER_SUBPROTOCOL in offered:
+        return None, BEARER_SUBPROTOCOL
+    return None, None
+
+
+async def chat_socket(
+    websocket: WebSocket,
+    item_id: str,
+    q: int | None = None,
+    since: Annotated[int | None, Query(ge=0)] = None,
+    dialect: Annotated[Literal["text", "json"] | None, Query(alias="format")] = None,
+) -> None:
+    """`/items/{item_id}/ws`: the seed's endpoint, now a room of a chat."""
+    chat: LocalChat = websocket.app.state.chat
+    problem = room_problem(item_id, chat.settings.max_room_length)
+    if problem is not None:
+        raise WebSocketException(CloseCode.POLICY_VIOLATION, problem)
+    handshake = Handshake.from_asgi(websocket.scope)
+    try:
+        principal = await run_in_threadpool(chat.authenticator.authenticate, handshake)
+    except AuthError as error:
+        log.info("handshake refused (%d): %s", error.status, error.reason)
+        if error.status == 403:
+            # The seed's answer: a policy-violation close before accept, which is HTTP 403.
+            raise WebSocketException(CloseCode.POLICY_VIOLATION, error.reason) from None
+        await websocket.send_denial_response(
+            PlainTextResponse(error.reason, status_code=error.status)
+        )
+        return
+
+    offered_dialect, subprotocol = choose_subprotocol(list(handshake.subprotocols))
+    chosen = Dialect(dialect) if dialect else (offered_dialect or Dialect.TEXT)
+    await websocket.accept(subprotocol=subprotocol)
+
+    connection_id = secrets.token_urlsafe(9)
+    outbox = Outbox(websocket.send_text, websocket.close, chat.settings.send_queue_frames)
+    chat.delivery.register(connection_id, outbox)
+    writer = outbox.start()
+    expiry: asyncio.TimerHandle | None = None
+    try:
+        chat.core.connect(connection_id, item_id, principal, ConnectParams(chosen, q, since))
+        if principal.expires_at is not None:
+            delay = max(0.0, principal.expires_at - time.time())
+            expiry = asyncio.get_running_loop().call_later(delay, chat.core.expire, connection_id)
+        reader = asyncio.create_task(_read(websocket, chat, connection_id, outbox))
+        # Whichever side ends first ends the connection: the client hanging up, or the
+        # writer finishing a close (slow consumer, oversize frame, expiry, abuse).
+        await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
+        reader.cancel()
+    finally:
+        if expiry is not None:
+            expiry.cancel()
+        chat.core.disconnect(connection_id)
+        chat.delivery.unregister(connection_id)
+        writer.cancel()
+
+
+async def _read(websocket: WebSocket, chat: LocalChat, connection_id: str, outbox: Outbox) -> None:
+    while True:
+        message = await websocket.receive()
+        if message["type"] == "websocket.disconnect":
+            return
+        if outbox.closing:
+            continue  # a close is on its way; what the client says now is moot
+        text = message.get("text")
+        chat.core.message(connection_id, text if text is not None else message.get("bytes", b""))

@@ -1,0 +1,90 @@
+"""What the chat core needs from the outside world, and the records it exchanges with it.
+
+Each port has a local adapter (in memory, asyncio) and a serverless one (DynamoDB, the API
+Gateway Management API). Ports are synchronous: the local adapters never block, and Lambda
+handlers are synchronous anyway.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Protocol
+
+
+class Dialect(StrEnum):
+    TEXT = "text"  # the seed's plain lines
+    JSON = "json"  # one JSON object per frame
+
+
+@dataclass(frozen=True, slots=True)
+class Connection:
+    """One open WebSocket as the core remembers it between frames."""
+
+    id: str
+    room: str
+    user_id: str
+    user_name: str
+    dialect: Dialect
+    echo: str  # what the seed's first line shows to this user (see Principal.echo)
+    q: int | None = None
+    expires_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ChatMessage:
+    """A message as stored in a room's history. `id` increases strictly within a room."""
+
+    id: int
+    room: str
+    user_id: str
+    user_name: str
+    text: str
+    ts: float
+    client_msg_id: str | None = None
+
+
+class ConnectionStore(Protocol):
+    def add(self, connection: Connection) -> None: ...
+
+    def get(self, connection_id: str) -> Connection | None: ...
+
+    def remove(self, connection_id: str) -> Connection | None:
+        """Forget a connection; return what was stored, or None if it was unknown."""
+        ...
+
+    def in_room(self, room: str) -> Sequence[Connection]: ...
+
+
+class MessageLog(Protocol):
+    def append(
+        self, room: str, user_id: str, user_name: str, text: str, client_msg_id: str | None
+    ) -> tuple[ChatMessage, bool]:
+        """Store a message under the room's next id. Returns (message, created): a repeated
+        `client_msg_id` from the same user returns the stored message with created=False."""
+        ...
+
+    def after(self, room: str, after_id: int, limit: int) -> Sequence[ChatMessage]:
+        """Messages with id > after_id, oldest first, at most `limit`."""
+        ...
+
+    def recent(self, room: str, limit: int) -> Sequence[ChatMessage]:
+        """The last `limit` messages, oldest first."""
+        ...
+
+    def latest_id(self, room: str) -> int: ...
+
+
+class Delivery(Protocol):
+    def send(self, connection_ids: Sequence[str], payload: str) -> Sequence[str]:
+        """Queue `payload` for each connection without waiting on any of them.
+
+        Returns the ids found to be gone, so the caller can forget them. A failure to reach
+        one connection never prevents delivery to the others.
+        """
+        ...
+
+    def close(self, connection_id: str, code: int, reason: str) -> None:
+        """Close a connection after the frames already queued for it."""
+        ...

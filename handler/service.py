@@ -1,0 +1,39 @@
+"""The local chat service: the core wired to in-memory stores and per-connection outboxes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from auth.base import Authenticator
+from auth.factory import build_authenticator
+from handler.core import ChatCore, Limits
+from infra.local_delivery import LocalDelivery
+from infra.memory import MemoryConnections, MemoryMessageLog
+from infra.settings import Settings
+
+
+@dataclass
+class LocalChat:
+    settings: Settings
+    core: ChatCore
+    delivery: LocalDelivery
+    connections: MemoryConnections
+    authenticator: Authenticator
+
+
+def limits_from(settings: Settings) -> Limits:
+    return Limits(
+        max_message_bytes=settings.max_message_bytes,
+        rate_per_second=settings.rate_per_second,
+        rate_burst=settings.rate_burst,
+        rate_abuse_strikes=settings.rate_abuse_strikes,
+        welcome_history=settings.welcome_history,
+    )
+
+
+def build_local_chat(settings: Settings) -> LocalChat:
+    connections = MemoryConnections()
+    delivery = LocalDelivery()
+    messages = MemoryMessageLog(size=settings.history_size)
+    core = ChatCore(connections, messages, delivery, limits_from(settings))
+    return LocalChat(settings, core, delivery, connections, build_authenticator(settings))

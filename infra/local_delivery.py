@@ -1,0 +1,133 @@
+"""Local delivery: one bounded queue and one writer task per connection.
+
+Broadcasting only enqueues, so a slow reader can never hold up a room. A connection whose
+queue overflows is closed with 1013 instead of being allowed to grow without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
+
+TRY_AGAIN_LATER = 1013
+
+
+@dataclass(frozen=True, slots=True)
+class _Close:
+    code: int
+    reason: str
+
+
+class Outbox:
+    """The frames waiting for one client, and the task that writes them in order.
+
+    Call `start()` once the socket is accepted; `finished` completes when the writer stops
+    (after sending a close, or when the socket fails). After a close is requested the
+    writer gets `close_grace` seconds to flush it; a client that still is not reading is
+    then abandoned so the server can let go of it.
+    """
+
+    def __init__(
+        self,
+        send: Callable[[str], Awaitable[None]],
+        close: Callable[[int, str], Awaitable[None]],
+        capacity: int,
+        close_grace: float = 10.0,
+    ) -> None:
+        self._send = send
+        self._close = close
+        self._queue: asyncio.Queue[str | _Close] = asyncio.Queue(capacity)
+        self._close_grace = close_grace
+        self._closing = False
+        self._abandoned = False
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> asyncio.Task[None]:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+        return self._task
+
+    @property
+    def closing(self) -> bool:
+        return self._closing
+
+    def offer(self, payload: str) -> None:
+        """Queue a frame; on overflow, drop the backlog and close the connection with 1013."""
+        if self._closing:
+            return
+        try:
+            self._queue.put_nowait(payload)
+        except asyncio.QueueFull:
+            log.warning("send queue full (%d frames); closing slow consumer", self._queue.maxsize)
+            self._discard_backlog()
+            self.request_close(TRY_AGAIN_LATER, "slow consumer: send queue full")
+
+    def request_close(self, code: int, reason: str) -> None:
+        """Close after the frames already queued. Only the first request counts."""
+        if self._closing:
+            return
+        self._closing = True
+        if self._queue.full():
+            self._discard_backlog()
+        self._queue.put_nowait(_Close(code, reason))
+        if self._task is not None:
+            asyncio.get_running_loop().call_later(self._close_grace, self._abandon)
+
+    def _abandon(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._abandoned = True
+            self._task.cancel()
+
+    def _discard_backlog(self) -> None:
+        while not self._queue.empty():
+            self._queue.get_nowait()
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                item = await self._queue.get()
+                if isinstance(item, _Close):
+                    await self._close(item.code, item.reason)
+                    return
+                await self._send(item)
+        except asyncio.CancelledError:
+            if not self._abandoned:
+                raise
+            log.info("client did not take its close frame in time; abandoning it")
+        except Exception as error:  # the socket is gone; the reader side will notice too
+            log.debug("writer stopped: %r", error)
+
+
+class LocalDelivery:
+    """The delivery port over the outboxes of this process's connections."""
+
+    def __init__(self) -> None:
+        self._outboxes: dict[str, Outbox] = {}
+
+    def register(self, connection_id: str, outbox: Outbox) -> None:
+        self._outboxes[connection_id] = outbox
+
+    def unregister(self, connection_id: str) -> None:
+        self._outboxes.pop(connection_id, None)
+
+    def send(self, connection_ids: Sequence[str], payload: str) -> Sequence[str]:
+        gone: list[str] = []
+        for connection_id in connection_ids:
+            outbox = self._outboxes.get(connection_id)
+            if outbox is None:
+                gone.append(connection_id)
+            else:
+                outbox.offer(payload)
+        return gone
+
+    def close(self, connection_id: str, code: int, reason: str) -> None:
+        outbox = self._outboxes.get(connection_id)
+        if outbox is not None:
+            outbox.request_close(code, reason)
+
+    def close_all(self, code: int, reason: str) -> None:
+        for outbox in list(self._outboxes.values()):
+            outbox.request_close(code, reason)
