@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Sequence
 
 from infra.settings import get_settings
 
+H11_MAX_HEAD = 16 * 1024
+WS_MAX_LINE = 1024 * 1024
+
 
 def _serve(args: argparse.Namespace) -> int:
+    # h11 refuses request heads over 16 KiB with a 400. The WebSocket layer re-parses the
+    # upgrade request with its own 8 KiB line limit, and uvicorn mishandles a line over that
+    # (the client hangs), so let it accept whatever h11 let through. Read at import time.
+    os.environ.setdefault("WEBSOCKETS_MAX_LINE_LENGTH", str(WS_MAX_LINE))
     import uvicorn
 
     from infra.log_redaction import log_config
@@ -20,6 +28,8 @@ def _serve(args: argparse.Namespace) -> int:
         host=args.host or settings.host,
         port=args.port if args.port is not None else settings.port,
         reload=args.reload,
+        http="h11",
+        h11_max_incomplete_event_size=H11_MAX_HEAD,
         log_config=log_config(settings.log_level),
         log_level=settings.log_level,
         # WebSocket safety: frames over our own limit are refused by the protocol layer

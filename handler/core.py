@@ -116,7 +116,9 @@ class ChatCore:
             return
         if isinstance(frame, bytes):
             self._refuse(
-                connection, ErrorCode.BINARY_UNSUPPORTED, "binary frames are not supported"
+                connection,
+                ErrorCode.BINARY_UNSUPPORTED,
+                "binary frames are not supported; send text",
             )
         elif connection.dialect is Dialect.TEXT:
             self._text(connection, frame)

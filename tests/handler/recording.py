@@ -1,0 +1,33 @@
+"""A delivery port that records what the core sent, for driving the core without sockets."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+
+class RecordingDelivery:
+    def __init__(self) -> None:
+        self.frames: dict[str, list[str]] = defaultdict(list)
+        self.closed: dict[str, tuple[int, str]] = {}
+        self.gone: set[str] = set()
+
+    def send(self, connection_ids: Sequence[str], payload: str) -> Sequence[str]:
+        gone = [cid for cid in connection_ids if cid in self.gone]
+        for cid in connection_ids:
+            if cid not in self.gone:
+                self.frames[cid].append(payload)
+        return gone
+
+    def close(self, connection_id: str, code: int, reason: str) -> None:
+        self.closed.setdefault(connection_id, (code, reason))
+
+    def take(self, connection_id: str) -> list[str]:
+        """Frames sent to a connection since the last take."""
+        frames, self.frames[connection_id] = self.frames[connection_id], []
+        return frames
+
+    def take_json(self, connection_id: str) -> list[dict[str, Any]]:
+        return [json.loads(frame) for frame in self.take(connection_id)]

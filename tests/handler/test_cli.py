@@ -1,0 +1,60 @@
+"""`wschat serve`: safe WebSocket settings, credential-free logs, nothing done at import."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import websockets
+
+from handler.cli import main
+from tests.servers import Server
+
+
+async def test_per_message_deflate_is_off_by_default(server: Server) -> None:
+    # The client offers permessage-deflate; the server must decline it.
+    async with websockets.connect(server.ws("/items/z/ws?token=t"), compression="deflate") as ws:
+        assert ws.protocol.extensions == []
+
+
+async def test_deflate_can_be_turned_on(start_server) -> None:  # type: ignore[no-untyped-def]
+    server = start_server(WSCHAT_WS_PER_MESSAGE_DEFLATE="true")
+    async with websockets.connect(server.ws("/items/z/ws?token=t"), compression="deflate") as ws:
+        assert [e.name for e in ws.protocol.extensions] == ["permessage-deflate"]
+
+
+async def test_access_log_never_shows_the_token(server: Server) -> None:
+    secret = "sekrit-token-4f9a1c"
+    async with websockets.connect(server.ws(f"/items/log/ws?token={secret}&q=1")) as ws:
+        await ws.send("hello")
+        for _ in range(3):
+            await ws.recv()
+    async with websockets.connect(
+        server.ws("/items/log/ws"), additional_headers={"Authorization": f"Bearer {secret}"}
+    ) as ws:
+        await ws.send("hi")
+        await ws.recv()
+    log = server.log()
+    assert "/items/log/ws?token=[redacted]&q=1" in log  # the line is there, the token is not
+    assert secret not in log
+
+
+def test_importing_the_app_reads_no_settings() -> None:
+    code = (
+        "import handler.app, handler.cli, infra.settings;"
+        "print(infra.settings.get_settings.cache_info().currsize)"
+    )
+    out = subprocess.run(  # noqa: S603
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "0"
+
+
+def test_serve_help_lists_its_options(capsys) -> None:  # type: ignore[no-untyped-def]
+    try:
+        main(["serve", "--help"])
+    except SystemExit as exit_:
+        assert exit_.code == 0
+    help_text = capsys.readouterr().out
+    for option in ("--host", "--port", "--reload"):
+        assert option in help_text

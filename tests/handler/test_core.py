@@ -1,0 +1,285 @@
+"""The chat core driven directly, with in-memory stores and a recording delivery port."""
+
+from __future__ import annotations
+
+import pytest
+
+from auth.principal import Principal
+from handler.core import ChatCore, ConnectParams, Limits
+from handler.ports import Dialect
+from infra.memory import MemoryConnections, MemoryMessageLog
+from tests.handler.recording import RecordingDelivery
+
+TEXT = ConnectParams(Dialect.TEXT)
+JSON = ConnectParams(Dialect.JSON)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def principal(name: str, echo: str | None = None) -> Principal:
+    return Principal(id=f"id-{name}", name=name, echo=echo or f"tok-{name}")
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def delivery() -> RecordingDelivery:
+    return RecordingDelivery()
+
+
+@pytest.fixture
+def connections() -> MemoryConnections:
+    return MemoryConnections()
+
+
+@pytest.fixture
+def core(connections: MemoryConnections, delivery: RecordingDelivery, clock: FakeClock) -> ChatCore:
+    limits = Limits(max_message_bytes=64, rate_per_second=2, rate_burst=3, rate_abuse_strikes=4)
+    return ChatCore(connections, MemoryMessageLog(size=5), delivery, limits, clock)
+
+
+def test_text_sender_gets_exactly_the_seed_lines_and_others_get_one_line(
+    core: ChatCore, delivery: RecordingDelivery
+) -> None:
+    core.connect("a", "foo", principal("alice", "some-key-token"), ConnectParams(q=5))
+    core.connect("b", "foo", principal("bob"), TEXT)
+    core.message("a", "hello")
+    assert delivery.take("a") == [
+        "Session cookie or query token value is: some-key-token",
+        "Query parameter q is: 5",
+        "Message text was: hello, for item ID: foo",
+    ]
+    assert delivery.take("b") == ["alice: hello"]
+
+
+def test_q_line_only_when_q_given(core: ChatCore, delivery: RecordingDelivery) -> None:
+    core.connect("a", "foo", principal("alice"), TEXT)
+    core.message("a", "x")
+    assert delivery.take("a") == [
+        "Session cookie or query token value is: tok-alice",
+        "Message text was: x, for item ID: foo",
+    ]
+
+
+def test_rooms_are_isolated(core: ChatCore, delivery: RecordingDelivery) -> None:
+    core.connect("a", "r1", principal("alice"), TEXT)
+    core.connect("b", "r1", principal("bob"), TEXT)
+    core.connect("c", "r2", principal("carol"), TEXT)
+    core.message("a", "in r1")
+    assert delivery.take("b") == ["alice: in r1"]
+    assert delivery.take("c") == []
+
+
+def test_json_dialect_welcome_presence_and_message(
+    core: ChatCore, delivery: RecordingDelivery
+) -> None:
+    core.connect("t", "foo", principal("tex"), TEXT)
+    core.message("t", "before")
+    core.connect("j", "foo", principal("jo"), JSON)
+    (welcome,) = delivery.take_json("j")
+    assert welcome["type"] == "welcome"
+    assert welcome["count"] == 2 and welcome["latest_id"] == 1
+    assert [m["text"] for m in welcome["history"]] == ["before"]
+    core.connect("k", "foo", principal("kay"), JSON)
+    assert delivery.take_json("j")[0] == {
+        "type": "presence",
+        "event": "join",
+        "room": "foo",
+        "user": {"id": "id-kay", "name": "kay"},
+        "count": 3,
+    }
+    assert delivery.take("t") == [
+        "Session cookie or query token value is: tok-tex",
+        "Message text was: before, for item ID: foo",
+    ]
+    core.message("j", '{"action":"sendmessage","text":"hi"}')
+    (own,) = delivery.take_json("j")
+    assert own["type"] == "message" and own["id"] == 2 and own["text"] == "hi"
+    assert delivery.take_json("k")[-1] == own
+    assert delivery.take("t") == ["jo: hi"]
+    core.disconnect("k")
+    assert delivery.take_json("j") == [
+        {
+            "type": "presence",
+            "event": "leave",
+            "room": "foo",
+            "user": {"id": "id-kay", "name": "kay"},
+            "count": 2,
+        }
+    ]
+
+
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        ("not json", "invalid_json"),
+        ("[1, 2]", "bad_request"),
+        ('"just a string"', "bad_request"),
+        ('{"text": "no action"}', "unknown_action"),
+        ('{"action": "dance"}', "unknown_action"),
+        ('{"action": 5}', "unknown_action"),
+        ('{"action": "sendmessage"}', "bad_request"),
+        ('{"action": "sendmessage", "text": 5}', "bad_request"),
+        ('{"action": "sendmessage", "text": "   "}', "empty_message"),
+        ('{"action": "sendmessage", "text": "x", "client_msg_id": 7}', "bad_request"),
+        ('{"action": "history", "since": "3"}', "bad_request"),
+        ('{"action": "history", "since": -1}', "bad_request"),
+        ('{"action": "history", "since": true}', "bad_request"),
+        ("[" * 30 + "]" * 30, "bad_request"),
+    ],
+)
+def test_bad_json_frames_get_an_error_and_the_connection_stays(
+    core: ChatCore, delivery: RecordingDelivery, frame: str, code: str
+) -> None:
+    core.connect("j", "foo", principal("jo"), JSON)
+    core.connect("k", "foo", principal("kay"), JSON)
+    delivery.take("j")
+    delivery.take("k")
+    core.message("j", frame)
+    (error,) = delivery.take_json("j")
+    assert error["type"] == "error" and error["code"] == code and error["detail"]
+    assert delivery.take("k") == []
+    assert "j" not in delivery.closed
+    core.message("j", '{"action":"ping"}')
+    assert delivery.take_json("j") == [{"type": "pong"}]
+
+
+def test_deeply_nested_json_is_refused_not_crashing(
+    core: ChatCore, delivery: RecordingDelivery
+) -> None:
+    core.connect("j", "foo", principal("jo"), ConnectParams(Dialect.JSON))
+    delivery.take("j")
+    core.limits = Limits(max_message_bytes=1 << 20, rate_burst=10)
+    core.message("j", "[" * 100_000 + "]" * 100_000)
+    (error,) = delivery.take_json("j")
+    assert error["code"] in {"invalid_json", "bad_request"}
+
+
+def test_binary_frame_is_refused_in_both_dialects(
+    core: ChatCore, delivery: RecordingDelivery
+) -> None:
+    core.connect("t", "foo", principal("tex"), TEXT)
+    core.connect("j", "foo", principal("jo"), JSON)
+    delivery.take("j")
+    core.message("t", b"\x00\x01")
+    core.message("j", b"{}")
+    assert delivery.take("t") == ["Error: binary frames are not supported; send text"]
+    assert delivery.take_json("j")[0]["code"] == "binary_unsupported"
+    assert delivery.closed == {}
+
+
+def test_empty_text_frame_is_echoed_but_not_broadcast_or_stored(
+    core: ChatCore, delivery: RecordingDelivery
+) -> None:
+    core.connect("a", "foo", principal("alice"), TEXT)
+    core.connect("b", "foo", principal("bob"), TEXT)
+    core.message("a", "")
+    assert delivery.take("a")[-1] == "Message text was: , for item ID: foo"
+    assert delivery.take("b") == []
+    assert core.messages.latest_id("foo") == 0
+
+
+def test_oversize_frame_closes_with_1009_and_is_not_delivered(
+    core: ChatCore, delivery: RecordingDelivery
+) -> None:
+    core.connect("a", "foo", principal("alice"), TEXT)
+    core.connect("b", "foo", principal("bob"), TEXT)
+    core.message("a", "x" * 64)  # exactly the limit: accepted
+    assert delivery.take("b") == ["alice: " + "x" * 64]
+    core.message("a", "é" * 33)  # 66 bytes in UTF-8, though only 33 characters
+    assert delivery.closed["a"][0] == 1009
+    assert delivery.take("b") == []
+
+
+def test_rate_limit_errors_then_closes_with_1008_on_abuse(
+    core: ChatCore, delivery: RecordingDelivery, clock: FakeClock
+) -> None:
+    core.connect("a", "foo", principal("alice"), TEXT)
+    core.connect("b", "foo", principal("bob"), TEXT)
+    for i in range(3):  # the burst
+        core.message("a", f"m{i}")
+    assert len(delivery.take("b")) == 3
+    delivery.take("a")
+    core.message("a", "over")
+    assert delivery.take("a") == ["Error: over 2 messages/s; message dropped"]
+    clock.now += 0.5  # one token back at 2/s
+    core.message("a", "again")
+    assert delivery.take("b") == ["alice: again"]
+    for _ in range(4):
+        core.message("a", "flood")
+    assert delivery.closed["a"] == (1008, "rate limit abuse")
+    assert delivery.take("b") == []
+
+
+def test_gone_recipient_is_forgotten_and_others_still_receive(
+    core: ChatCore, delivery: RecordingDelivery, connections: MemoryConnections
+) -> None:
+    for cid in "abc":
+        core.connect(cid, "foo", principal(cid), TEXT)
+    delivery.gone.add("b")
+    core.message("a", "hi")
+    assert delivery.take("c") == ["a: hi"]
+    assert connections.get("b") is None
+    assert connections.get("a") is not None
+
+
+def test_frame_from_unknown_connection_is_closed_not_crashing(
+    core: ChatCore, delivery: RecordingDelivery
+) -> None:
+    core.message("ghost", "boo")
+    assert delivery.closed["ghost"][0] == 1008
+
+
+def test_history_and_since(core: ChatCore, delivery: RecordingDelivery, clock: FakeClock) -> None:
+    core.connect("j", "foo", principal("jo"), JSON)
+    for i in range(3):
+        core.message("j", f'{{"action":"sendmessage","text":"m{i}"}}')
+    clock.now += 10  # refill the rate bucket
+    delivery.take("j")
+    core.message("j", '{"action":"history","since":1}')
+    (history,) = delivery.take_json("j")
+    assert history["type"] == "history" and history["latest_id"] == 3
+    assert [m["id"] for m in history["messages"]] == [2, 3]
+    core.connect("r", "foo", principal("re"), ConnectParams(Dialect.JSON, since=2))
+    welcome = delivery.take_json("r")[0]
+    assert [m["id"] for m in welcome["history"]] == [3]
+
+
+def test_client_msg_id_is_stored_and_delivered_once(
+    core: ChatCore, delivery: RecordingDelivery
+) -> None:
+    core.connect("j", "foo", principal("jo"), JSON)
+    core.connect("k", "foo", principal("kay"), JSON)
+    delivery.take("j")
+    delivery.take("k")
+    frame = '{"action":"sendmessage","text":"once","client_msg_id":"c1"}'
+    core.message("j", frame)
+    core.message("j", frame)
+    first, repeat = delivery.take_json("j")
+    assert first == repeat and first["client_msg_id"] == "c1"
+    assert len(delivery.take("k")) == 1
+    assert core.messages.latest_id("foo") == 1
+
+
+def test_expire_sends_error_then_4401(core: ChatCore, delivery: RecordingDelivery) -> None:
+    core.connect("j", "foo", principal("jo"), JSON)
+    delivery.take("j")
+    core.expire("j")
+    assert delivery.take_json("j")[0]["code"] == "token_expired"
+    assert delivery.closed["j"][0] == 4401
+
+
+def test_disconnect_twice_is_harmless(core: ChatCore, connections: MemoryConnections) -> None:
+    core.connect("a", "foo", principal("alice"), TEXT)
+    core.disconnect("a")
+    core.disconnect("a")
+    assert len(connections) == 0

@@ -1,0 +1,93 @@
+"""FastAPI's WebSocket example, byte for byte, through Starlette's TestClient and a real server."""
+
+from __future__ import annotations
+
+import pytest
+import websockets
+from fastapi.testclient import TestClient
+from starlette.websockets import WebSocketDisconnect
+from websockets.exceptions import InvalidStatus
+
+from handler.app import create_app
+from infra.settings import Settings
+from tests.servers import Server
+
+SEED_PAGE_MARKERS = ['id="itemId"', 'id="token"', 'id="messageText"', "<title>Chat</title>"]
+
+
+@pytest.fixture
+def client() -> TestClient:
+    return TestClient(create_app(Settings()))
+
+
+def test_page_is_served(client: TestClient) -> None:
+    response = client.get("/")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/html")
+    for marker in SEED_PAGE_MARKERS:
+        assert marker in response.text
+
+
+def test_token_and_q(client: TestClient) -> None:
+    with client.websocket_connect("/items/foo/ws?token=some-key-token&q=7") as ws:
+        ws.send_text("hello")
+        assert ws.receive_text() == "Session cookie or query token value is: some-key-token"
+        assert ws.receive_text() == "Query parameter q is: 7"
+        assert ws.receive_text() == "Message text was: hello, for item ID: foo"
+        ws.send_text("again")
+        assert ws.receive_text() == "Session cookie or query token value is: some-key-token"
+
+
+def test_session_cookie_without_q(client: TestClient) -> None:
+    client.cookies.set("session", "cookie-value")
+    with client.websocket_connect("/items/bar/ws") as ws:
+        ws.send_text("hi")
+        assert ws.receive_text() == "Session cookie or query token value is: cookie-value"
+        assert ws.receive_text() == "Message text was: hi, for item ID: bar"
+
+
+def test_no_credential_is_a_policy_violation(client: TestClient) -> None:
+    with pytest.raises(WebSocketDisconnect) as refused, client.websocket_connect("/items/foo/ws"):
+        pass
+    assert refused.value.code == 1008
+    assert len(client.app.state.chat.connections) == 0  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("q", ["abc", "1.5", ""])
+def test_non_integer_q_is_refused(client: TestClient, q: str) -> None:
+    with (
+        pytest.raises(WebSocketDisconnect) as refused,
+        client.websocket_connect(f"/items/foo/ws?token=t&q={q}"),
+    ):
+        pass
+    assert refused.value.code == 1008
+
+
+# --- the same, against `wschat serve` with a real client ------------------------------------
+
+
+async def test_live_seed_lines(server: Server) -> None:
+    async with websockets.connect(server.ws("/items/foo/ws?token=some-key-token&q=3")) as ws:
+        await ws.send("hello")
+        lines = [await ws.recv() for _ in range(3)]
+    assert lines == [
+        "Session cookie or query token value is: some-key-token",
+        "Query parameter q is: 3",
+        "Message text was: hello, for item ID: foo",
+    ]
+
+
+async def test_live_cookie(server: Server) -> None:
+    headers = {"Cookie": "session=from-cookie"}
+    async with websockets.connect(server.ws("/items/x/ws"), additional_headers=headers) as ws:
+        await ws.send("m")
+        assert await ws.recv() == "Session cookie or query token value is: from-cookie"
+        assert await ws.recv() == "Message text was: m, for item ID: x"
+
+
+@pytest.mark.parametrize("path", ["/items/foo/ws", "/items/foo/ws?token=t&q=nope"])
+async def test_live_refusals_are_http_403(server: Server, path: str) -> None:
+    with pytest.raises(InvalidStatus) as refused:
+        async with websockets.connect(server.ws(path)):
+            pass
+    assert refused.value.response.status_code == 403

@@ -1,0 +1,87 @@
+"""Start a real `wschat serve` process on a free loopback port, for tests and benchmarks."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+WSCHAT = Path(sys.executable).parent / "wschat"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Server:
+    port: int
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def ws(self, path: str) -> str:
+        return f"ws://127.0.0.1:{self.port}{path}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def get(self, path: str) -> bytes:
+        with urllib.request.urlopen(self.http + path, timeout=5) as response:  # noqa: S310
+            body: bytes = response.read()
+            return body
+
+
+def _wait_until_ready(server: Server, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        if server.process.poll() is not None:
+            raise RuntimeError(f"wschat serve exited early:\n{server.log()}")
+        try:
+            server.get("/healthz")
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"not ready in {timeout}s:\n{server.log()}") from None
+            time.sleep(0.05)
+
+
+@contextmanager
+def running_server(tmp_dir: Path, env: Mapping[str, str] | None = None) -> Iterator[Server]:
+    """`wschat serve` as a user runs it, with `env` added to a clean WSCHAT_ environment."""
+    port = free_port()
+    log_path = tmp_dir / f"wschat-{port}.log"
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("WSCHAT_")}
+    environment.update(env or {})
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(  # noqa: S603
+            [str(WSCHAT), "serve", "--host", "127.0.0.1", "--port", str(port)],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env=environment,
+            cwd=ROOT,
+        )
+    server = Server(port, process, log_path)
+    try:
+        _wait_until_ready(server, timeout=20)
+        yield server
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
