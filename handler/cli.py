@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from collections.abc import Sequence
 
 from infra.settings import get_settings
@@ -19,9 +20,16 @@ def _serve(args: argparse.Namespace) -> int:
     os.environ.setdefault("WEBSOCKETS_MAX_LINE_LENGTH", str(WS_MAX_LINE))
     import uvicorn
 
+    from auth.factory import build_authenticator
+    from auth.jwt import AuthConfigError
     from infra.log_redaction import log_config
 
     settings = get_settings()
+    try:
+        build_authenticator(settings)  # fail fast, with a readable message, on bad auth settings
+    except AuthConfigError as error:
+        print(f"wschat: {error}", file=sys.stderr)
+        return 2
     uvicorn.run(
         "handler.app:create_app",
         factory=True,
@@ -45,6 +53,46 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def parse_duration(text: str) -> int:
+    """Seconds in `90`, `90s`, `15m`, `1h` or `2d`."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    number, unit = (text[:-1], text[-1]) if text[-1:] in units else (text, "s")
+    if not number.isdigit() or int(number) <= 0:
+        raise argparse.ArgumentTypeError(f"bad duration {text!r}: use e.g. 90s, 15m, 1h, 2d")
+    return int(number) * units[unit]
+
+
+def _token(args: argparse.Namespace) -> int:
+    import time
+
+    import jwt
+
+    from auth.jwt import MIN_SECRET_BYTES
+    from infra.settings import split_list
+
+    settings = get_settings()
+    secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else ""
+    if len(secret.encode()) < MIN_SECRET_BYTES:
+        print(f"wschat: set WSCHAT_JWT_SECRET (at least {MIN_SECRET_BYTES} bytes)", file=sys.stderr)
+        return 2
+    try:
+        ttl = parse_duration(args.ttl)
+    except argparse.ArgumentTypeError as error:
+        print(f"wschat: {error}", file=sys.stderr)
+        return 2
+    now = int(time.time())
+    claims: dict[str, object] = {"sub": args.sub, "iat": now, "exp": now + ttl}
+    if args.name:
+        claims[settings.jwt_name_claim] = args.name
+    audience = args.aud or ",".join(split_list(settings.jwt_audience)[:1])
+    if audience:
+        claims["aud"] = audience
+    if settings.jwt_issuer:
+        claims["iss"] = settings.jwt_issuer
+    print(jwt.encode(claims, secret, algorithm="HS256"))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="wschat", description="A FastAPI WebSocket chat.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -54,6 +102,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--port", type=int, help="port to bind (default: WSCHAT_PORT, 8000)")
     serve.add_argument("--reload", action="store_true", help="restart when code changes")
     serve.set_defaults(run=_serve)
+
+    token = commands.add_parser("token", help="mint an HS256 token with WSCHAT_JWT_SECRET")
+    token.add_argument("--sub", required=True, help="subject: the user's stable id")
+    token.add_argument("--name", help="display name (the WSCHAT_JWT_NAME_CLAIM claim)")
+    token.add_argument("--ttl", default="1h", help="lifetime: 90s, 15m, 1h, 2d (default 1h)")
+    token.add_argument("--aud", help="audience (default: WSCHAT_JWT_AUDIENCE, if set)")
+    token.set_defaults(run=_token)
 
     args = parser.parse_args(argv)
     result: int = args.run(args)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -17,10 +17,30 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=0, le=65535)
     log_level: str = "info"
 
-    # Authentication: `token` (the seed's cookie-or-token check).
+    # Authentication: `token` (the seed's check), `jwt`, or `package.module:factory`.
     auth: str = "token"
     # Optional allow-list for token auth: `name:token,name:token`.
     tokens: str = ""
+    # Exact Origin values a browser handshake may come from (comma list); empty: any.
+    allowed_origins: str = ""
+
+    # JWT verification (WSCHAT_AUTH=jwt).
+    jwt_secret: SecretStr | None = None
+    jwt_public_key: SecretStr | None = None
+    jwt_jwks_url: str = ""
+    jwt_algorithms: str = ""
+    jwt_audience: str = ""
+    jwt_issuer: str = ""
+    jwt_leeway: float = Field(default=0.0, ge=0)
+    jwt_required_claims: str = "exp,iat,sub"
+    jwt_name_claim: str = "name"
+    # Cognito access tokens carry `token_use` and `client_id` instead of `aud`.
+    jwt_token_use: str = ""
+    jwt_client_ids: str = ""
+    jwt_max_token_bytes: int = Field(default=8192, ge=256)
+    jwks_cache_seconds: float = Field(default=600.0, gt=0)
+    jwks_refresh_cooldown: float = Field(default=30.0, ge=0)
+    jwks_timeout: float = Field(default=2.0, gt=0)
 
     # Limits. 32 KiB is API Gateway's WebSocket frame size, so both transports agree.
     max_message_bytes: int = Field(default=32 * 1024, ge=1)
@@ -37,6 +57,11 @@ class Settings(BaseSettings):
     ws_per_message_deflate: bool = False
     ws_ping_interval: float = Field(default=20.0, gt=0)
     ws_ping_timeout: float = Field(default=20.0, gt=0)
+
+
+def split_list(value: str) -> list[str]:
+    """A comma-separated setting as a list, blanks dropped."""
+    return [item.strip() for item in value.split(",") if item.strip()]
 
 
 @lru_cache(maxsize=1)
