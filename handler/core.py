@@ -42,7 +42,6 @@ class Limits:
 class ConnectParams:
     dialect: Dialect = Dialect.TEXT
     q: int | None = None
-    since: int | None = None
 
 
 @dataclass(slots=True)
@@ -59,12 +58,14 @@ class ChatCore:
         delivery: Delivery,
         limits: Limits | None = None,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.connections = connections
         self.messages = messages
         self.delivery = delivery
         self.limits = limits or Limits()
         self._clock = clock
+        self._wall_clock = wall_clock
         # Rate state lives with the process: exact locally, per warm container on Lambda.
         self._rates: dict[str, _RateState] = {}
 
@@ -73,7 +74,11 @@ class ChatCore:
     def connect(
         self, connection_id: str, room: str, principal: Principal, params: ConnectParams
     ) -> Connection:
-        """Register an accepted connection, welcome it (JSON dialect) and announce it."""
+        """Register an accepted connection and announce it to the room.
+
+        The caller must then call `welcome` once the socket can receive frames: at once
+        locally, after `$connect` has returned on API Gateway (which refuses sends before).
+        """
         connection = Connection(
             id=connection_id,
             room=room,
@@ -85,17 +90,23 @@ class ChatCore:
             expires_at=principal.expires_at,
         )
         self.connections.add(connection)
-        members = self.connections.in_room(room)
-        if connection.dialect is Dialect.JSON:
-            if params.since is None:
-                history = self.messages.recent(room, self.limits.welcome_history)
-            else:
-                history = self.messages.after(room, params.since, self.limits.history_page)
-            latest = self.messages.latest_id(room)
-            welcome = wire.welcome_frame(connection, len(members), history, latest)
-            self._deliver([connection_id], welcome)
-        self._announce("join", connection, members)
+        self._announce("join", connection, self.connections.in_room(room))
         return connection
+
+    def welcome(self, connection_id: str, since: int | None = None) -> None:
+        """Send a JSON-dialect connection its `welcome`: who it is, who is here, and the recent
+        history (or everything after `since`). Text-dialect connections get nothing."""
+        connection = self.connections.get(connection_id)
+        if connection is None or connection.dialect is not Dialect.JSON:
+            return
+        room = connection.room
+        if since is None:
+            history = self.messages.recent(room, self.limits.welcome_history)
+        else:
+            history = self.messages.after(room, since, self.limits.history_page)
+        count = len(self.connections.in_room(room))
+        latest = self.messages.latest_id(room)
+        self._deliver([connection_id], wire.welcome_frame(connection, count, history, latest))
 
     def message(self, connection_id: str, frame: str | bytes) -> None:
         """Handle one inbound frame from a connected client."""
@@ -111,6 +122,9 @@ class ChatCore:
                 CloseCode.MESSAGE_TOO_BIG,
                 f"message over {self.limits.max_message_bytes} bytes",
             )
+            return
+        if connection.expires_at is not None and self._wall_clock() >= connection.expires_at:
+            self.expire(connection_id)  # where no timer fired (Lambda), the next frame notices
             return
         if not self._within_rate(connection):
             return

@@ -80,7 +80,8 @@ async def chat_socket(
     writer = outbox.start()
     expiry: asyncio.TimerHandle | None = None
     try:
-        chat.core.connect(connection_id, item_id, principal, ConnectParams(chosen, q, since))
+        chat.core.connect(connection_id, item_id, principal, ConnectParams(chosen, q))
+        chat.core.welcome(connection_id, since)
         if principal.expires_at is not None:
             delay = max(0.0, principal.expires_at - time.time())
             expiry = asyncio.get_running_loop().call_later(delay, chat.core.expire, connection_id)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from auth.principal import Principal
@@ -20,6 +22,19 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.now
+
+
+def join(
+    core: ChatCore,
+    cid: str,
+    room: str,
+    who: Principal,
+    params: ConnectParams,
+    since: int | None = None,
+) -> None:
+    """What a transport does: connect, then welcome once the socket can receive."""
+    core.connect(cid, room, who, params)
+    core.welcome(cid, since)
 
 
 def principal(name: str, echo: str | None = None) -> Principal:
@@ -50,8 +65,8 @@ def core(connections: MemoryConnections, delivery: RecordingDelivery, clock: Fak
 def test_text_sender_gets_exactly_the_seed_lines_and_others_get_one_line(
     core: ChatCore, delivery: RecordingDelivery
 ) -> None:
-    core.connect("a", "foo", principal("alice", "some-key-token"), ConnectParams(q=5))
-    core.connect("b", "foo", principal("bob"), TEXT)
+    join(core, "a", "foo", principal("alice", "some-key-token"), ConnectParams(q=5))
+    join(core, "b", "foo", principal("bob"), TEXT)
     core.message("a", "hello")
     assert delivery.take("a") == [
         "Session cookie or query token value is: some-key-token",
@@ -62,7 +77,7 @@ def test_text_sender_gets_exactly_the_seed_lines_and_others_get_one_line(
 
 
 def test_q_line_only_when_q_given(core: ChatCore, delivery: RecordingDelivery) -> None:
-    core.connect("a", "foo", principal("alice"), TEXT)
+    join(core, "a", "foo", principal("alice"), TEXT)
     core.message("a", "x")
     assert delivery.take("a") == [
         "Session cookie or query token value is: tok-alice",
@@ -71,9 +86,9 @@ def test_q_line_only_when_q_given(core: ChatCore, delivery: RecordingDelivery) -
 
 
 def test_rooms_are_isolated(core: ChatCore, delivery: RecordingDelivery) -> None:
-    core.connect("a", "r1", principal("alice"), TEXT)
-    core.connect("b", "r1", principal("bob"), TEXT)
-    core.connect("c", "r2", principal("carol"), TEXT)
+    join(core, "a", "r1", principal("alice"), TEXT)
+    join(core, "b", "r1", principal("bob"), TEXT)
+    join(core, "c", "r2", principal("carol"), TEXT)
     core.message("a", "in r1")
     assert delivery.take("b") == ["alice: in r1"]
     assert delivery.take("c") == []
@@ -82,14 +97,14 @@ def test_rooms_are_isolated(core: ChatCore, delivery: RecordingDelivery) -> None
 def test_json_dialect_welcome_presence_and_message(
     core: ChatCore, delivery: RecordingDelivery
 ) -> None:
-    core.connect("t", "foo", principal("tex"), TEXT)
+    join(core, "t", "foo", principal("tex"), TEXT)
     core.message("t", "before")
-    core.connect("j", "foo", principal("jo"), JSON)
+    join(core, "j", "foo", principal("jo"), JSON)
     (welcome,) = delivery.take_json("j")
     assert welcome["type"] == "welcome"
     assert welcome["count"] == 2 and welcome["latest_id"] == 1
     assert [m["text"] for m in welcome["history"]] == ["before"]
-    core.connect("k", "foo", principal("kay"), JSON)
+    join(core, "k", "foo", principal("kay"), JSON)
     assert delivery.take_json("j")[0] == {
         "type": "presence",
         "event": "join",
@@ -140,8 +155,8 @@ def test_json_dialect_welcome_presence_and_message(
 def test_bad_json_frames_get_an_error_and_the_connection_stays(
     core: ChatCore, delivery: RecordingDelivery, frame: str, code: str
 ) -> None:
-    core.connect("j", "foo", principal("jo"), JSON)
-    core.connect("k", "foo", principal("kay"), JSON)
+    join(core, "j", "foo", principal("jo"), JSON)
+    join(core, "k", "foo", principal("kay"), JSON)
     delivery.take("j")
     delivery.take("k")
     core.message("j", frame)
@@ -156,7 +171,7 @@ def test_bad_json_frames_get_an_error_and_the_connection_stays(
 def test_deeply_nested_json_is_refused_not_crashing(
     core: ChatCore, delivery: RecordingDelivery
 ) -> None:
-    core.connect("j", "foo", principal("jo"), ConnectParams(Dialect.JSON))
+    join(core, "j", "foo", principal("jo"), ConnectParams(Dialect.JSON))
     delivery.take("j")
     core.limits = Limits(max_message_bytes=1 << 20, rate_burst=10)
     core.message("j", "[" * 100_000 + "]" * 100_000)
@@ -167,8 +182,8 @@ def test_deeply_nested_json_is_refused_not_crashing(
 def test_binary_frame_is_refused_in_both_dialects(
     core: ChatCore, delivery: RecordingDelivery
 ) -> None:
-    core.connect("t", "foo", principal("tex"), TEXT)
-    core.connect("j", "foo", principal("jo"), JSON)
+    join(core, "t", "foo", principal("tex"), TEXT)
+    join(core, "j", "foo", principal("jo"), JSON)
     delivery.take("j")
     core.message("t", b"\x00\x01")
     core.message("j", b"{}")
@@ -180,8 +195,8 @@ def test_binary_frame_is_refused_in_both_dialects(
 def test_empty_text_frame_is_echoed_but_not_broadcast_or_stored(
     core: ChatCore, delivery: RecordingDelivery
 ) -> None:
-    core.connect("a", "foo", principal("alice"), TEXT)
-    core.connect("b", "foo", principal("bob"), TEXT)
+    join(core, "a", "foo", principal("alice"), TEXT)
+    join(core, "b", "foo", principal("bob"), TEXT)
     core.message("a", "")
     assert delivery.take("a")[-1] == "Message text was: , for item ID: foo"
     assert delivery.take("b") == []
@@ -191,8 +206,8 @@ def test_empty_text_frame_is_echoed_but_not_broadcast_or_stored(
 def test_oversize_frame_closes_with_1009_and_is_not_delivered(
     core: ChatCore, delivery: RecordingDelivery
 ) -> None:
-    core.connect("a", "foo", principal("alice"), TEXT)
-    core.connect("b", "foo", principal("bob"), TEXT)
+    join(core, "a", "foo", principal("alice"), TEXT)
+    join(core, "b", "foo", principal("bob"), TEXT)
     core.message("a", "x" * 64)  # exactly the limit: accepted
     assert delivery.take("b") == ["alice: " + "x" * 64]
     core.message("a", "é" * 33)  # 66 bytes in UTF-8, though only 33 characters
@@ -203,8 +218,8 @@ def test_oversize_frame_closes_with_1009_and_is_not_delivered(
 def test_rate_limit_errors_then_closes_with_1008_on_abuse(
     core: ChatCore, delivery: RecordingDelivery, clock: FakeClock
 ) -> None:
-    core.connect("a", "foo", principal("alice"), TEXT)
-    core.connect("b", "foo", principal("bob"), TEXT)
+    join(core, "a", "foo", principal("alice"), TEXT)
+    join(core, "b", "foo", principal("bob"), TEXT)
     for i in range(3):  # the burst
         core.message("a", f"m{i}")
     assert len(delivery.take("b")) == 3
@@ -224,7 +239,7 @@ def test_gone_recipient_is_forgotten_and_others_still_receive(
     core: ChatCore, delivery: RecordingDelivery, connections: MemoryConnections
 ) -> None:
     for cid in "abc":
-        core.connect(cid, "foo", principal(cid), TEXT)
+        join(core, cid, "foo", principal(cid), TEXT)
     delivery.gone.add("b")
     core.message("a", "hi")
     assert delivery.take("c") == ["a: hi"]
@@ -240,7 +255,7 @@ def test_frame_from_unknown_connection_is_closed_not_crashing(
 
 
 def test_history_and_since(core: ChatCore, delivery: RecordingDelivery, clock: FakeClock) -> None:
-    core.connect("j", "foo", principal("jo"), JSON)
+    join(core, "j", "foo", principal("jo"), JSON)
     for i in range(3):
         core.message("j", f'{{"action":"sendmessage","text":"m{i}"}}')
     clock.now += 10  # refill the rate bucket
@@ -249,7 +264,7 @@ def test_history_and_since(core: ChatCore, delivery: RecordingDelivery, clock: F
     (history,) = delivery.take_json("j")
     assert history["type"] == "history" and history["latest_id"] == 3
     assert [m["id"] for m in history["messages"]] == [2, 3]
-    core.connect("r", "foo", principal("re"), ConnectParams(Dialect.JSON, since=2))
+    join(core, "r", "foo", principal("re"), JSON, since=2)
     welcome = delivery.take_json("r")[0]
     assert [m["id"] for m in welcome["history"]] == [3]
 
@@ -257,8 +272,8 @@ def test_history_and_since(core: ChatCore, delivery: RecordingDelivery, clock: F
 def test_client_msg_id_is_stored_and_delivered_once(
     core: ChatCore, delivery: RecordingDelivery
 ) -> None:
-    core.connect("j", "foo", principal("jo"), JSON)
-    core.connect("k", "foo", principal("kay"), JSON)
+    join(core, "j", "foo", principal("jo"), JSON)
+    join(core, "k", "foo", principal("kay"), JSON)
     delivery.take("j")
     delivery.take("k")
     frame = '{"action":"sendmessage","text":"once","client_msg_id":"c1"}'
@@ -270,8 +285,20 @@ def test_client_msg_id_is_stored_and_delivered_once(
     assert core.messages.latest_id("foo") == 1
 
 
+def test_frame_after_expiry_expires_the_connection(
+    core: ChatCore, delivery: RecordingDelivery, connections: MemoryConnections
+) -> None:
+    # Where no timer fires (Lambda), the next frame after `exp` closes the connection.
+    expired = Principal(id="e", name="e", echo="e", expires_at=time.time() - 1)
+    join(core, "e", "foo", expired, TEXT)
+    join(core, "b", "foo", principal("bob"), TEXT)
+    core.message("e", "too late")
+    assert delivery.closed["e"][0] == 4401
+    assert delivery.take("b") == []
+
+
 def test_expire_sends_error_then_4401(core: ChatCore, delivery: RecordingDelivery) -> None:
-    core.connect("j", "foo", principal("jo"), JSON)
+    join(core, "j", "foo", principal("jo"), JSON)
     delivery.take("j")
     core.expire("j")
     assert delivery.take_json("j")[0]["code"] == "token_expired"
@@ -279,7 +306,7 @@ def test_expire_sends_error_then_4401(core: ChatCore, delivery: RecordingDeliver
 
 
 def test_disconnect_twice_is_harmless(core: ChatCore, connections: MemoryConnections) -> None:
-    core.connect("a", "foo", principal("alice"), TEXT)
+    join(core, "a", "foo", principal("alice"), TEXT)
     core.disconnect("a")
     core.disconnect("a")
     assert len(connections) == 0

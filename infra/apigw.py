@@ -1,0 +1,147 @@
+"""Delivery through the API Gateway Management API (`post_to_connection`).
+
+One boto3 client per endpoint, reused across invocations, with explicit timeouts. Fan-out runs
+on a bounded thread pool sized to the client's connection pool. Each recipient is isolated:
+410 Gone reports that recipient as gone (the core then deletes its records), 429 and 5xx are
+retried with jittered backoff, 403 is logged loudly, and nothing aborts the batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+# API Gateway's WebSocket message limit; a larger payload would be refused by AWS anyway.
+MAX_PAYLOAD_BYTES = 128 * 1024
+RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
+
+
+def management_endpoint(
+    domain_name: str,
+    stage: str,
+    api_id: str,
+    region: str,
+    override: str = "",
+    offline_port: int = 3001,
+) -> str:
+    """Where to POST messages for connections of this API.
+
+    Built from the API id rather than the request's domain so it also works when clients
+    connect through a custom domain. `override` wins; under `serverless offline` the plugin
+    serves the Management API on its WebSocket port.
+    """
+    if override:
+        return override.rstrip("/")
+    if os.environ.get("IS_OFFLINE"):
+        return f"http://localhost:{offline_port}"
+    if api_id and region:
+        return f"https://{api_id}.execute-api.{region}.amazonaws.com/{stage}"
+    return f"https://{domain_name}/{stage}"
+
+
+def make_management_client(
+    endpoint: str, pool_size: int, connect_timeout: float = 2.0, read_timeout: float = 5.0
+) -> Any:
+    import boto3
+    from botocore.config import Config
+
+    config = Config(
+        connect_timeout=connect_timeout,
+        read_timeout=read_timeout,
+        # botocore's own retries cover connection errors; throttling and 5xx are retried by
+        # ManagementApiDelivery, per recipient, so one slow recipient cannot stall the rest.
+        retries={"mode": "standard", "total_max_attempts": 2},
+        max_pool_connections=pool_size,
+    )
+    return boto3.client("apigatewaymanagementapi", endpoint_url=endpoint, config=config)
+
+
+class ManagementApiDelivery:
+    def __init__(
+        self,
+        client: Any,
+        concurrency: int = 32,
+        attempts: int = 3,
+        backoff: float = 0.05,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self._client = client
+        self._concurrency = concurrency
+        self._attempts = attempts
+        self._backoff = backoff
+        self._sleep = sleep
+        self._pool: ThreadPoolExecutor | None = None
+
+    def send(self, connection_ids: Sequence[str], payload: str) -> Sequence[str]:
+        data = payload.encode()
+        if len(data) > MAX_PAYLOAD_BYTES:
+            log.error("payload of %d bytes is over API Gateway's 128 KiB; not sent", len(data))
+            return []
+        if len(connection_ids) <= 1:
+            results = [self._post(cid, data) for cid in connection_ids]
+        else:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self._concurrency, thread_name_prefix="fanout")
+            results = list(self._pool.map(lambda cid: self._post(cid, data), connection_ids))
+        return [cid for cid, gone in zip(connection_ids, results, strict=True) if gone]
+
+    def close(self, connection_id: str, code: int, reason: str) -> None:
+        # API Gateway cannot send a close code of our choosing: the socket closes with its own.
+        log.info("closing %s (%d %s)", connection_id, code, reason)
+        try:
+            self._client.delete_connection(ConnectionId=connection_id)
+        except self._client.exceptions.GoneException:
+            pass
+        except Exception as error:
+            log.warning("could not close %s: %s", connection_id, _describe(error))
+
+    def _post(self, connection_id: str, data: bytes) -> bool:
+        """Deliver to one connection. Returns True when the connection is gone."""
+        gone_error = self._client.exceptions.GoneException
+        for attempt in range(1, self._attempts + 1):
+            try:
+                self._client.post_to_connection(ConnectionId=connection_id, Data=data)
+                return False
+            except gone_error:
+                return True
+            except Exception as error:
+                status = _status(error)
+                if status == 403:
+                    log.error(
+                        "post_to_connection is forbidden (403) for %s: check the function's "
+                        "execute-api:ManageConnections permission and the endpoint",
+                        connection_id,
+                    )
+                    return False
+                if status in RETRYABLE_STATUS and attempt < self._attempts:
+                    delay = self._backoff * 2 ** (attempt - 1)
+                    self._sleep(delay * (0.5 + random.random()))  # noqa: S311 (jitter)
+                    continue
+                log.warning(
+                    "delivery to %s failed after %d attempt(s): %s",
+                    connection_id,
+                    attempt,
+                    _describe(error),
+                )
+                return False
+        return False
+
+
+def _status(error: Exception) -> int | None:
+    response = getattr(error, "response", None)
+    if isinstance(response, dict):
+        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        return int(status) if status is not None else None
+    return None
+
+
+def _describe(error: Exception) -> str:
+    status = _status(error)
+    return f"{type(error).__name__} (HTTP {status})" if status else type(error).__name__

@@ -1,0 +1,326 @@
+"""DynamoDB adapters for the connection and message-log ports (the serverless transport).
+
+One table, keys `pk`/`sk`, TTL attribute `ttl`:
+
+    CONN#{connection_id}  CONN              the connection record
+    ROOM#{room}           CONN#{id}         room membership (a copy of the record, for fan-out)
+    ROOM#{room}           SEQ               the room's message counter (`last_id`, atomic ADD)
+    ROOM#{room}           MSG#{id:012d}     a message in the room's history
+    ROOM#{room}           DEDUP#{user}#{k}  a client_msg_id already used, and the id it got
+
+Room members and history are read with Query on the room's partition, never Scan.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+from handler.ports import ChatMessage, Connection, Dialect
+
+log = logging.getLogger(__name__)
+
+Item = dict[str, dict[str, Any]]
+
+MESSAGE_ID_WIDTH = 12
+
+
+def _s(value: str) -> dict[str, str]:
+    return {"S": value}
+
+
+def _n(value: float) -> dict[str, str]:
+    return {"N": repr(value) if isinstance(value, float) else str(value)}
+
+
+def _room_key(room: str) -> str:
+    return f"ROOM#{room}"
+
+
+def _message_key(message_id: int) -> str:
+    return f"MSG#{message_id:0{MESSAGE_ID_WIDTH}d}"
+
+
+def _connection_attributes(connection: Connection, ttl: int) -> Item:
+    item: Item = {
+        "id": _s(connection.id),
+        "room": _s(connection.room),
+        "user_id": _s(connection.user_id),
+        "user_name": _s(connection.user_name),
+        "dialect": _s(connection.dialect.value),
+        "echo": _s(connection.echo),
+        "ttl": _n(ttl),
+    }
+    if connection.q is not None:
+        item["q"] = _n(connection.q)
+    if connection.expires_at is not None:
+        item["expires_at"] = _n(connection.expires_at)
+    return item
+
+
+def _connection_from(item: Item) -> Connection:
+    return Connection(
+        id=item["id"]["S"],
+        room=item["room"]["S"],
+        user_id=item["user_id"]["S"],
+        user_name=item["user_name"]["S"],
+        dialect=Dialect(item["dialect"]["S"]),
+        echo=item["echo"]["S"],
+        q=int(item["q"]["N"]) if "q" in item else None,
+        expires_at=float(item["expires_at"]["N"]) if "expires_at" in item else None,
+    )
+
+
+def _message_from(item: Item) -> ChatMessage:
+    return ChatMessage(
+        id=int(item["id"]["N"]),
+        room=item["room"]["S"],
+        user_id=item["user_id"]["S"],
+        user_name=item["user_name"]["S"],
+        text=item["text"]["S"],
+        ts=float(item["ts"]["N"]),
+        client_msg_id=item["client_msg_id"]["S"] if "client_msg_id" in item else None,
+    )
+
+
+def _query(client: Any, **kwargs: Any) -> Iterator[Item]:
+    """Every item of a Query, page by page."""
+    while True:
+        page = client.query(**kwargs)
+        yield from page.get("Items", [])
+        last = page.get("LastEvaluatedKey")
+        if not last:
+            return
+        kwargs["ExclusiveStartKey"] = last
+
+
+class DynamoConnections:
+    """Connections with a TTL: API Gateway closes sockets after 2 h and `$disconnect` is
+    best-effort, so stale records expire on their own and reads skip expired ones."""
+
+    def __init__(
+        self,
+        client: Any,
+        table: str,
+        ttl_seconds: int = 2 * 3600 + 300,
+        page_size: int | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._client = client
+        self._table = table
+        self._ttl_seconds = ttl_seconds
+        self._page_size = page_size
+        self._clock = clock
+
+    def add(self, connection: Connection) -> None:
+        ttl = int(self._clock()) + self._ttl_seconds
+        attributes = _connection_attributes(connection, ttl)
+        self._client.transact_write_items(
+            TransactItems=[
+                {
+                    "Put": {
+                        "TableName": self._table,
+                        "Item": {"pk": _s(f"CONN#{connection.id}"), "sk": _s("CONN"), **attributes},
+                    }
+                },
+                {
+                    "Put": {
+                        "TableName": self._table,
+                        "Item": {
+                            "pk": _s(_room_key(connection.room)),
+                            "sk": _s(f"CONN#{connection.id}"),
+                            **attributes,
+                        },
+                    }
+                },
+            ]
+        )
+
+    def get(self, connection_id: str) -> Connection | None:
+        response = self._client.get_item(
+            TableName=self._table,
+            Key={"pk": _s(f"CONN#{connection_id}"), "sk": _s("CONN")},
+            ConsistentRead=True,
+        )
+        item = response.get("Item")
+        if item is None or self._expired(item):
+            return None
+        return _connection_from(item)
+
+    def remove(self, connection_id: str) -> Connection | None:
+        response = self._client.delete_item(
+            TableName=self._table,
+            Key={"pk": _s(f"CONN#{connection_id}"), "sk": _s("CONN")},
+            ReturnValues="ALL_OLD",
+        )
+        item = response.get("Attributes")
+        if item is None:
+            return None
+        connection = _connection_from(item)
+        self._client.delete_item(
+            TableName=self._table,
+            Key={"pk": _s(_room_key(connection.room)), "sk": _s(f"CONN#{connection_id}")},
+        )
+        return None if self._expired(item) else connection
+
+    def in_room(self, room: str) -> Sequence[Connection]:
+        query: dict[str, Any] = {
+            "TableName": self._table,
+            "KeyConditionExpression": "pk = :pk AND begins_with(sk, :conn)",
+            "FilterExpression": "#ttl > :now",
+            "ExpressionAttributeNames": {"#ttl": "ttl"},
+            "ExpressionAttributeValues": {
+                ":pk": _s(_room_key(room)),
+                ":conn": _s("CONN#"),
+                ":now": _n(int(self._clock())),
+            },
+            # Strongly consistent: a client whose $connect just returned gets the next message.
+            "ConsistentRead": True,
+        }
+        if self._page_size:
+            query["Limit"] = self._page_size
+        return [_connection_from(item) for item in _query(self._client, **query)]
+
+    def _expired(self, item: Item) -> bool:
+        return "ttl" in item and int(item["ttl"]["N"]) <= self._clock()
+
+
+class DynamoMessageLog:
+    """Per-room history: ids from an atomic per-room counter, items expiring after
+    `retention_seconds`."""
+
+    def __init__(
+        self,
+        client: Any,
+        table: str,
+        retention_seconds: int = 7 * 86400,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._client = client
+        self._table = table
+        self._retention = retention_seconds
+        self._clock = clock
+
+    def append(
+        self, room: str, user_id: str, user_name: str, text: str, client_msg_id: str | None
+    ) -> tuple[ChatMessage, bool]:
+        if client_msg_id is not None:
+            stored = self._deduplicated(room, user_id, client_msg_id)
+            if stored is not None:
+                return stored, False
+        counter = self._client.update_item(
+            TableName=self._table,
+            Key={"pk": _s(_room_key(room)), "sk": _s("SEQ")},
+            UpdateExpression="ADD last_id :one",
+            ExpressionAttributeValues={":one": _n(1)},
+            ReturnValues="UPDATED_NEW",
+        )
+        message = ChatMessage(
+            id=int(counter["Attributes"]["last_id"]["N"]),
+            room=room,
+            user_id=user_id,
+            user_name=user_name,
+            text=text,
+            ts=self._clock(),
+            client_msg_id=client_msg_id,
+        )
+        ttl = int(message.ts) + self._retention
+        item: Item = {
+            "pk": _s(_room_key(room)),
+            "sk": _s(_message_key(message.id)),
+            "id": _n(message.id),
+            "room": _s(room),
+            "user_id": _s(user_id),
+            "user_name": _s(user_name),
+            "text": _s(text),
+            "ts": _n(message.ts),
+            "ttl": _n(ttl),
+        }
+        if client_msg_id is None:
+            self._client.put_item(TableName=self._table, Item=item)
+            return message, True
+        item["client_msg_id"] = _s(client_msg_id)
+        try:
+            # The message and its de-duplication marker land together or not at all.
+            self._client.transact_write_items(
+                TransactItems=[
+                    {"Put": {"TableName": self._table, "Item": item}},
+                    {
+                        "Put": {
+                            "TableName": self._table,
+                            "Item": {
+                                "pk": _s(_room_key(room)),
+                                "sk": _s(f"DEDUP#{user_id}#{client_msg_id}"),
+                                "message_id": _n(message.id),
+                                "ttl": _n(ttl),
+                            },
+                            "ConditionExpression": "attribute_not_exists(pk)",
+                        }
+                    },
+                ]
+            )
+        except self._client.exceptions.TransactionCanceledException:
+            # A concurrent retry won the race; its message is the one that counts. The id we
+            # drew is skipped: ids stay strictly increasing, with a gap.
+            stored = self._deduplicated(room, user_id, client_msg_id)
+            if stored is None:
+                raise
+            return stored, False
+        return message, True
+
+    def _deduplicated(self, room: str, user_id: str, client_msg_id: str) -> ChatMessage | None:
+        marker = self._client.get_item(
+            TableName=self._table,
+            Key={"pk": _s(_room_key(room)), "sk": _s(f"DEDUP#{user_id}#{client_msg_id}")},
+            ConsistentRead=True,
+        ).get("Item")
+        if marker is None:
+            return None
+        stored = self._client.get_item(
+            TableName=self._table,
+            Key={"pk": _s(_room_key(room)), "sk": _s(_message_key(int(marker["message_id"]["N"])))},
+            ConsistentRead=True,
+        ).get("Item")
+        return _message_from(stored) if stored is not None else None
+
+    def after(self, room: str, after_id: int, limit: int) -> Sequence[ChatMessage]:
+        return self._messages(room, _message_key(after_id + 1), limit, forward=True)
+
+    def recent(self, room: str, limit: int) -> Sequence[ChatMessage]:
+        if limit <= 0:
+            return []
+        newest_first = self._messages(room, _message_key(0), limit, forward=False)
+        return list(reversed(newest_first))
+
+    def latest_id(self, room: str) -> int:
+        item = self._client.get_item(
+            TableName=self._table,
+            Key={"pk": _s(_room_key(room)), "sk": _s("SEQ")},
+            ConsistentRead=True,
+        ).get("Item")
+        return int(item["last_id"]["N"]) if item else 0
+
+    def _messages(self, room: str, bound: str, limit: int, forward: bool) -> list[ChatMessage]:
+        query: dict[str, Any] = {
+            "TableName": self._table,
+            "KeyConditionExpression": "pk = :pk AND sk BETWEEN :low AND :high",
+            "FilterExpression": "#ttl > :now",
+            "ExpressionAttributeNames": {"#ttl": "ttl"},
+            "ExpressionAttributeValues": {
+                ":pk": _s(_room_key(room)),
+                ":low": _s(bound if forward else _message_key(0)),
+                ":high": _s(_message_key(10**MESSAGE_ID_WIDTH - 1)),
+                ":now": _n(int(self._clock())),
+            },
+            "ScanIndexForward": forward,
+            "ConsistentRead": True,
+            "Limit": limit,
+        }
+        messages: list[ChatMessage] = []
+        for item in _query(self._client, **query):
+            messages.append(_message_from(item))
+            if len(messages) >= limit:
+                break
+        return messages
