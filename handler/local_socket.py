@@ -6,43 +6,21 @@ import asyncio
 import logging
 import secrets
 import time
-import unicodedata
 from typing import Annotated, Literal
 
 from fastapi import Query, WebSocket, WebSocketException
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import PlainTextResponse
 
-from auth.credentials import BEARER_SUBPROTOCOL
 from auth.errors import AuthError
 from auth.handshake import Handshake
 from handler.core import ConnectParams
 from handler.ports import Dialect
 from handler.service import LocalChat
-from handler.wire import CloseCode
+from handler.wire import CloseCode, choose_subprotocol, room_problem
 from infra.local_delivery import Outbox
 
 log = logging.getLogger(__name__)
-
-JSON_SUBPROTOCOL = "wschat.json"
-
-
-def room_problem(room: str, max_length: int) -> str | None:
-    """Why a room name is refused, or None. Any printable Unicode is a fine room name."""
-    if len(room) > max_length:
-        return f"room name longer than {max_length} characters"
-    if any(unicodedata.category(ch).startswith("C") for ch in room):
-        return "room name contains control characters"
-    return None
-
-
-def choose_subprotocol(offered: list[str]) -> tuple[Dialect | None, str | None]:
-    """The dialect a subprotocol asks for, and the subprotocol to select (never a token)."""
-    if JSON_SUBPROTOCOL in offered:
-        return Dialect.JSON, JSON_SUBPROTOCOL
-    if BEARER_SUBPROTOCOL in offered:
-        return None, BEARER_SUBPROTOCOL
-    return None, None
 
 
 async def chat_socket(

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
 
-from handler.ports import ChatMessage, Connection
+from auth.credentials import BEARER_SUBPROTOCOL
+from handler.ports import ChatMessage, Connection, Dialect
+
+JSON_SUBPROTOCOL = "wschat.json"
 
 
 class CloseCode(IntEnum):
@@ -29,6 +33,29 @@ class ErrorCode:
     BINARY_UNSUPPORTED = "binary_unsupported"
     RATE_LIMITED = "rate_limited"
     TOKEN_EXPIRED = "token_expired"  # noqa: S105 (an error code, not a secret)
+
+
+# --- the handshake ----------------------------------------------------------------------
+
+
+def room_problem(room: str, max_length: int) -> str | None:
+    """Why a room name is refused, or None. Any printable Unicode is a fine room name."""
+    if not room:
+        return "room name is empty"
+    if len(room) > max_length:
+        return f"room name longer than {max_length} characters"
+    if any(unicodedata.category(ch).startswith("C") for ch in room):
+        return "room name contains control characters"
+    return None
+
+
+def choose_subprotocol(offered: Sequence[str]) -> tuple[Dialect | None, str | None]:
+    """The dialect the offered subprotocols ask for, and the one to select (never a token)."""
+    if JSON_SUBPROTOCOL in offered:
+        return Dialect.JSON, JSON_SUBPROTOCOL
+    if BEARER_SUBPROTOCOL in offered:
+        return None, BEARER_SUBPROTOCOL
+    return None, None
 
 
 # --- inbound (JSON dialect) -------------------------------------------------------------

@@ -70,12 +70,14 @@ class ManagementApiDelivery:
         concurrency: int = 32,
         attempts: int = 3,
         backoff: float = 0.05,
+        gone_attempts: int = 1,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self._client = client
         self._concurrency = concurrency
         self._attempts = attempts
         self._backoff = backoff
+        self._gone_attempts = gone_attempts
         self._sleep = sleep
         self._pool: ThreadPoolExecutor | None = None
 
@@ -105,12 +107,20 @@ class ManagementApiDelivery:
     def _post(self, connection_id: str, data: bytes) -> bool:
         """Deliver to one connection. Returns True when the connection is gone."""
         gone_error = self._client.exceptions.GoneException
-        for attempt in range(1, self._attempts + 1):
+        gone_seen = 0
+        attempt = 0
+        while attempt < self._attempts:
+            attempt += 1
             try:
                 self._client.post_to_connection(ConnectionId=connection_id, Data=data)
                 return False
             except gone_error:
-                return True
+                gone_seen += 1
+                if gone_seen >= self._gone_attempts:
+                    return True
+                attempt -= 1  # waiting for a handshake to finish is not a failed attempt
+                self._sleep(self._backoff * 2**gone_seen)
+                continue
             except Exception as error:
                 status = _status(error)
                 if status == 403:

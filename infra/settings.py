@@ -54,6 +54,18 @@ class Settings(BaseSettings):
     history_size: int = Field(default=1000, ge=1)
     welcome_history: int = Field(default=20, ge=0)
 
+    # Serverless transport (API Gateway + Lambda + DynamoDB).
+    table: str = "wschat"
+    dynamodb_endpoint: str = ""
+    apigw_endpoint: str = ""
+    offline_ws_port: int = 3001
+    fanout_concurrency: int = Field(default=32, ge=1, le=256)
+    connection_ttl_seconds: int = Field(default=2 * 3600 + 300, ge=60)
+    history_ttl_seconds: int = Field(default=7 * 86400, ge=60)
+    room_page_size: int = Field(default=0, ge=0)
+    welcome_function: str = ""
+    socket_url: str = ""
+
     ws_per_message_deflate: bool = False
     ws_ping_interval: float = Field(default=20.0, gt=0)
     ws_ping_timeout: float = Field(default=20.0, gt=0)
