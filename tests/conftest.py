@@ -26,3 +26,33 @@ def start_server(tmp_path: Path):  # type: ignore[no-untyped-def]
             return stack.enter_context(running_server(tmp_path, env))
 
         yield start
+
+
+@pytest.fixture
+def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """moto's AWS with the chat table made from infra/resources.yml; fresh caches around it."""
+    import os
+
+    import boto3
+    from moto import mock_aws
+
+    from tests.aws import create_table, reset_caches
+
+    for key in list(os.environ):
+        if key.startswith("WSCHAT_"):
+            monkeypatch.delenv(key)
+    for key, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SESSION_TOKEN": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_REGION": "us-east-1",
+        "WSCHAT_TABLE": "wschat-test",
+    }.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("IS_OFFLINE", raising=False)
+    reset_caches()
+    with mock_aws():
+        create_table(boto3.client("dynamodb"), "wschat-test")
+        yield
+    reset_caches()

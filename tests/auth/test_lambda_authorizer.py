@@ -1,0 +1,87 @@
+"""The REQUEST authorizer: the same authenticators, an IAM policy out, closed on any error."""
+
+from __future__ import annotations
+
+import pytest
+
+from auth import lambda_authorizer
+from tests.auth.keys import SECRET, hs256
+from tests.aws import event, reset_caches
+
+ARN = "arn:aws:execute-api:us-east-1:123456789012:abcdef123/prod/$connect"
+
+
+@pytest.fixture(autouse=True)
+def fresh(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for key in list(os.environ):
+        if key.startswith("WSCHAT_"):
+            monkeypatch.delenv(key)
+    reset_caches()
+
+
+def jwt_mode(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WSCHAT_AUTH", "jwt")
+    monkeypatch.setenv("WSCHAT_JWT_ALGORITHMS", "HS256")
+    monkeypatch.setenv("WSCHAT_JWT_SECRET", SECRET)
+    monkeypatch.setenv("WSCHAT_JWT_ISSUER", "https://issuer.example")
+    monkeypatch.setenv("WSCHAT_JWT_AUDIENCE", "wschat")
+    reset_caches()
+
+
+def test_token_mode_allows_with_a_flat_context() -> None:
+    result = lambda_authorizer.handler(event("authorizer"))
+    statement = result["policyDocument"]["Statement"][0]
+    assert statement == {"Action": "execute-api:Invoke", "Effect": "Allow", "Resource": ARN}
+    assert result["principalId"].startswith("user-")
+    context = result["context"]
+    assert all(isinstance(v, str | int | float | bool) for v in context.values())
+    assert context["name"] == result["principalId"] and context["expiresAt"] == ""
+
+
+def test_jwt_mode_carries_subject_name_and_expiry(monkeypatch: pytest.MonkeyPatch) -> None:
+    jwt_mode(monkeypatch)
+    token = hs256()
+    result = lambda_authorizer.handler(
+        event("authorizer", queryStringParameters={"room": "foo", "token": token})
+    )
+    assert result["principalId"] == "alice-123"
+    assert result["context"]["name"] == "Alice" and result["context"]["expiresAt"] > 0
+    assert token not in str(result)
+
+
+def test_invalid_token_is_unauthorized(monkeypatch: pytest.MonkeyPatch) -> None:
+    jwt_mode(monkeypatch)
+    with pytest.raises(lambda_authorizer.Unauthorized, match=r"^Unauthorized$"):
+        lambda_authorizer.handler(
+            event("authorizer", queryStringParameters={"room": "foo", "token": "garbage"})
+        )
+
+
+def test_missing_credential_is_denied(monkeypatch: pytest.MonkeyPatch) -> None:
+    # 403, like the seed's policy violation (API Gateway itself answers 401 when an identity
+    # source is absent, before the authorizer runs).
+    jwt_mode(monkeypatch)
+    result = lambda_authorizer.handler(event("authorizer", queryStringParameters={"room": "x"}))
+    assert result["policyDocument"]["Statement"][0]["Effect"] == "Deny"
+
+
+def test_foreign_origin_is_denied(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WSCHAT_ALLOWED_ORIGINS", "https://other.example")
+    reset_caches()
+    result = lambda_authorizer.handler(event("authorizer"))
+    assert result["policyDocument"]["Statement"][0]["Effect"] == "Deny"
+
+
+@pytest.mark.parametrize("bad", [{}, None, "x", {"methodArn": 5}])
+def test_malformed_events_fail_closed(bad: object) -> None:
+    with pytest.raises(lambda_authorizer.Unauthorized):
+        lambda_authorizer.handler(bad)
+
+
+def test_misconfiguration_fails_closed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WSCHAT_AUTH", "jwt")  # no algorithms: the backend cannot be built
+    reset_caches()
+    with pytest.raises(lambda_authorizer.Unauthorized):
+        lambda_authorizer.handler(event("authorizer"))

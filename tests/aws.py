@@ -1,0 +1,97 @@
+"""AWS test helpers: moto tables made from infra/resources.yml, real-shaped events, and a
+recorder of what the real boto3 Management API client posted."""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+EVENTS = Path(__file__).resolve().parent / "events"
+ENDPOINT = "https://abcdef123.execute-api.us-east-1.amazonaws.com/prod"
+
+
+def table_properties() -> dict[str, Any]:
+    """The ChatTable's Properties, exactly as serverless.yml deploys them."""
+    text = (ROOT / "infra" / "resources.yml").read_text()
+    properties: dict[str, Any] = yaml.safe_load(text)["Resources"]["ChatTable"]["Properties"]
+    return properties
+
+
+def create_table(client: Any, name: str) -> None:
+    properties = table_properties()
+    client.create_table(
+        TableName=name,
+        AttributeDefinitions=properties["AttributeDefinitions"],
+        KeySchema=properties["KeySchema"],
+        BillingMode=properties["BillingMode"],
+    )
+    ttl = properties["TimeToLiveSpecification"]
+    client.update_time_to_live(
+        TableName=name,
+        TimeToLiveSpecification={"AttributeName": ttl["AttributeName"], "Enabled": ttl["Enabled"]},
+    )
+
+
+def event(name: str, **changes: Any) -> dict[str, Any]:
+    """A fixture event from tests/events, with top-level or requestContext fields replaced."""
+    body: dict[str, Any] = json.loads((EVENTS / f"{name}.json").read_text())
+    body = copy.deepcopy(body)
+    for key, value in changes.items():
+        if key in body.get("requestContext", {}) or key in {
+            "connectionId",
+            "authorizer",
+            "routeKey",
+        }:
+            body["requestContext"][key] = value
+        else:
+            body[key] = value
+    return body
+
+
+class PostRecorder:
+    """Hooks the real client's event system; every call still goes to moto."""
+
+    def __init__(self, client: Any) -> None:
+        self.frames: dict[str, list[str]] = defaultdict(list)
+        client.meta.events.register(
+            "provide-client-params.apigatewaymanagementapi.PostToConnection", self._record
+        )
+
+    def _record(self, params: dict[str, Any], **kwargs: Any) -> None:
+        data = params["Data"]
+        self.frames[params["ConnectionId"]].append(
+            data.decode() if isinstance(data, bytes) else data
+        )
+
+    def take(self, connection_id: str) -> list[str]:
+        frames, self.frames[connection_id] = self.frames[connection_id], []
+        return frames
+
+    def take_json(self, connection_id: str) -> list[dict[str, Any]]:
+        return [json.loads(frame) for frame in self.take(connection_id)]
+
+
+def reset_caches() -> None:
+    """Forget every process-wide cached client, core and setting, as a cold start would."""
+    from auth import lambda_authorizer
+    from handler import lambda_http, lambda_ws, serverless
+    from infra.settings import get_settings
+
+    for cached in (
+        get_settings,
+        serverless.dynamodb_client,
+        serverless.management_client,
+        serverless.core_for,
+        serverless.welcome_core_for,
+        lambda_ws._authenticator,
+        lambda_ws._lambda_client,
+        lambda_authorizer._authenticator,
+        lambda_http._adapter,
+    ):
+        cached.cache_clear()

@@ -1,0 +1,220 @@
+"""The Lambda handlers under moto: the uvicorn endpoint's chat, driven by API Gateway events."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+import boto3
+import pytest
+from botocore.stub import ANY, Stubber
+
+from handler import lambda_ws
+from handler.serverless import management_client
+from tests.aws import ENDPOINT, PostRecorder, event
+
+pytestmark = pytest.mark.usefixtures("aws")
+
+
+@pytest.fixture
+def posts() -> PostRecorder:
+    return PostRecorder(management_client(ENDPOINT))
+
+
+def connect(cid: str, room: str, token: str, **query: str) -> dict[str, Any]:
+    return lambda_ws.connect(
+        event(
+            "connect",
+            connectionId=cid,
+            queryStringParameters={"room": room, "token": token, **query},
+        )
+    )
+
+
+def send(cid: str, body: str) -> dict[str, Any]:
+    return lambda_ws.default(event("message", connectionId=cid, body=body))
+
+
+def table_items() -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = boto3.client("dynamodb").scan(TableName="wschat-test")["Items"]
+    return items
+
+
+def test_connect_message_fanout_disconnect_across_two_rooms(posts: PostRecorder) -> None:
+    assert connect("A", "foo", "alice-token", q="7") == {"statusCode": 200}
+    assert connect("B", "foo", "bob-token") == {"statusCode": 200}
+    assert connect("J", "foo", "jo-token", format="json") == {"statusCode": 200}
+    assert connect("C", "bar", "carol-token") == {"statusCode": 200}
+    assert lambda_ws.welcome({"connectionId": "J", "endpoint": ENDPOINT}) == {"statusCode": 200}
+    welcome = posts.take_json("J")[-1]
+    assert welcome["type"] == "welcome" and welcome["room"] == "foo" and welcome["count"] == 3
+
+    assert send("A", "hello") == {"statusCode": 200}
+    assert posts.take("A") == [
+        "Session cookie or query token value is: alice-token",
+        "Query parameter q is: 7",
+        "Message text was: hello, for item ID: foo",
+    ]
+    (line,) = posts.take("B")
+    assert line.startswith("user-") and line.endswith(": hello") and "alice-token" not in line
+    (message,) = posts.take_json("J")
+    assert (message["type"], message["id"], message["text"]) == ("message", 1, "hello")
+    assert posts.take("C") == []
+
+    send("J", json.dumps({"action": "sendmessage", "text": "hi all"}))
+    assert [m["text"] for m in posts.take_json("J")] == ["hi all"]
+    assert posts.take("A")[0].endswith(": hi all")
+    assert posts.take("B")[0].endswith(": hi all")
+    send("J", '{"action": "history", "since": 0}')
+    history = posts.take_json("J")[0]
+    assert [m["id"] for m in history["messages"]] == [1, 2]
+
+    assert lambda_ws.disconnect(event("disconnect", connectionId="B")) == {"statusCode": 200}
+    leave = posts.take_json("J")[0]
+    assert (leave["type"], leave["event"], leave["count"]) == ("presence", "leave", 2)
+    send("A", "after")
+    assert len(posts.take("A")) == 3
+    assert posts.take("B") == []
+    send("C", "in bar")
+    assert posts.take("A") == [] and len(posts.take("C")) == 2
+
+
+def test_json_subprotocol_is_selected_and_token_never_echoed(posts: PostRecorder) -> None:
+    headers = {**event("connect")["headers"], "Sec-WebSocket-Protocol": "wschat.json, bearer, tok"}
+    response = lambda_ws.connect(
+        event("connect", connectionId="S", headers=headers, queryStringParameters={"room": "r"})
+    )
+    assert response == {"statusCode": 200, "headers": {"Sec-WebSocket-Protocol": "wschat.json"}}
+    send("S", '{"action":"ping"}')
+    assert posts.take_json("S") == [{"type": "pong"}]
+
+
+@pytest.mark.parametrize(
+    ("query", "status"),
+    [
+        ({"room": "foo"}, 403),  # no credential
+        ({"token": "t"}, 400),  # no room
+        ({"room": "r" * 10_000, "token": "t"}, 403),
+        ({"room": "foo", "token": "t", "q": "abc"}, 403),
+        ({"room": "foo", "token": "t", "format": "xml"}, 403),
+        ({"room": "foo", "token": "t", "since": "-1"}, 403),
+    ],
+)
+def test_refused_connects_write_nothing(query: dict[str, str], status: int) -> None:
+    response = lambda_ws.connect(event("connect", queryStringParameters=query))
+    assert response["statusCode"] == status
+    assert table_items() == []
+
+
+def test_jwt_mode_rejects_a_bad_token_with_401(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WSCHAT_AUTH", "jwt")
+    monkeypatch.setenv("WSCHAT_JWT_ALGORITHMS", "HS256")
+    monkeypatch.setenv("WSCHAT_JWT_SECRET", "x" * 40)
+    response = connect("X", "foo", "not.a.jwt")
+    assert response["statusCode"] == 401
+    assert table_items() == []
+
+
+def test_authorizer_context_names_the_principal(posts: PostRecorder) -> None:
+    authorizer = {"principalId": "u-1", "name": "Ursula", "echo": "u-1", "expiresAt": ""}
+    lambda_ws.connect(
+        event(
+            "connect",
+            connectionId="U",
+            authorizer=authorizer,
+            queryStringParameters={"room": "foo"},
+        )
+    )
+    connect("V", "foo", "v")
+    send("U", "from ursula")
+    assert posts.take("U")[0] == "Session cookie or query token value is: u-1"
+    assert posts.take("V") == ["Ursula: from ursula"]
+
+
+def test_expired_authorizer_principal_is_closed_on_its_next_frame(posts: PostRecorder) -> None:
+    authorizer = {"principalId": "old", "name": "Old", "echo": "old", "expiresAt": 1}
+    lambda_ws.connect(
+        event(
+            "connect",
+            connectionId="O",
+            authorizer=authorizer,
+            queryStringParameters={"room": "foo"},
+        )
+    )
+    connect("W", "foo", "w")
+    deletes: list[str] = []
+    management_client(ENDPOINT).meta.events.register(
+        "provide-client-params.apigatewaymanagementapi.DeleteConnection",
+        lambda params, **_: deletes.append(params["ConnectionId"]),
+    )
+    send("O", "too late")
+    assert deletes == ["O"]
+    assert posts.take("W") == []
+
+
+def test_binary_frame_gets_an_error_line(posts: PostRecorder) -> None:
+    connect("A", "foo", "t")
+    raw = event(
+        "message",
+        connectionId="A",
+        body=base64.b64encode(b"\x00\x01").decode(),
+        isBase64Encoded=True,
+    )
+    assert lambda_ws.default(raw) == {"statusCode": 200}
+    assert posts.take("A") == ["Error: binary frames are not supported; send text"]
+
+
+@pytest.mark.parametrize(
+    ("handler", "bad_event"),
+    [
+        (lambda_ws.default, {"body": "x"}),  # no requestContext
+        (lambda_ws.default, event("message", body=None)),
+        (lambda_ws.default, event("message", body="!!not base64!!", isBase64Encoded=True)),
+        (lambda_ws.default, event("message", connectionId="")),
+        (lambda_ws.default, "not even an object"),
+        (lambda_ws.connect, {"requestContext": "nope"}),
+        (lambda_ws.disconnect, {}),
+        (lambda_ws.handle, event("message", routeKey="$bogus")),
+        (lambda_ws.handle, []),
+        (lambda_ws.welcome, {"endpoint": ENDPOINT}),
+    ],
+)
+def test_malformed_events_get_400_and_a_log_line(
+    handler: Any, bad_event: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    response = handler(bad_event)
+    assert response["statusCode"] == 400 and response["body"]
+    assert any(r.levelname == "WARNING" for r in caplog.records)
+    assert table_items() == []
+
+
+def test_handle_dispatches_every_route(posts: PostRecorder) -> None:
+    assert lambda_ws.handle(event("connect", connectionId="H"))["statusCode"] == 200
+    assert lambda_ws.handle(event("message", connectionId="H", body="x"))["statusCode"] == 200
+    assert len(posts.take("H")) == 2
+    assert lambda_ws.handle(event("disconnect", connectionId="H"))["statusCode"] == 200
+    assert [i["sk"]["S"] for i in table_items()] == ["MSG#000000000001", "SEQ"]
+
+
+def test_message_from_unknown_connection_is_closed() -> None:
+    deletes: list[str] = []
+    management_client(ENDPOINT).meta.events.register(
+        "provide-client-params.apigatewaymanagementapi.DeleteConnection",
+        lambda params, **_: deletes.append(params["ConnectionId"]),
+    )
+    assert send("ghost", "boo") == {"statusCode": 200}
+    assert deletes == ["ghost"]
+
+
+def test_json_connect_schedules_an_async_welcome(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WSCHAT_WELCOME_FUNCTION", "wschat-prod-welcome")
+    client = lambda_ws._lambda_client()
+    with Stubber(client) as stub:
+        stub.add_response(
+            "invoke",
+            {"StatusCode": 202},
+            {"FunctionName": "wschat-prod-welcome", "InvocationType": "Event", "Payload": ANY},
+        )
+        assert connect("J", "foo", "t", format="json", since="5")["statusCode"] == 200
+        stub.assert_no_pending_responses()
