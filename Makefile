@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test lint typecheck unit clean
+.PHONY: run test lint typecheck unit clean lambda-zip package node_modules
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,5 +35,18 @@ unit: $(VENV)/.installed-dev
 
 test: lint typecheck unit
 
+# The Lambda artifact: our packages + dependencies built for the Lambda runtime (3.12, x86_64).
+lambda-zip: $(VENV)/.installed-run
+	$(BIN)/python -m infra.build_lambda
+
+node_modules: package.json package-lock.json
+	npm ci --no-audit --no-fund
+	touch node_modules
+
+# `osls package` (the open-source Serverless CLI, pinned in package.json): runs offline.
+STAGE ?= dev
+package: lambda-zip node_modules
+	npx osls package --stage $(STAGE)
+
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache build .serverless node_modules

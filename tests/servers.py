@@ -40,7 +40,7 @@ class Server:
         return self.log_path.read_text(errors="replace")
 
     def get(self, path: str) -> bytes:
-        with urllib.request.urlopen(self.http + path, timeout=5) as response:  # noqa: S310
+        with urllib.request.urlopen(self.http + path, timeout=5) as response:
             body: bytes = response.read()
             return body
 
@@ -67,7 +67,7 @@ def running_server(tmp_dir: Path, env: Mapping[str, str] | None = None) -> Itera
     environment = {k: v for k, v in os.environ.items() if not k.startswith("WSCHAT_")}
     environment.update(env or {})
     with log_path.open("wb") as log_file:
-        process = subprocess.Popen(  # noqa: S603
+        process = subprocess.Popen(
             [str(WSCHAT), "serve", "--host", "127.0.0.1", "--port", str(port)],
             stdout=log_file,
             stderr=subprocess.STDOUT,

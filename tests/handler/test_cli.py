@@ -44,9 +44,7 @@ def test_importing_the_app_reads_no_settings() -> None:
         "import handler.app, handler.cli, infra.settings;"
         "print(infra.settings.get_settings.cache_info().currsize)"
     )
-    out = subprocess.run(  # noqa: S603
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "0"
 
 

@@ -131,7 +131,7 @@ async def test_slow_jwks_fetch_does_not_block_the_event_loop(start_server: Any) 
 
 def test_wschat_token_mints_a_verifiable_token() -> None:
     env = {**os.environ, **JWT_ENV, "WSCHAT_JWT_AUDIENCE": "wschat"}
-    out = subprocess.run(  # noqa: S603
+    out = subprocess.run(
         [str(WSCHAT), "token", "--sub", "alice", "--name", "Alice", "--ttl", "15m"],
         capture_output=True,
         text=True,
@@ -159,7 +159,7 @@ def test_wschat_token_mints_a_verifiable_token() -> None:
 )
 def test_serve_refuses_bad_auth_settings(env: dict[str, str], message: str) -> None:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("WSCHAT_")}
-    out = subprocess.run(  # noqa: S603
+    out = subprocess.run(
         [str(WSCHAT), "serve", "--port", "0"],
         capture_output=True,
         text=True,
@@ -173,7 +173,7 @@ def test_serve_refuses_bad_auth_settings(env: dict[str, str], message: str) -> N
 
 def test_token_command_needs_a_secret() -> None:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("WSCHAT_")}
-    out = subprocess.run(  # noqa: S603
+    out = subprocess.run(
         [str(WSCHAT), "token", "--sub", "a"], capture_output=True, text=True, env=clean
     )
     assert out.returncode == 2 and "WSCHAT_JWT_SECRET" in out.stderr

@@ -1,0 +1,208 @@
+"""The deployable: `osls package` from serverless.yml, cfn-lint on its template, and the Lambda
+zip run by a clean Python 3.12 with only boto3 beside it, against moto's server."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+
+from tests.aws import create_table
+from tests.servers import ROOT, free_port
+from tests.tools import require
+
+TEMPLATE = ROOT / ".serverless" / "cloudformation-template-update-stack.json"
+ARTIFACT = ROOT / "build" / "lambda.zip"
+# Warnings cfn-lint raises on what the framework generates, accepted as harmless:
+# W3005: a DependsOn that a Ref/GetAtt already implies.
+ACCEPTED_WARNINGS = {"W3005"}
+
+
+def python312() -> str:
+    found = sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.12*/bin/python3.12")))
+    if found:
+        return found[-1]
+    return require("python3.12", "run the Lambda artifact under the runtime's Python")
+
+
+@pytest.fixture(scope="module")
+def packaged() -> None:
+    require("npm", "install osls from package.json")
+    subprocess.run(
+        ["make", "package", "STAGE=ci"],
+        cwd=ROOT,
+        check=True,
+        env={**os.environ, "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x"},
+        capture_output=True,
+        timeout=600,
+    )
+
+
+def test_osls_package_builds_the_stack(packaged: None) -> None:
+    template = json.loads(TEMPLATE.read_text())
+    resources = template["Resources"]
+    types = {r["Type"] for r in resources.values()}
+    assert {
+        "AWS::DynamoDB::Table",
+        "AWS::ApiGatewayV2::Api",
+        "AWS::ApiGatewayV2::Authorizer",
+    } <= types
+    runtimes = {
+        r["Properties"]["Runtime"]
+        for r in resources.values()
+        if r["Type"] == "AWS::Lambda::Function"
+    }
+    assert runtimes == {"python3.12"}
+    table = resources["ChatTable"]["Properties"]
+    assert table["BillingMode"] == "PAY_PER_REQUEST"
+    assert table["TimeToLiveSpecification"] == {"AttributeName": "ttl", "Enabled": True}
+    routes = {
+        r["Properties"]["RouteKey"]
+        for r in resources.values()
+        if r["Type"] == "AWS::ApiGatewayV2::Route"
+    }
+    assert {"$connect", "$default", "$disconnect"} <= routes
+    assert {"WebSocketUrl", "HttpUrl"} <= set(template["Outputs"])
+
+
+def test_iam_is_least_privilege(packaged: None) -> None:
+    resources = json.loads(TEMPLATE.read_text())["Resources"]
+    assert "IamRoleLambdaExecution" not in resources  # the framework's broader default role
+    roles = {name for name, r in resources.items() if r["Type"] == "AWS::IAM::Role"}
+    assert roles == {"ChatFunctionRole"}
+    statements = [
+        s
+        for policy in resources["ChatFunctionRole"]["Properties"]["Policies"]
+        for s in policy["PolicyDocument"]["Statement"]
+    ]
+    for statement in statements:
+        actions = (
+            statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+        )
+        assert not any(a.endswith(":*") or a == "*" for a in actions), statement
+        rendered = json.dumps(statement["Resource"])
+        assert statement["Resource"] != "*" and ":*:*:*" not in rendered
+        if any(a.startswith("dynamodb:") for a in actions):
+            assert "dynamodb:Scan" not in actions
+            assert statement["Resource"] == [{"Fn::GetAtt": ["ChatTable", "Arn"]}]
+        if "execute-api:ManageConnections" in actions:
+            assert '{"Ref": "WebsocketsApi"}' in rendered
+    functions = [r for r in resources.values() if r["Type"] == "AWS::Lambda::Function"]
+    assert all(
+        f["Properties"]["Role"] == {"Fn::GetAtt": ["ChatFunctionRole", "Arn"]} for f in functions
+    )
+
+
+def test_cfn_lint_finds_no_errors(packaged: None) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "cfnlint", "--format", "json", str(TEMPLATE)],
+        capture_output=True,
+        text=True,
+    )
+    findings = json.loads(result.stdout or "[]")
+    errors = [f for f in findings if f["Level"] == "Error"]
+    unexpected = [f for f in findings if f["Rule"]["Id"] not in ACCEPTED_WARNINGS]
+    assert errors == [] and unexpected == [], json.dumps(findings, indent=1)
+
+
+def test_artifact_holds_our_packages_and_nothing_else(packaged: None) -> None:
+    names = zipfile.ZipFile(ARTIFACT).namelist()
+    tops = {name.split("/", 1)[0] for name in names}
+    assert {"handler", "auth", "infra", "fastapi", "mangum", "jwt", "pydantic_core"} <= tops
+    for unwanted in ("tests", ".venv", "node_modules", "boto3", "botocore", "uvicorn", "moto"):
+        assert unwanted not in tops
+    assert not any("__pycache__" in n or n.endswith(".pyc") for n in names)
+    assert any(n.endswith("x86_64-linux-gnu.so") and "cpython-312" in n for n in names)
+
+
+@pytest.fixture(scope="module")
+def moto_server() -> Iterator[str]:
+    port = free_port()
+    process = subprocess.Popen(
+        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            urllib.request.urlopen(url + "/moto-api/", timeout=1)
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                process.kill()
+                raise
+            time.sleep(0.1)
+    yield url
+    process.terminate()
+    process.wait(10)
+
+
+def test_clean_python312_imports_and_invokes_every_handler(
+    packaged: None, moto_server: str, tmp_path: Path
+) -> None:
+    python = python312()
+    venv = ROOT / "build" / "py312-boto3"
+    if not (venv / "bin" / "python").exists():
+        subprocess.run([python, "-m", "venv", str(venv)], check=True)
+        subprocess.run(
+            [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "boto3"],
+            check=True,
+            capture_output=True,
+        )
+    unpacked = tmp_path / "artifact"
+    zipfile.ZipFile(ARTIFACT).extractall(unpacked)
+    aws_env = {
+        "AWS_ACCESS_KEY_ID": "x",
+        "AWS_SECRET_ACCESS_KEY": "x",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_REGION": "us-east-1",
+    }
+    create_table(
+        boto3.client(
+            "dynamodb",
+            endpoint_url=moto_server,
+            region_name="us-east-1",
+            aws_access_key_id="x",
+            aws_secret_access_key="x",
+        ),
+        "wschat-smoke",
+    )
+    env = {
+        "PATH": os.environ["PATH"],
+        **aws_env,
+        "WSCHAT_TABLE": "wschat-smoke",
+        "WSCHAT_DYNAMODB_ENDPOINT": moto_server,
+        "WSCHAT_APIGW_ENDPOINT": moto_server,
+    }
+    # Run the script as `-c` so the artifact (the working directory) is first on sys.path.
+    smoke = (ROOT / "tests" / "artifact_smoke.py").read_text()
+    result = subprocess.run(
+        [str(venv / "bin" / "python"), "-s", "-c", smoke, str(ROOT / "tests" / "events")],
+        cwd=unpacked,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    report: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["python"].startswith("3.12")
+    assert report["fastapi_loaded_by_ws_path"] is False
+    assert report["authorizer"] == "Allow"
+    assert report["connect"] == report["connect_other"] == {"statusCode": 200}
+    assert report["message"] == report["disconnect"] == {"statusCode": 200}
+    assert report["malformed"] == 400
+    assert report["http"] == {"status": 200, "body": {"status": "ok", "transport": "lambda"}}
