@@ -52,6 +52,33 @@ def test_gone_is_reported_and_not_retried(client: Any) -> None:
         stub.assert_no_pending_responses()
 
 
+def test_welcome_delivery_waits_out_a_410_while_the_handshake_completes(client: Any) -> None:
+    # $connect has returned but API Gateway may not accept sends for a moment yet.
+    sleeps: list[float] = []
+    patient = ManagementApiDelivery(client, concurrency=1, gone_attempts=3, sleep=sleeps.append)
+    with Stubber(client) as stub:
+        for _ in range(2):
+            stub.add_client_error(
+                "post_to_connection",
+                "GoneException",
+                http_status_code=410,
+                expected_params=post("new"),
+            )
+        stub.add_response("post_to_connection", {}, post("new"))
+        assert patient.send(["new"], "hi") == []
+        stub.assert_no_pending_responses()
+    assert len(sleeps) == 2
+    with Stubber(client) as stub:
+        for _ in range(3):
+            stub.add_client_error(
+                "post_to_connection",
+                "GoneException",
+                http_status_code=410,
+                expected_params=post("never"),
+            )
+        assert patient.send(["never"], "hi") == ["never"]
+
+
 @pytest.mark.parametrize(
     ("code", "status"), [("LimitExceededException", 429), ("InternalServerError", 500)]
 )
