@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test lint typecheck unit clean lambda-zip package node_modules
+.PHONY: run emulate test lint typecheck unit clean lambda-zip package node_modules
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -18,10 +18,19 @@ $(VENV)/.installed-run: pyproject.toml | $(BIN)/python
 
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	touch $@ $(VENV)/.installed-run
+	touch $@ $(VENV)/.installed-run $(VENV)/.installed-emulate
 
 run: $(VENV)/.installed-run
 	$(BIN)/wschat serve --host $(HOST) --port $(PORT)
+
+$(VENV)/.installed-emulate: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[emulate]'
+	touch $@ $(VENV)/.installed-run
+
+# The Lambda handlers behind a local API Gateway WebSocket emulator, DynamoDB from moto.
+EMULATOR_PORT ?= 3001
+emulate: $(VENV)/.installed-emulate
+	$(BIN)/wschat emulate --host $(HOST) --port $(EMULATOR_PORT)
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .

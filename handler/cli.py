@@ -14,10 +14,7 @@ WS_MAX_LINE = 1024 * 1024
 
 
 def _serve(args: argparse.Namespace) -> int:
-    # h11 refuses request heads over 16 KiB with a 400. The WebSocket layer re-parses the
-    # upgrade request with its own 8 KiB line limit, and uvicorn mishandles a line over that
-    # (the client hangs), so let it accept whatever h11 let through. Read at import time.
-    os.environ.setdefault("WEBSOCKETS_MAX_LINE_LENGTH", str(WS_MAX_LINE))
+    _allow_long_request_lines()
     import uvicorn
 
     from auth.factory import build_authenticator
@@ -50,6 +47,50 @@ def _serve(args: argparse.Namespace) -> int:
         ws_ping_interval=settings.ws_ping_interval,
         ws_ping_timeout=settings.ws_ping_timeout,
     )
+    return 0
+
+
+def _allow_long_request_lines() -> None:
+    # h11 refuses request heads over 16 KiB with a 400. The WebSocket layer re-parses the
+    # upgrade request with its own 8 KiB line limit, and uvicorn mishandles a line over that
+    # (the client hangs), so let it accept whatever h11 let through. Read at import time.
+    os.environ.setdefault("WEBSOCKETS_MAX_LINE_LENGTH", str(WS_MAX_LINE))
+
+
+def _emulate(args: argparse.Namespace) -> int:
+    _allow_long_request_lines()
+    import uvicorn
+
+    from infra.emulator import MAX_FRAME_BYTES, EmulatorConfig, build_emulator
+    from infra.log_redaction import log_config
+
+    settings = get_settings()
+    config = EmulatorConfig(
+        stage=args.stage,
+        authorizer=args.authorizer,
+        idle_timeout=args.idle_timeout,
+        max_duration=args.max_duration,
+        send_queue_frames=settings.send_queue_frames,
+    )
+    emulator, stop = build_emulator(config, args.host, args.port, args.dynamodb_endpoint)
+    print(
+        f"API Gateway emulator: ws://{args.host}:{args.port}/{args.stage}?room=...&token=...",
+        file=sys.stderr,
+    )
+    try:
+        uvicorn.run(
+            emulator.app(),
+            host=args.host,
+            port=args.port,
+            http="h11",
+            h11_max_incomplete_event_size=H11_MAX_HEAD,
+            log_config=log_config(settings.log_level),
+            ws="websockets-sansio",
+            ws_max_size=MAX_FRAME_BYTES,
+            ws_per_message_deflate=False,
+        )
+    finally:
+        stop()
     return 0
 
 
@@ -102,6 +143,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--port", type=int, help="port to bind (default: WSCHAT_PORT, 8000)")
     serve.add_argument("--reload", action="store_true", help="restart when code changes")
     serve.set_defaults(run=_serve)
+
+    emulate = commands.add_parser(
+        "emulate", help="run the Lambda handlers behind a local API Gateway WebSocket emulator"
+    )
+    emulate.add_argument("--host", default="127.0.0.1")
+    emulate.add_argument("--port", type=int, default=3001)
+    emulate.add_argument("--stage", default="local", help="URL path of the WebSocket API")
+    emulate.add_argument("--dynamodb-endpoint", help="a real DynamoDB instead of moto's server")
+    emulate.add_argument(
+        "--authorizer",
+        action="store_true",
+        help="run the REQUEST authorizer on $connect (needs ?token=)",
+    )
+    emulate.add_argument("--idle-timeout", type=float, default=600.0, help="seconds (10 min)")
+    emulate.add_argument("--max-duration", type=float, default=7200.0, help="seconds (2 h)")
+    emulate.set_defaults(run=_emulate)
 
     token = commands.add_parser("token", help="mint an HS256 token with WSCHAT_JWT_SECRET")
     token.add_argument("--sub", required=True, help="subject: the user's stable id")

@@ -36,6 +36,9 @@ class Limits:
     rate_abuse_strikes: int = 20
     welcome_history: int = 20
     history_page: int = 500
+    # API Gateway answers 410 for a connection until its $connect has returned (up to its 29 s
+    # integration timeout): a 410 for a younger connection does not mean it is gone.
+    connect_grace_seconds: float = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +91,7 @@ class ChatCore:
             echo=principal.echo,
             q=params.q,
             expires_at=principal.expires_at,
+            connected_at=self._wall_clock(),
         )
         self.connections.add(connection)
         self._announce("join", connection, self.connections.in_room(room))
@@ -230,7 +234,9 @@ class ChatCore:
             bucket = TokenBucket(self.limits.rate_per_second, self.limits.rate_burst, self._clock)
             state = self._rates[connection.id] = _RateState(bucket)
         if state.bucket.take():
-            state.strikes = 0
+            # Strikes decay with good behaviour instead of resetting, so a flood that is only
+            # partly over the rate (a slow transport refilling the bucket) still adds up.
+            state.strikes = max(0, state.strikes - 1)
             return True
         state.strikes += 1
         if state.strikes >= self.limits.rate_abuse_strikes:
@@ -254,5 +260,14 @@ class ChatCore:
 
     def _deliver(self, connection_ids: Sequence[str], payload: str) -> None:
         for gone in self.delivery.send(connection_ids, payload):
-            log.info("connection %s is gone; forgetting it", gone)
-            self.connections.remove(gone)
+            self._forget_gone(gone)
+
+    def _forget_gone(self, connection_id: str) -> None:
+        connection = self.connections.get(connection_id)
+        age = self._wall_clock() - connection.connected_at if connection else None
+        if age is not None and age < self.limits.connect_grace_seconds:
+            # Still completing its handshake; the welcome will bring it what it missed.
+            log.info("connection %s is not open yet; not forgetting it", connection_id)
+            return
+        log.info("connection %s is gone; forgetting it", connection_id)
+        self.connections.remove(connection_id)

@@ -173,7 +173,23 @@ def _authenticator() -> Authenticator:
 def _lambda_client() -> Any:
     import boto3
 
-    return boto3.client("lambda")
+    return boto3.client("lambda", endpoint_url=get_settings().lambda_endpoint or None)
+
+
+def reset_caches() -> None:
+    """Forget settings, clients and cores, as a cold start would (tests, the emulator)."""
+    from handler import serverless
+
+    for cached in (
+        get_settings,
+        serverless.dynamodb_client,
+        serverless.management_client,
+        serverless.core_for,
+        serverless.welcome_core_for,
+        _authenticator,
+        _lambda_client,
+    ):
+        cached.cache_clear()
 
 
 def _schedule_welcome(ws: WebSocketEvent, since: int | None) -> None:

@@ -30,6 +30,7 @@ class Connection:
     echo: str  # what the seed's first line shows to this user (see Principal.echo)
     q: int | None = None
     expires_at: float | None = None
+    connected_at: float = 0.0  # epoch seconds
 
 
 @dataclass(frozen=True, slots=True)

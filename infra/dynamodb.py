@@ -51,6 +51,7 @@ def _connection_attributes(connection: Connection, ttl: int) -> Item:
         "user_name": _s(connection.user_name),
         "dialect": _s(connection.dialect.value),
         "echo": _s(connection.echo),
+        "connected_at": _n(connection.connected_at),
         "ttl": _n(ttl),
     }
     if connection.q is not None:
@@ -70,6 +71,7 @@ def _connection_from(item: Item) -> Connection:
         echo=item["echo"]["S"],
         q=int(item["q"]["N"]) if "q" in item else None,
         expires_at=float(item["expires_at"]["N"]) if "expires_at" in item else None,
+        connected_at=float(item["connected_at"]["N"]) if "connected_at" in item else 0.0,
     )
 
 

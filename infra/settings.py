@@ -47,7 +47,7 @@ class Settings(BaseSettings):
     max_room_length: int = Field(default=128, ge=1)
     rate_per_second: float = Field(default=20.0, gt=0)
     rate_burst: int = Field(default=40, ge=1)
-    # Consecutive rate-limited frames before the connection is closed with 1008.
+    # Net rate-limited frames (each accepted frame takes one back) before a 1008 close.
     rate_abuse_strikes: int = Field(default=20, ge=1)
     send_queue_frames: int = Field(default=256, ge=1)
 
@@ -64,6 +64,7 @@ class Settings(BaseSettings):
     history_ttl_seconds: int = Field(default=7 * 86400, ge=60)
     room_page_size: int = Field(default=0, ge=0)
     welcome_function: str = ""
+    lambda_endpoint: str = ""
     socket_url: str = ""
 
     ws_per_message_deflate: bool = False

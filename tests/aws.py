@@ -80,18 +80,8 @@ class PostRecorder:
 def reset_caches() -> None:
     """Forget every process-wide cached client, core and setting, as a cold start would."""
     from auth import lambda_authorizer
-    from handler import lambda_http, lambda_ws, serverless
-    from infra.settings import get_settings
+    from handler import lambda_http, lambda_ws
 
-    for cached in (
-        get_settings,
-        serverless.dynamodb_client,
-        serverless.management_client,
-        serverless.core_for,
-        serverless.welcome_core_for,
-        lambda_ws._authenticator,
-        lambda_ws._lambda_client,
-        lambda_authorizer._authenticator,
-        lambda_http._adapter,
-    ):
-        cached.cache_clear()
+    lambda_ws.reset_caches()
+    lambda_authorizer._authenticator.cache_clear()
+    lambda_http._adapter.cache_clear()

@@ -60,15 +60,18 @@ def _wait_until_ready(server: Server, timeout: float) -> None:
 
 
 @contextmanager
-def running_server(tmp_dir: Path, env: Mapping[str, str] | None = None) -> Iterator[Server]:
-    """`wschat serve` as a user runs it, with `env` added to a clean WSCHAT_ environment."""
+def running_server(
+    tmp_dir: Path, env: Mapping[str, str] | None = None, command: str = "serve"
+) -> Iterator[Server]:
+    """`wschat serve` (or `wschat emulate`) as a user runs it, with `env` added to a clean
+    WSCHAT_ environment."""
     port = free_port()
     log_path = tmp_dir / f"wschat-{port}.log"
     environment = {k: v for k, v in os.environ.items() if not k.startswith("WSCHAT_")}
     environment.update(env or {})
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
-            [str(WSCHAT), "serve", "--host", "127.0.0.1", "--port", str(port)],
+            [str(WSCHAT), command, "--host", "127.0.0.1", "--port", str(port)],
             stdout=log_file,
             stderr=subprocess.STDOUT,
             env=environment,

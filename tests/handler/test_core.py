@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from auth.principal import Principal
@@ -59,7 +57,7 @@ def connections() -> MemoryConnections:
 @pytest.fixture
 def core(connections: MemoryConnections, delivery: RecordingDelivery, clock: FakeClock) -> ChatCore:
     limits = Limits(max_message_bytes=64, rate_per_second=2, rate_burst=3, rate_abuse_strikes=4)
-    return ChatCore(connections, MemoryMessageLog(size=5), delivery, limits, clock)
+    return ChatCore(connections, MemoryMessageLog(size=5), delivery, limits, clock, clock)
 
 
 def test_text_sender_gets_exactly_the_seed_lines_and_others_get_one_line(
@@ -236,15 +234,28 @@ def test_rate_limit_errors_then_closes_with_1008_on_abuse(
 
 
 def test_gone_recipient_is_forgotten_and_others_still_receive(
-    core: ChatCore, delivery: RecordingDelivery, connections: MemoryConnections
+    core: ChatCore, delivery: RecordingDelivery, connections: MemoryConnections, clock: FakeClock
 ) -> None:
     for cid in "abc":
         join(core, cid, "foo", principal(cid), TEXT)
+    clock.now += 31  # past the handshake grace
     delivery.gone.add("b")
     core.message("a", "hi")
     assert delivery.take("c") == ["a: hi"]
     assert connections.get("b") is None
     assert connections.get("a") is not None
+
+
+def test_gone_during_its_handshake_is_not_forgotten(
+    core: ChatCore, delivery: RecordingDelivery, connections: MemoryConnections, clock: FakeClock
+) -> None:
+    # API Gateway answers 410 for a connection whose $connect has not returned yet.
+    join(core, "a", "foo", principal("a"), TEXT)
+    clock.now += 5
+    join(core, "new", "foo", principal("new"), TEXT)
+    delivery.gone.add("new")
+    core.message("a", "hi")
+    assert connections.get("new") is not None
 
 
 def test_frame_from_unknown_connection_is_closed_not_crashing(
@@ -286,10 +297,10 @@ def test_client_msg_id_is_stored_and_delivered_once(
 
 
 def test_frame_after_expiry_expires_the_connection(
-    core: ChatCore, delivery: RecordingDelivery, connections: MemoryConnections
+    core: ChatCore, delivery: RecordingDelivery, clock: FakeClock
 ) -> None:
     # Where no timer fires (Lambda), the next frame after `exp` closes the connection.
-    expired = Principal(id="e", name="e", echo="e", expires_at=time.time() - 1)
+    expired = Principal(id="e", name="e", echo="e", expires_at=clock.now - 1)
     join(core, "e", "foo", expired, TEXT)
     join(core, "b", "foo", principal("bob"), TEXT)
     core.message("e", "too late")

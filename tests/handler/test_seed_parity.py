@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import pytest
-import websockets
 from fastapi.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
-from websockets.exceptions import InvalidStatus
 
 from handler.app import create_app
 from infra.settings import Settings
-from tests.servers import Server
 
 SEED_PAGE_MARKERS = ['id="itemId"', 'id="token"', 'id="messageText"', "<title>Chat</title>"]
 
@@ -63,31 +60,5 @@ def test_non_integer_q_is_refused(client: TestClient, q: str) -> None:
     assert refused.value.code == 1008
 
 
-# --- the same, against `wschat serve` with a real client ------------------------------------
-
-
-async def test_live_seed_lines(server: Server) -> None:
-    async with websockets.connect(server.ws("/items/foo/ws?token=some-key-token&q=3")) as ws:
-        await ws.send("hello")
-        lines = [await ws.recv() for _ in range(3)]
-    assert lines == [
-        "Session cookie or query token value is: some-key-token",
-        "Query parameter q is: 3",
-        "Message text was: hello, for item ID: foo",
-    ]
-
-
-async def test_live_cookie(server: Server) -> None:
-    headers = {"Cookie": "session=from-cookie"}
-    async with websockets.connect(server.ws("/items/x/ws"), additional_headers=headers) as ws:
-        await ws.send("m")
-        assert await ws.recv() == "Session cookie or query token value is: from-cookie"
-        assert await ws.recv() == "Message text was: m, for item ID: x"
-
-
-@pytest.mark.parametrize("path", ["/items/foo/ws", "/items/foo/ws?token=t&q=nope"])
-async def test_live_refusals_are_http_403(server: Server, path: str) -> None:
-    with pytest.raises(InvalidStatus) as refused:
-        async with websockets.connect(server.ws(path)):
-            pass
-    assert refused.value.response.status_code == 403
+# The same lines against real servers (uvicorn and the API Gateway emulator) are in
+# tests/contract/test_chat.py.

@@ -142,9 +142,16 @@ def test_payload_over_128_kib_is_never_sent(client: Any, caplog: pytest.LogCaptu
 def test_gone_recipient_records_are_deleted_not_the_senders(aws: None, client: Any) -> None:
     dynamodb = boto3.client("dynamodb")
     connections = DynamoConnections(dynamodb, "wschat-test")
-    core = ChatCore(connections, DynamoMessageLog(dynamodb, "wschat-test"), delivery(client))
+    now = [time.time()]
+    core = ChatCore(
+        connections,
+        DynamoMessageLog(dynamodb, "wschat-test"),
+        delivery(client),
+        wall_clock=lambda: now[0],
+    )
     for cid in ("sender", "gone", "alive"):
         core.connect(cid, "room", Principal(cid, cid, cid), ConnectParams(Dialect.TEXT))
+    now[0] += 60  # well past the handshake grace
     with Stubber(client) as stub:
         for _ in range(2):  # the seed's two echo lines to the sender
             stub.add_response("post_to_connection", {}, post("sender", ANY))

@@ -1,0 +1,403 @@
+"""A local API Gateway WebSocket emulator: `wschat emulate`.
+
+One loopback port serves what API Gateway would: WebSocket clients at `/{stage}`, each turned
+into `$connect` / `$default` / `$disconnect` Lambda events for the project's handlers (run
+in-process, in worker threads, as Lambda would run them), and the Management API at
+`/{stage}/@connections/{id}` that those handlers' real boto3 client calls over HTTP. It also
+answers the Lambda Invoke API for the asynchronous welcome, and serves the chat page. DynamoDB
+is moto's server, started in-process, unless a real endpoint is given.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import os
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket
+
+from infra.local_delivery import Outbox
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[dict[str, Any], Any], Any]
+
+API_ID = "emulator"
+# API Gateway's limits: frames of 32 KiB (clients send a message as one frame), 2 h per
+# connection, 10 min idle.
+MAX_FRAME_BYTES = 32 * 1024
+GOING_AWAY = 1001
+
+
+@dataclass
+class _Socket:
+    websocket: WebSocket
+    outbox: Outbox
+    source_ip: str
+    user_agent: str
+    connected_at: float = field(default_factory=time.time)
+    last_active: float = field(default_factory=time.time)
+
+
+@dataclass
+class EmulatorConfig:
+    stage: str = "local"
+    authorizer: bool = False
+    idle_timeout: float = 600.0
+    max_duration: float = 7200.0
+    send_queue_frames: int = 256
+
+
+class Emulator:
+    def __init__(
+        self,
+        config: EmulatorConfig,
+        routes: dict[str, Handler],
+        authorizer: Handler | None,
+        functions: dict[str, Handler],
+        page: Callable[[str], str],
+    ) -> None:
+        self.config = config
+        self._routes = routes
+        self._authorizer = authorizer
+        self._functions = functions
+        self._page = page
+        self._sockets: dict[str, _Socket] = {}
+        self._background: set[asyncio.Task[Any]] = set()
+
+    def app(self) -> Starlette:
+        stage = self.config.stage
+        return Starlette(
+            routes=[
+                Route("/", self._index),
+                Route("/healthz", self._healthz),
+                Route(
+                    f"/{stage}/@connections/{{connection_id:path}}",
+                    self._manage,
+                    methods=["POST", "GET", "DELETE"],
+                ),
+                Route(
+                    "/@connections/{connection_id:path}",
+                    self._manage,
+                    methods=["POST", "GET", "DELETE"],
+                ),
+                Route("/2015-03-31/functions/{name}/invocations", self._invoke, methods=["POST"]),
+                WebSocketRoute(f"/{stage}", self._socket),
+            ]
+        )
+
+    # --- HTTP -----------------------------------------------------------------------------
+
+    async def _index(self, request: Request) -> Response:
+        scheme = "wss" if request.url.scheme == "https" else "ws"
+        return HTMLResponse(self._page(f"{scheme}://{request.url.netloc}/{self.config.stage}"))
+
+    async def _healthz(self, request: Request) -> Response:
+        return JSONResponse(
+            {"status": "ok", "transport": "emulator", "connections": len(self._sockets)}
+        )
+
+    async def _manage(self, request: Request) -> Response:
+        connection_id = request.path_params["connection_id"]
+        socket = self._sockets.get(connection_id)
+        if socket is None:
+            return JSONResponse(
+                {"message": "Gone"}, status_code=410, headers={"x-amzn-ErrorType": "GoneException"}
+            )
+        if request.method == "POST":
+            data = await request.body()
+            if len(data) > 128 * 1024:
+                return JSONResponse(
+                    {"message": "Payload too large"},
+                    status_code=413,
+                    headers={"x-amzn-ErrorType": "PayloadTooLargeException"},
+                )
+            socket.outbox.offer(data.decode("utf-8", errors="replace"))
+            return Response(status_code=200)
+        if request.method == "DELETE":
+            # API Gateway closes the socket with a code of its own choosing.
+            socket.outbox.request_close(1000, "")
+            return Response(status_code=204)
+        return JSONResponse(
+            {
+                "ConnectedAt": _iso(socket.connected_at),
+                "LastActiveAt": _iso(socket.last_active),
+                "Identity": {"SourceIp": socket.source_ip, "UserAgent": socket.user_agent},
+            }
+        )
+
+    async def _invoke(self, request: Request) -> Response:
+        """The Lambda Invoke API, for the functions the handlers invoke themselves."""
+        function = self._functions.get(request.path_params["name"])
+        if function is None:
+            return JSONResponse(
+                {"Message": "Function not found"},
+                status_code=404,
+                headers={"x-amzn-ErrorType": "ResourceNotFoundException"},
+            )
+        payload = json.loads(await request.body() or b"{}")
+        if request.headers.get("x-amz-invocation-type") == "Event":
+            task = asyncio.create_task(run_in_threadpool(function, payload, None))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+            return Response(status_code=202)
+        result = await run_in_threadpool(function, payload, None)
+        return JSONResponse(result)
+
+    # --- WebSocket ------------------------------------------------------------------------
+
+    async def _socket(self, websocket: WebSocket) -> None:
+        connection_id = base64.b64encode(secrets.token_bytes(12)).decode()
+        client = websocket.client
+        source_ip = client.host if client else "127.0.0.1"
+        headers = {
+            k.decode("latin-1"): v.decode("latin-1") for k, v in websocket.scope.get("headers", [])
+        }
+        connect = self._event("$connect", "CONNECT", connection_id, websocket, source_ip)
+        query_pairs = parse_qsl(
+            websocket.scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True
+        )
+        query: dict[str, str] = {}
+        multi_query: dict[str, list[str]] = {}
+        for key, value in query_pairs:
+            query.setdefault(key, value)
+            multi_query.setdefault(key, []).append(value)
+        connect["headers"] = headers
+        connect["multiValueHeaders"] = {k: [v] for k, v in headers.items()}
+        connect["queryStringParameters"] = query or None
+        connect["multiValueQueryStringParameters"] = multi_query or None
+
+        denial = await self._authorize(connect, query)
+        if denial is not None:
+            await websocket.send_denial_response(denial)
+            return
+        response = await self._call("$connect", connect)
+        status = int(response.get("statusCode", 200)) if isinstance(response, dict) else 500
+        if status != 200:
+            body = response.get("body", "") if isinstance(response, dict) else ""
+            await websocket.send_denial_response(PlainTextResponse(str(body), status_code=status))
+            return
+        subprotocol = (response.get("headers") or {}).get("Sec-WebSocket-Protocol")
+        await websocket.accept(subprotocol=subprotocol)
+
+        outbox = Outbox(websocket.send_text, websocket.close, self.config.send_queue_frames)
+        socket = _Socket(websocket, outbox, source_ip, headers.get("user-agent", ""))
+        self._sockets[connection_id] = socket
+        writer = outbox.start()
+        reader = asyncio.create_task(self._read(connection_id, socket))
+        timer = asyncio.create_task(self._expire(socket))
+        done, _ = await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
+        status_code = reader.result() if reader in done and not reader.cancelled() else 1000
+        for task in (reader, writer, timer):
+            task.cancel()
+        self._sockets.pop(connection_id, None)
+        disconnect = self._event("$disconnect", "DISCONNECT", connection_id, websocket, source_ip)
+        disconnect["requestContext"]["disconnectStatusCode"] = status_code
+        disconnect["requestContext"]["disconnectReason"] = ""
+        await self._call("$disconnect", disconnect)
+
+    async def _read(self, connection_id: str, socket: _Socket) -> int:
+        """Feed frames to `$default` one at a time, in order. Returns the client's close code."""
+        websocket = socket.websocket
+        while True:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                return int(message.get("code", 1005))
+            socket.last_active = time.time()
+            event = self._event("$default", "MESSAGE", connection_id, websocket, socket.source_ip)
+            text, data = message.get("text"), message.get("bytes")
+            if text is not None:
+                event["body"], event["isBase64Encoded"] = text, False
+            else:
+                event["body"] = base64.b64encode(data or b"").decode()
+                event["isBase64Encoded"] = True
+            event["requestContext"]["messageId"] = secrets.token_urlsafe(9)
+            event["requestContext"]["routeKey"] = self._route_for(text)
+            response = await self._call(event["requestContext"]["routeKey"], event)
+            if response is None:
+                socket.outbox.offer(
+                    json.dumps({"message": "Internal server error", "connectionId": connection_id})
+                )
+
+    async def _expire(self, socket: _Socket) -> None:
+        """API Gateway's idle timeout and maximum connection duration."""
+        while True:
+            deadline = min(
+                socket.last_active + self.config.idle_timeout,
+                socket.connected_at + self.config.max_duration,
+            )
+            if time.time() >= deadline:
+                socket.outbox.request_close(GOING_AWAY, "Going away")
+                return
+            await asyncio.sleep(deadline - time.time())
+
+    def _route_for(self, body: str | None) -> str:
+        """Route selection on `$request.body.action`, falling back to `$default`."""
+        if body is not None:
+            try:
+                action = json.loads(body).get("action")
+            except (ValueError, AttributeError):
+                action = None
+            if isinstance(action, str) and action in self._routes:
+                return action
+        return "$default"
+
+    async def _authorize(self, connect: dict[str, Any], query: dict[str, str]) -> Response | None:
+        """Run the REQUEST authorizer as API Gateway does; None when the connection may go on."""
+        if not self.config.authorizer or self._authorizer is None:
+            return None
+        if not query.get("token"):  # the identity source is missing: 401, no invocation
+            return PlainTextResponse("Unauthorized", status_code=401)
+        request = {
+            **connect,
+            "type": "REQUEST",
+            "methodArn": f"arn:aws:execute-api:local:000000000000:{API_ID}/"
+            f"{self.config.stage}/$connect",
+        }
+        try:
+            result = await run_in_threadpool(self._authorizer, request, None)
+        except Exception:
+            return PlainTextResponse("Unauthorized", status_code=401)
+        statement = result.get("policyDocument", {}).get("Statement", [{}])[0]
+        if statement.get("Effect") != "Allow":
+            return PlainTextResponse("Forbidden", status_code=403)
+        connect["requestContext"]["authorizer"] = {
+            "principalId": result.get("principalId"),
+            **(result.get("context") or {}),
+        }
+        return None
+
+    async def _call(self, route: str, event: dict[str, Any]) -> Any:
+        handler = self._routes.get(route) or self._routes["$default"]
+        try:
+            return await run_in_threadpool(handler, event, None)
+        except Exception:
+            log.exception("handler for %s raised", route)
+            return None
+
+    def _event(
+        self, route: str, event_type: str, connection_id: str, websocket: WebSocket, source_ip: str
+    ) -> dict[str, Any]:
+        now = time.time()
+        host = websocket.headers.get("host", "127.0.0.1")
+        return {
+            "requestContext": {
+                "routeKey": route,
+                "eventType": event_type,
+                "extendedRequestId": secrets.token_urlsafe(12),
+                "requestTime": time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(now)),
+                "messageDirection": "IN",
+                "stage": self.config.stage,
+                "connectedAt": int(now * 1000),
+                "requestTimeEpoch": int(now * 1000),
+                "identity": {"sourceIp": source_ip},
+                "requestId": secrets.token_urlsafe(12),
+                "domainName": host,
+                "connectionId": connection_id,
+                "apiId": API_ID,
+            },
+            "isBase64Encoded": False,
+        }
+
+
+def _iso(timestamp: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))
+
+
+# --- wiring -----------------------------------------------------------------------------------
+
+
+def start_dynamodb(endpoint: str | None, table: str) -> tuple[str, Callable[[], None]]:
+    """Use `endpoint`, or start moto's server on a free loopback port; make sure the table
+    exists. Returns the endpoint and a function that stops what was started."""
+    import socket
+
+    import boto3
+    import yaml
+
+    stop: Callable[[], None] = lambda: None  # noqa: E731
+    if not endpoint:
+        from moto.server import ThreadedMotoServer
+
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per DynamoDB call
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+        server.start()
+        endpoint, stop = f"http://127.0.0.1:{port}", server.stop
+    client = boto3.client("dynamodb", endpoint_url=endpoint)
+    if table not in client.list_tables().get("TableNames", []):
+        from pathlib import Path
+
+        resources = yaml.safe_load((Path(__file__).parent / "resources.yml").read_text())
+        properties = resources["Resources"]["ChatTable"]["Properties"]
+        client.create_table(
+            TableName=table,
+            AttributeDefinitions=properties["AttributeDefinitions"],
+            KeySchema=properties["KeySchema"],
+            BillingMode=properties["BillingMode"],
+        )
+        client.get_waiter("table_exists").wait(TableName=table)
+        ttl = properties["TimeToLiveSpecification"]
+        client.update_time_to_live(
+            TableName=table,
+            TimeToLiveSpecification={"AttributeName": ttl["AttributeName"], "Enabled": True},
+        )
+    return endpoint, stop
+
+
+def build_emulator(
+    config: EmulatorConfig, host: str, port: int, dynamodb_endpoint: str | None
+) -> tuple[Emulator, Callable[[], None]]:
+    """Point the handlers at this emulator and at DynamoDB, then build it."""
+    for key, value in {
+        "AWS_ACCESS_KEY_ID": "emulator",
+        "AWS_SECRET_ACCESS_KEY": "emulator",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_REGION": "us-east-1",
+    }.items():
+        os.environ.setdefault(key, value)
+    base = f"http://{host}:{port}"
+    table = os.environ.setdefault("WSCHAT_TABLE", "wschat-emulator")
+    endpoint, stop = start_dynamodb(dynamodb_endpoint, table)
+    os.environ.update(
+        {
+            "WSCHAT_DYNAMODB_ENDPOINT": endpoint,
+            "WSCHAT_APIGW_ENDPOINT": f"{base}/{config.stage}",
+            "WSCHAT_LAMBDA_ENDPOINT": base,
+            "WSCHAT_WELCOME_FUNCTION": "welcome",
+        }
+    )
+    from auth import lambda_authorizer
+    from handler import lambda_ws
+    from handler.app import page_html
+
+    lambda_ws.reset_caches()
+    lambda_authorizer._authenticator.cache_clear()
+    emulator = Emulator(
+        config,
+        routes={
+            "$connect": lambda_ws.connect,
+            "$default": lambda_ws.default,
+            "$disconnect": lambda_ws.disconnect,
+        },
+        authorizer=lambda_authorizer.handler,
+        functions={"welcome": lambda_ws.welcome},
+        page=page_html,
+    )
+    return emulator, stop

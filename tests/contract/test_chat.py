@@ -1,0 +1,316 @@
+"""The chat's behaviour, identical on both transports."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from collections.abc import Callable
+
+import pytest
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from tests.clients import TIMEOUT, close_code, recv, recv_json, until
+from tests.contract.conftest import Transport
+
+
+def send_json(ws: ClientConnection, **frame: object) -> object:
+    return ws.send(json.dumps(frame))
+
+
+# --- seed parity -----------------------------------------------------------------------------
+
+
+async def test_seed_lines_with_token_and_q(transport: Transport) -> None:
+    async with transport.connect("foo", token="some-key-token", q="3") as ws:
+        await ws.send("hello")
+        assert [await recv(ws) for _ in range(3)] == [
+            "Session cookie or query token value is: some-key-token",
+            "Query parameter q is: 3",
+            "Message text was: hello, for item ID: foo",
+        ]
+
+
+async def test_seed_lines_with_session_cookie(transport: Transport) -> None:
+    async with transport.connect("bar", headers={"Cookie": "session=cookie-value"}) as ws:
+        await ws.send("hi")
+        assert await recv(ws) == "Session cookie or query token value is: cookie-value"
+        assert await recv(ws) == "Message text was: hi, for item ID: bar"
+
+
+@pytest.mark.parametrize(
+    "query",
+    [{}, {"token": "t", "q": "nope"}, {"token": "t", "format": "xml"}],
+    ids=["no credential", "non-integer q", "unknown format"],
+)
+async def test_refused_handshakes_are_403(transport: Transport, query: dict[str, str]) -> None:
+    with pytest.raises(InvalidStatus) as refused:
+        async with transport.connect("foo", **query):
+            pass
+    assert refused.value.response.status_code == 403
+
+
+async def test_room_name_rules(transport: Transport) -> None:
+    with pytest.raises(InvalidStatus) as refused:
+        async with transport.connect("r" * 10_000, token="t"):
+            pass
+    assert refused.value.response.status_code == 403
+    async with transport.connect("café ☕ 部屋", token="t") as ws:
+        await ws.send("bonjour")
+        lines = [await recv(ws) for _ in range(2)]
+    assert lines[-1] == "Message text was: bonjour, for item ID: café ☕ 部屋"
+
+
+# --- rooms, dialects, presence ---------------------------------------------------------------
+
+
+async def test_three_clients_two_rooms(transport: Transport) -> None:
+    async with (
+        transport.connect("r1", token="alice-token") as alice,
+        transport.connect("r1", token="bob-token", format="json") as bob,
+        transport.connect("r2", token="carol-token") as carol,
+    ):
+        welcome = await until(bob, "welcome")
+        assert welcome["room"] == "r1" and welcome["count"] == 2
+        bob_name = welcome["user"]["name"]
+        assert "bob-token" not in json.dumps(welcome)
+
+        await alice.send("hello r1")
+        assert [await recv(alice) for _ in range(2)][
+            -1
+        ] == "Message text was: hello r1, for item ID: r1"
+        message = await until(bob, "message")
+        assert (message["text"], message["room"]) == ("hello r1", "r1")
+        assert "alice-token" not in json.dumps(message)
+
+        await send_json(bob, action="sendmessage", text="hi alice")
+        assert await recv(alice) == f"{bob_name}: hi alice"
+        assert (await until(bob, "message"))["text"] == "hi alice"
+
+        await carol.send("only r2")  # carol saw nothing: her next frame is her own echo
+        assert (await recv(carol)).startswith("Session cookie or query token value is: carol")
+
+
+async def test_presence_join_and_leave(transport: Transport) -> None:
+    async with transport.connect("presence", token="p1", format="json") as watcher:
+        assert (await until(watcher, "welcome"))["count"] == 1
+        async with transport.connect("presence", token="p2", format="json") as other:
+            join = await until(watcher, "presence")
+            assert (join["event"], join["count"]) == ("join", 2)
+            assert join["user"]["name"] == (await until(other, "welcome"))["user"]["name"]
+        leave = await until(watcher, "presence")
+        assert leave == {**join, "event": "leave", "count": 1}
+
+
+async def test_json_subprotocol_and_ping(transport: Transport) -> None:
+    async with transport.connect("sp", token="t", subprotocols=["wschat.json"]) as ws:
+        assert ws.subprotocol == "wschat.json"
+        await until(ws, "welcome")
+        await send_json(ws, action="ping")
+        assert await recv_json(ws) == {"type": "pong"}
+
+
+async def test_bearer_header_and_subprotocol_pair(transport: Transport) -> None:
+    async with (
+        transport.connect("auth-a", headers={"Authorization": "Bearer header-token"}) as a,
+        transport.connect("auth-b", subprotocols=["bearer", "pair-token"]) as b,
+    ):
+        assert b.subprotocol == "bearer"
+        assert "pair-token" not in str(b.response.headers)
+        await a.send("x")
+        assert await recv(a) == "Session cookie or query token value is: header-token"
+        await b.send("y")
+        assert await recv(b) == "Session cookie or query token value is: pair-token"
+
+
+async def test_bad_frames_keep_the_connection(transport: Transport) -> None:
+    async with transport.connect("bad", token="t", format="json") as ws:
+        await until(ws, "welcome")
+        for frame, code in [
+            ("{not json", "invalid_json"),
+            ('{"action":"sendmessage","text":["x"]}', "bad_request"),
+            ('{"action":"fly"}', "unknown_action"),
+            ('{"action":"sendmessage","text":""}', "empty_message"),
+        ]:
+            await ws.send(frame)
+            assert await recv_json(ws) == {
+                "type": "error",
+                "code": code,
+                "detail": (await _detail(code)),
+            }
+        await ws.send(b"\x00binary")
+        assert (await recv_json(ws))["code"] == "binary_unsupported"
+        await send_json(ws, action="ping")
+        assert await recv_json(ws) == {"type": "pong"}
+
+
+async def _detail(code: str) -> str:
+    return {
+        "invalid_json": "frame is not valid JSON",
+        "bad_request": "`text` must be a string",
+        "unknown_action": "`action` must be one of: sendmessage, history, ping",
+        "empty_message": "`text` must not be empty",
+    }[code]
+
+
+async def test_binary_frame_in_text_dialect(transport: Transport) -> None:
+    async with transport.connect("bin", token="t") as ws:
+        await ws.send(b"\xff\xfe")
+        assert await recv(ws) == "Error: binary frames are not supported; send text"
+        await ws.send("still here")
+        assert [await recv(ws) for _ in range(2)][-1].startswith("Message text was: still here")
+
+
+async def test_empty_message_is_echoed_not_broadcast(transport: Transport) -> None:
+    async with (
+        transport.connect("empty", token="a") as a,
+        transport.connect("empty", token="b") as b,
+    ):
+        await a.send("")
+        assert [await recv(a) for _ in range(2)][-1] == "Message text was: , for item ID: empty"
+        await a.send("after")
+        [await recv(a) for _ in range(2)]
+        assert (await recv(b)).endswith(": after")
+
+
+# --- limits ----------------------------------------------------------------------------------
+
+
+async def test_oversize_message_closes_1009_others_untouched(transport: Transport) -> None:
+    async with transport.connect("big", token="a") as a, transport.connect("big", token="b") as b:
+        await a.send("x" * (32 * 1024 - 10))
+        [await recv(a) for _ in range(2)]
+        assert (await recv(b)).endswith("x" * 100)
+        await a.send("x" * (32 * 1024 + 1))
+        assert await close_code(a) == 1009
+        await b.send("still fine")
+        assert (await recv(b)).startswith("Session cookie")
+
+
+async def test_flood_is_rate_limited_then_closed(
+    start_transport: Callable[..., Transport],
+) -> None:
+    # A low rate, so that even the slower transport receives a real flood.
+    transport = start_transport(WSCHAT_RATE_PER_SECOND="2", WSCHAT_RATE_BURST="10")
+    async with (
+        transport.connect("flood", token="f", format="json") as flooder,
+        transport.connect("flood", token="calm", format="json") as calm,
+    ):
+        await until(flooder, "welcome")
+        await until(calm, "welcome")
+        for i in range(150):
+            await send_json(flooder, action="sendmessage", text=f"f{i}")
+        kinds: list[str] = []
+        with pytest.raises(ConnectionClosed):
+            while True:
+                frame = await recv_json(flooder)
+                kinds.append(frame.get("code", frame["type"]))
+        assert "rate_limited" in kinds
+        delivered = kinds.count("message")
+        assert 10 <= delivered < 40  # the burst got through, the flood did not
+        seen = 0
+        while seen < delivered:
+            seen += (await recv_json(calm))["type"] == "message"
+        await send_json(calm, action="ping")
+        assert (await until(calm, "pong")) == {"type": "pong"}
+
+
+async def test_slow_consumer_is_closed_1013_and_never_delays_others(
+    start_transport: Callable[..., Transport],
+) -> None:
+    transport = start_transport(
+        WSCHAT_SEND_QUEUE_FRAMES="32", WSCHAT_RATE_PER_SECOND="100000", WSCHAT_RATE_BURST="100000"
+    )
+    # The slow client: a small receive buffer, and it does not read until the end.
+    sock = socket.create_connection(("127.0.0.1", transport.server.port))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    total, text = 400, "y" * 16_000  # enough to overrun loopback's socket buffers too
+    async with (
+        transport.connect(
+            "slow", token="slow", format="json", sock=sock, max_queue=4, ping_interval=None
+        ) as slow,
+        transport.connect("slow", token="fast1", format="json") as fast1,
+        transport.connect("slow", token="fast2", format="json") as fast2,
+        transport.connect("slow", token="sender") as sender,
+    ):
+        for ws in (fast1, fast2):
+            await until(ws, "welcome")
+
+        async def count(ws: ClientConnection) -> int:
+            seen = 0
+            while seen < total:
+                seen += (await recv_json(ws))["type"] == "message"
+            return seen
+
+        counters = [asyncio.create_task(count(ws)) for ws in (fast1, fast2)]
+        for i in range(total):
+            await sender.send(f"{i}:{text}")
+            for _ in range(2):  # the echo, read in step so the sender is never the slow one
+                await recv(sender)
+        assert await asyncio.wait_for(asyncio.gather(*counters), 60) == [total, total]
+
+        got = 0
+        with pytest.raises(ConnectionClosed) as closed:
+            while True:
+                got += json.loads(await asyncio.wait_for(slow.recv(), TIMEOUT))["type"] == "message"
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1013
+        assert got < total
+
+
+async def test_client_killed_mid_broadcast_leaves_the_rest_intact(
+    start_transport: Callable[..., Transport],
+) -> None:
+    transport = start_transport(WSCHAT_RATE_PER_SECOND="100000", WSCHAT_RATE_BURST="100000")
+    total = 200
+    async with (
+        transport.connect("kill", token="victim", format="json", close_timeout=0.1) as victim,
+        transport.connect("kill", token="keeper", format="json") as keeper,
+        transport.connect("kill", token="sender", format="json") as sender,
+    ):
+        for ws in (victim, keeper, sender):
+            await until(ws, "welcome")
+
+        async def publish() -> None:
+            for i in range(total):
+                await send_json(sender, action="sendmessage", text=str(i))
+
+        async def drain() -> None:
+            while True:
+                await sender.recv()
+
+        publishing, draining = asyncio.create_task(publish()), asyncio.create_task(drain())
+        while (await recv_json(victim)).get("text") != "20":
+            pass
+        victim.transport.abort()  # vanish without a close frame
+        texts: list[str] = []
+        while len(texts) < total:
+            frame = await recv_json(keeper)
+            if frame["type"] == "message":
+                texts.append(frame["text"])
+        await publishing
+        draining.cancel()
+        assert texts == [str(i) for i in range(total)]
+
+
+# --- reconnect -------------------------------------------------------------------------------
+
+
+async def test_reconnect_resumes_with_since(transport: Transport) -> None:
+    async with transport.connect("resume", token="writer", format="json") as writer:
+        await until(writer, "welcome")
+        async with transport.connect("resume", token="reader", format="json") as reader:
+            await until(reader, "welcome")
+            await send_json(writer, action="sendmessage", text="one")
+            last_seen = (await until(reader, "message"))["id"]
+        for text in ("two", "three"):  # sent while the reader is away
+            await send_json(writer, action="sendmessage", text=text)
+            await until(writer, "message")
+        async with transport.connect(
+            "resume", token="reader", format="json", since=str(last_seen)
+        ) as reader:
+            welcome = await until(reader, "welcome")
+            assert [m["text"] for m in welcome["history"]] == ["two", "three"]
+            assert welcome["latest_id"] == last_seen + 2
+            await send_json(reader, action="history", since=last_seen + 1)
+            assert [m["text"] for m in (await until(reader, "history"))["messages"]] == ["three"]
