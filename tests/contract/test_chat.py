@@ -216,6 +216,7 @@ async def test_flood_is_rate_limited_then_closed(
         assert (await until(calm, "pong")) == {"type": "pong"}
 
 
+@pytest.mark.timeout(180)  # the emulator runs every message through the Lambda handlers
 async def test_slow_consumer_is_closed_1013_and_never_delays_others(
     start_transport: Callable[..., Transport],
 ) -> None:
@@ -225,7 +226,8 @@ async def test_slow_consumer_is_closed_1013_and_never_delays_others(
     # The slow client: a small receive buffer, and it does not read until the end.
     sock = socket.create_connection(("127.0.0.1", transport.server.port))
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
-    total, text = 400, "y" * 16_000  # enough to overrun loopback's socket buffers too
+    # ~7 MB: enough to overrun loopback's socket buffers (up to 4 MB) as well as the queue.
+    total, text = 240, "y" * 30_000
     async with (
         transport.connect(
             "slow", token="slow", format="json", sock=sock, max_queue=4, ping_interval=None
