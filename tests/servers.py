@@ -61,11 +61,14 @@ def _wait_until_ready(server: Server, timeout: float) -> None:
 
 @contextmanager
 def running_server(
-    tmp_dir: Path, env: Mapping[str, str] | None = None, command: str = "serve"
+    tmp_dir: Path,
+    env: Mapping[str, str] | None = None,
+    command: str = "serve",
+    port: int | None = None,
 ) -> Iterator[Server]:
     """`wschat serve` (or `wschat emulate`) as a user runs it, with `env` added to a clean
-    WSCHAT_ environment."""
-    port = free_port()
+    WSCHAT_ environment, on `port` or a free one."""
+    port = port or free_port()
     log_path = tmp_dir / f"wschat-{port}.log"
     environment = {k: v for k, v in os.environ.items() if not k.startswith("WSCHAT_")}
     environment.update(env or {})

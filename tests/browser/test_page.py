@@ -1,0 +1,99 @@
+"""The chat page in headless Chromium (Debian's, driven by Playwright), on both transports."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+from playwright.sync_api import Browser, Page, expect
+
+from tests.auth.keys import SECRET
+from tests.contract.conftest import TRANSPORTS
+from tests.servers import ROOT, Server, free_port, running_server
+
+SCREENSHOTS = ROOT / "build" / "screenshots"
+
+
+@pytest.fixture(params=list(TRANSPORTS))
+def command(request: pytest.FixtureRequest) -> str:
+    return TRANSPORTS[request.param]
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    context = browser.new_context()
+    yield context.new_page()
+    context.close()
+
+
+def open_chat(page: Page, server: Server, room: str = "lobby", token: str = "t") -> None:
+    page.goto(server.http + "/")
+    page.fill("#itemId", room)
+    page.fill("#token", token)
+    page.click("#connect")
+    expect(page.locator("#status")).to_have_attribute("data-state", "open", timeout=10_000)
+
+
+def say(page: Page, text: str) -> None:
+    page.fill("#messageText", text)
+    page.click("#send")
+
+
+def test_two_pages_in_one_room_chat(browser: Browser, command: str, tmp_path: Path) -> None:
+    with running_server(tmp_path, {}, command) as server:
+        alice, bob = browser.new_page(), browser.new_page()
+        open_chat(alice, server, token="alice-token")
+        open_chat(bob, server, token="bob-token")
+        expect(alice.locator("#messages")).to_contain_text("joined (2 here)")
+        say(alice, "hello from alice")
+        expect(bob.locator("#messages li.message")).to_contain_text(["hello from alice"])
+        say(bob, "hi alice")
+        expect(alice.locator("#messages li.message").last).to_contain_text("hi alice")
+        expect(alice.locator("#whoami")).to_contain_text("in lobby")
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        alice.screenshot(path=str(SCREENSHOTS / f"chat-{command}.png"), full_page=True)
+        alice.close()
+        bob.close()
+
+
+def test_status_shows_disconnected_then_connected(page: Page, command: str, tmp_path: Path) -> None:
+    with running_server(tmp_path, {}, command) as server:
+        page.goto(server.http + "/")
+        expect(page.locator("#status")).to_have_text("disconnected")
+        open_chat(page, server)
+        expect(page.locator("#status")).to_have_text("connected")
+
+
+def test_page_reconnects_after_a_restart(page: Page, command: str, tmp_path: Path) -> None:
+    port = free_port()
+    with running_server(tmp_path, {}, command, port=port) as server:
+        open_chat(page, server, room="restart")
+        say(page, "before the restart")
+        expect(page.locator("#messages li.message")).to_contain_text(["before the restart"])
+    expect(page.locator("#status")).to_have_attribute("data-state", "reconnecting", timeout=10_000)
+    expect(page.locator("#status")).to_have_text("reconnecting…")
+    with running_server(tmp_path, {}, command, port=port):
+        expect(page.locator("#status")).to_have_attribute("data-state", "open", timeout=40_000)
+        say(page, "after the restart")
+        expect(page.locator("#messages li.message").last).to_contain_text("after the restart")
+
+
+def test_token_field_in_jwt_mode(page: Page, command: str, tmp_path: Path) -> None:
+    env = {"WSCHAT_AUTH": "jwt", "WSCHAT_JWT_SECRET": SECRET, "WSCHAT_JWT_ALGORITHMS": "HS256"}
+    now = int(time.time())
+    claims: dict[str, Any] = {"sub": "alice", "name": "Alice", "iat": now, "exp": now + 600}
+    token = jwt.encode(claims, SECRET, algorithm="HS256")
+    with running_server(tmp_path, env, command) as server:
+        page.goto(server.http + "/")
+        page.fill("#token", "not-a-jwt")
+        page.click("#connect")
+        expect(page.locator("#status")).to_have_attribute("data-state", "closed", timeout=10_000)
+        open_chat(page, server, token=token)
+        expect(page.locator("#whoami")).to_contain_text("you are Alice")
+        say(page, "signed in")
+        expect(page.locator("#messages li.message")).to_contain_text(["Alice: signed in"])
+    assert token not in server.log()
