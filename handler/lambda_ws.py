@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any
@@ -173,7 +174,11 @@ def _authenticator() -> Authenticator:
 def _lambda_client() -> Any:
     import boto3
 
-    return boto3.client("lambda", endpoint_url=get_settings().lambda_endpoint or None)
+    settings = get_settings()
+    endpoint = settings.lambda_endpoint or None
+    if endpoint is None and os.environ.get("IS_OFFLINE"):
+        endpoint = f"http://localhost:{settings.offline_lambda_port}"  # serverless offline
+    return boto3.client("lambda", endpoint_url=endpoint)
 
 
 def reset_caches() -> None:

@@ -59,6 +59,7 @@ class Settings(BaseSettings):
     dynamodb_endpoint: str = ""
     apigw_endpoint: str = ""
     offline_ws_port: int = 3001
+    offline_lambda_port: int = 3002
     fanout_concurrency: int = Field(default=32, ge=1, le=256)
     connection_ttl_seconds: int = Field(default=2 * 3600 + 300, ge=60)
     history_ttl_seconds: int = Field(default=7 * 86400, ge=60)

@@ -5,7 +5,13 @@ from __future__ import annotations
 
 import copy
 import json
+import subprocess
+import sys
+import time
+import urllib.request
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -85,3 +91,31 @@ def reset_caches() -> None:
     lambda_ws.reset_caches()
     lambda_authorizer._authenticator.cache_clear()
     lambda_http._adapter.cache_clear()
+
+
+@contextmanager
+def running_moto_server() -> Iterator[str]:
+    """moto's server on a free loopback port, as a separate process; yields its URL."""
+    from tests.servers import free_port
+
+    port = free_port()
+    process = subprocess.Popen(
+        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 20
+    try:
+        while True:
+            try:
+                urllib.request.urlopen(url + "/moto-api/", timeout=1)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(10)

@@ -8,8 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import time
-import urllib.request
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,8 +16,8 @@ from typing import Any
 import boto3
 import pytest
 
-from tests.aws import create_table
-from tests.servers import ROOT, free_port
+from tests.aws import create_table, running_moto_server
+from tests.servers import ROOT
 from tests.tools import require
 
 TEMPLATE = ROOT / ".serverless" / "cloudformation-template-update-stack.json"
@@ -128,26 +126,8 @@ def test_artifact_holds_our_packages_and_nothing_else(packaged: None) -> None:
 
 @pytest.fixture(scope="module")
 def moto_server() -> Iterator[str]:
-    port = free_port()
-    process = subprocess.Popen(
-        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            urllib.request.urlopen(url + "/moto-api/", timeout=1)
-            break
-        except OSError:
-            if time.monotonic() > deadline:
-                process.kill()
-                raise
-            time.sleep(0.1)
-    yield url
-    process.terminate()
-    process.wait(10)
+    with running_moto_server() as url:
+        yield url
 
 
 def test_clean_python312_imports_and_invokes_every_handler(

@@ -1,0 +1,134 @@
+"""The same handlers under `serverless offline` (the serverless-offline plugin, run by osls)
+from serverless.yml, on loopback, with DynamoDB from moto's server."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import pytest
+import websockets
+
+from tests.aws import create_table, running_moto_server
+from tests.clients import recv, recv_json, until
+from tests.servers import ROOT, free_port
+from tests.tools import require
+
+TABLE = "wschat-offline"
+
+
+def wait_for_port(port: int, process: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 90
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"serverless offline exited:\n{log.read_text()}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"serverless offline not ready:\n{log.read_text()}") from None
+            time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def offline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    require("npm", "run serverless offline through osls")
+    # serverless-offline unpacks the artifact serverless.yml names: build a current one.
+    subprocess.run(
+        ["make", "node_modules", "lambda-zip"], cwd=ROOT, check=True, capture_output=True
+    )
+    ws_port, http_port, lambda_port = free_port(), free_port(), free_port()
+    log = tmp_path_factory.mktemp("offline") / "offline.log"
+    with running_moto_server() as dynamodb:
+        create_table(
+            boto3.client(
+                "dynamodb",
+                endpoint_url=dynamodb,
+                region_name="us-east-1",
+                aws_access_key_id="x",
+                aws_secret_access_key="x",
+            ),
+            TABLE,
+        )
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("WSCHAT_")},
+            # serverless-offline runs Python handlers with this virtualenv's `python3`.
+            "VIRTUAL_ENV": str(Path(sys.executable).parent.parent),
+            "AWS_ACCESS_KEY_ID": "x",
+            "AWS_SECRET_ACCESS_KEY": "x",
+            "WSCHAT_TABLE": TABLE,
+            "WSCHAT_DYNAMODB_ENDPOINT": dynamodb,
+            "WSCHAT_OFFLINE_WS_PORT": str(ws_port),
+            "WSCHAT_OFFLINE_LAMBDA_PORT": str(lambda_port),
+        }
+        with log.open("wb") as out:
+            process = subprocess.Popen(
+                [
+                    "npx",
+                    "osls",
+                    "offline",
+                    "start",
+                    "--stage",
+                    "offline",
+                    "--websocketPort",
+                    str(ws_port),
+                    "--httpPort",
+                    str(http_port),
+                    "--lambdaPort",
+                    str(lambda_port),
+                ],
+                cwd=ROOT,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        try:
+            wait_for_port(ws_port, process, log)
+            yield ws_port
+        finally:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+
+
+@pytest.mark.timeout(180)
+async def test_messages_flow_through_serverless_offline(offline: int) -> None:
+    base = f"ws://127.0.0.1:{offline}"
+    # Handler cold starts are slow under serverless-offline: generous timeouts.
+    async with (
+        websockets.connect(f"{base}?room=foo&token=some-key-token&q=3", open_timeout=60) as a,
+        websockets.connect(f"{base}?room=foo&token=other&format=json", open_timeout=60) as b,
+    ):
+        welcome = await until(b, "welcome")
+        assert (welcome["room"], welcome["count"]) == ("foo", 2)
+        await a.send("hello")
+        assert [await recv(a, 60) for _ in range(3)] == [
+            "Session cookie or query token value is: some-key-token",
+            "Query parameter q is: 3",
+            "Message text was: hello, for item ID: foo",
+        ]
+        message = await recv_json(b, 60)
+        assert (message["type"], message["text"]) == ("message", "hello")
+        await b.send(json.dumps({"action": "sendmessage", "text": "hi"}))
+        assert (await recv_json(b, 60))["text"] == "hi"
+        assert (await recv(a, 60)).endswith(": hi")
+
+
+async def test_the_authorizer_refuses_a_missing_token(offline: int) -> None:
+    with pytest.raises(websockets.exceptions.InvalidStatus) as refused:
+        async with websockets.connect(f"ws://127.0.0.1:{offline}?room=foo", open_timeout=60):
+            pass
+    # API Gateway answers 401 for a missing identity source; serverless-offline answers 403.
+    assert refused.value.response.status_code in (401, 403)
