@@ -9,6 +9,7 @@ from fastapi import FastAPI
 from fastapi.responses import HTMLResponse
 
 from handler.local_socket import chat_socket
+from handler.rest import rest_router
 from handler.service import build_local_chat
 from infra.settings import Settings, get_settings
 
@@ -34,15 +35,18 @@ def create_app(settings: Settings | None = None, serverless: bool = False) -> Fa
         return page
 
     if serverless:
+        from handler.serverless import rest_backend
 
         @app.get("/healthz")
         async def lambda_healthz() -> dict[str, object]:
             return {"status": "ok", "transport": "lambda"}
 
+        app.include_router(rest_router(rest_backend))
         return app
 
     chat = build_local_chat(settings)
     app.state.chat = chat
+    app.include_router(rest_router(lambda: chat))
 
     @app.get("/healthz")
     async def healthz() -> dict[str, object]:

@@ -31,11 +31,13 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True, slots=True)
 class Limits:
     max_message_bytes: int = 32 * 1024
+    max_room_length: int = 128
     rate_per_second: float = 20.0
     rate_burst: int = 40
     rate_abuse_strikes: int = 20
     welcome_history: int = 20
     history_page: int = 500
+    welcome_attempts: int = 50
     # API Gateway answers 410 for a connection until its $connect has returned (up to its 29 s
     # integration timeout): a 410 for a younger connection does not mean it is gone.
     connect_grace_seconds: float = 30.0
@@ -62,6 +64,7 @@ class ChatCore:
         limits: Limits | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.connections = connections
         self.messages = messages
@@ -69,6 +72,7 @@ class ChatCore:
         self.limits = limits or Limits()
         self._clock = clock
         self._wall_clock = wall_clock
+        self._sleep = sleep
         # Rate state lives with the process: exact locally, per warm container on Lambda.
         self._rates: dict[str, _RateState] = {}
 
@@ -99,18 +103,40 @@ class ChatCore:
 
     def welcome(self, connection_id: str, since: int | None = None) -> None:
         """Send a JSON-dialect connection its `welcome`: who it is, who is here, and the recent
-        history (or everything after `since`). Text-dialect connections get nothing."""
+        history (or everything after `since`), then open it to live messages.
+
+        Live messages reach a JSON connection only above the id its history went up to, and
+        only once the store confirms nothing newer was written meanwhile: a message published
+        while the history is read arrives exactly once, in order, on either transport.
+        Text-dialect connections get nothing here: they are live from `connect`.
+        """
         connection = self.connections.get(connection_id)
         if connection is None or connection.dialect is not Dialect.JSON:
             return
         room = connection.room
-        if since is None:
-            history = self.messages.recent(room, self.limits.welcome_history)
-        else:
-            history = self.messages.after(room, since, self.limits.history_page)
-        count = len(self.connections.in_room(room))
         latest = self.messages.latest_id(room)
+        if since is None:
+            history = list(self.messages.recent(room, self.limits.welcome_history))
+        else:
+            history = list(self.messages.after(room, since, self.limits.history_page))
+        # A `since` beyond the room's latest id means the room's history started over (an
+        # in-memory server restarted): everything from the room's start is new to the client.
+        through = history[-1].id if history else min(since or 0, latest)
+        count = len(self.connections.in_room(room))
+        latest = max(latest, through)
         self._deliver([connection_id], wire.welcome_frame(connection, count, history, latest))
+        for attempt in range(self.limits.welcome_attempts):
+            missed = self.messages.after(room, through, self.limits.history_page)
+            if missed:  # more than a page was missed, or messages arrived meanwhile
+                through = missed[-1].id
+                for message in missed:  # as live messages would arrive: the seam is invisible
+                    self._deliver([connection_id], wire.message_frame(message))
+            elif self.connections.mark_welcomed(connection_id, room, through):
+                return
+            else:
+                self._sleep(0.005 * attempt)  # an id was drawn, its message not written yet
+        log.warning("room %s is too busy to confirm %s's seam; opening it", room, connection_id)
+        self.connections.mark_welcomed(connection_id, room, self.messages.latest_id(room))
 
     def message(self, connection_id: str, frame: str | bytes) -> None:
         """Handle one inbound frame from a connected client."""
@@ -179,7 +205,9 @@ class ChatCore:
         json_ids: list[str] = []
         for member in self.connections.in_room(room):
             if member.dialect is Dialect.JSON:
-                json_ids.append(member.id)
+                # Not before its welcome, and nothing its welcome already carried.
+                if member.welcomed_through is not None and message.id > member.welcomed_through:
+                    json_ids.append(member.id)
             elif sender is None or member.id != sender.id:
                 text_ids.append(member.id)
         # Each payload is encoded once, however many recipients it has.

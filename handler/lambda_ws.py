@@ -191,6 +191,7 @@ def reset_caches() -> None:
         serverless.management_client,
         serverless.core_for,
         serverless.welcome_core_for,
+        serverless.rest_backend,
         _authenticator,
         _lambda_client,
     ):
@@ -200,7 +201,10 @@ def reset_caches() -> None:
 def _schedule_welcome(ws: WebSocketEvent, since: int | None) -> None:
     function = get_settings().welcome_function
     if not function:
+        # Without the function the welcome frame cannot arrive (API Gateway refuses sends
+        # during $connect), but the connection must still be opened to live messages.
         log.warning("WSCHAT_WELCOME_FUNCTION is not set: %s gets no welcome", ws.connection_id)
+        _core(ws).welcome(ws.connection_id, since)
         return
     payload = {
         "connectionId": ws.connection_id,

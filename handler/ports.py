@@ -31,6 +31,9 @@ class Connection:
     q: int | None = None
     expires_at: float | None = None
     connected_at: float = 0.0  # epoch seconds
+    # JSON dialect: the id up to which the welcome delivered history; live messages go to the
+    # connection only above it, and none before it is set. The seam is then exactly-once.
+    welcomed_through: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +59,12 @@ class ConnectionStore(Protocol):
         ...
 
     def in_room(self, room: str) -> Sequence[Connection]: ...
+
+    def mark_welcomed(self, connection_id: str, room: str, through_id: int) -> bool:
+        """Record that the connection has every message of `room` up to `through_id`, but only
+        if that is still the room's latest id. False: the room moved on; send what is new and
+        try again. (True as well when the connection is gone: there is nothing left to do.)"""
+        ...
 
 
 class MessageLog(Protocol):

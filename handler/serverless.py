@@ -6,9 +6,11 @@ Everything is built on first use and reused by later invocations of a warm conta
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+from auth.base import Authenticator
 from handler.core import ChatCore
 from handler.service import limits_from
 from infra.apigw import ManagementApiDelivery, make_management_client, management_endpoint
@@ -57,6 +59,26 @@ def core_for(endpoint: str) -> ChatCore:
     settings = get_settings()
     delivery = ManagementApiDelivery(management_client(endpoint), settings.fanout_concurrency)
     return build_core(settings, dynamodb_client(), delivery)
+
+
+@dataclass
+class ServerlessRest:
+    """What the HTTP function's REST endpoints use: the core on DynamoDB, delivering through
+    the WebSocket API's Management endpoint (WSCHAT_APIGW_ENDPOINT)."""
+
+    core: ChatCore
+    authenticator: Authenticator
+    blocking = True  # boto3 calls: keep them off the event loop
+
+
+@lru_cache(maxsize=1)
+def rest_backend() -> ServerlessRest:
+    from auth.factory import build_authenticator
+
+    settings = get_settings()
+    if not settings.apigw_endpoint:
+        raise RuntimeError("WSCHAT_APIGW_ENDPOINT must name the WebSocket API's endpoint")
+    return ServerlessRest(core_for(settings.apigw_endpoint), build_authenticator(settings))
 
 
 @lru_cache(maxsize=8)

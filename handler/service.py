@@ -19,11 +19,13 @@ class LocalChat:
     delivery: LocalDelivery
     connections: MemoryConnections
     authenticator: Authenticator
+    blocking = False  # in-memory stores: call the core on the event loop
 
 
 def limits_from(settings: Settings) -> Limits:
     return Limits(
         max_message_bytes=settings.max_message_bytes,
+        max_room_length=settings.max_room_length,
         rate_per_second=settings.rate_per_second,
         rate_burst=settings.rate_burst,
         rate_abuse_strikes=settings.rate_abuse_strikes,

@@ -148,7 +148,8 @@ def _user(user_id: str, name: str) -> dict[str, str]:
     return {"id": user_id, "name": name}
 
 
-def _message(message: ChatMessage) -> dict[str, Any]:
+def message_body(message: ChatMessage) -> dict[str, Any]:
+    """A message as a JSON object: the `message` frame, and the REST API's representation."""
     body: dict[str, Any] = {
         "type": "message",
         "id": message.id,
@@ -163,7 +164,7 @@ def _message(message: ChatMessage) -> dict[str, Any]:
 
 
 def message_frame(message: ChatMessage) -> str:
-    return _dump(_message(message))
+    return _dump(message_body(message))
 
 
 def welcome_frame(
@@ -177,7 +178,7 @@ def welcome_frame(
             "user": _user(connection.user_id, connection.user_name),
             "count": count,
             "latest_id": latest_id,
-            "history": [_message(m) for m in history],
+            "history": [message_body(m) for m in history],
         }
     )
 
@@ -200,7 +201,7 @@ def history_frame(room: str, messages: Sequence[ChatMessage], latest_id: int) ->
             "type": "history",
             "room": room,
             "latest_id": latest_id,
-            "messages": [_message(m) for m in messages],
+            "messages": [message_body(m) for m in messages],
         }
     )
 

@@ -54,6 +54,8 @@ def _connection_attributes(connection: Connection, ttl: int) -> Item:
         "connected_at": _n(connection.connected_at),
         "ttl": _n(ttl),
     }
+    if connection.welcomed_through is not None:
+        item["welcomed_through"] = _n(connection.welcomed_through)
     if connection.q is not None:
         item["q"] = _n(connection.q)
     if connection.expires_at is not None:
@@ -72,6 +74,9 @@ def _connection_from(item: Item) -> Connection:
         q=int(item["q"]["N"]) if "q" in item else None,
         expires_at=float(item["expires_at"]["N"]) if "expires_at" in item else None,
         connected_at=float(item["connected_at"]["N"]) if "connected_at" in item else 0.0,
+        welcomed_through=(
+            int(item["welcomed_through"]["N"]) if "welcomed_through" in item else None
+        ),
     )
 
 
@@ -184,6 +189,49 @@ class DynamoConnections:
         if self._page_size:
             query["Limit"] = self._page_size
         return [_connection_from(item) for item in _query(self._client, **query)]
+
+    def mark_welcomed(self, connection_id: str, room: str, through_id: int) -> bool:
+        """Set `welcomed_through` on both copies of the record, on condition that the room's
+        counter (`SEQ`) still reads `through_id`: one transaction, so no message can slip in
+        between the welcome's history and the start of live delivery."""
+        if through_id == 0:
+            unchanged = "attribute_not_exists(last_id) OR last_id = :through"
+        else:
+            unchanged = "last_id = :through"
+        update = {
+            "TableName": self._table,
+            "UpdateExpression": "SET welcomed_through = :through",
+            "ConditionExpression": "attribute_exists(pk)",
+            "ExpressionAttributeValues": {":through": _n(through_id)},
+        }
+        try:
+            self._client.transact_write_items(
+                TransactItems=[
+                    {
+                        "ConditionCheck": {
+                            "TableName": self._table,
+                            "Key": {"pk": _s(_room_key(room)), "sk": _s("SEQ")},
+                            "ConditionExpression": unchanged,
+                            "ExpressionAttributeValues": {":through": _n(through_id)},
+                        }
+                    },
+                    {
+                        "Update": {
+                            **update,
+                            "Key": {"pk": _s(f"CONN#{connection_id}"), "sk": _s("CONN")},
+                        }
+                    },
+                    {
+                        "Update": {
+                            **update,
+                            "Key": {"pk": _s(_room_key(room)), "sk": _s(f"CONN#{connection_id}")},
+                        }
+                    },
+                ]
+            )
+        except self._client.exceptions.TransactionCanceledException:
+            return self.get(connection_id) is None  # gone: nothing to wait for
+        return True
 
     def _expired(self, item: Item) -> bool:
         return "ttl" in item and int(item["ttl"]["N"]) <= self._clock()

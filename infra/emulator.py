@@ -26,7 +26,8 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
-from starlette.routing import Route, WebSocketRoute
+from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.types import ASGIApp
 from starlette.websockets import WebSocket
 
 from infra.local_delivery import Outbox
@@ -69,12 +70,14 @@ class Emulator:
         authorizer: Handler | None,
         functions: dict[str, Handler],
         page: Callable[[str], str],
+        http: ASGIApp | None = None,
     ) -> None:
         self.config = config
         self._routes = routes
         self._authorizer = authorizer
         self._functions = functions
         self._page = page
+        self._http = http
         self._sockets: dict[str, _Socket] = {}
         self._background: set[asyncio.Task[Any]] = set()
 
@@ -96,6 +99,8 @@ class Emulator:
                 ),
                 Route("/2015-03-31/functions/{name}/invocations", self._invoke, methods=["POST"]),
                 WebSocketRoute(f"/{stage}", self._socket),
+                # Everything else is the HTTP function: the FastAPI app (REST), as on AWS.
+                *([Mount("/", app=self._http)] if self._http is not None else []),
             ]
         )
 
@@ -320,26 +325,46 @@ def _iso(timestamp: float) -> str:
 # --- wiring -----------------------------------------------------------------------------------
 
 
+def _serialized_moto_server() -> tuple[str, Callable[[], None]]:
+    """moto's server on a free loopback port, one request at a time.
+
+    DynamoDB makes each request atomic, a transaction included; moto's backend does not when
+    requests run in parallel threads, and the welcome's seam relies on it. A lock around
+    each request restores the guarantee.
+    """
+    import threading
+
+    from moto.moto_server.werkzeug_app import (
+        DomainDispatcherApplication,
+        MotoRequestHandler,
+        create_backend_app,
+    )
+    from werkzeug.serving import make_server
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per DynamoDB call
+    app = DomainDispatcherApplication(create_backend_app)
+    lock = threading.Lock()
+
+    def one_at_a_time(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        with lock:
+            return list(app(environ, start_response))
+
+    server = make_server(
+        "127.0.0.1", 0, one_at_a_time, threaded=True, request_handler=MotoRequestHandler
+    )
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return f"http://127.0.0.1:{server.server_address[1]}", server.shutdown
+
+
 def start_dynamodb(endpoint: str | None, table: str) -> tuple[str, Callable[[], None]]:
     """Use `endpoint`, or start moto's server on a free loopback port; make sure the table
     exists. Returns the endpoint and a function that stops what was started."""
-    import socket
-
     import boto3
     import yaml
 
     stop: Callable[[], None] = lambda: None  # noqa: E731
     if not endpoint:
-        from moto.server import ThreadedMotoServer
-
-        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per DynamoDB call
-
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-        server.start()
-        endpoint, stop = f"http://127.0.0.1:{port}", server.stop
+        endpoint, stop = _serialized_moto_server()
     client = boto3.client("dynamodb", endpoint_url=endpoint)
     if table not in client.list_tables().get("TableNames", []):
         from pathlib import Path
@@ -385,7 +410,7 @@ def build_emulator(
     )
     from auth import lambda_authorizer
     from handler import lambda_ws
-    from handler.app import page_html
+    from handler.app import create_app, page_html
 
     lambda_ws.reset_caches()
     lambda_authorizer._authenticator.cache_clear()
@@ -399,5 +424,6 @@ def build_emulator(
         authorizer=lambda_authorizer.handler,
         functions={"welcome": lambda_ws.welcome},
         page=page_html,
+        http=create_app(serverless=True),
     )
     return emulator, stop

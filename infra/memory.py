@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import islice
 
 from handler.ports import ChatMessage, Connection
@@ -37,6 +37,14 @@ class MemoryConnections:
 
     def in_room(self, room: str) -> Sequence[Connection]:
         return list(self._rooms.get(room, {}).values())
+
+    def mark_welcomed(self, connection_id: str, room: str, through_id: int) -> bool:
+        # One event loop drives this store: nothing can be appended between the welcome's
+        # history read and this call, so there is no condition to check.
+        connection = self._by_id.get(connection_id)
+        if connection is not None:
+            self.add(replace(connection, welcomed_through=through_id))
+        return True
 
     def __len__(self) -> int:
         return len(self._by_id)

@@ -321,3 +321,44 @@ def test_disconnect_twice_is_harmless(core: ChatCore, connections: MemoryConnect
     core.disconnect("a")
     core.disconnect("a")
     assert len(connections) == 0
+
+
+def test_since_beyond_the_rooms_history_still_receives_live_messages(
+    core: ChatCore, delivery: RecordingDelivery
+) -> None:
+    # A client resuming from id 40 against a server whose history started over.
+    join(core, "j", "foo", principal("jo"), JSON, since=40)
+    join(core, "t", "foo", principal("tex"), TEXT)
+    delivery.take("j")
+    core.message("t", "fresh start")
+    (message,) = delivery.take_json("j")
+    assert (message["id"], message["text"]) == (1, "fresh start")
+
+
+def test_message_published_between_history_read_and_welcome_arrives_once(
+    connections: MemoryConnections, delivery: RecordingDelivery, clock: FakeClock
+) -> None:
+    # The seam: a store whose room moves on while the welcome is being assembled.
+    log = MemoryMessageLog()
+
+    class RacingConnections(MemoryConnections):
+        raced = False
+
+        def mark_welcomed(self, connection_id: str, room: str, through_id: int) -> bool:
+            if not self.raced:  # a publisher slips in before the first confirmation
+                self.raced = True
+                core.publish(room, "id-p", "p", "slipped in")
+                return False
+            return super().mark_welcomed(connection_id, room, through_id)
+
+    racing = RacingConnections()
+    core = ChatCore(racing, log, delivery, Limits(), clock, clock, sleep=lambda _: None)
+    log.append("foo", "id-p", "p", "before", None)
+    core.connect("j", "foo", principal("jo"), JSON)
+    core.welcome("j")
+    frames = delivery.take_json("j")
+    assert [f["type"] for f in frames] == ["welcome", "message"]
+    assert [m["text"] for m in frames[0]["history"]] == ["before"]
+    assert frames[1]["text"] == "slipped in"
+    core.publish("foo", "id-p", "p", "live")
+    assert [f["text"] for f in delivery.take_json("j")] == ["live"]

@@ -87,7 +87,9 @@ def test_json_subprotocol_is_selected_and_token_never_echoed(posts: PostRecorder
     )
     assert response == {"statusCode": 200, "headers": {"Sec-WebSocket-Protocol": "wschat.json"}}
     send("S", '{"action":"ping"}')
-    assert posts.take_json("S") == [{"type": "pong"}]
+    # No welcome function is configured, so $connect welcomed it inline (moto, unlike API
+    # Gateway, accepts a post during $connect).
+    assert [f["type"] for f in posts.take_json("S")] == ["welcome", "pong"]
 
 
 @pytest.mark.parametrize(

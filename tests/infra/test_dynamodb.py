@@ -99,3 +99,17 @@ def test_client_msg_id_is_stored_once() -> None:
     assert created and not created_again and created_bob
     assert again == first
     assert [m.id for m in log.after("r", 0, 10)] == [1, 2]
+
+
+def test_mark_welcomed_only_while_the_room_is_unchanged() -> None:
+    client = boto3.client("dynamodb")
+    store, log = DynamoConnections(client, TABLE), DynamoMessageLog(client, TABLE)
+    store.add(conn("early"))
+    assert store.mark_welcomed("early", "r", 0)  # an empty room: nothing to miss
+    store.add(conn("late"))
+    log.append("r", "u", "U", "hi", None)
+    assert not store.mark_welcomed("late", "r", 0)  # a message arrived since its history
+    assert store.mark_welcomed("late", "r", 1)
+    assert {c.id: c.welcomed_through for c in store.in_room("r")} == {"early": 0, "late": 1}
+    assert store.get("late") == conn("late", welcomed_through=1)
+    assert store.mark_welcomed("gone", "r", 0)  # nothing to wait for

@@ -1,0 +1,121 @@
+"""REST on both transports: read a room's history, and publish into a room from a backend.
+
+`GET /rooms/{room}/messages?since=&limit=` and `POST /rooms/{room}/messages`, both behind the
+same authenticator as the sockets (a bearer header or a session cookie; never a query token,
+which would land in access logs).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Annotated, Any, Protocol, TypeVar
+
+from fastapi import APIRouter, HTTPException, Query, Request, Response
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+
+from auth.base import Authenticator
+from auth.credentials import find_credential
+from auth.errors import AuthError
+from auth.handshake import Handshake
+from auth.principal import Principal
+from handler.core import ChatCore
+from handler.wire import message_body, room_problem
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class RestBackend(Protocol):
+    core: ChatCore
+    authenticator: Authenticator
+    # Local stores live on the event loop and must be called there; AWS calls block and must
+    # not be: each backend says how to run a call into the core.
+    blocking: bool
+
+
+class PublishRequest(BaseModel):
+    text: str = Field(min_length=1, description="the message")
+    client_msg_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=128,
+        description="a retry of the same id is stored once",
+    )
+
+
+async def _run(backend: RestBackend, call: Callable[[], T]) -> T:
+    return await run_in_threadpool(call) if backend.blocking else call()
+
+
+async def _principal(request: Request, backend: RestBackend) -> Principal:
+    scope = dict(request.scope)
+    scope["query_string"] = b""
+    handshake = Handshake.from_asgi(scope)
+    if find_credential(handshake) is None:
+        raise HTTPException(
+            401,
+            "send `Authorization: Bearer <token>` or a `session` cookie",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    try:
+        return await run_in_threadpool(backend.authenticator.authenticate, handshake)
+    except AuthError as error:
+        log.info("REST request refused (%d): %s", error.status, error.reason)
+        raise HTTPException(error.status, error.reason) from None
+
+
+def _check_room(room: str, backend: RestBackend) -> None:
+    problem = room_problem(room, backend.core.limits.max_room_length)
+    if problem is not None:
+        raise HTTPException(400, problem)
+
+
+def rest_router(backend: Callable[[], RestBackend]) -> APIRouter:
+    router = APIRouter(prefix="/rooms/{room}")
+
+    @router.get("/messages")
+    async def read_messages(
+        room: str,
+        request: Request,
+        since: Annotated[int, Query(ge=0)] = 0,
+        limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    ) -> dict[str, Any]:
+        """Messages after `since`, oldest first, and the room's latest id."""
+        chat = backend()
+        await _principal(request, chat)
+        _check_room(room, chat)
+        messages, latest = await _run(
+            chat,
+            lambda: (
+                chat.core.messages.after(room, since, limit),
+                chat.core.messages.latest_id(room),
+            ),
+        )
+        return {"room": room, "latest_id": latest, "messages": [message_body(m) for m in messages]}
+
+    @router.post("/messages", status_code=201)
+    async def publish(
+        room: str, body: PublishRequest, request: Request, response: Response
+    ) -> dict[str, Any]:
+        """Publish as the authenticated principal; the room receives it as a chat message."""
+        chat = backend()
+        principal = await _principal(request, chat)
+        _check_room(room, chat)
+        if not body.text.strip():
+            raise HTTPException(422, "`text` must not be empty")
+        limit = chat.core.limits.max_message_bytes
+        if len(body.text.encode()) > limit:
+            raise HTTPException(413, f"`text` is over {limit} bytes")
+        message, created = await _run(
+            chat,
+            lambda: chat.core.publish(
+                room, principal.id, principal.name, body.text, body.client_msg_id
+            ),
+        )
+        if not created:
+            response.status_code = 200  # a retry: already stored and delivered
+        return message_body(message)
+
+    return router
