@@ -135,8 +135,13 @@ class ChatCore:
                 return
             else:
                 self._sleep(0.005 * attempt)  # an id was drawn, its message not written yet
+        # The room never stood still long enough. Open the connection anyway and send what
+        # arrived since: a message may then come twice (clients drop repeated ids), never
+        # not at all.
         log.warning("room %s is too busy to confirm %s's seam; opening it", room, connection_id)
-        self.connections.mark_welcomed(connection_id, room, self.messages.latest_id(room))
+        self.connections.mark_welcomed(connection_id, room, through, force=True)
+        for message in self.messages.after(room, through, self.limits.history_page):
+            self._deliver([connection_id], wire.message_frame(message))
 
     def message(self, connection_id: str, frame: str | bytes) -> None:
         """Handle one inbound frame from a connected client."""

@@ -60,10 +60,12 @@ class ConnectionStore(Protocol):
 
     def in_room(self, room: str) -> Sequence[Connection]: ...
 
-    def mark_welcomed(self, connection_id: str, room: str, through_id: int) -> bool:
+    def mark_welcomed(
+        self, connection_id: str, room: str, through_id: int, force: bool = False
+    ) -> bool:
         """Record that the connection has every message of `room` up to `through_id`, but only
-        if that is still the room's latest id. False: the room moved on; send what is new and
-        try again. (True as well when the connection is gone: there is nothing left to do.)"""
+        if that is still the room's latest id (unless `force`). False: the room moved on; send
+        what is new and try again. (True when the connection is gone: nothing left to do.)"""
         ...
 
 

@@ -190,7 +190,9 @@ class DynamoConnections:
             query["Limit"] = self._page_size
         return [_connection_from(item) for item in _query(self._client, **query)]
 
-    def mark_welcomed(self, connection_id: str, room: str, through_id: int) -> bool:
+    def mark_welcomed(
+        self, connection_id: str, room: str, through_id: int, force: bool = False
+    ) -> bool:
         """Set `welcomed_through` on both copies of the record, on condition that the room's
         counter (`SEQ`) still reads `through_id`: one transaction, so no message can slip in
         between the welcome's history and the start of live delivery."""
@@ -204,30 +206,25 @@ class DynamoConnections:
             "ConditionExpression": "attribute_exists(pk)",
             "ExpressionAttributeValues": {":through": _n(through_id)},
         }
+        check: list[dict[str, Any]] = []
+        if not force:
+            check.append(
+                {
+                    "ConditionCheck": {
+                        "TableName": self._table,
+                        "Key": {"pk": _s(_room_key(room)), "sk": _s("SEQ")},
+                        "ConditionExpression": unchanged,
+                        "ExpressionAttributeValues": {":through": _n(through_id)},
+                    }
+                }
+            )
+        keys = [
+            {"pk": _s(f"CONN#{connection_id}"), "sk": _s("CONN")},
+            {"pk": _s(_room_key(room)), "sk": _s(f"CONN#{connection_id}")},
+        ]
         try:
             self._client.transact_write_items(
-                TransactItems=[
-                    {
-                        "ConditionCheck": {
-                            "TableName": self._table,
-                            "Key": {"pk": _s(_room_key(room)), "sk": _s("SEQ")},
-                            "ConditionExpression": unchanged,
-                            "ExpressionAttributeValues": {":through": _n(through_id)},
-                        }
-                    },
-                    {
-                        "Update": {
-                            **update,
-                            "Key": {"pk": _s(f"CONN#{connection_id}"), "sk": _s("CONN")},
-                        }
-                    },
-                    {
-                        "Update": {
-                            **update,
-                            "Key": {"pk": _s(_room_key(room)), "sk": _s(f"CONN#{connection_id}")},
-                        }
-                    },
-                ]
+                TransactItems=[*check, *({"Update": {**update, "Key": key}} for key in keys)]
             )
         except self._client.exceptions.TransactionCanceledException:
             return self.get(connection_id) is None  # gone: nothing to wait for

@@ -38,7 +38,9 @@ class MemoryConnections:
     def in_room(self, room: str) -> Sequence[Connection]:
         return list(self._rooms.get(room, {}).values())
 
-    def mark_welcomed(self, connection_id: str, room: str, through_id: int) -> bool:
+    def mark_welcomed(
+        self, connection_id: str, room: str, through_id: int, force: bool = False
+    ) -> bool:
         # One event loop drives this store: nothing can be appended between the welcome's
         # history read and this call, so there is no condition to check.
         connection = self._by_id.get(connection_id)

@@ -362,3 +362,35 @@ def test_message_published_between_history_read_and_welcome_arrives_once(
     assert frames[1]["text"] == "slipped in"
     core.publish("foo", "id-p", "p", "live")
     assert [f["text"] for f in delivery.take_json("j")] == ["live"]
+
+
+def test_a_room_that_never_stands_still_gets_repeats_not_gaps(
+    delivery: RecordingDelivery, clock: FakeClock
+) -> None:
+    log = MemoryMessageLog()
+
+    class BusyConnections(MemoryConnections):
+        def mark_welcomed(
+            self, connection_id: str, room: str, through_id: int, force: bool = False
+        ) -> bool:
+            if force:
+                return super().mark_welcomed(connection_id, room, through_id, force)
+            core.publish(room, "id-p", "p", f"busy {log.latest_id(room) + 1}")
+            return False
+
+    core = ChatCore(
+        BusyConnections(),
+        log,
+        delivery,
+        Limits(welcome_attempts=3),
+        clock,
+        clock,
+        sleep=lambda _: None,
+    )
+    core.connect("j", "foo", principal("jo"), JSON)
+    core.welcome("j")
+    frames = delivery.take_json("j")
+    ids = [f["id"] for f in frames if f["type"] == "message"]
+    assert sorted(set(ids)) == list(range(1, log.latest_id("foo") + 1))  # nothing missing
+    core.publish("foo", "id-p", "p", "live")
+    assert [f["text"] for f in delivery.take_json("j")] == ["live"]
