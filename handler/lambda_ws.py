@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from functools import lru_cache
 from typing import Any
 
@@ -33,21 +33,34 @@ def _respond(status: int, body: str = "") -> Response:
     return {"statusCode": status, "body": body} if body else {"statusCode": status}
 
 
-def connect(event: Any, context: Any = None) -> Response:
-    try:
-        ws = WebSocketEvent.parse(event)
-        return _connect(ws, event)
-    except MalformedEvent as error:
-        log.warning("malformed $connect event: %s", error)
-        return _respond(400, str(error))
+LambdaHandler = Callable[[Any, Any], Response]
 
 
-def default(event: Any, context: Any = None) -> Response:
-    try:
-        ws = WebSocketEvent.parse(event)
-    except MalformedEvent as error:
-        log.warning("malformed message event: %s", error)
-        return _respond(400, str(error))
+def _route(name: str) -> Callable[[Callable[[WebSocketEvent, Any], Response]], LambdaHandler]:
+    """Make a Lambda handler of `handle(event, raw_event)`: a malformed event gets a 400 and a
+    log line, never an exception."""
+
+    def wrap(handle: Callable[[WebSocketEvent, Any], Response]) -> LambdaHandler:
+        def handler(event: Any, context: Any = None) -> Response:
+            try:
+                ws = WebSocketEvent.parse(event)
+            except MalformedEvent as error:
+                log.warning("malformed %s event: %s", name, error)
+                return _respond(400, str(error))
+            return handle(ws, event)
+
+        return handler
+
+    return wrap
+
+
+@_route("$connect")
+def connect(ws: WebSocketEvent, event: Any) -> Response:
+    return _connect(ws, event)
+
+
+@_route("message")
+def default(ws: WebSocketEvent, event: Any) -> Response:
     if ws.body is None:
         log.warning("message event for %s has no body", ws.connection_id)
         return _respond(400, "message event has no body")
@@ -55,12 +68,8 @@ def default(event: Any, context: Any = None) -> Response:
     return _respond(200)
 
 
-def disconnect(event: Any, context: Any = None) -> Response:
-    try:
-        ws = WebSocketEvent.parse(event)
-    except MalformedEvent as error:
-        log.warning("malformed $disconnect event: %s", error)
-        return _respond(400, str(error))
+@_route("$disconnect")
+def disconnect(ws: WebSocketEvent, event: Any) -> Response:
     log.info("%s disconnected (status %s)", ws.connection_id, ws.disconnect_status)
     _core(ws).disconnect(ws.connection_id)
     return _respond(200)

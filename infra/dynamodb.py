@@ -92,6 +92,21 @@ def _message_from(item: Item) -> ChatMessage:
     )
 
 
+def _live_items_query(
+    table: str, room: str, sort_condition: str, values: Item, now: float
+) -> dict[str, Any]:
+    """A consistent Query of a room's partition that skips items past their TTL (DynamoDB
+    deletes expired items only eventually)."""
+    return {
+        "TableName": table,
+        "KeyConditionExpression": f"pk = :pk AND {sort_condition}",
+        "FilterExpression": "#ttl > :now",
+        "ExpressionAttributeNames": {"#ttl": "ttl"},
+        "ExpressionAttributeValues": {":pk": _s(_room_key(room)), ":now": _n(int(now)), **values},
+        "ConsistentRead": True,
+    }
+
+
 def _query(client: Any, **kwargs: Any) -> Iterator[Item]:
     """Every item of a Query, page by page."""
     while True:
@@ -173,19 +188,10 @@ class DynamoConnections:
         return None if self._expired(item) else connection
 
     def in_room(self, room: str) -> Sequence[Connection]:
-        query: dict[str, Any] = {
-            "TableName": self._table,
-            "KeyConditionExpression": "pk = :pk AND begins_with(sk, :conn)",
-            "FilterExpression": "#ttl > :now",
-            "ExpressionAttributeNames": {"#ttl": "ttl"},
-            "ExpressionAttributeValues": {
-                ":pk": _s(_room_key(room)),
-                ":conn": _s("CONN#"),
-                ":now": _n(int(self._clock())),
-            },
-            # Strongly consistent: a client whose $connect just returned gets the next message.
-            "ConsistentRead": True,
-        }
+        # Strongly consistent: a client whose $connect just returned gets the next message.
+        query = _live_items_query(
+            self._table, room, "begins_with(sk, :conn)", {":conn": _s("CONN#")}, self._clock()
+        )
         if self._page_size:
             query["Limit"] = self._page_size
         return [_connection_from(item) for item in _query(self._client, **query)]
@@ -350,21 +356,14 @@ class DynamoMessageLog:
         return int(item["last_id"]["N"]) if item else 0
 
     def _messages(self, room: str, bound: str, limit: int, forward: bool) -> list[ChatMessage]:
-        query: dict[str, Any] = {
-            "TableName": self._table,
-            "KeyConditionExpression": "pk = :pk AND sk BETWEEN :low AND :high",
-            "FilterExpression": "#ttl > :now",
-            "ExpressionAttributeNames": {"#ttl": "ttl"},
-            "ExpressionAttributeValues": {
-                ":pk": _s(_room_key(room)),
-                ":low": _s(bound if forward else _message_key(0)),
-                ":high": _s(_message_key(10**MESSAGE_ID_WIDTH - 1)),
-                ":now": _n(int(self._clock())),
-            },
-            "ScanIndexForward": forward,
-            "ConsistentRead": True,
-            "Limit": limit,
+        bounds = {
+            ":low": _s(bound if forward else _message_key(0)),
+            ":high": _s(_message_key(10**MESSAGE_ID_WIDTH - 1)),
         }
+        query = _live_items_query(
+            self._table, room, "sk BETWEEN :low AND :high", bounds, self._clock()
+        )
+        query.update(ScanIndexForward=forward, Limit=limit)
         messages: list[ChatMessage] = []
         for item in _query(self._client, **query):
             messages.append(_message_from(item))
