@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from auth.base import Authenticator
-from auth.factory import build_authenticator
 from handler.core import ChatCore, Limits
 from infra.local_delivery import LocalDelivery
 from infra.memory import MemoryConnections, MemoryMessageLog
@@ -34,6 +33,10 @@ def limits_from(settings: Settings) -> Limits:
 
 
 def build_local_chat(settings: Settings) -> LocalChat:
+    # Imported here: the Lambda path imports this module for `limits_from`, and the JWT
+    # backend's imports (PyJWT, cryptography) would cost every cold start.
+    from auth.factory import build_authenticator
+
     connections = MemoryConnections()
     delivery = LocalDelivery()
     messages = MemoryMessageLog(size=settings.history_size)
