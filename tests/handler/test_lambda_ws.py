@@ -22,6 +22,17 @@ def posts() -> PostRecorder:
     return PostRecorder(management_client(ENDPOINT))
 
 
+@pytest.fixture
+def deletes() -> list[str]:
+    """Connections the handlers closed (DeleteConnection calls, still made against moto)."""
+    closed: list[str] = []
+    management_client(ENDPOINT).meta.events.register(
+        "provide-client-params.apigatewaymanagementapi.DeleteConnection",
+        lambda params, **_: closed.append(params["ConnectionId"]),
+    )
+    return closed
+
+
 def connect(cid: str, room: str, token: str, **query: str) -> dict[str, Any]:
     return lambda_ws.connect(
         event(
@@ -134,7 +145,9 @@ def test_authorizer_context_names_the_principal(posts: PostRecorder) -> None:
     assert posts.take("V") == ["Ursula: from ursula"]
 
 
-def test_expired_authorizer_principal_is_closed_on_its_next_frame(posts: PostRecorder) -> None:
+def test_expired_authorizer_principal_is_closed_on_its_next_frame(
+    posts: PostRecorder, deletes: list[str]
+) -> None:
     authorizer = {"principalId": "old", "name": "Old", "echo": "old", "expiresAt": 1}
     lambda_ws.connect(
         event(
@@ -145,11 +158,6 @@ def test_expired_authorizer_principal_is_closed_on_its_next_frame(posts: PostRec
         )
     )
     connect("W", "foo", "w")
-    deletes: list[str] = []
-    management_client(ENDPOINT).meta.events.register(
-        "provide-client-params.apigatewaymanagementapi.DeleteConnection",
-        lambda params, **_: deletes.append(params["ConnectionId"]),
-    )
     send("O", "too late")
     assert deletes == ["O"]
     assert posts.take("W") == []
@@ -199,12 +207,7 @@ def test_handle_dispatches_every_route(posts: PostRecorder) -> None:
     assert [i["sk"]["S"] for i in table_items()] == ["MSG#000000000001", "SEQ"]
 
 
-def test_message_from_unknown_connection_is_closed() -> None:
-    deletes: list[str] = []
-    management_client(ENDPOINT).meta.events.register(
-        "provide-client-params.apigatewaymanagementapi.DeleteConnection",
-        lambda params, **_: deletes.append(params["ConnectionId"]),
-    )
+def test_message_from_unknown_connection_is_closed(deletes: list[str]) -> None:
     assert send("ghost", "boo") == {"statusCode": 200}
     assert deletes == ["ghost"]
 
