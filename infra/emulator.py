@@ -155,12 +155,21 @@ class Emulator:
             )
         payload = json.loads(await request.body() or b"{}")
         if request.headers.get("x-amz-invocation-type") == "Event":
-            task = asyncio.create_task(run_in_threadpool(function, payload, None))
+            task = asyncio.create_task(self._invoke_async(function, payload))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
             return Response(status_code=202)
         result = await run_in_threadpool(function, payload, None)
         return JSONResponse(result)
+
+    async def _invoke_async(self, function: Handler, payload: Any) -> None:
+        """An asynchronous invocation: like Lambda, retried twice if it raises."""
+        for attempt in range(3):
+            try:
+                await run_in_threadpool(function, payload, None)
+                return
+            except Exception:
+                log.exception("async invocation failed (attempt %d of 3)", attempt + 1)
 
     # --- WebSocket ------------------------------------------------------------------------
 

@@ -77,13 +77,17 @@ async def test_concurrent_publishers_keep_the_room_order(
         await until(watcher, "welcome")
 
         async def publish(name: str) -> None:
+            # Ten messages in flight per publisher: concurrent, but paced to what the slower
+            # transport absorbs (a flood would stall its reads and time out the keepalive).
             async with transport.connect("order", token=name, format="json") as ws:
                 await until(ws, "welcome")
-                for i in range(per_publisher):
-                    await ws.send(json.dumps({"action": "sendmessage", "text": f"{name}:{i}"}))
-                own = 0
+                sent = own = 0
                 while own < per_publisher:
-                    frame = await recv_json(ws, timeout=30)
+                    while sent < per_publisher and sent - own < 10:
+                        text = f"{name}:{sent}"
+                        await ws.send(json.dumps({"action": "sendmessage", "text": text}))
+                        sent += 1
+                    frame = await recv_json(ws, timeout=60)
                     own += frame["type"] == "message" and frame["text"].startswith(name + ":")
 
         await asyncio.gather(*(publish(name) for name in names))
