@@ -369,30 +369,37 @@ def start_dynamodb(endpoint: str | None, table: str) -> tuple[str, Callable[[], 
     """Use `endpoint`, or start moto's server on a free loopback port; make sure the table
     exists. Returns the endpoint and a function that stops what was started."""
     import boto3
-    import yaml
 
     stop: Callable[[], None] = lambda: None  # noqa: E731
     if not endpoint:
         endpoint, stop = _serialized_moto_server()
     client = boto3.client("dynamodb", endpoint_url=endpoint)
     if table not in client.list_tables().get("TableNames", []):
-        from pathlib import Path
-
-        resources = yaml.safe_load((Path(__file__).parent / "resources.yml").read_text())
-        properties = resources["Resources"]["ChatTable"]["Properties"]
-        client.create_table(
-            TableName=table,
-            AttributeDefinitions=properties["AttributeDefinitions"],
-            KeySchema=properties["KeySchema"],
-            BillingMode=properties["BillingMode"],
-        )
-        client.get_waiter("table_exists").wait(TableName=table)
-        ttl = properties["TimeToLiveSpecification"]
-        client.update_time_to_live(
-            TableName=table,
-            TimeToLiveSpecification={"AttributeName": ttl["AttributeName"], "Enabled": True},
-        )
+        create_chat_table(client, table)
     return endpoint, stop
+
+
+def create_chat_table(client: Any, table: str) -> None:
+    """Create the ChatTable exactly as infra/resources.yml (which serverless.yml deploys)
+    defines it: keys, billing mode and TTL."""
+    from pathlib import Path
+
+    import yaml
+
+    resources = yaml.safe_load((Path(__file__).parent / "resources.yml").read_text())
+    properties = resources["Resources"]["ChatTable"]["Properties"]
+    client.create_table(
+        TableName=table,
+        AttributeDefinitions=properties["AttributeDefinitions"],
+        KeySchema=properties["KeySchema"],
+        BillingMode=properties["BillingMode"],
+    )
+    client.get_waiter("table_exists").wait(TableName=table)
+    ttl = properties["TimeToLiveSpecification"]
+    client.update_time_to_live(
+        TableName=table,
+        TimeToLiveSpecification={"AttributeName": ttl["AttributeName"], "Enabled": ttl["Enabled"]},
+    )
 
 
 def build_emulator(

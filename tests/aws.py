@@ -15,33 +15,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-ROOT = Path(__file__).resolve().parent.parent
 EVENTS = Path(__file__).resolve().parent / "events"
 ENDPOINT = "https://abcdef123.execute-api.us-east-1.amazonaws.com/prod"
 
 
-def table_properties() -> dict[str, Any]:
-    """The ChatTable's Properties, exactly as serverless.yml deploys them."""
-    text = (ROOT / "infra" / "resources.yml").read_text()
-    properties: dict[str, Any] = yaml.safe_load(text)["Resources"]["ChatTable"]["Properties"]
-    return properties
-
-
 def create_table(client: Any, name: str) -> None:
-    properties = table_properties()
-    client.create_table(
-        TableName=name,
-        AttributeDefinitions=properties["AttributeDefinitions"],
-        KeySchema=properties["KeySchema"],
-        BillingMode=properties["BillingMode"],
-    )
-    ttl = properties["TimeToLiveSpecification"]
-    client.update_time_to_live(
-        TableName=name,
-        TimeToLiveSpecification={"AttributeName": ttl["AttributeName"], "Enabled": ttl["Enabled"]},
-    )
+    """The chat table, made by the same code the emulator uses, from infra/resources.yml."""
+    from infra.emulator import create_chat_table
+
+    create_chat_table(client, name)
 
 
 def event(name: str, **changes: Any) -> dict[str, Any]:

@@ -43,6 +43,18 @@ def connect(cid: str, room: str, token: str, **query: str) -> dict[str, Any]:
     )
 
 
+def connect_authorized(cid: str, authorizer: dict[str, Any]) -> dict[str, Any]:
+    """$connect as it arrives with an authorizer attached: its context, no credential."""
+    return lambda_ws.connect(
+        event(
+            "connect",
+            connectionId=cid,
+            authorizer=authorizer,
+            queryStringParameters={"room": "foo"},
+        )
+    )
+
+
 def send(cid: str, body: str) -> dict[str, Any]:
     return lambda_ws.default(event("message", connectionId=cid, body=body))
 
@@ -131,14 +143,7 @@ def test_jwt_mode_rejects_a_bad_token_with_401(monkeypatch: pytest.MonkeyPatch) 
 
 def test_authorizer_context_names_the_principal(posts: PostRecorder) -> None:
     authorizer = {"principalId": "u-1", "name": "Ursula", "echo": "u-1", "expiresAt": ""}
-    lambda_ws.connect(
-        event(
-            "connect",
-            connectionId="U",
-            authorizer=authorizer,
-            queryStringParameters={"room": "foo"},
-        )
-    )
+    connect_authorized("U", authorizer)
     connect("V", "foo", "v")
     send("U", "from ursula")
     assert posts.take("U")[0] == "Session cookie or query token value is: u-1"
@@ -149,14 +154,7 @@ def test_expired_authorizer_principal_is_closed_on_its_next_frame(
     posts: PostRecorder, deletes: list[str]
 ) -> None:
     authorizer = {"principalId": "old", "name": "Old", "echo": "old", "expiresAt": 1}
-    lambda_ws.connect(
-        event(
-            "connect",
-            connectionId="O",
-            authorizer=authorizer,
-            queryStringParameters={"room": "foo"},
-        )
-    )
+    connect_authorized("O", authorizer)
     connect("W", "foo", "w")
     send("O", "too late")
     assert deletes == ["O"]
