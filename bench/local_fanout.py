@@ -1,0 +1,103 @@
+"""Local room fan-out: one sender and N receivers in one room (N = 10, 100, 1000), on wschat
+under uvicorn, the FastAPI docs ConnectionManager pattern (baseline) and `websockets` with
+`broadcast()` (reference), each server pinned to core 0 and this load generator to core 1.
+
+    .venv/bin/python bench/local_fanout.py [--sizes 10,100,1000]
+
+Per server and N: deliveries/s with at most 16 messages in flight, the server's CPU time per
+delivery (from /proc, over that phase), this client's CPU use, and p50/p99/max delivery
+latency at a paced 2,000 deliveries/s. Target (issue 7): server CPU per delivery at most 1.3x
+the websockets reference, and no worse than the FastAPI docs pattern.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from typing import Any
+
+from wsload import (
+    SUBJECTS,
+    WEBSOCKETS,
+    Room,
+    Server,
+    abort_all,
+    closed_loop,
+    ms,
+    open_many,
+    paced,
+    percentiles,
+    pin_to_client_core,
+    running,
+    save,
+)
+
+DELIVERIES = 30_000  # per throughput phase, whatever N is
+PACED_RATE = 2_000  # deliveries/s in the latency phase
+PACED_SECONDS = 3.0
+
+
+async def measure(server: Server, receivers: int) -> dict[str, Any]:
+    room_name = f"fanout{receivers}"
+    listeners = await open_many(server, room_name, range(1, receivers + 1))
+    (sender,) = await open_many(server, room_name, range(receivers + 1, receivers + 2))
+    room = Room(sender, listeners)
+    try:
+        messages = max(20, DELIVERIES // receivers)
+        await closed_loop(room, messages // 10, window=16)  # warm-up
+        cpu, client_cpu, started = server.cpu_seconds(), time.process_time(), time.perf_counter()
+        await closed_loop(room, messages, window=16)
+        wall = time.perf_counter() - started
+        cpu, client_cpu = server.cpu_seconds() - cpu, time.process_time() - client_cpu
+        deliveries = messages * receivers
+
+        rate = PACED_RATE / receivers
+        count = max(3, round(rate * PACED_SECONDS))
+        latency = await paced(room, rate, count, settle=10)
+        return {
+            "receivers": receivers,
+            "deliveries_per_s": deliveries / wall,
+            "server_us_per_delivery": cpu / deliveries * 1e6,
+            "client_cpu_pct": client_cpu / wall * 100,
+            **percentiles(latency.latencies, count * receivers),
+        }
+    finally:
+        await room.stop()
+        abort_all([*listeners, sender])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sizes", default="10,100,1000")
+    args = parser.parse_args()
+    pin_to_client_core()
+    rows: list[dict[str, Any]] = []
+    for receivers in (int(size) for size in args.sizes.split(",")):
+        for subject in SUBJECTS:
+            with running(subject) as server:  # a fresh process per run: no leftover state
+                rows.append({"server": subject.label, **asyncio.run(measure(server, receivers))})
+    reference = {row["receivers"]: row for row in rows if row["server"] == WEBSOCKETS.label}
+    lines = [
+        "| N | server | deliveries/s | server CPU/delivery | vs websockets | client CPU "
+        "| p50 | p99 | max |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        row["vs_reference"] = (
+            row["server_us_per_delivery"] / reference[row["receivers"]]["server_us_per_delivery"]
+        )
+        lines.append(
+            f"| {row['receivers']} | {row['server']} | {row['deliveries_per_s']:,.0f} "
+            f"| {row['server_us_per_delivery']:.1f} µs | {row['vs_reference']:.2f}x "
+            f"| {row['client_cpu_pct']:.0f}% | {ms(row['p50'])} | {ms(row['p99'])} "
+            f"| {ms(row['max'])} |"
+        )
+    markdown = "\n".join(lines)
+    print(markdown)
+    save("local_fanout", markdown, rows)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,284 @@
+"""What the local benchmarks share: the three servers (wschat and two baselines) started on
+their own core, their CPU time and memory read from /proc, and a load generator on the other
+core whose receivers time every delivery.
+
+Every message carries `m<seq> <perf_counter at send>`; the sender and the receivers live in
+this one process, so one clock times each delivery end to end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from websockets.asyncio.client import ClientConnection, connect
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+RESULTS = BENCH / "results"
+SERVER_CORE, CLIENT_CORE = 0, 1
+STAMP = re.compile(r"\bm(\d+) (\d+\.\d+)")
+PYTHON = sys.executable
+UVICORN_AS_WSCHAT = [  # the protocol settings `wschat serve` uses, so only the app differs
+    "--http", "h11", "--ws", "websockets-sansio", "--ws-max-size", "32768",
+    "--ws-max-queue", "16", "--ws-per-message-deflate", "false", "--log-level", "warning",
+]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Subject:
+    """A server under test: how to start it and where a room's sockets go."""
+
+    key: str
+    label: str
+    command: tuple[str, ...]
+    path: str  # format fields: room, user (a name), index (an integer)
+    env: tuple[tuple[str, str], ...] = ()
+
+    def url(self, port: int, room: str, index: int) -> str:
+        path = self.path.format(room=room, user=f"u{index}", index=index)
+        return f"ws://127.0.0.1:{port}{path}"
+
+
+WSCHAT = Subject(
+    "wschat",
+    "wschat (uvicorn)",
+    (str(Path(PYTHON).parent / "wschat"), "serve"),
+    "/items/{room}/ws?token={user}",
+    # Benchmarks send faster than one person types: lift the per-connection rate limit.
+    (
+        ("WSCHAT_RATE_PER_SECOND", "1000000"),
+        ("WSCHAT_RATE_BURST", "1000000"),
+        ("WSCHAT_LOG_LEVEL", "warning"),
+    ),
+)
+FASTAPI_DOCS = Subject(
+    "fastapi-docs",
+    "FastAPI docs ConnectionManager (baseline)",
+    (PYTHON, "-m", "uvicorn", "--app-dir", str(BENCH), "baseline_fastapi_docs:app",
+     *UVICORN_AS_WSCHAT),
+    "/ws/{index}",
+)  # fmt: skip
+WEBSOCKETS = Subject(
+    "websockets",
+    "websockets + broadcast() (reference)",
+    (PYTHON, str(BENCH / "baseline_websockets.py")),
+    "/{room}",
+)
+SUBJECTS = (WSCHAT, FASTAPI_DOCS, WEBSOCKETS)
+
+
+def pin_to_client_core() -> None:
+    os.sched_setaffinity(0, {CLIENT_CORE})
+
+
+@dataclass
+class Server:
+    subject: Subject
+    port: int
+    process: subprocess.Popen[bytes]
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the server process, from /proc/<pid>/stat."""
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def rss_bytes(self) -> int:
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise RuntimeError("no VmRSS")
+
+    def url(self, room: str, index: int) -> str:
+        return self.subject.url(self.port, room, index)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def running(subject: Subject) -> Iterator[Server]:
+    """The server on SERVER_CORE (taskset execs, so the pid is the server's own)."""
+    port = free_port()
+    env = {**os.environ, **dict(subject.env)}
+    command = ["taskset", "-c", str(SERVER_CORE), *subject.command, "--port", str(port)]
+    with tempfile.TemporaryFile() as log:  # shown only if the server fails to start
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=log)
+        try:
+            _wait_listening(process, port, log)
+            yield Server(subject, port, process)
+        finally:
+            process.terminate()
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def _wait_listening(process: subprocess.Popen[bytes], port: int, log: IO[bytes]) -> None:
+    deadline = time.monotonic() + 30
+    while process.poll() is None:
+        with suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    log.seek(0)
+    raise RuntimeError(f"{process.args} is not listening:\n{log.read().decode(errors='replace')}")
+
+
+async def open_many(
+    server: Server, room: str, indexes: range, **options: Any
+) -> list[ClientConnection]:
+    """Open sockets, 50 handshakes at a time (a browser crowd arrives spread out too)."""
+    gate = asyncio.Semaphore(50)
+
+    async def one(index: int) -> ClientConnection:
+        async with gate:
+            return await connect(
+                server.url(room, index),
+                ping_interval=None,  # the server pings; a client ping only adds noise
+                compression=None,
+                open_timeout=60,
+                **options,
+            )
+
+    return list(await asyncio.gather(*(one(index) for index in indexes)))
+
+
+def abort_all(sockets: list[ClientConnection]) -> None:
+    """Drop the sockets without a closing handshake: the run is over, and a server busy
+    telling everyone who left would only slow the teardown."""
+    for ws in sockets:
+        ws.transport.abort()
+
+
+@dataclass
+class Tally:
+    """Deliveries of one phase: each seq is complete once every receiver has it."""
+
+    receivers: int
+    latencies: list[float] = field(default_factory=list)
+    counts: dict[int, int] = field(default_factory=dict)
+    completed: int = 0
+    expected: int = 0
+    window: asyncio.Semaphore | None = None
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def record(self, seq: int, latency: float) -> None:
+        self.latencies.append(latency)
+        count = self.counts[seq] = self.counts.get(seq, 0) + 1
+        if count == self.receivers:
+            self.completed += 1
+            if self.window is not None:
+                self.window.release()
+            if self.completed == self.expected:
+                self.done.set()
+
+
+class Room:
+    """One sender and its receivers; the receivers feed whichever Tally is current."""
+
+    def __init__(self, sender: ClientConnection, receivers: list[ClientConnection]) -> None:
+        self.sender = sender
+        self.receivers = receivers
+        self.tally = Tally(len(receivers))
+        self.seq = 0
+        self.tasks = [asyncio.create_task(self._receive(ws)) for ws in receivers]
+        self.tasks.append(asyncio.create_task(self._drain(sender)))
+
+    async def _receive(self, ws: ClientConnection) -> None:
+        with suppress(Exception):
+            async for frame in ws:
+                stamp = STAMP.search(frame if isinstance(frame, str) else "")
+                if stamp:
+                    now = time.perf_counter()
+                    self.tally.record(int(stamp.group(1)), now - float(stamp.group(2)))
+
+    async def _drain(self, ws: ClientConnection) -> None:
+        with suppress(Exception):  # the sender's own echoes: read so it never stalls
+            async for _ in ws:
+                pass
+
+    def new_phase(self, messages: int, window: int | None = None) -> Tally:
+        self.tally = Tally(len(self.receivers), expected=messages)
+        if window is not None:
+            self.tally.window = asyncio.Semaphore(window)
+        return self.tally
+
+    async def send(self, padding: str = "") -> None:
+        self.seq += 1
+        await self.sender.send(f"m{self.seq} {time.perf_counter():.6f}{padding}")
+
+    async def stop(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
+async def closed_loop(room: Room, messages: int, window: int) -> Tally:
+    """Send as fast as deliveries complete, at most `window` messages in flight."""
+    tally = room.new_phase(messages, window)
+    assert tally.window is not None
+    for _ in range(messages):
+        await tally.window.acquire()
+        await room.send()
+    await tally.done.wait()
+    return tally
+
+
+async def paced(room: Room, rate: float, messages: int, settle: float, padding: str = "") -> Tally:
+    """Send at a steady rate, then wait up to `settle` seconds for the stragglers."""
+    tally = room.new_phase(messages)
+    started = time.perf_counter()
+    for i in range(messages):
+        delay = started + i / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        await room.send(padding)
+    with suppress(TimeoutError):
+        await asyncio.wait_for(tally.done.wait(), settle)
+    return tally
+
+
+def percentiles(latencies: list[float], expected: int | None = None) -> dict[str, float]:
+    """p50, p99 and max in milliseconds; a delivery still missing counts as never (inf)."""
+    missing = max(0, (expected or 0) - len(latencies))
+    ordered = sorted(latencies) + [math.inf] * missing
+    if not ordered:
+        return {"p50": math.nan, "p99": math.nan, "max": math.nan}
+    return {
+        "p50": statistics.median(ordered) * 1000,
+        "p99": ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000,
+        "max": ordered[-1] * 1000,
+    }
+
+
+def ms(value: float) -> str:
+    return "never" if math.isinf(value) else f"{value:.1f} ms"
+
+
+def save(name: str, markdown: str, rows: list[dict[str, Any]]) -> None:
+    """bench/results/<name>.json, which bench/report.py turns into the table and the chart."""
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(
+        json.dumps({"markdown": markdown, "rows": rows}, indent=1) + "\n"
+    )
