@@ -1,4 +1,5 @@
-"""The one exception an authenticator raises, carrying the status a transport answers with."""
+"""The exception an authenticator raises, carrying the status a transport answers with, and
+the one that refuses unusable auth settings."""
 
 from __future__ import annotations
 
@@ -15,3 +16,7 @@ class AuthError(Exception):
         super().__init__(reason)
         self.reason = reason
         self.status = status
+
+
+class AuthConfigError(ValueError):
+    """The auth settings cannot work; the message says which setting to change."""

@@ -6,7 +6,7 @@ import importlib
 import logging
 
 from auth.base import Authenticator
-from auth.jwt import AuthConfigError, JwtAuthenticator, JwtConfig
+from auth.errors import AuthConfigError
 from auth.origin import OriginCheck
 from auth.token import TokenAuthenticator, parse_token_list
 from infra.settings import Settings, split_list
@@ -35,6 +35,10 @@ def _backend(settings: Settings) -> Authenticator:
         except ValueError as error:
             raise AuthConfigError(str(error)) from None
     if settings.auth == "jwt":
+        # Imported here: PyJWT and cryptography add over 100 ms to a Lambda cold start, which
+        # token auth never needs.
+        from auth.jwt import JwtAuthenticator, JwtConfig
+
         return JwtAuthenticator(JwtConfig.from_settings(settings))
     module_name, sep, factory_name = settings.auth.partition(":")
     if not sep or not module_name or not factory_name:

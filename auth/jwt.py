@@ -12,6 +12,7 @@ import jwt
 from jwt.algorithms import get_default_algorithms
 
 from auth.credentials import find_credential
+from auth.errors import AuthConfigError as AuthConfigError  # re-exported: its first home
 from auth.errors import AuthError
 from auth.handshake import Handshake
 from auth.jwks import JwksCache, JwksUnavailable
@@ -24,10 +25,6 @@ log = logging.getLogger(__name__)
 HMAC_KEY_BYTES = {"HS256": 32, "HS384": 48, "HS512": 64}
 MIN_SECRET_BYTES = HMAC_KEY_BYTES["HS256"]
 MAX_NAME_LENGTH = 64
-
-
-class AuthConfigError(ValueError):
-    """The JWT settings cannot work; the message says which setting to change."""
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from infra.settings import get_settings
+from infra.settings import SettingsError, get_settings
 
 H11_MAX_HEAD = 16 * 1024
 WS_MAX_LINE = 1024 * 1024
@@ -17,8 +17,8 @@ def _serve(args: argparse.Namespace) -> int:
     _allow_long_request_lines()
     import uvicorn
 
+    from auth.errors import AuthConfigError
     from auth.factory import build_authenticator
-    from auth.jwt import AuthConfigError
     from infra.log_redaction import log_config
 
     settings = get_settings()
@@ -168,7 +168,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     token.set_defaults(run=_token)
 
     args = parser.parse_args(argv)
-    result: int = args.run(args)
+    try:
+        result: int = args.run(args)
+    except SettingsError as error:  # a bad WSCHAT_* value: say which, like a bad argument
+        print(f"wschat: {error}", file=sys.stderr)
+        return 2
     return result
 
 

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from auth.base import Authenticator
 from handler.core import ChatCore, Limits
-from infra.local_delivery import LocalDelivery
 from infra.memory import MemoryConnections, MemoryMessageLog
 from infra.settings import Settings
+
+if TYPE_CHECKING:
+    from infra.local_delivery import LocalDelivery
 
 
 @dataclass
@@ -33,9 +36,10 @@ def limits_from(settings: Settings) -> Limits:
 
 
 def build_local_chat(settings: Settings) -> LocalChat:
-    # Imported here: the Lambda path imports this module for `limits_from`, and the JWT
-    # backend's imports (PyJWT, cryptography) would cost every cold start.
+    # Imported here: the Lambda path imports this module for `limits_from`, and a cold start
+    # should load neither the local outboxes (asyncio) nor the auth backends.
     from auth.factory import build_authenticator
+    from infra.local_delivery import LocalDelivery
 
     connections = MemoryConnections()
     delivery = LocalDelivery()

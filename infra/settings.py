@@ -1,20 +1,79 @@
-"""Runtime configuration: every knob is a `WSCHAT_*` environment variable, read once."""
+"""Runtime configuration: every knob is a `WSCHAT_*` environment variable, read once.
 
-from __future__ import annotations
+A plain dataclass and a small loader rather than pydantic-settings: importing pydantic costs
+the Lambda handlers about a quarter of a second on every cold start, for a few dozen lookups.
+"""
 
+# No `from __future__ import annotations` here: the loader reads each field's type object.
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import Any, TypeVar
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+ENV_PREFIX = "WSCHAT_"
+
+_Number = TypeVar("_Number", int, float)
 
 
-class Settings(BaseSettings):
-    """The service's settings. The README's configuration table lists each one."""
+class SettingsError(ValueError):
+    """A setting with a value of the wrong type or out of its bounds. The message names the
+    environment variable and never shows a secret's value."""
 
-    model_config = SettingsConfigDict(env_prefix="WSCHAT_", extra="ignore")
+
+class Secret:
+    """A credential that never shows in a repr, a log line or a traceback."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def get_secret_value(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    def __str__(self) -> str:
+        return "**********"
+
+    def __len__(self) -> int:  # an empty secret is falsy, as "not configured"
+        return len(self._value)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+def _bounded(
+    default: _Number,
+    *,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+) -> _Number:
+    """A numeric field's default and its inclusive (`ge`, `le`) or strict (`gt`) bounds."""
+    bounds = {
+        name: bound for name, bound in (("ge", ge), ("gt", gt), ("le", le)) if bound is not None
+    }
+    result: _Number = field(default=default, metadata=bounds)
+    return result
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The service's settings. The README's configuration table lists each one.
+
+    Keyword arguments are checked like environment values: `Settings(port=-1)` raises
+    `SettingsError`, and a plain `str` for a secret is wrapped in `Secret`."""
 
     host: str = "127.0.0.1"
-    port: int = Field(default=8000, ge=0, le=65535)
+    port: int = _bounded(8000, ge=0, le=65535)
     log_level: str = "info"
 
     # Authentication: `token` (the seed's check), `jwt`, or `package.module:factory`.
@@ -25,34 +84,34 @@ class Settings(BaseSettings):
     allowed_origins: str = ""
 
     # JWT verification (WSCHAT_AUTH=jwt).
-    jwt_secret: SecretStr | None = None
-    jwt_public_key: SecretStr | None = None
+    jwt_secret: Secret | None = None
+    jwt_public_key: Secret | None = None
     jwt_jwks_url: str = ""
     jwt_algorithms: str = ""
     jwt_audience: str = ""
     jwt_issuer: str = ""
-    jwt_leeway: float = Field(default=0.0, ge=0)
+    jwt_leeway: float = _bounded(0.0, ge=0)
     jwt_required_claims: str = "exp,iat,sub"
     jwt_name_claim: str = "name"
     # Cognito access tokens carry `token_use` and `client_id` instead of `aud`.
     jwt_token_use: str = ""
     jwt_client_ids: str = ""
-    jwt_max_token_bytes: int = Field(default=8192, ge=256)
-    jwks_cache_seconds: float = Field(default=600.0, gt=0)
-    jwks_refresh_cooldown: float = Field(default=30.0, ge=0)
-    jwks_timeout: float = Field(default=2.0, gt=0)
+    jwt_max_token_bytes: int = _bounded(8192, ge=256)
+    jwks_cache_seconds: float = _bounded(600.0, gt=0)
+    jwks_refresh_cooldown: float = _bounded(30.0, ge=0)
+    jwks_timeout: float = _bounded(2.0, gt=0)
 
     # Limits. 32 KiB is API Gateway's WebSocket frame size, so both transports agree.
-    max_message_bytes: int = Field(default=32 * 1024, ge=1)
-    max_room_length: int = Field(default=128, ge=1)
-    rate_per_second: float = Field(default=20.0, gt=0)
-    rate_burst: int = Field(default=40, ge=1)
+    max_message_bytes: int = _bounded(32 * 1024, ge=1)
+    max_room_length: int = _bounded(128, ge=1)
+    rate_per_second: float = _bounded(20.0, gt=0)
+    rate_burst: int = _bounded(40, ge=1)
     # Net rate-limited frames (each accepted frame takes one back) before a 1008 close.
-    rate_abuse_strikes: int = Field(default=20, ge=1)
-    send_queue_frames: int = Field(default=256, ge=1)
+    rate_abuse_strikes: int = _bounded(20, ge=1)
+    send_queue_frames: int = _bounded(256, ge=1)
 
-    history_size: int = Field(default=1000, ge=1)
-    welcome_history: int = Field(default=20, ge=0)
+    history_size: int = _bounded(1000, ge=1)
+    welcome_history: int = _bounded(20, ge=0)
 
     # Serverless transport (API Gateway + Lambda + DynamoDB).
     table: str = "wschat"
@@ -60,17 +119,101 @@ class Settings(BaseSettings):
     apigw_endpoint: str = ""
     offline_ws_port: int = 3001
     offline_lambda_port: int = 3002
-    fanout_concurrency: int = Field(default=32, ge=1, le=256)
-    connection_ttl_seconds: int = Field(default=2 * 3600 + 300, ge=60)
-    history_ttl_seconds: int = Field(default=7 * 86400, ge=60)
-    room_page_size: int = Field(default=0, ge=0)
+    fanout_concurrency: int = _bounded(32, ge=1, le=256)
+    connection_ttl_seconds: int = _bounded(2 * 3600 + 300, ge=60)
+    history_ttl_seconds: int = _bounded(7 * 86400, ge=60)
+    room_page_size: int = _bounded(0, ge=0)
     welcome_function: str = ""
     lambda_endpoint: str = ""
     socket_url: str = ""
 
     ws_per_message_deflate: bool = False
-    ws_ping_interval: float = Field(default=20.0, gt=0)
-    ws_ping_timeout: float = Field(default=20.0, gt=0)
+    ws_ping_interval: float = _bounded(20.0, gt=0)
+    ws_ping_timeout: float = _bounded(20.0, gt=0)
+
+    def __post_init__(self) -> None:
+        for spec in dataclasses.fields(self):
+            value = _convert(spec, getattr(self, spec.name))
+            _check_bounds(spec, value)
+            object.__setattr__(self, spec.name, value)
+
+
+_TRUE = frozenset({"1", "true", "t", "yes", "y", "on"})
+_FALSE = frozenset({"0", "false", "f", "no", "n", "off"})
+
+
+def _env_name(spec: dataclasses.Field[Any]) -> str:
+    return ENV_PREFIX + spec.name.upper()
+
+
+def _convert(spec: dataclasses.Field[Any], value: object) -> object:
+    """`value` (from the environment, a string; or a keyword argument) as the field's type."""
+    kind = spec.type
+    name = _env_name(spec)
+    if kind == Secret | None:
+        if value is None or isinstance(value, Secret):
+            return value
+        if isinstance(value, str):
+            return Secret(value)
+        raise SettingsError(f"{name} must be a string")  # never echo a credential
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+            return value.strip().lower() in _TRUE
+        raise SettingsError(
+            f"{name} must be a boolean (true/false, 1/0, yes/no, on/off), got {value!r}"
+        )
+    if kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise SettingsError(f"{name} must be an integer, got {value!r}")
+    if kind is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise SettingsError(f"{name} must be a number, got {value!r}")
+    if kind is str:
+        if isinstance(value, str):
+            return value
+        raise SettingsError(f"{name} must be a string, got {value!r}")
+    raise TypeError(f"no conversion for the type of setting {spec.name}: {kind!r}")
+
+
+def _check_bounds(spec: dataclasses.Field[Any], value: Any) -> None:
+    bounds = spec.metadata
+    # `not (value >= bound)` rather than `value < bound`, so that NaN is refused too.
+    if "ge" in bounds and not value >= bounds["ge"]:
+        raise SettingsError(f"{_env_name(spec)} must be >= {bounds['ge']}, got {value!r}")
+    if "gt" in bounds and not value > bounds["gt"]:
+        raise SettingsError(f"{_env_name(spec)} must be > {bounds['gt']}, got {value!r}")
+    if "le" in bounds and not value <= bounds["le"]:
+        raise SettingsError(f"{_env_name(spec)} must be <= {bounds['le']}, got {value!r}")
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Settings from `WSCHAT_*` variables (names in any case; the upper-case one wins),
+    defaults for the rest. Unknown `WSCHAT_*` names are ignored."""
+    environ = os.environ if environ is None else environ
+    names = {spec.name for spec in dataclasses.fields(Settings)}
+    values: dict[str, str] = {}
+    for key, value in environ.items():
+        upper = key.upper()
+        if not upper.startswith(ENV_PREFIX):
+            continue
+        name = upper[len(ENV_PREFIX) :].lower()
+        if name in names and (key == upper or name not in values):
+            values[name] = value
+    return Settings(**values)  # type: ignore[arg-type]  # strings, converted in __post_init__
 
 
 def split_list(value: str) -> list[str]:
@@ -81,4 +224,4 @@ def split_list(value: str) -> list[str]:
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     """The process-wide settings, parsed from the environment on first use."""
-    return Settings()
+    return load_settings()
