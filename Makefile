@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run emulate test lint typecheck unit clean lambda-zip package node_modules
+.PHONY: run emulate test lint typecheck unit clean lambda-zip package node_modules bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,22 @@ unit: $(VENV)/.installed-dev
 	$(BIN)/pytest -q
 
 test: lint typecheck unit
+
+$(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	touch $@ $(VENV)/.installed-run $(VENV)/.installed-emulate
+
+# Benchmarks against baselines measured in the same run (docs/performance.md); a few minutes.
+# Writes bench/results/ (a table and a chart) and refreshes the table in docs/performance.md.
+bench: $(VENV)/.installed-bench
+	$(BIN)/python bench/local_fanout.py
+	$(BIN)/python bench/slow_consumer.py
+	$(BIN)/python bench/capacity.py
+	$(BIN)/python bench/cold_start.py
+	$(BIN)/python bench/warm_path.py
+	$(BIN)/python bench/lambda_fanout.py
+	$(BIN)/python bench/artifact_size.py
+	$(BIN)/python bench/report.py
 
 # The Lambda artifact: our packages + dependencies built for the Lambda runtime (3.12, x86_64).
 lambda-zip: $(VENV)/.installed-run

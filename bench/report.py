@@ -1,0 +1,161 @@
+"""Gather bench/results/*.json into bench/results/results.md and bench/results/chart.png, and
+put the table into docs/performance.md between its `results` markers.
+
+    .venv/bin/python bench/report.py
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display on a server or in CI
+import matplotlib.pyplot as plt
+from wsload import RESULTS, ROOT
+
+SECTIONS = {  # file name: heading, in the order of issue 7
+    "local_fanout": "1. Local room fan-out (uvicorn)",
+    "slow_consumer": "2. Slow consumer",
+    "capacity": "3. Capacity",
+    "cold_start": "4. Lambda cold start",
+    "warm_path": "5. Lambda warm path",
+    "lambda_fanout": "6. Lambda fan-out",
+    "artifact_size": "7. Deployment artifact size",
+}
+DOC = ROOT / "docs" / "performance.md"
+MARKERS = re.compile(r"(<!-- results:start -->\n).*?(<!-- results:end -->)", re.DOTALL)
+
+
+def load() -> dict[str, dict[str, Any]]:
+    found = {}
+    for name in SECTIONS:
+        path = RESULTS / f"{name}.json"
+        if path.exists():
+            found[name] = json.loads(path.read_text())
+    return found
+
+
+def machine() -> str:
+    model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    return f"{model}, Python {platform.python_version()}, {platform.system()} {platform.release()}"
+
+
+def markdown(results: dict[str, dict[str, Any]]) -> str:
+    parts = [f"Measured {time.strftime('%Y-%m-%d')} on {machine()}.", ""]
+    for name, heading in SECTIONS.items():
+        if name in results:
+            parts += [f"### {heading}", "", results[name]["markdown"], ""]
+    parts.append("![benchmark chart](../bench/results/chart.png)")
+    return "\n".join(parts) + "\n"
+
+
+def grouped(ax: Any, rows: list[dict[str, Any]], key: str, title: str, unit: str) -> None:
+    """Local fan-out rows as bars grouped by N, one colour per server."""
+    servers = list(dict.fromkeys(row["server"] for row in rows))
+    sizes = sorted({row["receivers"] for row in rows})
+    width = 0.8 / len(servers)
+    for i, server in enumerate(servers):
+        values = [
+            next(row[key] for row in rows if row["server"] == server and row["receivers"] == n)
+            for n in sizes
+        ]
+        ax.bar([x + i * width for x in range(len(sizes))], values, width, label=server)
+    ax.set_xticks([x + width for x in range(len(sizes))], [f"N={n}" for n in sizes])
+    ax.set_ylabel(unit)
+    ax.set_title(title, fontsize=10)
+    ax.set_ylim(top=ax.get_ylim()[1] * 1.4)  # room for the legend above the bars
+    ax.legend(fontsize=7, loc="upper left")
+
+
+def bars(ax: Any, labels: list[str], values: list[float], title: str, unit: str) -> None:
+    shown = [0 if math.isinf(v) else v for v in values]
+    ax.barh(labels, shown, color=["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3"])
+    for y, value in enumerate(values):
+        text = "never" if math.isinf(value) else f"{value:,.1f} {unit}"
+        ax.text(shown[y], y, " " + text, va="center", fontsize=8)
+    ax.set_title(title, fontsize=10)
+    ax.invert_yaxis()
+    ax.tick_params(axis="y", labelsize=8)
+    ax.margins(x=0.35)
+
+
+def short(label: str) -> str:
+    return label.split(" (")[0]
+
+
+def chart(results: dict[str, dict[str, Any]], out: Path) -> None:
+    figure, axes = plt.subplots(2, 4, figsize=(22, 9))
+    figure.suptitle("wschat benchmarks (bench/, issue 7), each against baselines from the same run")
+    rows = {name: result["rows"] for name, result in results.items()}
+    if "local_fanout" in rows:
+        grouped(
+            axes[0][0],
+            rows["local_fanout"],
+            "server_us_per_delivery",
+            "1. Local fan-out: server CPU per delivery",
+            "µs",
+        )
+        grouped(axes[0][1], rows["local_fanout"], "p99",
+                "1. Local fan-out: p99 latency, 2,000 deliveries/s", "ms")  # fmt: skip
+    if "slow_consumer" in rows:
+        labels = [
+            short(row["server"]) + (" + stalled client" if row["stalled_client"] else "")
+            for row in rows["slow_consumer"]
+        ]
+        values = [row["p99"] for row in rows["slow_consumer"]]
+        bars(axes[0][2], labels, values, "2. Slow consumer: healthy receivers' p99", "ms")
+    if "capacity" in rows:
+        labels = [short(row["server"]) for row in rows["capacity"]]
+        values = [row["kib_per_connection"] for row in rows["capacity"]]
+        bars(axes[0][3], labels, values, "3. Memory/idle connection (target ≤ 50)", "KiB")
+    if "cold_start" in rows:
+        labels = [short(row["what"]) for row in rows["cold_start"]]
+        values = [row["ms"] for row in rows["cold_start"]]
+        bars(axes[1][0], labels, values, "4. Lambda cold start, fresh process", "ms")
+    if "warm_path" in rows:
+        labels = [short(row["path"]) for row in rows["warm_path"]]
+        values = [row["us"] for row in rows["warm_path"]]
+        bars(axes[1][1], labels, values, "5. Warm $default CPU (target ≤ 1,000; log)", "µs")
+        axes[1][1].set_xscale("log")
+    if "lambda_fanout" in rows:
+        labels = [short(row["way"]) for row in rows["lambda_fanout"]]
+        values = [row["seconds"] for row in rows["lambda_fanout"]]
+        bars(axes[1][2], labels, values, "6. Lambda fan-out, 1,000 at 20 ms (target ≤ 1.5)", "s")
+    if "artifact_size" in rows:
+        labels = [short(row["artifact"]) for row in rows["artifact_size"]]
+        values = [row["mb"] for row in rows["artifact_size"]]
+        bars(axes[1][3], labels, values, "7. Lambda zip (target ≤ 15)", "MB")
+    figure.tight_layout()
+    figure.savefig(out, dpi=80)
+    plt.close(figure)
+
+
+def main() -> int:
+    results = load()
+    table = markdown(results)
+    (RESULTS / "results.md").write_text(table)
+    chart(results, RESULTS / "chart.png")
+    if DOC.exists():
+        text = DOC.read_text()
+        if MARKERS.search(text):
+            DOC.write_text(MARKERS.sub(lambda m: m.group(1) + table + m.group(2), text))
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
