@@ -42,26 +42,24 @@ async def measure(server: Server, fan_out: bool) -> dict[str, Any]:
     abort_all([warm])
     await asyncio.sleep(0.5)
     before = server.rss_bytes()
-    rooms: list[list[Any]] = []
-    for r in range(ROOMS):
-        first = 10 + r * PER_ROOM
-        rooms.append(await open_many(server, f"room{r}", range(first, first + PER_ROOM)))
+    rooms = [
+        await Room(server, f"room{r}").open(PER_ROOM - 1, first_index=10 + r * PER_ROOM)
+        for r in range(ROOMS)
+    ]
     await asyncio.sleep(1)
     per_connection = (server.rss_bytes() - before) / (ROOMS * PER_ROOM)
     row: dict[str, Any] = {"kib_per_connection": per_connection / 1024}
     if fan_out:
-        chats = [Room(sockets[0], sockets[1:]) for sockets in rooms]
 
-        async def stream(index: int, chat: Room) -> Tally:
+        async def stream(index: int, room: Room) -> Tally:
             await asyncio.sleep(index / (RATE * ROOMS))  # rooms take turns, as people would
-            return await paced(chat, RATE, RATE * SECONDS, settle=5)
+            return await paced(room, RATE, RATE * SECONDS, settle=5)
 
-        tallies = await asyncio.gather(*(stream(i, chat) for i, chat in enumerate(chats)))
+        tallies = await asyncio.gather(*(stream(i, room) for i, room in enumerate(rooms)))
         latencies = [latency for tally in tallies for latency in tally.latencies]
         row.update(percentiles(latencies, RATE * SECONDS * (PER_ROOM - 1) * ROOMS))
-        for chat in chats:
-            await chat.stop()
-    abort_all([ws for sockets in rooms for ws in sockets])
+    for room in rooms:
+        await room.close()
     return row
 
 

@@ -46,9 +46,7 @@ async def stalled_client(server: Server) -> Any:
 
 async def measure(server: Server, stall: bool) -> dict[str, Any]:
     stalled = [await stalled_client(server)] if stall else []
-    listeners = await open_many(server, "slow", range(1, RECEIVERS + 1))
-    (sender,) = await open_many(server, "slow", range(RECEIVERS + 1, RECEIVERS + 2))
-    room = Room(sender, listeners)
+    room = await Room(server, "slow").open(RECEIVERS)
     try:
         await paced(room, RATE, RATE, settle=3)  # warm-up: one second, not measured
         tally = await paced(room, RATE, RATE * SECONDS, settle=3, padding=PADDING)
@@ -59,8 +57,8 @@ async def measure(server: Server, stall: bool) -> dict[str, Any]:
             **percentiles(tally.latencies, expected),
         }
     finally:
-        await room.stop()
-        abort_all([*listeners, sender, *stalled])
+        await room.close()
+        abort_all(stalled)
 
 
 def main() -> int:

@@ -9,6 +9,7 @@ this one process, so one clock times each delivery end to end.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import math
 import os
@@ -19,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +32,7 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 RESULTS = BENCH / "results"
 SERVER_CORE, CLIENT_CORE = 0, 1
-STAMP = re.compile(r"\bm(\d+) (\d+\.\d+)")
+STAMP = re.compile(rb"\bm(\d+) (\d+\.\d+)")
 PYTHON = sys.executable
 UVICORN_AS_WSCHAT = [  # the protocol settings `wschat serve` uses, so only the app differs
     "--http", "h11", "--ws", "websockets-sansio", "--ws-max-size", "32768",
@@ -164,11 +165,91 @@ async def open_many(
     return list(await asyncio.gather(*(one(index) for index in indexes)))
 
 
-def abort_all(sockets: list[ClientConnection]) -> None:
+class Receiver(asyncio.Protocol):
+    """A receiving client that does no more than a receiver must: frame, answer pings, and
+    time each stamped message. websockets' full client costs more CPU per frame than the
+    servers under test spend per delivery, which would leave them idle, and a server that
+    is not kept busy spends more per delivery on waking up than on delivering. With this
+    receiver the load generator outruns the server, so its CPU per delivery is its own.
+    """
+
+    def __init__(self, path: str, on_stamp: Callable[[int, float], None]) -> None:
+        self.path = path
+        self.on_stamp = on_stamp
+        self.buffer = bytearray()
+        self.opened: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.transport: asyncio.Transport
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        key = base64.b64encode(os.urandom(16)).decode()
+        transport.write(
+            f"GET {self.path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+        )
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.opened.done():
+            self.opened.set_exception(ConnectionError(f"{self.path}: closed in the handshake"))
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self.buffer
+        buffer += data
+        if not self.opened.done():
+            end = buffer.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            if not buffer.startswith(b"HTTP/1.1 101"):
+                self.opened.set_exception(ConnectionError(bytes(buffer[:end]).decode()))
+                return
+            del buffer[: end + 4]
+            self.opened.set_result(None)
+        offset = 0
+        while len(buffer) - offset >= 2:
+            opcode, length, start = buffer[offset] & 0x0F, buffer[offset + 1] & 0x7F, offset + 2
+            if length == 126:
+                length, start = int.from_bytes(buffer[start : start + 2]), start + 2
+            elif length == 127:
+                length, start = int.from_bytes(buffer[start : start + 8]), start + 8
+            if len(buffer) < start + length:
+                break
+            if opcode == 0x1:
+                stamp = STAMP.search(buffer, start, start + length)
+                if stamp:
+                    self.on_stamp(int(stamp.group(1)), time.perf_counter() - float(stamp.group(2)))
+            elif opcode == 0x9:  # ping: a masked pong (all-zero mask) with the same payload
+                payload = bytes(buffer[start : start + length])
+                self.transport.write(bytes([0x8A, 0x80 | length]) + b"\0\0\0\0" + payload)
+            offset = start + length
+        del buffer[:offset]
+
+
+async def open_receivers(
+    server: Server, room: str, indexes: range, on_stamp: Callable[[int, float], None]
+) -> list[Receiver]:
+    """Open Receivers, 50 handshakes at a time."""
+    loop = asyncio.get_running_loop()
+    gate = asyncio.Semaphore(50)
+
+    async def one(index: int) -> Receiver:
+        path = server.url(room, index).removeprefix(f"ws://127.0.0.1:{server.port}")
+        async with gate:
+            _, receiver = await loop.create_connection(
+                lambda: Receiver(path, on_stamp), "127.0.0.1", server.port
+            )
+            await asyncio.wait_for(receiver.opened, 60)
+            return receiver
+
+    return list(await asyncio.gather(*(one(index) for index in indexes)))
+
+
+def abort_all(sockets: Sequence[ClientConnection | Receiver]) -> None:
     """Drop the sockets without a closing handshake: the run is over, and a server busy
     telling everyone who left would only slow the teardown."""
-    for ws in sockets:
-        ws.transport.abort()
+    for socket_ in sockets:
+        socket_.transport.abort()
 
 
 @dataclass
@@ -195,23 +276,26 @@ class Tally:
 
 
 class Room:
-    """One sender and its receivers; the receivers feed whichever Tally is current."""
+    """One sender and its receivers, which feed whichever Tally is current."""
 
-    def __init__(self, sender: ClientConnection, receivers: list[ClientConnection]) -> None:
-        self.sender = sender
-        self.receivers = receivers
-        self.tally = Tally(len(receivers))
+    def __init__(self, server: Server, name: str) -> None:
+        self.server = server
+        self.name = name
+        self.tally = Tally(0)
         self.seq = 0
-        self.tasks = [asyncio.create_task(self._receive(ws)) for ws in receivers]
-        self.tasks.append(asyncio.create_task(self._drain(sender)))
+        self.receivers: list[Receiver] = []
 
-    async def _receive(self, ws: ClientConnection) -> None:
-        with suppress(Exception):
-            async for frame in ws:
-                stamp = STAMP.search(frame if isinstance(frame, str) else "")
-                if stamp:
-                    now = time.perf_counter()
-                    self.tally.record(int(stamp.group(1)), now - float(stamp.group(2)))
+    async def open(self, receivers: int, first_index: int = 1) -> Room:
+        indexes = range(first_index, first_index + receivers)
+        self.receivers = await open_receivers(self.server, self.name, indexes, self._stamped)
+        (self.sender,) = await open_many(
+            self.server, self.name, range(indexes.stop, indexes.stop + 1)
+        )
+        self.drain = asyncio.create_task(self._drain(self.sender))
+        return self
+
+    def _stamped(self, seq: int, latency: float) -> None:
+        self.tally.record(seq, latency)
 
     async def _drain(self, ws: ClientConnection) -> None:
         with suppress(Exception):  # the sender's own echoes: read so it never stalls
@@ -228,10 +312,10 @@ class Room:
         self.seq += 1
         await self.sender.send(f"m{self.seq} {time.perf_counter():.6f}{padding}")
 
-    async def stop(self) -> None:
-        for task in self.tasks:
-            task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
+    async def close(self) -> None:
+        self.drain.cancel()
+        await asyncio.gather(self.drain, return_exceptions=True)
+        abort_all([*self.receivers, self.sender])
 
 
 async def closed_loop(room: Room, messages: int, window: int) -> Tally:

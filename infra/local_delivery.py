@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
@@ -40,7 +41,11 @@ class Outbox:
     ) -> None:
         self._send = send
         self._close = close
-        self._queue: asyncio.Queue[str | _Close] = asyncio.Queue(capacity)
+        # A deque and one wake-up future rather than an asyncio.Queue: every delivery passes
+        # through here, and the queue's bookkeeping was a measurable share of its CPU.
+        self._frames: deque[str | _Close] = deque()
+        self._capacity = capacity
+        self._wakeup: asyncio.Future[None] | None = None
         self._close_grace = close_grace
         self._closing = False
         self._abandoned = False
@@ -58,37 +63,43 @@ class Outbox:
         """Queue a frame; on overflow, drop the backlog and close the connection with 1013."""
         if self._closing:
             return
-        try:
-            self._queue.put_nowait(payload)
-        except asyncio.QueueFull:
-            log.warning("send queue full (%d frames); closing slow consumer", self._queue.maxsize)
-            self._discard_backlog()
+        if len(self._frames) >= self._capacity:
+            log.warning("send queue full (%d frames); closing slow consumer", self._capacity)
+            self._frames.clear()
             self.request_close(TRY_AGAIN_LATER, "slow consumer: send queue full")
+            return
+        self._push(payload)
 
     def request_close(self, code: int, reason: str) -> None:
         """Close after the frames already queued. Only the first request counts."""
         if self._closing:
             return
         self._closing = True
-        if self._queue.full():
-            self._discard_backlog()
-        self._queue.put_nowait(_Close(code, reason))
+        if len(self._frames) >= self._capacity:
+            self._frames.clear()
+        self._push(_Close(code, reason))
         if self._task is not None:
             asyncio.get_running_loop().call_later(self._close_grace, self._abandon)
+
+    def _push(self, item: str | _Close) -> None:
+        self._frames.append(item)
+        if self._wakeup is not None and not self._wakeup.done():
+            self._wakeup.set_result(None)
 
     def _abandon(self) -> None:
         if self._task is not None and not self._task.done():
             self._abandoned = True
             self._task.cancel()
 
-    def _discard_backlog(self) -> None:
-        while not self._queue.empty():
-            self._queue.get_nowait()
-
     async def _run(self) -> None:
+        frames = self._frames
         try:
             while True:
-                item = await self._queue.get()
+                if not frames:
+                    self._wakeup = asyncio.get_running_loop().create_future()
+                    await self._wakeup
+                    continue
+                item = frames.popleft()
                 if isinstance(item, _Close):
                     await self._close(item.code, item.reason)
                     return
