@@ -6,6 +6,7 @@ put the table into docs/performance.md between its `results` markers.
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import platform
@@ -145,11 +146,14 @@ def chart(results: dict[str, dict[str, Any]], out: Path) -> None:
 
 
 def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--no-doc", action="store_true", help="leave docs/performance.md alone")
+    args = parser.parse_args()
     results = load()
     table = markdown(results)
     (RESULTS / "results.md").write_text(table)
     chart(results, RESULTS / "chart.png")
-    if DOC.exists():
+    if not args.no_doc and DOC.exists():
         text = DOC.read_text()
         if MARKERS.search(text):
             DOC.write_text(MARKERS.sub(lambda m: m.group(1) + table + m.group(2), text))

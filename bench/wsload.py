@@ -30,8 +30,8 @@ from websockets.asyncio.client import ClientConnection, connect
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
-RESULTS = BENCH / "results"
-SERVER_CORE, CLIENT_CORE = 0, 1
+RESULTS = Path(os.environ.get("BENCH_RESULTS", BENCH / "results"))  # tests point it elsewhere
+SERVER_CORE, CLIENT_CORE = 0, min(1, (os.cpu_count() or 1) - 1)  # one core: share it
 STAMP = re.compile(rb"\bm(\d+) (\d+\.\d+)")
 PYTHON = sys.executable
 UVICORN_AS_WSCHAT = [  # the protocol settings `wschat serve` uses, so only the app differs

@@ -1,0 +1,51 @@
+"""`make bench` keeps working: the load generator drives real servers, and the report turns
+results into a table and a chart. Figures are not asserted (benchmarks are not timed tests);
+that every delivery arrived and was counted is."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.tools import require
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(script: str, results: Path, *args: str) -> str:
+    completed = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / script), *args],
+        cwd=ROOT,
+        env={**os.environ, "BENCH_RESULTS": str(results)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    return completed.stdout
+
+
+@pytest.mark.timeout(180)
+def test_local_fanout_and_report(tmp_path: Path) -> None:
+    require("taskset", "pin the benchmark's server and load generator to cores")
+    table = run("local_fanout.py", tmp_path, "--sizes", "10", "--servers", "wschat,websockets")
+    assert "| 10 | wschat (uvicorn) |" in table
+
+    rows = json.loads((tmp_path / "local_fanout.json").read_text())["rows"]
+    assert [row["server"] for row in rows] == [
+        "wschat (uvicorn)",
+        "websockets + broadcast() (reference)",
+    ]
+    for row in rows:
+        assert row["server_us_per_delivery"] > 0 and row["deliveries_per_s"] > 0
+        assert math.isfinite(row["max"])  # every paced delivery reached every receiver
+
+    run("report.py", tmp_path, "--no-doc")
+    assert "### 1. Local room fan-out (uvicorn)" in (tmp_path / "results.md").read_text()
+    assert (tmp_path / "chart.png").read_bytes().startswith(b"\x89PNG")
