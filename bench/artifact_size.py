@@ -18,7 +18,7 @@ import zipfile
 from collections import Counter
 from pathlib import Path
 
-from wsload import ROOT, save
+from wsload import ROOT, publish
 
 sys.path.insert(0, str(ROOT))
 from infra.build_lambda import build
@@ -81,10 +81,7 @@ def main() -> int:
     )
     lines.append("")
     lines.append(f"Unzipped: {unzipped(ours) / 1e6:.1f} MB. Largest parts: {largest}.")
-    markdown = "\n".join(lines)
-    print(markdown)
-    save("artifact_size", markdown, rows)
-    return 0
+    return publish("artifact_size", lines, rows)
 
 
 if __name__ == "__main__":

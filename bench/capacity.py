@@ -27,8 +27,8 @@ from wsload import (
     paced,
     percentiles,
     pin_to_client_core,
+    publish,
     running,
-    save,
 )
 
 ROOMS, PER_ROOM = 10, 100
@@ -87,10 +87,7 @@ def main() -> int:
             f"| {row['server']} | {row['kib_per_connection']:.1f} KiB "
             f"| {row['memory_vs_reference']:.2f}x | {latency} |"
         )
-    markdown = "\n".join(lines)
-    print(markdown)
-    save("capacity", markdown, rows)
-    return 0
+    return publish("capacity", lines, rows)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import sys
 import time
 from typing import Any
 
-from wsload import ROOT, save
+from wsload import ROOT, publish
 
 ENDPOINT = "https://abcdef123.execute-api.us-east-1.amazonaws.com/prod"
 IMPORTS = {
@@ -102,10 +102,7 @@ def main() -> int:
         lines.append(
             f"| {row['what']} | {row['ms']:.0f} ms | {row['vs_baseline']:.2f}x | {importtime} |"
         )
-    markdown = "\n".join(lines)
-    print(markdown)
-    save("cold_start", markdown, rows)
-    return 0
+    return publish("cold_start", lines, rows)
 
 
 if __name__ == "__main__":

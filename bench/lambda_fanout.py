@@ -22,7 +22,7 @@ import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from wsload import save
+from wsload import publish
 
 from infra.apigw import ManagementApiDelivery, make_management_client
 
@@ -146,10 +146,7 @@ def run(args: argparse.Namespace, endpoint: str) -> int:
         f"the fan-out: {cpu:.2f} s ({cpu / args.connections * 1000:.2f} ms per post). "
         f"The latency floor at this concurrency: {ideal:.2f} s."
     )
-    markdown = "\n".join(lines)
-    print(markdown)
-    save("lambda_fanout", markdown, [{**row, "peak": seen["peak"]} for row in rows])
-    return 0
+    return publish("lambda_fanout", lines, [{**row, "peak": seen["peak"]} for row in rows])
 
 
 if __name__ == "__main__":

@@ -27,8 +27,8 @@ from wsload import (
     paced,
     percentiles,
     pin_to_client_core,
+    publish,
     running,
-    save,
 )
 
 DELIVERIES = 30_000  # per throughput phase, whatever N is
@@ -101,10 +101,7 @@ def main() -> int:
             f"| {row['client_cpu_pct']:.0f}% | {ms(row['p50'])} | {ms(row['p99'])} "
             f"| {ms(row['max'])} |"
         )
-    markdown = "\n".join(lines)
-    print(markdown)
-    save("local_fanout", markdown, rows)
-    return 0
+    return publish("local_fanout", lines, rows)
 
 
 if __name__ == "__main__":

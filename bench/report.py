@@ -30,6 +30,14 @@ SECTIONS = {  # file name: heading, in the order of issue 7
     "lambda_fanout": "6. Lambda fan-out",
     "artifact_size": "7. Deployment artifact size",
 }
+BAR_PANELS = (  # results file, panel, label field, value field, title, unit
+    ("slow_consumer", (0, 2), "label", "p99", "2. Slow consumer: healthy receivers' p99", "ms"),
+    ("capacity", (0, 3), "server", "kib_per_connection", "3. Memory/idle connection (≤ 50)", "KiB"),
+    ("cold_start", (1, 0), "what", "ms", "4. Lambda cold start, fresh process", "ms"),
+    ("warm_path", (1, 1), "path", "us", "5. Warm $default CPU (≤ 1,000; log)", "µs"),
+    ("lambda_fanout", (1, 2), "way", "seconds", "6. Lambda fan-out to 1,000 at 20 ms (≤ 1.5)", "s"),
+    ("artifact_size", (1, 3), "artifact", "mb", "7. Lambda zip (≤ 15)", "MB"),
+)
 DOC = ROOT / "docs" / "performance.md"
 MARKERS = re.compile(r"(<!-- results:start -->\n).*?(<!-- results:end -->)", re.DOTALL)
 
@@ -103,43 +111,17 @@ def chart(results: dict[str, dict[str, Any]], out: Path) -> None:
     figure.suptitle("wschat benchmarks (bench/, issue 7), each against baselines from the same run")
     rows = {name: result["rows"] for name, result in results.items()}
     if "local_fanout" in rows:
-        grouped(
-            axes[0][0],
-            rows["local_fanout"],
-            "server_us_per_delivery",
-            "1. Local fan-out: server CPU per delivery",
-            "µs",
-        )
-        grouped(axes[0][1], rows["local_fanout"], "p99",
-                "1. Local fan-out: p99 latency, 2,000 deliveries/s", "ms")  # fmt: skip
-    if "slow_consumer" in rows:
-        labels = [
-            short(row["server"]) + (" + stalled client" if row["stalled_client"] else "")
-            for row in rows["slow_consumer"]
-        ]
-        values = [row["p99"] for row in rows["slow_consumer"]]
-        bars(axes[0][2], labels, values, "2. Slow consumer: healthy receivers' p99", "ms")
-    if "capacity" in rows:
-        labels = [short(row["server"]) for row in rows["capacity"]]
-        values = [row["kib_per_connection"] for row in rows["capacity"]]
-        bars(axes[0][3], labels, values, "3. Memory/idle connection (target ≤ 50)", "KiB")
-    if "cold_start" in rows:
-        labels = [short(row["what"]) for row in rows["cold_start"]]
-        values = [row["ms"] for row in rows["cold_start"]]
-        bars(axes[1][0], labels, values, "4. Lambda cold start, fresh process", "ms")
-    if "warm_path" in rows:
-        labels = [short(row["path"]) for row in rows["warm_path"]]
-        values = [row["us"] for row in rows["warm_path"]]
-        bars(axes[1][1], labels, values, "5. Warm $default CPU (target ≤ 1,000; log)", "µs")
-        axes[1][1].set_xscale("log")
-    if "lambda_fanout" in rows:
-        labels = [short(row["way"]) for row in rows["lambda_fanout"]]
-        values = [row["seconds"] for row in rows["lambda_fanout"]]
-        bars(axes[1][2], labels, values, "6. Lambda fan-out, 1,000 at 20 ms (target ≤ 1.5)", "s")
-    if "artifact_size" in rows:
-        labels = [short(row["artifact"]) for row in rows["artifact_size"]]
-        values = [row["mb"] for row in rows["artifact_size"]]
-        bars(axes[1][3], labels, values, "7. Lambda zip (target ≤ 15)", "MB")
+        fanout = rows["local_fanout"]
+        title = "1. Local fan-out: server CPU per delivery"
+        grouped(axes[0][0], fanout, "server_us_per_delivery", title, "µs")
+        grouped(axes[0][1], fanout, "p99", "1. Local fan-out: p99 at 2,000 deliveries/s", "ms")
+    for row in rows.get("slow_consumer", []):
+        row["label"] = short(row["server"]) + (" + stalled client" if row["stalled_client"] else "")
+    for name, (y, x), label, value, title, unit in BAR_PANELS:
+        if name in rows:
+            labels = [short(row[label]) for row in rows[name]]
+            bars(axes[y][x], labels, [row[value] for row in rows[name]], title, unit)
+    axes[1][1].set_xscale("log")  # the moto figure is thousands of times the others
     figure.tight_layout()
     figure.savefig(out, dpi=80)
     plt.close(figure)

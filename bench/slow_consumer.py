@@ -26,8 +26,8 @@ from wsload import (
     paced,
     percentiles,
     pin_to_client_core,
+    publish,
     running,
-    save,
 )
 
 RECEIVERS = 10
@@ -82,10 +82,7 @@ def main() -> int:
             f"| {row['delivered_pct']:.1f}% | {ms(row['p50'])} | {ms(row['p99'])} "
             f"| {ms(row['max'])} | {ratio} |"
         )
-    markdown = "\n".join(lines)
-    print(markdown)
-    save("slow_consumer", markdown, rows)
-    return 0
+    return publish("slow_consumer", lines, rows)
 
 
 if __name__ == "__main__":

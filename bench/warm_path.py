@@ -32,6 +32,8 @@ os.environ.update(
     }
 )
 
+from wsload import publish  # noqa: E402
+
 from handler import lambda_ws  # noqa: E402  (after the environment it reads)
 from handler.core import ChatCore  # noqa: E402
 from handler.service import limits_from  # noqa: E402
@@ -124,12 +126,7 @@ def main() -> int:
     for row in rows:
         row["vs_core"] = row["us"] / direct
         lines.append(f"| {row['path']} | {row['us']:.0f} µs | {row['vs_core']:.2f}x |")
-    markdown = "\n".join(lines)
-    print(markdown)
-    from wsload import save
-
-    save("warm_path", markdown, rows)
-    return 0
+    return publish("warm_path", lines, rows)
 
 
 if __name__ == "__main__":

@@ -360,9 +360,13 @@ def ms(value: float) -> str:
     return "never" if math.isinf(value) else f"{value:.1f} ms"
 
 
-def save(name: str, markdown: str, rows: list[dict[str, Any]]) -> None:
-    """bench/results/<name>.json, which bench/report.py turns into the table and the chart."""
+def publish(name: str, lines: list[str], rows: list[dict[str, Any]]) -> int:
+    """Print the table, and keep it with its rows in bench/results/<name>.json, which
+    bench/report.py turns into results.md and the chart. Returns the exit status."""
+    markdown = "\n".join(lines)
+    print(markdown)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{name}.json").write_text(
         json.dumps({"markdown": markdown, "rows": rows}, indent=1) + "\n"
     )
+    return 0
