@@ -5,8 +5,8 @@ under uvicorn, the FastAPI docs ConnectionManager pattern (baseline) and `websoc
     .venv/bin/python bench/local_fanout.py [--sizes 10,100,1000]
 
 Per server and N: deliveries/s with at most 16 messages in flight, the server's CPU time per
-delivery (from /proc; the median of 5 such phases), this client's CPU use, and p50/p99/max delivery
-latency at a paced 2,000 deliveries/s. Target (issue 7): server CPU per delivery at most 1.3x
+delivery (from /proc; the median of 5 phases, the servers taking turns), this client's CPU
+use, and p50/p99/max delivery latency at a paced 2,000 deliveries/s. Target (issue 7): server CPU per delivery at most 1.3x
 the websockets reference, and no worse than the FastAPI docs pattern.
 """
 
@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
+from contextlib import ExitStack
 from typing import Any
 
 from wsload import (
@@ -34,44 +35,54 @@ from wsload import (
 DELIVERIES = 30_000  # per throughput phase, whatever N is
 PACED_RATE = 2_000  # deliveries/s in the latency phase
 PACED_SECONDS = 3.0
-REPEATS = 5  # throughput phases per run; the median one is reported (shared machines are noisy)
+REPEATS = 5  # throughput phases per server, taking turns; the median is reported
 
 
-async def measure(server: Server, receivers: int) -> dict[str, Any]:
-    room = await Room(server, f"fanout{receivers}").open(receivers)
+async def phase(room: Room, messages: int) -> tuple[float, float, float]:
+    """One closed-loop phase: server CPU seconds per delivery, wall seconds, client CPU."""
+    server = room.server
+    cpu, client_cpu, started = server.cpu_seconds(), time.process_time(), time.perf_counter()
+    await closed_loop(room, messages, window=16)
+    return (
+        (server.cpu_seconds() - cpu) / (messages * len(room.receivers)),
+        time.perf_counter() - started,
+        time.process_time() - client_cpu,
+    )
+
+
+async def measure(servers: list[Server], receivers: int) -> list[dict[str, Any]]:
+    """Every server's room is open at once and their phases take turns, so a machine that
+    speeds up or slows down during the run moves all of them alike (idle servers cost
+    nothing meanwhile)."""
+    rooms = [await Room(server, f"fanout{receivers}").open(receivers) for server in servers]
     try:
         messages = max(20, DELIVERIES // receivers)
-        deliveries = messages * receivers
-        await closed_loop(room, messages // 10, window=16)  # warm-up
-        phases = []
+        phases: list[list[tuple[float, float, float]]] = [[] for _ in rooms]
+        for room in rooms:
+            await closed_loop(room, messages // 10, window=16)  # warm-up
         for _ in range(REPEATS):
-            cpu, client_cpu, started = (
-                server.cpu_seconds(),
-                time.process_time(),
-                time.perf_counter(),
+            for room, runs in zip(rooms, phases, strict=True):
+                runs.append(await phase(room, messages))
+        rows = []
+        for room, runs in zip(rooms, phases, strict=True):
+            server_cpu, wall, client_cpu = sorted(runs)[REPEATS // 2]  # the median phase
+            rate = PACED_RATE / receivers
+            count = max(3, round(rate * PACED_SECONDS))
+            latency = await paced(room, rate, count, settle=10)
+            rows.append(
+                {
+                    "server": room.server.subject.label,
+                    "receivers": receivers,
+                    "deliveries_per_s": messages * receivers / wall,
+                    "server_us_per_delivery": server_cpu * 1e6,
+                    "client_cpu_pct": client_cpu / wall * 100,
+                    **percentiles(latency.latencies, count * receivers),
+                }
             )
-            await closed_loop(room, messages, window=16)
-            phases.append(
-                (
-                    (server.cpu_seconds() - cpu) / deliveries,
-                    time.perf_counter() - started,
-                    time.process_time() - client_cpu,
-                )
-            )
-        server_cpu, wall, client_cpu = sorted(phases)[REPEATS // 2]  # the median phase
-
-        rate = PACED_RATE / receivers
-        count = max(3, round(rate * PACED_SECONDS))
-        latency = await paced(room, rate, count, settle=10)
-        return {
-            "receivers": receivers,
-            "deliveries_per_s": deliveries / wall,
-            "server_us_per_delivery": server_cpu * 1e6,
-            "client_cpu_pct": client_cpu / wall * 100,
-            **percentiles(latency.latencies, count * receivers),
-        }
+        return rows
     finally:
-        await room.close()
+        for room in rooms:
+            await room.close()
 
 
 def main() -> int:
@@ -83,9 +94,9 @@ def main() -> int:
     pin_to_client_core()
     rows: list[dict[str, Any]] = []
     for receivers in (int(size) for size in args.sizes.split(",")):
-        for subject in subjects:
-            with running(subject) as server:  # a fresh process per run: no leftover state
-                rows.append({"server": subject.label, **asyncio.run(measure(server, receivers))})
+        with ExitStack() as stack:  # fresh server processes for each N: no leftover state
+            servers = [stack.enter_context(running(subject)) for subject in subjects]
+            rows += asyncio.run(measure(servers, receivers))
     reference = {row["receivers"]: row for row in rows if row["server"] == WEBSOCKETS.label}
     lines = [
         "| N | server | deliveries/s | server CPU/delivery | vs websockets | client CPU "
