@@ -12,8 +12,7 @@ import jwt
 from jwt.algorithms import get_default_algorithms
 
 from auth.credentials import find_credential
-from auth.errors import AuthConfigError as AuthConfigError  # re-exported: its first home
-from auth.errors import AuthError
+from auth.errors import AuthConfigError, AuthError
 from auth.handshake import Handshake
 from auth.jwks import JwksCache, JwksUnavailable
 from auth.principal import Principal

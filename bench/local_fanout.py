@@ -6,8 +6,9 @@ under uvicorn, the FastAPI docs ConnectionManager pattern (baseline) and `websoc
 
 Per server and N: deliveries/s with at most 16 messages in flight, the server's CPU time per
 delivery (from /proc; the median of 5 phases, the servers taking turns), this client's CPU
-use, and p50/p99/max delivery latency at a paced 2,000 deliveries/s. Target (issue 7): server CPU per delivery at most 1.3x
-the websockets reference, and no worse than the FastAPI docs pattern.
+use, and p50/p99/max delivery latency at a paced 2,000 deliveries/s. Target (issue 7):
+server CPU per delivery at most 1.3x the websockets reference, and no worse than the FastAPI
+docs pattern.
 """
 
 from __future__ import annotations

@@ -6,10 +6,10 @@ import logging
 
 import pytest
 
-from auth.errors import AuthError
+from auth.errors import AuthConfigError, AuthError
 from auth.factory import build_authenticator
 from auth.handshake import Handshake
-from auth.jwt import AuthConfigError, JwtAuthenticator
+from auth.jwt import JwtAuthenticator
 from auth.token import TokenAuthenticator
 from infra.settings import Settings
 from tests.auth.keys import SECRET

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from auth.jwt import AuthConfigError, JwtConfig
+from auth.errors import AuthConfigError
+from auth.jwt import JwtConfig
 from infra.settings import Settings
 from tests.auth.keys import SECRET, rsa_pair
 
