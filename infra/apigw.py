@@ -137,7 +137,7 @@ class ManagementApiDelivery:
                         connection_id,
                     )
                     return False
-                if status in RETRYABLE_STATUS and attempt < self._attempts:
+                if _transient(error) and attempt < self._attempts:
                     delay = self._backoff * 2 ** (attempt - 1)
                     self._sleep(delay * (0.5 + random.random()))  # noqa: S311 (jitter)
                     continue
@@ -149,6 +149,18 @@ class ManagementApiDelivery:
                 )
                 return False
         return False
+
+
+def _transient(error: Exception) -> bool:
+    """Throttling, a server error, or no answer at all (a timeout, a dropped connection):
+    worth another try. A post that timed out may have arrived, so a retry can repeat it;
+    a repeat is what clients already handle (JSON frames carry ids), a lost message is not."""
+    from botocore.exceptions import ConnectionError as BotocoreConnectionError
+    from botocore.exceptions import HTTPClientError
+
+    if isinstance(error, BotocoreConnectionError | HTTPClientError):
+        return True
+    return _status(error) in RETRYABLE_STATUS
 
 
 def _status(error: Exception) -> int | None:

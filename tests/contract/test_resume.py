@@ -90,12 +90,25 @@ async def test_concurrent_publishers_keep_the_room_order(
                     frame = await recv_json(ws, timeout=60)
                     own += frame["type"] == "message" and frame["text"].startswith(name + ":")
 
-        await asyncio.gather(*(publish(name) for name in names))
         received: list[tuple[int, str]] = []
-        while len(received) < per_publisher * len(names):
-            frame = await recv_json(watcher, timeout=30)
-            if frame["type"] == "message":
-                received.append((frame["id"], frame["text"]))
+
+        async def watch() -> None:  # reading all along, as a real client does
+            while len(received) < per_publisher * len(names):
+                frame = await recv_json(watcher, timeout=30)
+                if frame["type"] == "message":
+                    received.append((frame["id"], frame["text"]))
+
+        watching = asyncio.create_task(watch())
+        await asyncio.gather(*(publish(name) for name in names))
+        try:
+            await watching
+        except TimeoutError:
+            texts = {text for _, text in received}
+            missing = [f"{n}:{i}" for n in names for i in range(per_publisher)]
+            pytest.fail(
+                f"the watcher never got {[t for t in missing if t not in texts]}; "
+                f"server log:\n{transport.server.log()[-6000:]}"
+            )
         await watcher.send(json.dumps({"action": "history", "since": 0}))
         history = (await until(watcher, "history"))["messages"]
     ids = [m["id"] for m in history]
