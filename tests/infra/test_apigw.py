@@ -7,6 +7,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -181,15 +182,23 @@ class _Hanging(BaseHTTPRequestHandler):
         pass
 
 
+@contextmanager
+def serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """A loopback HTTP server standing in for the Management API; yields its endpoint."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 @pytest.fixture
 def hanging_endpoint() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Hanging)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with serving(_Hanging) as endpoint:
+        yield endpoint
 
 
 class _DropsFirst(BaseHTTPRequestHandler):
@@ -222,16 +231,9 @@ def test_a_dropped_connection_is_retried_not_lost(
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _DropsFirst)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        real = make_management_client(f"http://127.0.0.1:{server.server_address[1]}", 2)
-        delivery = ManagementApiDelivery(real, concurrency=2, backoff=0.01)
+    with serving(_DropsFirst) as endpoint:
+        delivery = ManagementApiDelivery(make_management_client(endpoint, 2), backoff=0.01)
         assert delivery.send(["flaky"], "hi") == []
-    finally:
-        server.shutdown()
-        server.server_close()
     # botocore's own two attempts, dropped; ours: two more, dropped then accepted.
     assert _DropsFirst.seen == 4
     assert "failed after" not in caplog.text
