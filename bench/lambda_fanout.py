@@ -22,7 +22,7 @@ import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from wsload import publish
+from wsload import SERVER_CORE, pin_to_client_core, publish
 
 from infra.apigw import ManagementApiDelivery, make_management_client
 
@@ -97,8 +97,8 @@ def main() -> int:
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")
     os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
-    os.sched_setaffinity(0, {1})
-    command = ["taskset", "-c", "0", sys.executable, __file__, "--serve"]
+    pin_to_client_core()
+    command = ["taskset", "-c", str(SERVER_CORE), sys.executable, __file__, "--serve"]
     server = subprocess.Popen([*command, "--latency", str(args.latency)], stdout=subprocess.PIPE)
     try:
         assert server.stdout is not None

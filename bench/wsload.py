@@ -50,9 +50,9 @@ class Subject:
     path: str  # format fields: room, user (a name), index (an integer)
     env: tuple[tuple[str, str], ...] = ()
 
-    def url(self, port: int, room: str, index: int) -> str:
-        path = self.path.format(room=room, user=f"u{index}", index=index)
-        return f"ws://127.0.0.1:{port}{path}"
+    def target(self, room: str, index: int) -> str:
+        """The request path (and query) of socket `index` in `room`."""
+        return self.path.format(room=room, user=f"u{index}", index=index)
 
 
 WSCHAT = Subject(
@@ -105,7 +105,7 @@ class Server:
         raise RuntimeError("no VmRSS")
 
     def url(self, room: str, index: int) -> str:
-        return self.subject.url(self.port, room, index)
+        return f"ws://127.0.0.1:{self.port}{self.subject.target(room, index)}"
 
 
 def free_port() -> int:
@@ -234,7 +234,7 @@ async def open_receivers(
     gate = asyncio.Semaphore(50)
 
     async def one(index: int) -> Receiver:
-        path = server.url(room, index).removeprefix(f"ws://127.0.0.1:{server.port}")
+        path = server.subject.target(room, index)
         async with gate:
             _, receiver = await loop.create_connection(
                 lambda: Receiver(path, on_stamp), "127.0.0.1", server.port
