@@ -1,4 +1,10 @@
-"""Keep credentials out of every log line, uvicorn's access log included."""
+"""Keep credentials out of every log line, uvicorn's access log included.
+
+Redaction follows the server's own query parser (`urllib.parse.parse_qsl`, which Starlette and
+the authenticators use): a parameter's name is percent- and plus-decoded before it is compared,
+and its value is redacted up to where the parser ends it (the next `&`), whatever characters it
+holds. A request target has no whitespace, so a query string ends at the first whitespace.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +12,43 @@ import copy
 import logging
 import re
 from typing import Any
+from urllib.parse import unquote_plus
 
 from uvicorn.config import LOGGING_CONFIG
 
-_SECRET_QUERY = re.compile(r"(?i)([?&;](?:token|access_token|id_token|session)=)[^&\s\"']*")
+REDACTED = "[redacted]"
+# Query parameters that carry a credential: ours (`token`, the `session` cookie's name, should a
+# client put it in a URL) and the OAuth names clients commonly use.
+SECRET_PARAMETERS = frozenset({"token", "access_token", "id_token", "session"})
+_QUERY = re.compile(r"\?(\S*)")
 _BEARER = re.compile(r"(?i)\b(bearer[\s,]+)[A-Za-z0-9._~+/=-]+")
+
+
+def _is_secret(name: str) -> bool:
+    return unquote_plus(name).strip().lower() in SECRET_PARAMETERS
+
+
+def _redact_parameter(parameter: str) -> str:
+    """One `&`-separated parameter. Over-redacts rather than leaks: a secret name after a `;`
+    (a separator some parsers accept) hides the rest of the parameter as well."""
+    offset = 0
+    for segment in parameter.split(";"):
+        name, equals, _ = segment.partition("=")
+        if equals and _is_secret(name):
+            return parameter[: offset + len(name) + 1] + REDACTED
+        offset += len(segment) + 1
+    return parameter
+
+
+def _redact_query(match: re.Match[str]) -> str:
+    return "?" + "&".join(_redact_parameter(p) for p in match.group(1).split("&"))
 
 
 def redact(text: str) -> str:
     """Replace query-string credentials and bearer tokens with `[redacted]`."""
-    return _BEARER.sub(r"\1[redacted]", _SECRET_QUERY.sub(r"\1[redacted]", text))
+    if "?" in text:
+        text = _QUERY.sub(_redact_query, text)
+    return _BEARER.sub(r"\1" + REDACTED, text)
 
 
 class RedactCredentials(logging.Filter):
