@@ -14,12 +14,13 @@ from infra.settings import Settings, split_list
 log = logging.getLogger(__name__)
 
 
-def build_authenticator(settings: Settings) -> Authenticator:
-    """Build the configured backend. Raises AuthConfigError with a message a user can act on."""
+def build_authenticator(settings: Settings, warn: bool = True) -> Authenticator:
+    """Build the configured backend. Raises AuthConfigError with a message a user can act on.
+    `warn=False` skips the startup warnings, for a build that only checks the settings."""
     inner = _backend(settings)
     allowed = split_list(settings.allowed_origins)
     if not allowed:
-        if inner.accepts_cookies:
+        if inner.accepts_cookies and warn:
             log.warning(
                 "cookies are accepted but WSCHAT_ALLOWED_ORIGINS is empty: any web page can "
                 "open a socket with a visitor's cookie; list your page's origin"

@@ -15,37 +15,39 @@ WS_MAX_LINE = 1024 * 1024
 
 def _serve(args: argparse.Namespace) -> int:
     _allow_long_request_lines()
-    import uvicorn
-
     from auth.errors import AuthConfigError
     from auth.factory import build_authenticator
+    from handler.uvicorn_protocols import ChatServerConfig, serve
     from infra.log_redaction import log_config
 
     settings = get_settings()
     try:
-        build_authenticator(settings)  # fail fast, with a readable message, on bad auth settings
+        # Fail fast, with a readable message, on bad auth settings. The app builds its own.
+        build_authenticator(settings, warn=False)
     except AuthConfigError as error:
         print(f"wschat: {error}", file=sys.stderr)
         return 2
-    uvicorn.run(
-        "handler.app:create_app",
-        factory=True,
-        host=args.host or settings.host,
-        port=args.port if args.port is not None else settings.port,
-        reload=args.reload,
-        http="h11",
-        h11_max_incomplete_event_size=H11_MAX_HEAD,
-        log_config=log_config(settings.log_level),
-        log_level=settings.log_level,
-        # WebSocket safety: frames over our own limit are refused by the protocol layer
-        # (close 1009) before they are buffered, the inbound queue is bounded, and
-        # compression (a CPU and memory amplifier) is off unless asked for.
-        ws="websockets-sansio",
-        ws_max_size=settings.max_message_bytes,
-        ws_max_queue=16,
-        ws_per_message_deflate=settings.ws_per_message_deflate,
-        ws_ping_interval=settings.ws_ping_interval,
-        ws_ping_timeout=settings.ws_ping_timeout,
+    serve(
+        ChatServerConfig(
+            "handler.app:create_app",
+            factory=True,
+            host=args.host or settings.host,
+            port=args.port if args.port is not None else settings.port,
+            reload=args.reload,
+            h11_max_incomplete_event_size=H11_MAX_HEAD,
+            handshake_timeout=settings.handshake_timeout,
+            max_pending_handshakes=settings.max_pending_handshakes,
+            log_config=log_config(settings.log_level),
+            log_level=settings.log_level,
+            # WebSocket safety: frames over our own limit are refused by the protocol layer
+            # (close 1009) before they are buffered, the inbound queue is bounded, and
+            # compression (a CPU and memory amplifier) is off unless asked for.
+            ws_max_size=settings.max_message_bytes,
+            ws_max_queue=16,
+            ws_per_message_deflate=settings.ws_per_message_deflate,
+            ws_ping_interval=settings.ws_ping_interval,
+            ws_ping_timeout=settings.ws_ping_timeout,
+        )
     )
     return 0
 
@@ -59,8 +61,7 @@ def _allow_long_request_lines() -> None:
 
 def _emulate(args: argparse.Namespace) -> int:
     _allow_long_request_lines()
-    import uvicorn
-
+    from handler.uvicorn_protocols import ChatServerConfig, serve
     from infra.emulator import MAX_FRAME_BYTES, EmulatorConfig, build_emulator
     from infra.log_redaction import log_config
 
@@ -78,16 +79,18 @@ def _emulate(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     try:
-        uvicorn.run(
-            emulator.app(),
-            host=args.host,
-            port=args.port,
-            http="h11",
-            h11_max_incomplete_event_size=H11_MAX_HEAD,
-            log_config=log_config(settings.log_level),
-            ws="websockets-sansio",
-            ws_max_size=MAX_FRAME_BYTES,
-            ws_per_message_deflate=False,
+        serve(
+            ChatServerConfig(
+                emulator.app(),
+                host=args.host,
+                port=args.port,
+                h11_max_incomplete_event_size=H11_MAX_HEAD,
+                handshake_timeout=settings.handshake_timeout,
+                max_pending_handshakes=settings.max_pending_handshakes,
+                log_config=log_config(settings.log_level),
+                ws_max_size=MAX_FRAME_BYTES,
+                ws_per_message_deflate=False,
+            )
         )
     finally:
         stop()

@@ -127,6 +127,10 @@ class Settings:
     lambda_endpoint: str = ""
     socket_url: str = ""
 
+    # Bounds on requests in progress, against clients that open connections and stall.
+    handshake_timeout: float = _bounded(10.0, gt=0)
+    max_pending_handshakes: int = _bounded(1024, ge=1)
+
     ws_per_message_deflate: bool = False
     ws_ping_interval: float = _bounded(20.0, gt=0)
     ws_ping_timeout: float = _bounded(20.0, gt=0)

@@ -39,3 +39,19 @@ async def close_code(ws: ClientConnection) -> int | None:
         while True:
             await asyncio.wait_for(ws.recv(), TIMEOUT)
     return closed.value.rcvd.code if closed.value.rcvd else None
+
+
+def raw_upgrade(target: str, host: str = "127.0.0.1", extra: str = "") -> bytes:
+    """The bytes of a WebSocket upgrade request for `target`, written exactly as given (no
+    percent-encoding), with `extra` header lines (each ending in CRLF)."""
+    return (
+        f"GET {target} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+        f"{extra}\r\n"
+    ).encode("latin-1")
+
+
+def masked_frame(opcode: int, payload: bytes) -> bytes:
+    """One final client frame (masked with a zero key) of up to 125 bytes."""
+    assert len(payload) <= 125
+    return bytes([0x80 | opcode, 0x80 | len(payload)]) + b"\0\0\0\0" + payload

@@ -56,3 +56,7 @@ def test_serve_help_lists_its_options(capsys) -> None:  # type: ignore[no-untype
     help_text = capsys.readouterr().out
     for option in ("--host", "--port", "--reload"):
         assert option in help_text
+
+
+def test_the_open_origin_warning_is_logged_once(server: Server) -> None:
+    assert server.log().count("WSCHAT_ALLOWED_ORIGINS is empty") == 1

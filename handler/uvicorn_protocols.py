@@ -1,0 +1,171 @@
+"""uvicorn's HTTP and WebSocket protocols with the bounds a public chat server needs.
+
+`wschat serve` and `wschat emulate` both run uvicorn with these:
+
+- A connection must complete its request (for a WebSocket, the upgrade request) within
+  `WSCHAT_HANDSHAKE_TIMEOUT` seconds, and at most `WSCHAT_MAX_PENDING_HANDSHAKES` requests may
+  be in progress at once: a client that sends half its headers and stalls (slowloris) holds a
+  slot briefly, and only so many of them.
+- A refused handshake (an HTTP denial response) counts as a completed handshake, so uvicorn
+  does not log "ASGI callable returned without completing handshake." at ERROR for each one.
+- A text frame that is not valid UTF-8 closes its connection with 1007 and one short log line,
+  instead of a traceback at ERROR that a client could repeat to flood the log.
+
+They build on uvicorn's `h11` and `websockets-sansio` implementations (pinned in
+pyproject.toml); tests/handler/test_uvicorn_protocols.py holds each behaviour.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import h11
+import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from uvicorn.server import ServerState
+
+if TYPE_CHECKING:
+    from uvicorn._types import ASGISendEvent
+
+log = logging.getLogger(__name__)
+
+INVALID_FRAME_PAYLOAD = 1007
+# A request is complete, or beyond our concern, in any of these states of the client's side.
+_REQUEST_OVER = frozenset({h11.DONE, h11.MUST_CLOSE, h11.CLOSED, h11.ERROR})
+
+
+class HandshakeGuard:
+    """Counts the requests in progress on one server, and says how long each may take."""
+
+    def __init__(self, timeout: float, limit: int, clock: Any = time.monotonic) -> None:
+        self.timeout = timeout
+        self.limit = limit
+        self.pending = 0
+        self._clock = clock
+        self._warned_at: float | None = None
+
+    def admit(self) -> bool:
+        if self.pending >= self.limit:
+            now = self._clock()
+            if self._warned_at is None or now - self._warned_at >= 10:
+                self._warned_at = now  # one line per 10 s, however hard the flood
+                log.warning(
+                    "%d requests in progress (WSCHAT_MAX_PENDING_HANDSHAKES); "
+                    "refusing new connections until some complete",
+                    self.pending,
+                )
+            return False
+        self.pending += 1
+        return True
+
+    def release(self) -> None:
+        self.pending -= 1
+
+
+class ChatServerConfig(uvicorn.Config):
+    """uvicorn's Config, running our protocols, with the handshake bounds they read."""
+
+    def __init__(
+        self, app: Any, *, handshake_timeout: float, max_pending_handshakes: int, **kwargs: Any
+    ) -> None:
+        super().__init__(app, http=GuardedH11Protocol, ws=ChatWebSocketProtocol, **kwargs)
+        self.handshakes = HandshakeGuard(handshake_timeout, max_pending_handshakes)
+
+
+def serve(config: ChatServerConfig) -> None:
+    """Run a server as `uvicorn.run` would: with reload, several workers, or alone."""
+    from uvicorn.supervisors import ChangeReload, Multiprocess
+
+    server = uvicorn.Server(config)
+    if config.should_reload:
+        ChangeReload(config, target=server.run, sockets=[config.bind_socket()]).run()
+    elif config.workers > 1:
+        Multiprocess(config, sockets=[config.bind_socket()]).run()
+    else:
+        server.run()
+        if not server.started:  # e.g. the port was taken; uvicorn has said why
+            raise SystemExit(3)
+
+
+class GuardedH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol with a deadline on each request and a cap on those in progress."""
+
+    def __init__(
+        self,
+        config: ChatServerConfig,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        self._guard = config.handshakes
+        self._deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def data_received(self, data: bytes) -> None:
+        if self._deadline is None and self.conn.their_state is h11.IDLE:
+            self._arm()  # the next request on a kept-alive connection
+        super().data_received(data)
+        if self.conn.their_state in _REQUEST_OVER:
+            self._disarm()
+
+    def handle_websocket_upgrade(self, event: h11.Request) -> None:
+        self._disarm()  # the upgrade request is complete; the WebSocket protocol takes over
+        super().handle_websocket_upgrade(event)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        if self.transport.is_closing():
+            return
+        if not self._guard.admit():
+            self.transport.abort()
+            return
+        self._deadline = self.loop.call_later(self._guard.timeout, self._expire)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+            self._guard.release()
+
+    def _expire(self) -> None:
+        self._deadline = None
+        self._guard.release()
+        client = "%s:%d" % self.client if self.client else "a client"  # noqa: UP031
+        log.info(
+            "%s did not complete its request in %gs; closing", client, self._guard.timeout
+        )
+        self.transport.abort()
+
+
+class ChatWebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's websockets-sansio protocol: a denial response completes the handshake, and a
+    text frame with invalid UTF-8 gets 1007 and one log line."""
+
+    async def send(self, message: ASGISendEvent) -> None:
+        await super().send(message)
+        if message["type"] == "websocket.http.response.body" and not message.get("more_body"):
+            self.handshake_complete = True  # the denial response was sent: nothing is pending
+
+    def send_receive_event_to_app(self) -> None:
+        if self.curr_msg_data_type == "text":
+            try:
+                b"".join(self.frames).decode()
+            except UnicodeDecodeError:
+                self.frames = []
+                client = "%s:%d" % self.client if self.client else "a client"  # noqa: UP031
+                log.info("%s sent a text frame that is not UTF-8; closing with 1007", client)
+                self.conn.send_close(INVALID_FRAME_PAYLOAD, "invalid UTF-8")
+                self.handle_parser_exception()
+                return
+        super().send_receive_event_to_app()

@@ -1,0 +1,132 @@
+"""Hostile clients, on both transports: what they send is refused, logged once and briefly,
+never with a credential, and nobody else notices."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import Callable
+
+import pytest
+from websockets.exceptions import InvalidStatus
+
+from tests.clients import masked_frame, raw_upgrade, recv
+from tests.contract.conftest import Transport
+
+
+def _target(transport: Transport, query: str) -> str:
+    if transport.name == "uvicorn":
+        return f"/items/hostile/ws?{query}"
+    return f"/local?room=hostile&{query}"
+
+
+def _exchange(port: int, request: bytes, then: bytes = b"", timeout: float = 5) -> bytes:
+    """Send a raw request (and `then`), and read until the server closes or `timeout`."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(request)
+        received = b""
+        deadline = time.monotonic() + timeout
+        while b"\r\n\r\n" not in received and time.monotonic() < deadline:
+            received += sock.recv(4096)
+        if then:
+            sock.sendall(then)
+        try:
+            while chunk := sock.recv(4096):
+                received += chunk
+        except TimeoutError:
+            pass
+    return received
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["%74oken=SECRET-1a", 'token=x"SECRET-1b', "q=1&tok%65n=SECRET-1c", "token=x'SECRET-1d"],
+)
+async def test_the_log_never_shows_a_query_credential(transport: Transport, query: str) -> None:
+    secret = query.rpartition("SECRET")[1] + query.rpartition("SECRET")[2]
+    reply = await asyncio.to_thread(
+        _exchange, transport.server.port, raw_upgrade(_target(transport, query)), timeout=1
+    )
+    assert reply.startswith(b"HTTP/1.1 101")  # accepted: the server did read a credential
+    await asyncio.sleep(0.2)
+    log = transport.server.log()
+    assert "[redacted]" in log
+    assert secret not in log
+
+
+async def test_invalid_utf8_closes_1007_with_one_short_line(transport: Transport) -> None:
+    before = transport.server.log()
+    async with transport.connect("hostile", token="bystander") as bystander:
+        reply = await asyncio.to_thread(
+            _exchange,
+            transport.server.port,
+            raw_upgrade(_target(transport, "token=t")),
+            masked_frame(0x1, b"ok \xff\xfe"),
+        )
+        # The close frame: opcode 8, then the code 1007.
+        assert b"\x88" in reply and b"\x03\xef" in reply.partition(b"\x88")[2][:3]
+        await bystander.send("still here")
+        assert (await recv(bystander)).startswith("Session cookie")
+    await asyncio.sleep(0.2)
+    added = transport.server.log()[len(before) :]
+    assert "not UTF-8" in added
+    assert "Traceback" not in added and "ERROR" not in added
+
+
+async def test_a_refused_handshake_logs_no_error(
+    start_transport: Callable[..., Transport],
+) -> None:
+    transport = start_transport(WSCHAT_TOKENS="alice:alice-token")
+    for query in ({"token": "wrong"}, {}):
+        with pytest.raises(InvalidStatus):
+            async with transport.connect("hostile", **query):
+                pass
+    await asyncio.sleep(0.2)
+    log = transport.server.log()
+    assert "refused" in log
+    assert "ERROR" not in log and "Traceback" not in log
+
+
+def _half_handshake(port: int, target: str) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(raw_upgrade(target)[:40])  # half a request line, then nothing
+    return sock
+
+
+def _closed_within(sock: socket.socket, seconds: float) -> bool:
+    sock.settimeout(seconds)
+    try:
+        return sock.recv(1) == b""
+    except TimeoutError:
+        return False
+    except ConnectionResetError:
+        return True
+
+
+async def test_stalled_handshakes_are_timed_out_and_capped(
+    start_transport: Callable[..., Transport],
+) -> None:
+    transport = start_transport(WSCHAT_HANDSHAKE_TIMEOUT="1", WSCHAT_MAX_PENDING_HANDSHAKES="20")
+    port = transport.server.port
+    target = _target(transport, "token=t")
+    stalled = [_half_handshake(port, target) for _ in range(20)]
+    started = time.monotonic()
+    try:
+        await asyncio.sleep(0.2)
+        extra = _half_handshake(port, target)  # over the cap: refused at once
+        assert await asyncio.to_thread(_closed_within, extra, 0.5)
+        extra.close()
+        closed = await asyncio.gather(
+            *(asyncio.to_thread(_closed_within, sock, 4) for sock in stalled)
+        )
+        assert all(closed)
+        assert time.monotonic() - started < 4  # the 1 s deadline, not a keepalive
+    finally:
+        for sock in stalled:
+            sock.close()
+    # The slots are free again: a real client gets in.
+    async with transport.connect("hostile", token="t") as ws:
+        await ws.send("hello")
+        assert (await recv(ws)).startswith("Session cookie")
+    assert "did not complete its request" in transport.server.log()
