@@ -3,7 +3,11 @@ from a shared secret, a PEM public key or a JWKS URL."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
+import math
+import re
 import unicodedata
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +28,10 @@ log = logging.getLogger(__name__)
 HMAC_KEY_BYTES = {"HS256": 32, "HS384": 48, "HS512": 64}
 MIN_SECRET_BYTES = HMAC_KEY_BYTES["HS256"]
 MAX_NAME_LENGTH = 64
+# RFC 7519 2: these claims are NumericDates. PyJWT also accepts a numeric string (it calls
+# int()), which would then be read as "no expiry" further on: refuse all but numbers.
+NUMERIC_DATE_CLAIMS = ("exp", "nbf", "iat")
+_BASE64URL = re.compile(r"[A-Za-z0-9_-]*")
 
 
 @dataclass(frozen=True)
@@ -132,20 +140,20 @@ class JwtAuthenticator:
             raise AuthError("no credential: send a bearer token", status=403)
         claims = self.verify(credential.value)
         subject = claims["sub"]
-        expires = claims.get("exp")
         return Principal(
             id=subject,
             name=self._display_name(claims, subject),
             echo=subject,
             claims=claims,
-            expires_at=float(expires) if isinstance(expires, int | float) else None,
+            expires_at=float(claims["exp"]) if "exp" in claims else None,
         )
 
     def verify(self, token: str) -> dict[str, Any]:
         """Return the verified claims, or raise AuthError with a reason safe to log."""
         config = self.config
-        if len(token.encode()) > config.max_token_bytes:
+        if len(token.encode(errors="replace")) > config.max_token_bytes:
             raise AuthError(f"token larger than {config.max_token_bytes} bytes")
+        _check_spelling(token)
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as error:
@@ -176,6 +184,7 @@ class JwtAuthenticator:
             raise AuthError(f"invalid token: {error}") from None
         except Exception:  # e.g. RecursionError from a hostile payload
             raise AuthError("invalid token") from None
+        _check_numeric_dates(claims)
         self._check_cognito(claims)
         subject = claims.get("sub")
         if not isinstance(subject, str) or not subject:
@@ -209,3 +218,32 @@ class JwtAuthenticator:
             name = subject
         printable = "".join(ch for ch in name if not unicodedata.category(ch).startswith("C"))
         return printable.strip()[:MAX_NAME_LENGTH] or subject[:MAX_NAME_LENGTH]
+
+
+def _check_spelling(token: str) -> None:
+    """One token, one spelling: three segments of unpadded base64url whose unused trailing
+    bits are zero. Python's decoder would also take padding, stray characters and non-zero
+    trailing bits, so one signature could be written several ways."""
+    segments = token.split(".")
+    if len(segments) != 3:
+        raise AuthError("malformed token: a JWT has three segments")
+    for segment in segments:
+        if not _BASE64URL.fullmatch(segment) or len(segment) % 4 == 1:
+            raise AuthError("malformed token: segments must be unpadded base64url")
+        try:
+            decoded = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+        except (binascii.Error, ValueError):
+            raise AuthError("malformed token: segments must be unpadded base64url") from None
+        if base64.urlsafe_b64encode(decoded).rstrip(b"=").decode() != segment:
+            raise AuthError("malformed token: a segment is not canonical base64url")
+
+
+def _check_numeric_dates(claims: dict[str, Any]) -> None:
+    for name in NUMERIC_DATE_CLAIMS:
+        if name not in claims:
+            continue
+        value = claims[name]
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise AuthError(f"`{name}` must be a number of seconds (a NumericDate)")
+        if not math.isfinite(value):
+            raise AuthError(f"`{name}` must be a finite number")

@@ -161,11 +161,15 @@ def _principal(ws: WebSocketEvent, event: Any) -> Principal:
         if not isinstance(principal_id, str) or not principal_id:
             raise AuthError("authorizer context has no principal")
         expires = context.get("expiresAt")
+        try:
+            expires_at = float(expires) if expires not in (None, "") else None
+        except (TypeError, ValueError):
+            raise AuthError("authorizer context has an unreadable expiry") from None
         return Principal(
             id=principal_id,
             name=str(context.get("name") or principal_id),
             echo=str(context.get("echo") or principal_id),
-            expires_at=float(expires) if expires not in (None, "") else None,
+            expires_at=expires_at,
         )
     from auth.handshake import Handshake
 

@@ -142,9 +142,7 @@ class GuardedH11Protocol(H11Protocol):
         self._deadline = None
         self._guard.release()
         client = "%s:%d" % self.client if self.client else "a client"  # noqa: UP031
-        log.info(
-            "%s did not complete its request in %gs; closing", client, self._guard.timeout
-        )
+        log.info("%s did not complete its request in %gs; closing", client, self._guard.timeout)
         self.transport.abort()
 
 

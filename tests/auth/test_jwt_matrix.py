@@ -68,6 +68,29 @@ def signed_raw(payload: bytes, **headers: Any) -> str:
     return jwt.api_jws.encode(payload, SECRET, algorithm="HS256", headers=headers or None)
 
 
+ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+
+
+def respelled(token: str, segment: int, change: Callable[[str], str]) -> str:
+    parts = token.split(".")
+    parts[segment] = change(parts[segment])
+    return ".".join(parts)
+
+
+def same_bytes_other_spelling(segment: str) -> str:
+    """The segment with its unused trailing bits set: it decodes to the same bytes."""
+    last = ALPHABET.index(segment[-1])
+    return segment[:-1] + ALPHABET[last | (1 if len(segment) % 4 == 3 else 0b1111)]
+
+
+def raw_claims(**replace_: str) -> bytes:
+    """The claims as JSON text, with some values replaced by raw JSON (NaN, 1e400, ...)."""
+    text = json.dumps({**claims(), **dict.fromkeys(replace_, "@")})
+    for name, raw in replace_.items():
+        text = text.replace(f'"{name}": "@"', f'"{name}": {raw}')
+    return text.encode()
+
+
 def with_crit() -> str:
     return hs256(claims(), crit=["exp-ext"])
 
@@ -139,6 +162,45 @@ CASES: list[tuple[str, Callable[[], JwtConfig], Callable[[], str], str]] = [
         "invalid token",
     ),
     ("unknown crit header", lambda: HS, with_crit, "critical"),
+    (
+        "exp as a numeric string",
+        lambda: HS,
+        lambda: hs256(claims(exp=str(now() + 600))),
+        "NumericDate",
+    ),
+    ("nbf as a string", lambda: HS, lambda: hs256(claims(nbf=str(now() - 5))), "NumericDate"),
+    ("iat as a string", lambda: HS, lambda: hs256(claims(iat=str(now()))), "NumericDate"),
+    ("exp as a boolean", lambda: HS, lambda: hs256(claims(exp=True)), "rejected"),
+    ("exp NaN", lambda: HS, lambda: signed_raw(raw_claims(exp="NaN")), "rejected"),
+    ("exp Infinity", lambda: HS, lambda: signed_raw(raw_claims(exp="1e400")), "rejected"),
+    ("exp as a float", lambda: HS, lambda: hs256(claims(exp=now() + 600.5)), OK),
+    (
+        "signature padded with =",
+        lambda: HS,
+        lambda: respelled(hs256(), 2, lambda s: s + "="),
+        "malformed",
+    ),
+    (
+        "signature with non-zero trailing bits",
+        lambda: HS,
+        lambda: respelled(hs256(), 2, same_bytes_other_spelling),
+        "canonical",
+    ),
+    (
+        "payload padded with ==",
+        lambda: HS,
+        lambda: respelled(hs256(), 1, lambda s: s + "=" * (-len(s) % 4 or 4)),
+        "malformed",
+    ),
+    (
+        "signature in standard base64",
+        lambda: HS,
+        lambda: respelled(hs256(), 2, lambda s: s.replace("-", "+").replace("_", "/") + "+/"),
+        "malformed",
+    ),
+    ("whitespace in a segment", lambda: HS, lambda: respelled(hs256(), 1, " ".join), "malformed"),
+    ("four segments", lambda: HS, lambda: hs256() + ".e30", "malformed"),
+    ("sub with a lone surrogate", lambda: HS, lambda: hs256(claims(sub="x\ud800y")), "Unicode"),
     ("header not JSON", lambda: HS, lambda: b64url(b"{nope") + ".e30.c2ln", "malformed"),
     ("valid RS256", rs_config, lambda: jwt.encode(claims(), rsa_pair().private, "RS256"), OK),
     (

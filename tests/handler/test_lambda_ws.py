@@ -161,6 +161,13 @@ def test_expired_authorizer_principal_is_closed_on_its_next_frame(
     assert posts.take("W") == []
 
 
+@pytest.mark.parametrize("expires", ["soon", "nan", "inf", [1]], ids=str)
+def test_an_unreadable_authorizer_expiry_refuses_the_connection(expires: object) -> None:
+    authorizer = {"principalId": "u-1", "name": "U", "echo": "u-1", "expiresAt": expires}
+    assert connect_authorized("U", authorizer)["statusCode"] == 401
+    assert table_items() == []
+
+
 def test_binary_frame_gets_an_error_line(posts: PostRecorder) -> None:
     connect("A", "foo", "t")
     raw = event(
