@@ -6,10 +6,11 @@ import json
 from importlib.resources import files
 
 from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse
 
 from handler.local_socket import chat_socket
-from handler.rest import rest_router
+from handler.rest import rest_router, validation_error
 from handler.service import build_local_chat
 from infra.settings import Settings, get_settings
 
@@ -29,6 +30,7 @@ def create_app(settings: Settings | None = None, serverless: bool = False) -> Fa
     settings = settings or get_settings()
     page = page_html(settings.socket_url)
     app = FastAPI(title="wschat")
+    app.add_exception_handler(RequestValidationError, validation_error)
 
     @app.get("/", response_class=HTMLResponse)
     async def index() -> str:

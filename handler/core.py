@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from auth.principal import Principal
+from auth.principal import Principal, is_text
 from handler import wire
 from handler.ports import (
     ChatMessage,
@@ -149,6 +149,11 @@ class ChatCore:
         if connection is None:
             log.warning("frame from unknown connection %s; closing it", connection_id)
             self.delivery.close(connection_id, CloseCode.POLICY_VIOLATION, "unknown connection")
+            return
+        if isinstance(frame, str) and not is_text(frame):
+            # Transports hand over decoded UTF-8, so only a broken one gets here; refuse it
+            # rather than store what no socket could send back.
+            self._refuse(connection, ErrorCode.BAD_REQUEST, "frame is not Unicode text")
             return
         size = len(frame) if isinstance(frame, bytes) else len(frame.encode())
         if size > self.limits.max_message_bytes:
@@ -292,7 +297,10 @@ class ChatCore:
             self._deliver(others, wire.presence_frame(event, connection, len(members)))
 
     def _deliver(self, connection_ids: Sequence[str], payload: str) -> None:
-        for gone in self.delivery.send(connection_ids, payload):
+        checked = wire.writable(payload)
+        if checked is not payload:
+            log.warning("a frame had text UTF-8 cannot carry; sent with U+FFFD in its place")
+        for gone in self.delivery.send(connection_ids, checked):
             self._forget_gone(gone)
 
     def _forget_gone(self, connection_id: str) -> None:

@@ -7,21 +7,23 @@ which would land in access logs).
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from typing import Annotated, Any, Protocol, TypeVar
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response
-from pydantic import BaseModel, Field
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, Field, ValidationInfo, field_validator
 from starlette.concurrency import run_in_threadpool
 
 from auth.base import Authenticator
 from auth.credentials import find_credential
 from auth.errors import AuthError
 from auth.handshake import Handshake
-from auth.principal import Principal
+from auth.principal import Principal, is_text
 from handler.core import ChatCore
-from handler.wire import message_body, room_problem
+from handler.wire import NOT_TEXT, message_body, room_problem
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -43,6 +45,13 @@ class PublishRequest(BaseModel):
         max_length=128,
         description="a retry of the same id is stored once",
     )
+
+    @field_validator("text", "client_msg_id")
+    @classmethod
+    def _unicode_text(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and not is_text(value):
+            raise ValueError(NOT_TEXT.format(name=info.field_name))
+        return value
 
 
 async def _run(backend: RestBackend, call: Callable[[], T]) -> T:
@@ -70,6 +79,15 @@ def _check_room(room: str, backend: RestBackend) -> None:
     problem = room_problem(room, backend.core.limits.max_room_length)
     if problem is not None:
         raise HTTPException(400, problem)
+
+
+async def validation_error(request: Request, error: Exception) -> Response:
+    """422 for a request body that does not fit, without echoing the input back: it may hold
+    text no JSON response can carry (a lone surrogate), or something the caller meant to keep
+    to themselves. ASCII-only JSON, so any name in `loc` is safe to write."""
+    problems = error.errors() if isinstance(error, RequestValidationError) else []
+    detail = [{"loc": p["loc"], "msg": p["msg"], "type": p["type"]} for p in problems]
+    return Response(json.dumps({"detail": detail}), 422, media_type="application/json")
 
 
 def rest_router(backend: Callable[[], RestBackend]) -> APIRouter:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -10,6 +11,7 @@ from enum import IntEnum
 from typing import Any
 
 from auth.credentials import BEARER_SUBPROTOCOL
+from auth.principal import is_text
 from handler.ports import ChatMessage, Connection, Dialect
 
 JSON_SUBPROTOCOL = "wschat.json"
@@ -60,6 +62,9 @@ def choose_subprotocol(offered: Sequence[str]) -> tuple[Dialect | None, str | No
 
 # --- inbound (JSON dialect) -------------------------------------------------------------
 
+# A `\ud800` escape decodes to a lone surrogate, which no frame can carry (UTF-8 cannot).
+NOT_TEXT = "`{name}` must be Unicode text (it has a lone surrogate escape)"
+
 
 @dataclass(frozen=True, slots=True)
 class SendMessage:
@@ -102,11 +107,15 @@ def parse_action(frame: str) -> Action:
         text = body.get("text")
         if not isinstance(text, str):
             raise FrameError(ErrorCode.BAD_REQUEST, "`text` must be a string")
+        if not is_text(text):
+            raise FrameError(ErrorCode.BAD_REQUEST, NOT_TEXT.format(name="text"))
         client_msg_id = body.get("client_msg_id")
         if client_msg_id is not None and not (
             isinstance(client_msg_id, str) and 0 < len(client_msg_id) <= 128
         ):
             raise FrameError(ErrorCode.BAD_REQUEST, "`client_msg_id` must be a string of 1-128")
+        if client_msg_id is not None and not is_text(client_msg_id):
+            raise FrameError(ErrorCode.BAD_REQUEST, NOT_TEXT.format(name="client_msg_id"))
         return SendMessage(text, client_msg_id)
     if action == "history":
         since = body.get("since", 0)
@@ -138,6 +147,18 @@ def chat_line(message: ChatMessage) -> str:
 
 def error_line(detail: str) -> str:
     return f"Error: {detail}"
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def writable(payload: str) -> str:
+    """The payload, or, if UTF-8 cannot carry it (a lone surrogate that got past the edges,
+    or was stored before they checked), the payload with each one replaced by U+FFFD: still
+    valid JSON, and nobody's socket fails on it."""
+    if payload.isascii() or is_text(payload):
+        return payload
+    return _LONE_SURROGATE.sub("\ufffd", payload)
 
 
 def _dump(frame: dict[str, Any]) -> str:

@@ -4,6 +4,7 @@ never with a credential, and nobody else notices."""
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import time
 from collections.abc import Callable
@@ -11,7 +12,7 @@ from collections.abc import Callable
 import pytest
 from websockets.exceptions import InvalidStatus
 
-from tests.clients import masked_frame, raw_upgrade, recv
+from tests.clients import masked_frame, raw_upgrade, recv, until
 from tests.contract.conftest import Transport
 
 
@@ -21,16 +22,17 @@ def _target(transport: Transport, query: str) -> str:
     return f"/local?room=hostile&{query}"
 
 
-def _exchange(port: int, request: bytes, then: bytes = b"", timeout: float = 5) -> bytes:
-    """Send a raw request (and `then`), and read until the server closes or `timeout`."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+def _exchange(port: int, request: bytes, then: bytes = b"", linger: float = 5) -> bytes:
+    """Send a raw request and read its response head (waiting up to 10 s); then send `then`
+    and read until the server closes, or for `linger` seconds."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         sock.sendall(request)
         received = b""
-        deadline = time.monotonic() + timeout
-        while b"\r\n\r\n" not in received and time.monotonic() < deadline:
-            received += sock.recv(4096)
+        while b"\r\n\r\n" not in received and (chunk := sock.recv(4096)):
+            received += chunk
         if then:
             sock.sendall(then)
+        sock.settimeout(linger)
         try:
             while chunk := sock.recv(4096):
                 received += chunk
@@ -46,7 +48,7 @@ def _exchange(port: int, request: bytes, then: bytes = b"", timeout: float = 5) 
 async def test_the_log_never_shows_a_query_credential(transport: Transport, query: str) -> None:
     secret = query.rpartition("SECRET")[1] + query.rpartition("SECRET")[2]
     reply = await asyncio.to_thread(
-        _exchange, transport.server.port, raw_upgrade(_target(transport, query)), timeout=1
+        _exchange, transport.server.port, raw_upgrade(_target(transport, query)), linger=0.2
     )
     assert reply.startswith(b"HTTP/1.1 101")  # accepted: the server did read a credential
     await asyncio.sleep(0.2)
@@ -130,3 +132,23 @@ async def test_stalled_handshakes_are_timed_out_and_capped(
         await ws.send("hello")
         assert (await recv(ws)).startswith("Session cookie")
     assert "did not complete its request" in transport.server.log()
+
+
+async def test_a_lone_surrogate_is_refused_and_the_room_carries_on(transport: Transport) -> None:
+    async with (
+        transport.connect("surrogate", token="mallory", format="json") as mallory,
+        transport.connect("surrogate", token="alice", format="json") as alice,
+    ):
+        await until(mallory, "welcome")
+        await until(alice, "welcome")
+        for frame in (
+            '{"action":"sendmessage","text":"x\\ud800y"}',
+            '{"action":"sendmessage","text":"ok","client_msg_id":"\\udfff"}',
+        ):
+            await mallory.send(frame)
+            error = await until(mallory, "error")
+            assert error["code"] == "bad_request"
+        await mallory.send(json.dumps({"action": "sendmessage", "text": "fine"}))
+        assert (await until(alice, "message"))["text"] == "fine"
+        async with transport.connect("surrogate", token="newcomer", format="json") as newcomer:
+            assert [m["text"] for m in (await until(newcomer, "welcome"))["history"]] == ["fine"]

@@ -114,3 +114,21 @@ def test_unauthenticated_calls_are_rejected(
 )
 def test_bad_publishes_are_refused(transport: Transport, path: str, body: Any, status: int) -> None:
     assert call(transport, "POST", path, body)[0] == status
+
+
+@pytest.mark.parametrize(
+    "body",
+    ['{"text": "x\\ud800y"}', '{"text": "ok", "client_msg_id": "\\udfff"}'],
+    ids=["text", "client_msg_id"],
+)
+def test_publish_refuses_a_lone_surrogate_with_422(transport: Transport, body: str) -> None:
+    request = urllib.request.Request(
+        transport.server.http + "/rooms/rest-surrogate/messages",
+        data=body.encode(),
+        method="POST",
+        headers={"Content-Type": "application/json", "Authorization": "Bearer svc-token"},
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=10)
+    assert refused.value.code == 422
+    assert call(transport, "GET", "/rooms/rest-surrogate/messages")[1]["messages"] == []

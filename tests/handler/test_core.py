@@ -394,3 +394,50 @@ def test_a_room_that_never_stands_still_gets_repeats_not_gaps(
     assert sorted(set(ids)) == list(range(1, log.latest_id("foo") + 1))  # nothing missing
     core.publish("foo", "id-p", "p", "live")
     assert [f["text"] for f in delivery.take_json("j")] == ["live"]
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        '{"action":"sendmessage","text":"x\\ud800y"}',
+        '{"action":"sendmessage","text":"\\udfff"}',
+        '{"action":"sendmessage","text":"ok","client_msg_id":"k\\udc80"}',
+    ],
+)
+def test_text_utf8_cannot_carry_is_refused(
+    core: ChatCore, delivery: RecordingDelivery, frame: str
+) -> None:
+    join(core, "J", "r", principal("j"), JSON)
+    join(core, "K", "r", principal("k"), JSON)
+    delivery.take("J"), delivery.take("K")
+    core.message("J", frame)
+    [error] = delivery.take_json("J")
+    assert (error["type"], error["code"]) == ("error", "bad_request")
+    assert "surrogate" in error["detail"]
+    assert delivery.take("K") == [] and core.messages.latest_id("r") == 0
+
+
+def test_a_raw_frame_with_a_lone_surrogate_is_refused(
+    core: ChatCore, delivery: RecordingDelivery
+) -> None:
+    join(core, "T", "r", principal("t"), TEXT)
+    core.message("T", "x\ud800")
+    assert delivery.take("T") == ["Error: frame is not Unicode text"]
+    assert core.messages.latest_id("r") == 0
+
+
+def test_a_stored_lone_surrogate_reaches_everyone_repaired(
+    core: ChatCore, delivery: RecordingDelivery
+) -> None:
+    # Stored before the edges checked (a DynamoDB history keeps messages for days).
+    core.messages.append("r", "id-old", "old", "bad \ud800 text", None)
+    join(core, "J", "r", principal("j"), JSON)
+    [welcome] = delivery.take_json("J")
+    assert welcome["history"][0]["text"] == "bad \ufffd text"
+    join(core, "T", "r", principal("t"), TEXT)
+    core.publish("r", "id-x", "x", "late \udfff", None)
+    assert delivery.take_json("J")[-1]["text"] == "late \ufffd"
+    assert delivery.take("T")[-1] == "x: late \ufffd"
+    for frames in delivery.frames.values():
+        for frame in frames:
+            frame.encode()  # every frame the core handed over can be written
