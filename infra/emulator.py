@@ -210,18 +210,31 @@ class Emulator:
         outbox = Outbox(websocket.send_text, websocket.close, self.config.send_queue_frames)
         socket = _Socket(websocket, outbox, source_ip, headers.get("user-agent", ""))
         self._sockets[connection_id] = socket
-        writer = outbox.start()
-        reader = asyncio.create_task(self._read(connection_id, socket))
-        timer = asyncio.create_task(self._expire(socket))
-        done, _ = await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
-        status_code = reader.result() if reader in done and not reader.cancelled() else 1000
-        for task in (reader, writer, timer):
-            task.cancel()
-        self._sockets.pop(connection_id, None)
-        disconnect = self._event("$disconnect", "DISCONNECT", connection_id, websocket, source_ip)
-        disconnect["requestContext"]["disconnectStatusCode"] = status_code
-        disconnect["requestContext"]["disconnectReason"] = ""
-        await self._call("$disconnect", disconnect)
+        status_code = 1006  # unless the client's close frame says otherwise
+        try:
+            writer = outbox.start()
+            reader = asyncio.create_task(self._read(connection_id, socket))
+            timer = asyncio.create_task(self._expire(socket))
+            try:
+                done, _ = await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in (reader, writer, timer):
+                    task.cancel()
+            if reader in done and reader.exception() is None:
+                status_code = reader.result()
+            elif reader in done:
+                log.error("reading from %s failed", connection_id, exc_info=reader.exception())
+            else:
+                status_code = 1000  # the server side closed it
+        finally:
+            # API Gateway runs $disconnect for every connection it accepted, whatever ended it.
+            self._sockets.pop(connection_id, None)
+            disconnect = self._event(
+                "$disconnect", "DISCONNECT", connection_id, websocket, source_ip
+            )
+            disconnect["requestContext"]["disconnectStatusCode"] = status_code
+            disconnect["requestContext"]["disconnectReason"] = ""
+            await asyncio.shield(self._call("$disconnect", disconnect))
 
     async def _read(self, connection_id: str, socket: _Socket) -> int:
         """Feed frames to `$default` one at a time, in order. Returns the client's close code."""
@@ -259,15 +272,17 @@ class Emulator:
             await asyncio.sleep(deadline - time.time())
 
     def _route_for(self, body: str | None) -> str:
-        """Route selection on `$request.body.action`, falling back to `$default`."""
-        if body is not None:
-            try:
-                action = json.loads(body).get("action")
-            except (ValueError, AttributeError):
-                action = None
-            if isinstance(action, str) and action in self._routes:
-                return action
-        return "$default"
+        """Route selection on `$request.body.action`. A frame whose route cannot be selected
+        (not JSON, too deeply nested to parse, no string `action`, no such route) goes to
+        `$default`, as API Gateway sends it."""
+        if body is None:
+            return "$default"
+        try:
+            parsed = json.loads(body)
+        except (ValueError, RecursionError):
+            return "$default"
+        action = parsed.get("action") if isinstance(parsed, dict) else None
+        return action if isinstance(action, str) and action in self._routes else "$default"
 
     async def _authorize(self, connect: dict[str, Any], query: dict[str, str]) -> Response | None:
         """Run the REQUEST authorizer as API Gateway does; None when the connection may go on."""

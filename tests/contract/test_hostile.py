@@ -152,3 +152,25 @@ async def test_a_lone_surrogate_is_refused_and_the_room_carries_on(transport: Tr
         assert (await until(alice, "message"))["text"] == "fine"
         async with transport.connect("surrogate", token="newcomer", format="json") as newcomer:
             assert [m["text"] for m in (await until(newcomer, "welcome"))["history"]] == ["fine"]
+
+
+@pytest.mark.parametrize("dialect", ["json", "text"])
+async def test_deep_json_is_a_bad_frame_and_disconnect_still_runs(
+    transport: Transport, dialect: str
+) -> None:
+    deep = "[" * 16000 + "]" * 16000  # under the 32 KiB frame limit
+    async with transport.connect("deep", token="watcher", format="json") as watcher:
+        await until(watcher, "welcome")
+        async with transport.connect("deep", token="hostile", format=dialect) as hostile:
+            assert (await until(watcher, "presence"))["event"] == "join"
+            if dialect == "json":
+                await until(hostile, "welcome")
+            for frame in (deep, '{"action": ' + deep + "}"):
+                await hostile.send(frame)
+                if dialect == "json":
+                    assert (await until(hostile, "error"))["code"] == "invalid_json"
+                else:
+                    assert (await recv(hostile)).startswith("Session cookie")
+                    await recv(hostile)
+        leave = await until(watcher, "presence")  # $disconnect ran
+        assert (leave["event"], leave["count"]) == ("leave", 1)
