@@ -11,7 +11,13 @@ from urllib.parse import parse_qsl
 
 @dataclass(frozen=True, slots=True)
 class Handshake:
-    """What an authenticator may look at. Header names are lower-case."""
+    """What an authenticator may look at. Header names are lower-case.
+
+    When a name repeats (a header, a query parameter, a cookie), the last one counts: that is
+    what API Gateway puts in an event's single-value `headers` and `queryStringParameters`,
+    and what Starlette's query parameters return, so both transports read the same request
+    the same way. Only the offered subprotocols are gathered from every header.
+    """
 
     headers: Mapping[str, str] = field(default_factory=dict)
     query: Mapping[str, str] = field(default_factory=dict)
@@ -25,19 +31,14 @@ class Handshake:
     @classmethod
     def from_asgi(cls, scope: Mapping[str, Any]) -> Handshake:
         """Build the view from an ASGI `websocket` scope (uvicorn, Starlette's TestClient)."""
-        headers: dict[str, str] = {}
-        for raw_name, raw_value in scope.get("headers", []):
-            name = raw_name.decode("latin-1").lower()
-            value = raw_value.decode("latin-1")
-            # Repeated headers are joined as HTTP allows; cookies use "; " as their separator.
-            if name in headers:
-                headers[name] += ("; " if name == "cookie" else ", ") + value
-            else:
-                headers[name] = value
+        headers = {
+            name.decode("latin-1").lower(): value.decode("latin-1")
+            for name, value in scope.get("headers", [])
+        }
         query_string = scope.get("query_string", b"").decode("latin-1")
         return cls(
             headers=headers,
-            query=_first_values(parse_qsl(query_string, keep_blank_values=True)),
+            query=dict(parse_qsl(query_string, keep_blank_values=True)),
             cookies=parse_cookies(headers.get("cookie", "")),
             subprotocols=tuple(scope.get("subprotocols", ())),
         )
@@ -48,25 +49,26 @@ class Handshake:
         raw_headers = event.get("headers") or {}
         headers = {str(k).lower(): str(v) for k, v in raw_headers.items()}
         query = {str(k): str(v) for k, v in (event.get("queryStringParameters") or {}).items()}
-        offered = headers.get("sec-websocket-protocol", "")
+        offered = [headers.get("sec-websocket-protocol", "")]
+        for name, values in (event.get("multiValueHeaders") or {}).items():
+            if str(name).lower() == "sec-websocket-protocol" and isinstance(values, list):
+                offered = [str(v) for v in values]
         return cls(
             headers=headers,
             query=query,
             cookies=parse_cookies(headers.get("cookie", "")),
-            subprotocols=tuple(p.strip() for p in offered.split(",") if p.strip()),
+            subprotocols=split_subprotocols(offered),
         )
 
 
-def _first_values(pairs: list[tuple[str, str]]) -> dict[str, str]:
-    # The first occurrence wins, as Starlette's QueryParams.get does.
-    result: dict[str, str] = {}
-    for key, value in pairs:
-        result.setdefault(key, value)
-    return result
+def split_subprotocols(header_values: list[str]) -> tuple[str, ...]:
+    """The subprotocols offered in `Sec-WebSocket-Protocol` headers, in order."""
+    return tuple(p.strip() for value in header_values for p in value.split(",") if p.strip())
 
 
 def parse_cookies(header: str) -> dict[str, str]:
-    """Parse a Cookie header leniently: one malformed cookie does not hide the others."""
+    """Parse a Cookie header leniently: one malformed cookie does not hide the others. A
+    repeated name: the last one counts, as for headers and query parameters."""
     cookies: dict[str, str] = {}
     for chunk in header.split(";"):
         jar: SimpleCookie = SimpleCookie()
@@ -75,5 +77,5 @@ def parse_cookies(header: str) -> dict[str, str]:
         except CookieError:
             continue
         for key, morsel in jar.items():
-            cookies.setdefault(key, morsel.value)
+            cookies[key] = morsel.value
     return cookies

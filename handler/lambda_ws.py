@@ -15,6 +15,7 @@ from typing import Any
 
 from auth.base import Authenticator
 from auth.errors import AuthError
+from auth.handshake import Handshake
 from auth.principal import Principal
 from handler.apigw_event import MalformedEvent, WebSocketEvent
 from handler.core import ConnectParams
@@ -120,8 +121,9 @@ def _connect(ws: WebSocketEvent, event: Any) -> Response:
     requested = ws.query.get("format")
     if requested not in (None, "text", "json"):
         return _respond(403, "`format` must be text or json")
-    offered = [p.strip() for p in ws.headers.get("sec-websocket-protocol", "").split(",")]
-    offered_dialect, subprotocol = choose_subprotocol([p for p in offered if p])
+    offered_dialect, subprotocol = choose_subprotocol(
+        list(Handshake.from_apigw(event).subprotocols)
+    )
     dialect = Dialect(requested) if requested else (offered_dialect or Dialect.TEXT)
 
     try:
@@ -171,8 +173,6 @@ def _principal(ws: WebSocketEvent, event: Any) -> Principal:
             echo=str(context.get("echo") or principal_id),
             expires_at=expires_at,
         )
-    from auth.handshake import Handshake
-
     return _authenticator().authenticate(Handshake.from_apigw(event))
 
 

@@ -17,7 +17,7 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
@@ -177,20 +177,21 @@ class Emulator:
         connection_id = base64.b64encode(secrets.token_bytes(12)).decode()
         client = websocket.client
         source_ip = client.host if client else "127.0.0.1"
-        headers = {
-            k.decode("latin-1"): v.decode("latin-1") for k, v in websocket.scope.get("headers", [])
-        }
         connect = self._event("$connect", "CONNECT", connection_id, websocket, source_ip)
-        query_pairs = parse_qsl(
-            websocket.scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True
+        # API Gateway's two views of a repeated name: every value in the multi-value maps, the
+        # last one in the single-value maps.
+        multi_headers = _multi(
+            (k.decode("latin-1"), v.decode("latin-1")) for k, v in websocket.scope["headers"]
         )
-        query: dict[str, str] = {}
-        multi_query: dict[str, list[str]] = {}
-        for key, value in query_pairs:
-            query.setdefault(key, value)
-            multi_query.setdefault(key, []).append(value)
+        multi_query = _multi(
+            parse_qsl(
+                websocket.scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True
+            )
+        )
+        headers = {k: v[-1] for k, v in multi_headers.items()}
+        query = {k: v[-1] for k, v in multi_query.items()}
         connect["headers"] = headers
-        connect["multiValueHeaders"] = {k: [v] for k, v in headers.items()}
+        connect["multiValueHeaders"] = multi_headers
         connect["queryStringParameters"] = query or None
         connect["multiValueQueryStringParameters"] = multi_query or None
 
@@ -340,6 +341,13 @@ class Emulator:
             },
             "isBase64Encoded": False,
         }
+
+
+def _multi(pairs: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
+    values: dict[str, list[str]] = {}
+    for name, value in pairs:
+        values.setdefault(name, []).append(value)
+    return values
 
 
 def _iso(timestamp: float) -> str:

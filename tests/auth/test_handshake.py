@@ -18,9 +18,23 @@ def test_from_asgi_scope() -> None:
     }
     view = Handshake.from_asgi(scope)
     assert view.origin == "https://chat.example"
-    assert view.cookies == {"session": "abc", "theme": "dark", "other": "1"}
-    assert view.query == {"token": "q1", "q": "3"}
+    # A repeated name: the last one counts, as in API Gateway's single-value maps.
+    assert view.cookies == {"other": "1"}
+    assert view.query == {"token": "q2", "q": "3"}
     assert view.subprotocols == ("wschat.json", "bearer", "sp")
+
+
+def test_a_repeated_cookie_name_in_one_header_the_last_counts() -> None:
+    view = Handshake.from_asgi({"headers": [(b"cookie", b"session=first; session=second")]})
+    assert view.cookies == {"session": "second"}
+
+
+def test_from_apigw_gathers_subprotocols_from_every_header() -> None:
+    event = {
+        "headers": {"Sec-WebSocket-Protocol": "bearer, tok"},
+        "multiValueHeaders": {"Sec-WebSocket-Protocol": ["wschat.json", "bearer, tok"]},
+    }
+    assert Handshake.from_apigw(event).subprotocols == ("wschat.json", "bearer", "tok")
 
 
 def test_from_apigw_connect_event() -> None:

@@ -4,6 +4,7 @@ Lambda handlers behind the API Gateway emulator). Each test runs against both.""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,3 +79,14 @@ def start_transport(
             return Transport(request.param, server)
 
         yield start
+
+
+@contextmanager
+def transport_with(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, env: dict[str, str]
+) -> Iterator[Transport]:
+    """The transport `request.param` names, started with `env`: for module-scoped fixtures
+    that several tests share."""
+    command = TRANSPORTS[request.param]
+    with running_server(tmp_path_factory.mktemp(command), env, command) as server:
+        yield Transport(request.param, server)

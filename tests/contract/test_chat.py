@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from urllib.parse import urlencode
 
 import pytest
+import websockets
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.clients import TIMEOUT, close_code, recv, recv_json, until
-from tests.contract.conftest import Transport
+from tests.contract.conftest import TRANSPORTS, Transport, transport_with
 
 
 def send_json(ws: ClientConnection, **frame: object) -> object:
@@ -320,3 +323,52 @@ async def test_reconnect_resumes_with_since(transport: Transport) -> None:
             assert welcome["latest_id"] == last_seen + 2
             await send_json(reader, action="history", since=last_seen + 1)
             assert [m["text"] for m in (await until(reader, "history"))["messages"]] == ["three"]
+
+
+# --- repeated names: the last one counts, on both transports (as in API Gateway's events) ------
+
+
+@pytest.fixture(scope="module", params=list(TRANSPORTS))
+def allow_list(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Transport]:
+    with transport_with(request, tmp_path_factory, {"WSCHAT_TOKENS": "alice:GOOD"}) as transport:
+        yield transport
+
+
+@pytest.mark.parametrize(
+    ("headers", "query", "accepted"),
+    [
+        ([("Cookie", "session=BAD"), ("Cookie", "session=GOOD")], {}, True),
+        ([("Cookie", "session=GOOD"), ("Cookie", "session=BAD")], {}, False),
+        ([("Cookie", "session=BAD; session=GOOD")], {}, True),
+        ([("Cookie", "session=GOOD; session=BAD")], {}, False),
+        ([], {"token": ["BAD", "GOOD"]}, True),
+        ([], {"token": ["GOOD", "BAD"]}, False),
+    ],
+    ids=[
+        "two cookie headers, good last",
+        "two cookie headers, bad last",
+        "one header, good last",
+        "one header, bad last",
+        "two tokens, good last",
+        "two tokens, bad last",
+    ],
+)
+async def test_a_repeated_credential_the_last_one_counts(
+    allow_list: Transport,
+    headers: list[tuple[str, str]],
+    query: dict[str, list[str]],
+    accepted: bool,
+) -> None:
+    base = allow_list.url(f"dup-{secrets.token_hex(4)}")  # a room of its own: the server is shared
+    url = base + ("&" if "?" in base else "?") + urlencode(query, doseq=True) if query else base
+    if accepted:
+        async with websockets.connect(url, additional_headers=headers) as ws:
+            await ws.send("hi")
+            assert await recv(ws) == "Session cookie or query token value is: GOOD"
+    else:
+        with pytest.raises(InvalidStatus) as refused:
+            async with websockets.connect(url, additional_headers=headers):
+                pass
+        assert refused.value.response.status_code == 401

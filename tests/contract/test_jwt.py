@@ -11,8 +11,7 @@ from websockets.exceptions import InvalidStatus
 
 from tests.auth.keys import SECRET, claims
 from tests.clients import recv
-from tests.contract.conftest import TRANSPORTS, Transport
-from tests.servers import running_server
+from tests.contract.conftest import TRANSPORTS, Transport, transport_with
 
 JWT_ENV = {"WSCHAT_AUTH": "jwt", "WSCHAT_JWT_SECRET": SECRET, "WSCHAT_JWT_ALGORITHMS": "HS256"}
 
@@ -25,10 +24,8 @@ def token(**overrides: Any) -> str:
 def jwt_transport(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Transport]:
-    """Each transport in JWT mode, shared by this module's tests."""
-    command = TRANSPORTS[request.param]
-    with running_server(tmp_path_factory.mktemp(f"jwt-{command}"), JWT_ENV, command) as server:
-        yield Transport(request.param, server)
+    with transport_with(request, tmp_path_factory, JWT_ENV) as transport:
+        yield transport
 
 
 async def test_a_valid_token_shows_its_subject(jwt_transport: Transport) -> None:
