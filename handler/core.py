@@ -21,6 +21,7 @@ from handler.ports import (
     Delivery,
     Dialect,
     MessageLog,
+    StoreBusy,
 )
 from handler.ratelimit import TokenBucket
 from handler.wire import CloseCode, ErrorCode, FrameError
@@ -64,7 +65,6 @@ class ChatCore:
         limits: Limits | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
-        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.connections = connections
         self.messages = messages
@@ -72,7 +72,6 @@ class ChatCore:
         self.limits = limits or Limits()
         self._clock = clock
         self._wall_clock = wall_clock
-        self._sleep = sleep
         # Rate state lives with the process: exact locally, per warm container on Lambda.
         self._rates: dict[str, _RateState] = {}
 
@@ -103,45 +102,58 @@ class ChatCore:
 
     def welcome(self, connection_id: str, since: int | None = None) -> None:
         """Send a JSON-dialect connection its `welcome`: who it is, who is here, and the recent
-        history (or everything after `since`), then open it to live messages.
+        history (or a page of what came after `since`), then open it to live messages.
 
-        Live messages reach a JSON connection only above the id its history went up to, and
+        Live messages reach a JSON connection only above the id its catch-up went up to, and
         only once the store confirms nothing newer was written meanwhile: a message published
-        while the history is read arrives exactly once, in order, on either transport.
-        Text-dialect connections get nothing here: they are live from `connect`.
+        while the history is read arrives exactly once, in order, on either transport
+        (docs/welcome-seam.md). A client more than a page behind gets one page and then pages
+        on with `history` requests. Text-dialect connections get nothing here: they are live
+        from `connect`.
         """
         connection = self.connections.get(connection_id)
         if connection is None or connection.dialect is not Dialect.JSON:
             return
         room = connection.room
+        # The latest id is read before the history: the store writes a message and its id
+        # together, so every id up to `latest` that is not in the history has expired.
         latest = self.messages.latest_id(room)
+        recovered: bool | None = None
         if since is None:
             history = list(self.messages.recent(room, self.limits.welcome_history))
         else:
-            history = list(self.messages.after(room, since, self.limits.history_page))
-        # A `since` beyond the room's latest id means the room's history started over (an
-        # in-memory server restarted): everything from the room's start is new to the client.
-        through = history[-1].id if history else min(since or 0, latest)
+            # A `since` beyond the room's latest id: the room's history started over (an
+            # in-memory server restarted), so all it holds now is new to the client.
+            recovered = since <= latest
+            history = self._page(room, since if recovered else 0)
+        through = max(history[-1].id, latest) if history else latest
+        behind = bool(history) and history[-1].id < latest  # more than a page to catch up
+        if behind:
+            through = history[-1].id
         count = len(self.connections.in_room(room))
-        latest = max(latest, through)
-        self._deliver([connection_id], wire.welcome_frame(connection, count, history, latest))
-        for attempt in range(self.limits.welcome_attempts):
-            missed = self.messages.after(room, through, self.limits.history_page)
-            if missed:  # more than a page was missed, or messages arrived meanwhile
+        frames = wire.welcome_frames(connection, count, history, max(latest, through), recovered)
+        self._deliver_all([connection_id], frames)
+        if behind:
+            # The client pages on from here (its resume point is below `latest_id`), and live
+            # messages start above `through`; whatever lies between is in the store.
+            self.connections.mark_welcomed(connection_id, room, through, force=True)
+            return
+        for _ in range(self.limits.welcome_attempts):
+            latest = self.messages.latest_id(room)
+            missed = self._page(room, through)
+            if missed:  # published while the welcome was sent: catch up, then confirm again
                 through = missed[-1].id
-                for message in missed:  # as live messages would arrive: the seam is invisible
-                    self._deliver([connection_id], wire.message_frame(message))
-            elif self.connections.mark_welcomed(connection_id, room, through):
+                self._deliver_messages(connection_id, missed)
+                continue
+            through = max(through, latest)
+            if self.connections.mark_welcomed(connection_id, room, through):
                 return
-            else:
-                self._sleep(0.005 * attempt)  # an id was drawn, its message not written yet
         # The room never stood still long enough. Open the connection anyway and send what
         # arrived since: a message may then come twice (clients drop repeated ids), never
         # not at all.
         log.warning("room %s is too busy to confirm %s's seam; opening it", room, connection_id)
         self.connections.mark_welcomed(connection_id, room, through, force=True)
-        for message in self.messages.after(room, through, self.limits.history_page):
-            self._deliver([connection_id], wire.message_frame(message))
+        self._deliver_messages(connection_id, self._page(room, through))
 
     def message(self, connection_id: str, frame: str | bytes) -> None:
         """Handle one inbound frame from a connected client."""
@@ -205,7 +217,14 @@ class ChatCore:
     ) -> tuple[ChatMessage, bool]:
         """Store a message and deliver it to the room (the sender's text-dialect socket
         excepted: it already got the seed's echo). A repeated `client_msg_id` is stored and
-        delivered once; the repeat is acknowledged to the JSON sender only."""
+        delivered once; the repeat is acknowledged to the JSON sender only. Raises FrameError
+        (`message_too_large`) for a message no frame could carry; nothing is stored."""
+        draft = ChatMessage(0, room, user_id, user_name, text, self._wall_clock(), client_msg_id)
+        if not wire.fits_in_a_frame(draft):
+            raise FrameError(
+                ErrorCode.MESSAGE_TOO_LARGE,
+                f"message is over {wire.MAX_SEND_BYTES} bytes as a frame (JSON escapes it)",
+            )
         message, created = self.messages.append(room, user_id, user_name, text, client_msg_id)
         if not created:
             if sender is not None and sender.dialect is Dialect.JSON:
@@ -227,6 +246,14 @@ class ChatCore:
             self._deliver(json_ids, wire.message_frame(message))
         return message, True
 
+    def read(self, room: str, after_id: int, limit: int) -> tuple[list[ChatMessage], int]:
+        """A page of the room's messages after `after_id` (at most `limit`), and the room's
+        latest id, read first: ids up to it that the page lacks beyond its end are yet to be
+        read, not lost."""
+        latest = self.messages.latest_id(room)
+        messages = wire.page(self.messages.after(room, after_id, limit))
+        return messages, max([latest, *(m.id for m in messages[-1:])])
+
     # --- dialects -------------------------------------------------------------------------
 
     def _text(self, connection: Connection, data: str) -> None:
@@ -234,9 +261,7 @@ class ChatCore:
             self._deliver([connection.id], line)
         # An empty line gets the seed's echo but is not worth storing or broadcasting.
         if data.strip():
-            self.publish(
-                connection.room, connection.user_id, connection.user_name, data, None, connection
-            )
+            self._publish_from(connection, data, None)
 
     def _json(self, connection: Connection, frame: str) -> None:
         try:
@@ -248,23 +273,45 @@ class ChatCore:
             if not action.text.strip():
                 self._refuse(connection, ErrorCode.EMPTY_MESSAGE, "`text` must not be empty")
                 return
-            self.publish(
-                connection.room,
-                connection.user_id,
-                connection.user_name,
-                action.text,
-                action.client_msg_id,
-                connection,
-            )
+            self._publish_from(connection, action.text, action.client_msg_id)
         elif isinstance(action, wire.HistoryRequest):
             room = connection.room
-            history = self.messages.after(room, action.since, self.limits.history_page)
-            latest = self.messages.latest_id(room)
-            self._deliver([connection.id], wire.history_frame(room, history, latest))
+            history, latest = self.read(room, action.since, self.limits.history_page)
+            self._deliver_all([connection.id], wire.history_frames(room, history, latest))
         else:
             self._deliver([connection.id], wire.pong_frame())
 
     # --- helpers --------------------------------------------------------------------------
+
+    def _publish_from(self, connection: Connection, text: str, client_msg_id: str | None) -> None:
+        try:
+            self.publish(
+                connection.room,
+                connection.user_id,
+                connection.user_name,
+                text,
+                client_msg_id,
+                connection,
+            )
+        except FrameError as error:
+            self._refuse(connection, error.code, error.detail)
+        except StoreBusy:
+            log.warning("room %s is too busy to store a message now", connection.room)
+            self._refuse(connection, ErrorCode.BUSY, "the room is busy; send it again")
+
+    def _page(self, room: str, after_id: int) -> list[ChatMessage]:
+        """A page of the messages after `after_id`: at most `history_page` of them, and at
+        most wire.HISTORY_PAGE_BYTES of JSON."""
+        return wire.page(self.messages.after(room, after_id, self.limits.history_page))
+
+    def _deliver_messages(self, connection_id: str, messages: Sequence[ChatMessage]) -> None:
+        # As live messages would arrive: for the client, the seam is invisible.
+        for message in messages:
+            self._deliver([connection_id], wire.message_frame(message))
+
+    def _deliver_all(self, connection_ids: Sequence[str], frames: Sequence[str]) -> None:
+        for frame in frames:
+            self._deliver(connection_ids, frame)
 
     def _within_rate(self, connection: Connection) -> bool:
         state = self._rates.get(connection.id)

@@ -49,6 +49,11 @@ class ChatMessage:
     client_msg_id: str | None = None
 
 
+class StoreBusy(Exception):
+    """The store could not take a message now (too many concurrent writers to one room);
+    the sender may retry, with the same `client_msg_id`."""
+
+
 class ConnectionStore(Protocol):
     def add(self, connection: Connection) -> None: ...
 
@@ -74,7 +79,11 @@ class MessageLog(Protocol):
         self, room: str, user_id: str, user_name: str, text: str, client_msg_id: str | None
     ) -> tuple[ChatMessage, bool]:
         """Store a message under the room's next id. Returns (message, created): a repeated
-        `client_msg_id` from the same user returns the stored message with created=False."""
+        `client_msg_id` from the same user returns the stored message with created=False.
+
+        Ids are consecutive, and an id becomes the room's `latest_id` only together with its
+        message: every id up to `latest_id` is stored (or has expired). Raises StoreBusy
+        when the message could not be stored now."""
         ...
 
     def after(self, room: str, after_id: int, limit: int) -> Sequence[ChatMessage]:

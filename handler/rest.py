@@ -23,7 +23,8 @@ from auth.errors import AuthError
 from auth.handshake import Handshake
 from auth.principal import Principal, is_text
 from handler.core import ChatCore
-from handler.wire import NOT_TEXT, message_body, room_problem
+from handler.ports import StoreBusy
+from handler.wire import NOT_TEXT, FrameError, message_body, room_problem
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -100,17 +101,12 @@ def rest_router(backend: Callable[[], RestBackend]) -> APIRouter:
         since: Annotated[int, Query(ge=0)] = 0,
         limit: Annotated[int, Query(ge=1, le=500)] = 100,
     ) -> dict[str, Any]:
-        """Messages after `since`, oldest first, and the room's latest id."""
+        """Messages after `since`, oldest first, and the room's latest id. Fewer than `limit`
+        when they are large (a page is at most 1 MiB of JSON): read on from the last id."""
         chat = backend()
         await _principal(request, chat)
         _check_room(room, chat)
-        messages, latest = await _run(
-            chat,
-            lambda: (
-                chat.core.messages.after(room, since, limit),
-                chat.core.messages.latest_id(room),
-            ),
-        )
+        messages, latest = await _run(chat, lambda: chat.core.read(room, since, limit))
         return {"room": room, "latest_id": latest, "messages": [message_body(m) for m in messages]}
 
     @router.post("/messages", status_code=201)
@@ -126,12 +122,19 @@ def rest_router(backend: Callable[[], RestBackend]) -> APIRouter:
         limit = chat.core.limits.max_message_bytes
         if len(body.text.encode()) > limit:
             raise HTTPException(413, f"`text` is over {limit} bytes")
-        message, created = await _run(
-            chat,
-            lambda: chat.core.publish(
-                room, principal.id, principal.name, body.text, body.client_msg_id
-            ),
-        )
+        try:
+            message, created = await _run(
+                chat,
+                lambda: chat.core.publish(
+                    room, principal.id, principal.name, body.text, body.client_msg_id
+                ),
+            )
+        except FrameError as error:  # message_too_large: no frame could carry it
+            raise HTTPException(413, error.detail) from None
+        except StoreBusy:
+            raise HTTPException(
+                503, "the room is busy; retry with the same client_msg_id"
+            ) from None
         if not created:
             response.status_code = 200  # a retry: already stored and delivered
         return message_body(message)

@@ -43,6 +43,10 @@ def build_local_chat(settings: Settings) -> LocalChat:
 
     connections = MemoryConnections()
     delivery = LocalDelivery()
-    messages = MemoryMessageLog(size=settings.history_size)
+    messages = MemoryMessageLog(
+        size=settings.history_size,
+        max_bytes=settings.history_max_bytes,
+        ttl_seconds=settings.history_ttl_seconds,
+    )
     core = ChatCore(connections, messages, delivery, limits_from(settings))
     return LocalChat(settings, core, delivery, connections, build_authenticator(settings))

@@ -16,6 +16,14 @@ from handler.ports import ChatMessage, Connection, Dialect
 
 JSON_SUBPROTOCOL = "wschat.json"
 
+# Every frame the server sends fits in API Gateway's message cap, on both transports, so a
+# client sees the same frames whichever it talks to: history longer than that is split.
+MAX_SEND_BYTES = 128 * 1024
+# A page of history (a welcome's catch-up, a `history` reply, a REST read) carries at most this
+# much message JSON, however many messages that is: a few frames, never a flood that would
+# overrun a client's send queue. The client asks for the next page (README, "Resume").
+HISTORY_PAGE_BYTES = 1024 * 1024
+
 
 class CloseCode(IntEnum):
     NORMAL = 1000
@@ -35,6 +43,8 @@ class ErrorCode:
     BINARY_UNSUPPORTED = "binary_unsupported"
     RATE_LIMITED = "rate_limited"
     TOKEN_EXPIRED = "token_expired"  # noqa: S105 (an error code, not a secret)
+    MESSAGE_TOO_LARGE = "message_too_large"
+    BUSY = "busy"
 
 
 # --- the handshake ----------------------------------------------------------------------
@@ -188,20 +198,111 @@ def message_frame(message: ChatMessage) -> str:
     return _dump(message_body(message))
 
 
-def welcome_frame(
-    connection: Connection, count: int, history: Sequence[ChatMessage], latest_id: int
-) -> str:
-    return _dump(
-        {
-            "type": "welcome",
-            "connection_id": connection.id,
-            "room": connection.room,
-            "user": _user(connection.user_id, connection.user_name),
-            "count": count,
-            "latest_id": latest_id,
-            "history": [message_body(m) for m in history],
-        }
-    )
+def _size(frame: str) -> int:
+    """A frame's size in UTF-8. A lone surrogate counts the three bytes of the U+FFFD that
+    will replace it (see `writable`)."""
+    return len(frame.encode(errors="surrogatepass"))
+
+
+# Room for a frame's fields around one message (room names are short; JSON may escape them).
+_FRAME_OVERHEAD = 1024
+
+
+def fits_in_a_frame(message: ChatMessage) -> bool:
+    """Whether the message can go out in any frame: as a `message`, or alone in a `history`
+    frame. JSON escapes a control character in six bytes, so a 32 KiB text can grow past the
+    cap; the exact size is computed only when it could."""
+    fields = (message.text, message.user_id, message.user_name, message.room)
+    if 6 * sum(len(f) for f in fields) + 512 <= MAX_SEND_BYTES - _FRAME_OVERHEAD:
+        return True
+    return _size(message_frame(message)) <= MAX_SEND_BYTES - _FRAME_OVERHEAD
+
+
+def page(messages: Sequence[ChatMessage]) -> list[ChatMessage]:
+    """The longest prefix of `messages` within HISTORY_PAGE_BYTES of JSON (at least one)."""
+    taken: list[ChatMessage] = []
+    total = 0
+    for message in messages:
+        total += _size(message_frame(message)) + 1
+        if taken and total > HISTORY_PAGE_BYTES:
+            break
+        taken.append(message)
+    return taken
+
+
+# A message's JSON, and its size in bytes.
+_Body = tuple[str, int]
+
+
+def _bodies(messages: Sequence[ChatMessage]) -> list[_Body]:
+    return [(frame, _size(frame)) for frame in map(message_frame, messages)]
+
+
+def _fitting(bodies: Sequence[_Body], room: int) -> int:
+    """How many of `bodies`, comma-joined, fit in `room` bytes."""
+    count, size = 0, -1
+    for _, length in bodies:
+        size += length + 1
+        if size > room:
+            break
+        count += 1
+    return count
+
+
+def _frame(head: dict[str, Any], key: str, bodies: Sequence[_Body]) -> str:
+    """`head` with the JSON `bodies` as a list in its last field, `key`."""
+    prefix = _dump({**head, key: []})[:-2]  # it ends in `[]}`: the bodies go in between
+    return prefix + ",".join(body for body, _ in bodies) + "]}"
+
+
+def _room_for(head: dict[str, Any], key: str) -> int:
+    return MAX_SEND_BYTES - _size(_dump({**head, key: []}))
+
+
+def _history(room: str, bodies: list[_Body], latest_id: int) -> list[str]:
+    head = {"type": "history", "room": room, "latest_id": latest_id, "more": False}
+    space = _room_for(head, "messages")
+    frames: list[str] = []
+    while True:
+        count = max(1, _fitting(bodies, space))  # one message always fits (fits_in_a_frame)
+        chunk, bodies = bodies[:count], bodies[count:]
+        frames.append(_frame({**head, "more": bool(bodies)}, "messages", chunk))
+        if not bodies:
+            return frames
+
+
+def history_frames(room: str, messages: Sequence[ChatMessage], latest_id: int) -> list[str]:
+    """Messages as `history` frames, each within MAX_SEND_BYTES, oldest first. Every frame
+    but the last says `more: true`."""
+    return _history(room, _bodies(messages), latest_id)
+
+
+def welcome_frames(
+    connection: Connection,
+    count: int,
+    history: Sequence[ChatMessage],
+    latest_id: int,
+    recovered: bool | None = None,
+) -> list[str]:
+    """The `welcome`, carrying as much of `history` as fits in its frame, then `history`
+    frames with the rest (the welcome then says `more: true`). `recovered`, on a resume:
+    whether the client's `since` could be honoured (False: the room started over)."""
+    head: dict[str, Any] = {
+        "type": "welcome",
+        "connection_id": connection.id,
+        "room": connection.room,
+        "user": _user(connection.user_id, connection.user_name),
+        "count": count,
+        "latest_id": latest_id,
+    }
+    if recovered is not None:
+        head["recovered"] = recovered
+    head["more"] = False
+    bodies = _bodies(history)
+    carried = _fitting(bodies, _room_for(head, "history"))
+    rest = bodies[carried:]
+    welcome = _frame({**head, "more": bool(rest)}, "history", bodies[:carried])
+    return [welcome, *(_history(connection.room, rest, latest_id) if rest else [])]
 
 
 def presence_frame(event: str, connection: Connection, count: int) -> str:
@@ -212,17 +313,6 @@ def presence_frame(event: str, connection: Connection, count: int) -> str:
             "room": connection.room,
             "user": _user(connection.user_id, connection.user_name),
             "count": count,
-        }
-    )
-
-
-def history_frame(room: str, messages: Sequence[ChatMessage], latest_id: int) -> str:
-    return _dump(
-        {
-            "type": "history",
-            "room": room,
-            "latest_id": latest_id,
-            "messages": [message_body(m) for m in messages],
         }
     )
 

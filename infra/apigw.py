@@ -16,10 +16,10 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from handler.wire import MAX_SEND_BYTES
+
 log = logging.getLogger(__name__)
 
-# API Gateway's WebSocket message limit; a larger payload would be refused by AWS anyway.
-MAX_PAYLOAD_BYTES = 128 * 1024
 RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
 USER_AGENT = "wschat/0.1 (Management API fan-out)"
 
@@ -90,7 +90,7 @@ class ManagementApiDelivery:
 
     def send(self, connection_ids: Sequence[str], payload: str) -> Sequence[str]:
         data = payload.encode()
-        if len(data) > MAX_PAYLOAD_BYTES:
+        if len(data) > MAX_SEND_BYTES:  # the core never makes one; AWS would refuse it
             log.error("payload of %d bytes is over API Gateway's 128 KiB; not sent", len(data))
             return []
         if len(connection_ids) <= 1:

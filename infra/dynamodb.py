@@ -14,11 +14,12 @@ Room members and history are read with Query on the room's partition, never Scan
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from handler.ports import ChatMessage, Connection, Dialect
+from handler.ports import ChatMessage, Connection, Dialect, StoreBusy
 
 log = logging.getLogger(__name__)
 
@@ -241,7 +242,7 @@ class DynamoConnections:
 
 
 class DynamoMessageLog:
-    """Per-room history: ids from an atomic per-room counter, items expiring after
+    """Per-room history: consecutive ids from a per-room counter, items expiring after
     `retention_seconds`."""
 
     def __init__(
@@ -250,78 +251,98 @@ class DynamoMessageLog:
         table: str,
         retention_seconds: int = 7 * 86400,
         clock: Callable[[], float] = time.time,
+        attempts: int = 25,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self._client = client
         self._table = table
         self._retention = retention_seconds
         self._clock = clock
+        self._attempts = attempts
+        self._sleep = sleep
 
     def append(
         self, room: str, user_id: str, user_name: str, text: str, client_msg_id: str | None
     ) -> tuple[ChatMessage, bool]:
+        """Store a message under the room's next id: the counter moves and the message (with
+        its de-duplication marker) lands in one transaction, conditioned on the counter still
+        reading what we read. So every id up to the counter is written: no id is drawn and
+        then lost, and none is visible before its message (the welcome seam and resume rely
+        on it). A concurrent publisher makes the condition fail: read again and retry."""
         if client_msg_id is not None:
             stored = self._deduplicated(room, user_id, client_msg_id)
             if stored is not None:
                 return stored, False
-        counter = self._client.update_item(
-            TableName=self._table,
-            Key={"pk": _s(_room_key(room)), "sk": _s("SEQ")},
-            UpdateExpression="ADD last_id :one",
-            ExpressionAttributeValues={":one": _n(1)},
-            ReturnValues="UPDATED_NEW",
-        )
-        message = ChatMessage(
-            id=int(counter["Attributes"]["last_id"]["N"]),
-            room=room,
-            user_id=user_id,
-            user_name=user_name,
-            text=text,
-            ts=self._clock(),
-            client_msg_id=client_msg_id,
-        )
+        for attempt in range(self._attempts):
+            last = self.latest_id(room)
+            message = ChatMessage(
+                id=last + 1,
+                room=room,
+                user_id=user_id,
+                user_name=user_name,
+                text=text,
+                ts=self._clock(),
+                client_msg_id=client_msg_id,
+            )
+            try:
+                self._client.transact_write_items(TransactItems=self._writes(message, last))
+            except self._client.exceptions.TransactionCanceledException:
+                if client_msg_id is not None:  # perhaps a concurrent retry of this message
+                    stored = self._deduplicated(room, user_id, client_msg_id)
+                    if stored is not None:
+                        return stored, False
+                self._sleep(random.uniform(0, 0.002 * 2 ** min(attempt, 5)))  # noqa: S311
+                continue
+            return message, True
+        raise StoreBusy(f"room {room!r}: {self._attempts} publishers in a row took the next id")
+
+    def _writes(self, message: ChatMessage, last: int) -> list[dict[str, Any]]:
+        room_key = _s(_room_key(message.room))
+        unchanged = "attribute_not_exists(last_id)" if last == 0 else "last_id = :last"
         ttl = int(message.ts) + self._retention
         item: Item = {
-            "pk": _s(_room_key(room)),
+            "pk": room_key,
             "sk": _s(_message_key(message.id)),
             "id": _n(message.id),
-            "room": _s(room),
-            "user_id": _s(user_id),
-            "user_name": _s(user_name),
-            "text": _s(text),
+            "room": _s(message.room),
+            "user_id": _s(message.user_id),
+            "user_name": _s(message.user_name),
+            "text": _s(message.text),
             "ts": _n(message.ts),
             "ttl": _n(ttl),
         }
-        if client_msg_id is None:
-            self._client.put_item(TableName=self._table, Item=item)
-            return message, True
-        item["client_msg_id"] = _s(client_msg_id)
-        try:
-            # The message and its de-duplication marker land together or not at all.
-            self._client.transact_write_items(
-                TransactItems=[
-                    {"Put": {"TableName": self._table, "Item": item}},
-                    {
-                        "Put": {
-                            "TableName": self._table,
-                            "Item": {
-                                "pk": _s(_room_key(room)),
-                                "sk": _s(f"DEDUP#{user_id}#{client_msg_id}"),
-                                "message_id": _n(message.id),
-                                "ttl": _n(ttl),
-                            },
-                            "ConditionExpression": "attribute_not_exists(pk)",
-                        }
+        writes: list[dict[str, Any]] = [
+            {
+                "Update": {
+                    "TableName": self._table,
+                    "Key": {"pk": room_key, "sk": _s("SEQ")},
+                    "UpdateExpression": "SET last_id = :next",
+                    "ConditionExpression": unchanged,
+                    "ExpressionAttributeValues": {
+                        ":next": _n(message.id),
+                        **({":last": _n(last)} if last else {}),
                     },
-                ]
+                }
+            },
+            {"Put": {"TableName": self._table, "Item": item}},
+        ]
+        if message.client_msg_id is not None:
+            item["client_msg_id"] = _s(message.client_msg_id)
+            writes.append(
+                {
+                    "Put": {
+                        "TableName": self._table,
+                        "Item": {
+                            "pk": room_key,
+                            "sk": _s(f"DEDUP#{message.user_id}#{message.client_msg_id}"),
+                            "message_id": _n(message.id),
+                            "ttl": _n(ttl),
+                        },
+                        "ConditionExpression": "attribute_not_exists(pk)",
+                    }
+                }
             )
-        except self._client.exceptions.TransactionCanceledException:
-            # A concurrent retry won the race; its message is the one that counts. The id we
-            # drew is skipped: ids stay strictly increasing, with a gap.
-            stored = self._deduplicated(room, user_id, client_msg_id)
-            if stored is None:
-                raise
-            return stored, False
-        return message, True
+        return writes
 
     def _deduplicated(self, room: str, user_id: str, client_msg_id: str) -> ChatMessage | None:
         marker = self._client.get_item(

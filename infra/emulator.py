@@ -30,6 +30,7 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.types import ASGIApp
 from starlette.websockets import WebSocket
 
+from handler.wire import MAX_SEND_BYTES
 from infra.local_delivery import Outbox
 
 log = logging.getLogger(__name__)
@@ -124,7 +125,7 @@ class Emulator:
             )
         if request.method == "POST":
             data = await request.body()
-            if len(data) > 128 * 1024:
+            if len(data) > MAX_SEND_BYTES:
                 return JSONResponse(
                     {"message": "Payload too large"},
                     status_code=413,

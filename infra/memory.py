@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
@@ -52,32 +53,61 @@ class MemoryConnections:
         return len(self._by_id)
 
 
+# What a message costs beyond its text (the record, its ring slot, the dedup entry's tuple),
+# and a room beyond its messages: measured with tracemalloc, rounded up.
+MESSAGE_OVERHEAD_BYTES = 300
+ROOM_OVERHEAD_BYTES = 1500
+
+
 @dataclass
 class _Room:
     ring: deque[ChatMessage]
     last_id: int = 0
-    # (user_id, client_msg_id) -> message, bounded like the ring, for retry de-duplication.
+    bytes: int = ROOM_OVERHEAD_BYTES
+    # (user_id, client_msg_id) -> message, for retry de-duplication; only messages in the ring.
     seen: OrderedDict[tuple[str, str], ChatMessage] = field(default_factory=OrderedDict)
 
 
-class MemoryMessageLog:
-    """A bounded ring of messages per room, with a per-room counter for ids."""
+def _cost(message: ChatMessage) -> int:
+    extra = sys.getsizeof(message.client_msg_id) if message.client_msg_id is not None else 0
+    return sys.getsizeof(message.text) + extra + MESSAGE_OVERHEAD_BYTES
 
-    def __init__(self, size: int = 1000, clock: Callable[[], float] = time.time) -> None:
+
+class MemoryMessageLog:
+    """A bounded ring of messages per room, with a per-room counter for ids, in bounded memory.
+
+    Messages expire `ttl_seconds` after they were sent, as on DynamoDB, and a room whose
+    messages have all expired is forgotten. All rooms together hold at most `max_bytes`: past
+    it, the least recently used rooms are forgotten first (the room being written to only
+    loses its oldest messages). A forgotten room's ids are not reused: a room that comes
+    back continues above every id any forgotten room had, so ids never go back.
+    """
+
+    def __init__(
+        self,
+        size: int = 1000,
+        clock: Callable[[], float] = time.time,
+        max_bytes: int = 64 * 1024 * 1024,
+        ttl_seconds: float = 7 * 86400,
+    ) -> None:
         self._size = size
         self._clock = clock
-        self._rooms: dict[str, _Room] = {}
+        self._max_bytes = max_bytes
+        self._ttl = ttl_seconds
+        self._rooms: OrderedDict[str, _Room] = OrderedDict()  # least recently used first
+        self._bytes = 0
+        self._floor = 0  # the highest id of any forgotten room
 
-    def _room(self, room: str) -> _Room:
-        state = self._rooms.get(room)
-        if state is None:
-            state = self._rooms[room] = _Room(ring=deque(maxlen=self._size))
-        return state
+    @property
+    def retained_bytes(self) -> int:
+        """What the rooms' histories cost, as this log counts it (at most `max_bytes`)."""
+        return self._bytes
 
     def append(
         self, room: str, user_id: str, user_name: str, text: str, client_msg_id: str | None
     ) -> tuple[ChatMessage, bool]:
-        state = self._room(room)
+        state = self._use(room, create=True)
+        assert state is not None
         key = (user_id, client_msg_id) if client_msg_id is not None else None
         if key is not None and key in state.seen:
             return state.seen[key], False
@@ -85,15 +115,17 @@ class MemoryMessageLog:
         message = ChatMessage(
             state.last_id, room, user_id, user_name, text, self._clock(), client_msg_id
         )
+        if len(state.ring) == self._size:
+            self._drop_oldest(state)
         state.ring.append(message)
+        self._charge(state, _cost(message))
         if key is not None:
             state.seen[key] = message
-            if len(state.seen) > self._size:
-                state.seen.popitem(last=False)
+        self._enforce_budget(state)
         return message, True
 
     def after(self, room: str, after_id: int, limit: int) -> Sequence[ChatMessage]:
-        state = self._rooms.get(room)
+        state = self._use(room)
         if state is None or not state.ring:
             return []
         # Ids in the ring are consecutive, so the start position is arithmetic.
@@ -101,7 +133,7 @@ class MemoryMessageLog:
         return list(islice(state.ring, start, start + limit))
 
     def recent(self, room: str, limit: int) -> Sequence[ChatMessage]:
-        state = self._rooms.get(room)
+        state = self._use(room)
         if state is None or limit <= 0:
             return []
         skip = max(0, len(state.ring) - limit)
@@ -109,4 +141,54 @@ class MemoryMessageLog:
 
     def latest_id(self, room: str) -> int:
         state = self._rooms.get(room)
-        return state.last_id if state is not None else 0
+        return state.last_id if state is not None else self._floor
+
+    def _use(self, room: str, create: bool = False) -> _Room | None:
+        """The room's state, marked as just used, with its expired messages gone; and a few
+        idle rooms at the other end swept out."""
+        self._sweep()
+        state = self._rooms.get(room)
+        if state is None:
+            if not create:
+                return None
+            state = self._rooms[room] = _Room(ring=deque(), last_id=self._floor)
+            self._bytes += state.bytes
+        self._rooms.move_to_end(room)
+        horizon = self._clock() - self._ttl
+        while state.ring and state.ring[0].ts < horizon:
+            self._drop_oldest(state)
+        return state
+
+    def _sweep(self) -> None:
+        # Least recently used first: the first room not wholly expired ends the sweep.
+        horizon = self._clock() - self._ttl
+        for _ in range(8):
+            oldest = next(iter(self._rooms.values()), None)
+            if oldest is None or (oldest.ring and oldest.ring[-1].ts >= horizon):
+                return
+            self._forget(next(iter(self._rooms)))
+
+    def _enforce_budget(self, writing: _Room) -> None:
+        while self._bytes > self._max_bytes:
+            name, oldest = next(iter(self._rooms.items()))
+            if oldest is not writing:
+                self._forget(name)
+            elif len(writing.ring) > 1:
+                self._drop_oldest(writing)  # the only room left is this one: trim it
+            else:
+                return  # one message always stays; MAX limits bound it
+
+    def _drop_oldest(self, state: _Room) -> None:
+        message = state.ring.popleft()
+        if message.client_msg_id is not None:  # a retry now stores it again, as on DynamoDB
+            state.seen.pop((message.user_id, message.client_msg_id), None)
+        self._charge(state, -_cost(message))
+
+    def _forget(self, room: str) -> None:
+        state = self._rooms.pop(room)
+        self._bytes -= state.bytes
+        self._floor = max(self._floor, state.last_id)
+
+    def _charge(self, state: _Room, amount: int) -> None:
+        state.bytes += amount
+        self._bytes += amount

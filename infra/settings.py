@@ -111,6 +111,9 @@ class Settings:
     send_queue_frames: int = _bounded(256, ge=1)
 
     history_size: int = _bounded(1000, ge=1)
+    # `wschat serve`: all rooms' history together, in bytes; least recently used rooms go first.
+    history_max_bytes: int = _bounded(64 * 1024 * 1024, ge=1024 * 1024)
+    history_ttl_seconds: int = _bounded(7 * 86400, ge=60)
     welcome_history: int = _bounded(20, ge=0)
 
     # Serverless transport (API Gateway + Lambda + DynamoDB).
@@ -121,7 +124,6 @@ class Settings:
     offline_lambda_port: int = 3002
     fanout_concurrency: int = _bounded(32, ge=1, le=256)
     connection_ttl_seconds: int = _bounded(2 * 3600 + 300, ge=60)
-    history_ttl_seconds: int = _bounded(7 * 86400, ge=60)
     room_page_size: int = _bounded(0, ge=0)
     welcome_function: str = ""
     lambda_endpoint: str = ""

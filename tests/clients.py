@@ -55,3 +55,43 @@ def masked_frame(opcode: int, payload: bytes) -> bytes:
     """One final client frame (masked with a zero key) of up to 125 bytes."""
     assert len(payload) <= 125
     return bytes([0x80 | opcode, 0x80 | len(payload)]) + b"\0\0\0\0" + payload
+
+
+class ResumePoint:
+    """A JSON client's record of what it has, kept by the README's resume rule: `resume` is
+    the highest id such that every id up to it was received or is gone for good (expired).
+    Reconnect with `since=resume`; when a reply ends below the room's `latest_id`, ask for
+    `history` since `resume`."""
+
+    def __init__(self, since: int = 0) -> None:
+        self.resume = since
+        self.texts: dict[int, str] = {}
+        self.repeats = 0
+        self._continuing = False  # the last frame said `more: true`
+
+    def take(self, frame: dict[str, Any]) -> bool:
+        """Record a frame; True when it ended a reply below the room's latest id, i.e. the
+        client should now ask for `history` since `resume`."""
+        kind = frame["type"]
+        if kind == "message":
+            self._record([frame])
+            return False
+        if kind not in ("welcome", "history"):
+            return False
+        messages = frame["history"] if kind == "welcome" else frame["messages"]
+        if not self._continuing:  # a reply starts: ids between `resume` and it are gone
+            if messages:
+                self.resume = max(self.resume, messages[0]["id"] - 1)
+            elif not frame.get("more"):
+                self.resume = max(self.resume, frame["latest_id"])
+        self._record(messages)
+        self._continuing = bool(frame.get("more"))
+        return not self._continuing and self.resume < frame["latest_id"]
+
+    def _record(self, messages: list[dict[str, Any]]) -> None:
+        for message in messages:
+            if message["id"] in self.texts:
+                self.repeats += 1
+            self.texts[message["id"]] = message["text"]
+        while self.resume + 1 in self.texts:
+            self.resume += 1

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import re
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import jwt
 import pytest
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Browser, Page, WebSocketRoute, expect
 
 from tests.auth.keys import SECRET
 from tests.contract.conftest import TRANSPORTS
@@ -97,3 +100,51 @@ def test_token_field_in_jwt_mode(page: Page, command: str, tmp_path: Path) -> No
         say(page, "signed in")
         expect(page.locator("#messages li.message")).to_contain_text(["Alice: signed in"])
     assert token not in server.log()
+
+
+def test_page_resumes_below_an_id_that_arrived_out_of_order(
+    page: Page, command: str, tmp_path: Path
+) -> None:
+    """The page holds `one` and `three` but not `two` (still on its way, as on Lambda with
+    concurrent publishers) when its connection drops: it resumes from `one`, not `three`."""
+    held: list[str] = []
+    sockets: list[WebSocketRoute] = []
+
+    def route(ws: WebSocketRoute) -> None:
+        server = ws.connect_to_server()
+        sockets.append(ws)
+
+        def from_server(message: str | bytes) -> None:
+            if len(sockets) == 1 and '"text":"two"' in str(message):
+                held.append(str(message))  # withheld from the first connection
+                return
+            ws.send(message)
+            if len(sockets) == 1 and '"text":"three"' in str(message):
+                ws.close(code=1012, reason="restart")  # the connection drops
+
+        server.on_message(from_server)
+
+    page.route_web_socket(re.compile(".*"), route)
+    with running_server(tmp_path, {}, command) as server:
+        open_chat(page, server, room="ooo")
+        for text in ("one", "two", "three"):
+            publish(server, "ooo", text)
+        messages = page.locator("#messages li.message")
+        expect(messages).to_have_count(3, timeout=20_000)
+        assert held and len(sockets) == 2  # `two` came on the second connection
+        assert [t.split(": ", 1)[1] for t in messages.all_text_contents()] == [
+            "one",
+            "three",
+            "two",
+        ]
+
+
+def publish(server: Server, room: str, text: str) -> None:
+    request = urllib.request.Request(
+        f"{server.http}/rooms/{room}/messages",
+        data=json.dumps({"text": text}).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json", "Authorization": "Bearer svc"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 201

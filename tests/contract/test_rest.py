@@ -130,5 +130,6 @@ def test_publish_refuses_a_lone_surrogate_with_422(transport: Transport, body: s
     )
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(request, timeout=10)
+    refused.value.close()
     assert refused.value.code == 422
     assert call(transport, "GET", "/rooms/rest-surrogate/messages")[1]["messages"] == []

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import pytest
 
 from auth.principal import Principal
+from handler import wire
 from handler.core import ChatCore, ConnectParams, Limits
 from handler.ports import Dialect
+from handler.wire import FrameError
 from infra.memory import MemoryConnections, MemoryMessageLog
 from tests.handler.recording import RecordingDelivery
 
@@ -352,7 +357,7 @@ def test_message_published_between_history_read_and_welcome_arrives_once(
             return super().mark_welcomed(connection_id, room, through_id)
 
     racing = RacingConnections()
-    core = ChatCore(racing, log, delivery, Limits(), clock, clock, sleep=lambda _: None)
+    core = ChatCore(racing, log, delivery, Limits(), clock, clock)
     log.append("foo", "id-p", "p", "before", None)
     core.connect("j", "foo", principal("jo"), JSON)
     core.welcome("j")
@@ -385,7 +390,6 @@ def test_a_room_that_never_stands_still_gets_repeats_not_gaps(
         Limits(welcome_attempts=3),
         clock,
         clock,
-        sleep=lambda _: None,
     )
     core.connect("j", "foo", principal("jo"), JSON)
     core.welcome("j")
@@ -441,3 +445,85 @@ def test_a_stored_lone_surrogate_reaches_everyone_repaired(
     for frames in delivery.frames.values():
         for frame in frames:
             frame.encode()  # every frame the core handed over can be written
+
+
+def big_core(delivery: RecordingDelivery, clock: FakeClock, **limits: int) -> ChatCore:
+    return ChatCore(
+        MemoryConnections(), MemoryMessageLog(), delivery, Limits(**limits), clock, clock
+    )
+
+
+def received(frames: list[dict[str, Any]]) -> list[int]:
+    ids: list[int] = []
+    for frame in frames:
+        for key in ("history", "messages"):
+            ids += [m["id"] for m in frame.get(key, [])]
+        if frame["type"] == "message":
+            ids.append(frame["id"])
+    return ids
+
+
+def test_a_welcome_too_big_for_a_frame_continues_in_history_frames(
+    delivery: RecordingDelivery, clock: FakeClock
+) -> None:
+    core = big_core(delivery, clock)
+    for i in range(6):
+        core.publish("r", "id-w", "w", f"{i}" + "x" * 30_000)
+    join(core, "J", "r", principal("j"), JSON, since=0)
+    raw = delivery.take("J")
+    assert all(len(frame.encode()) <= wire.MAX_SEND_BYTES for frame in raw)
+    frames = [json.loads(frame) for frame in raw]
+    assert [f["type"] for f in frames] == ["welcome", "history"]
+    assert [f["more"] for f in frames] == [True, False]
+    assert received(frames) == [1, 2, 3, 4, 5, 6]
+    core.message("J", '{"action":"history","since":0}')
+    again = delivery.take_json("J")
+    assert [f["more"] for f in again] == [True, False] and received(again) == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_client_more_than_a_page_behind_pages_on_with_history(
+    delivery: RecordingDelivery, clock: FakeClock
+) -> None:
+    core = big_core(delivery, clock, history_page=10)
+    for i in range(25):
+        core.publish("r", "id-w", "w", f"m{i}")
+    join(core, "J", "r", principal("j"), JSON, since=0)
+    [welcome] = delivery.take_json("J")
+    assert received([welcome]) == list(range(1, 11)) and welcome["latest_id"] == 25
+    core.publish("r", "id-w", "w", "live")  # live from the end of the page on
+    assert received(delivery.take_json("J")) == [26]
+    core.message("J", '{"action":"history","since":10}')
+    assert received(delivery.take_json("J")) == list(range(11, 21))
+
+
+def test_a_resume_beyond_the_rooms_history_is_not_recovered(
+    core: ChatCore, delivery: RecordingDelivery
+) -> None:
+    core.publish("r", "id-w", "w", "after the restart")
+    join(core, "J", "r", principal("j"), JSON, since=40)
+    [welcome] = delivery.take_json("J")
+    assert welcome["recovered"] is False
+    assert [m["text"] for m in welcome["history"]] == ["after the restart"]
+    join(core, "K", "r", principal("k"), JSON, since=0)
+    assert delivery.take_json("K")[0]["recovered"] is True
+    join(core, "L", "r", principal("l"), JSON)
+    assert "recovered" not in delivery.take_json("L")[0]
+
+
+@pytest.mark.parametrize("dialect", [TEXT, JSON])
+def test_a_message_no_frame_could_carry_is_refused(
+    delivery: RecordingDelivery, clock: FakeClock, dialect: ConnectParams
+) -> None:
+    core = big_core(delivery, clock, max_message_bytes=256 * 1024)
+    join(core, "S", "r", principal("s"), dialect)
+    join(core, "J", "r", principal("j"), JSON)
+    delivery.take("S"), delivery.take("J")
+    text = "\x01" * 30_000  # fine as a raw text frame, 180 KB as JSON
+    core.message(
+        "S", text if dialect is TEXT else json.dumps({"action": "sendmessage", "text": text})
+    )
+    refusal = delivery.take("S")[-1]
+    assert "message_too_large" in refusal or "over 131072 bytes" in refusal
+    assert delivery.take("J") == [] and core.messages.latest_id("r") == 0
+    with pytest.raises(FrameError):
+        core.publish("r", "id-x", "x", text)

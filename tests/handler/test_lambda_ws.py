@@ -228,3 +228,43 @@ def test_json_connect_schedules_an_async_welcome(monkeypatch: pytest.MonkeyPatch
         )
         assert connect("J", "foo", "t", format="json", since="5")["statusCode"] == 200
         stub.assert_no_pending_responses()
+
+
+def test_a_publisher_paused_mid_append_leaves_no_gap_at_the_seam(posts: PostRecorder) -> None:
+    """Concurrent publishers on Lambda: A takes its id, stalls before writing; B publishes; a
+    newcomer's welcome runs; then A finishes. The newcomer must end up with both messages."""
+    import threading
+
+    from auth.principal import Principal
+    from handler.core import ConnectParams
+    from handler.ports import Dialect
+    from handler.serverless import core_for, dynamodb_client
+
+    core = core_for(ENDPOINT)
+    reached, release = threading.Event(), threading.Event()
+    publisher_a: list[threading.Thread] = []
+
+    def stall_a(**_: Any) -> None:
+        if threading.current_thread() in publisher_a and not reached.is_set():
+            reached.set()
+            assert release.wait(10)
+
+    events = dynamodb_client().meta.events
+    for write in ("PutItem", "TransactWriteItems"):  # A's first write, whichever it is
+        events.register(f"before-call.dynamodb.{write}", stall_a)
+    a = threading.Thread(target=lambda: core.publish("seam", "id-a", "a", "from a"))
+    publisher_a.append(a)
+    a.start()
+    assert reached.wait(10)
+    core.publish("seam", "id-b", "b", "from b")
+    core.connect("W", "seam", Principal(id="w", name="w", echo="w"), ConnectParams(Dialect.JSON))
+    core.welcome("W", since=0)
+    release.set()
+    a.join(10)
+    received = set()
+    for frame in posts.take_json("W"):
+        if frame["type"] == "message":
+            received.add(frame["text"])
+        for message in frame.get("history", []) + frame.get("messages", []):
+            received.add(message["text"])
+    assert received == {"from a", "from b"}

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import http.client
 import json
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
 
 import pytest
 import websockets
@@ -23,3 +28,53 @@ async def test_flood_abuse_closes_with_1008(server: Server) -> None:
                 await recv_json(flooder)
         assert closed.value.rcvd is not None
         assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (1008, "rate limit abuse")
+
+
+def _rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def _publish_into_rooms(port: int, rooms: range, text: str) -> None:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    body = json.dumps({"text": text})
+    headers = {"Content-Type": "application/json", "Authorization": "Bearer filler"}
+    for room in rooms:
+        connection.request("POST", f"/rooms/room-{room}/messages", body, headers)
+        response = connection.getresponse()
+        response.read()
+        assert response.status == 201
+    connection.close()
+
+
+@pytest.mark.timeout(120)
+def test_ten_thousand_rooms_stay_within_the_history_budget(start_server: Any) -> None:
+    budget = 8 * 1024 * 1024
+    server: Server = start_server(WSCHAT_HISTORY_MAX_BYTES=str(budget))
+    text = "x" * 8000  # 10,000 rooms of it: ten times the budget
+    _publish_into_rooms(server.port, range(200), text)  # warm up
+    before = _rss_bytes(server.process.pid)
+    with ThreadPoolExecutor(4) as pool:
+        list(
+            pool.map(
+                lambda k: _publish_into_rooms(server.port, range(k, 10_000, 4), text), range(4)
+            )
+        )
+    grown = _rss_bytes(server.process.pid) - before
+    assert grown < 1.5 * budget, (
+        f"RSS grew {grown / 1e6:.1f} MB with a {budget / 1e6:.1f} MB budget"
+    )
+    # The newest rooms are kept; the least recently used went.
+    assert len(_read(server, "room-9999")["messages"]) == 1
+    assert _read(server, "room-0")["messages"] == []
+
+
+def _read(server: Server, room: str) -> dict[str, Any]:
+    request = urllib.request.Request(
+        f"{server.http}/rooms/{room}/messages", headers={"Authorization": "Bearer reader"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        body: dict[str, Any] = json.loads(response.read())
+        return body

@@ -113,3 +113,55 @@ def test_mark_welcomed_only_while_the_room_is_unchanged() -> None:
     assert {c.id: c.welcomed_through for c in store.in_room("r")} == {"early": 0, "late": 1}
     assert store.get("late") == conn("late", welcomed_through=1)
     assert store.mark_welcomed("gone", "r", 0)  # nothing to wait for
+
+
+def test_a_welcome_over_expired_history_opens_at_once(caplog: pytest.LogCaptureFixture) -> None:
+    """Every message of the room has expired, its counter has not: the welcome must open the
+    connection at the counter, not wait for ids that will never come back."""
+    from auth.principal import Principal
+    from handler.core import ChatCore, ConnectParams, Limits
+    from tests.handler.recording import RecordingDelivery
+
+    clock = Clock()
+    client = boto3.client("dynamodb")
+    delivery = RecordingDelivery()
+    core = ChatCore(
+        DynamoConnections(client, TABLE, clock=clock),
+        DynamoMessageLog(client, TABLE, retention_seconds=60, clock=clock),
+        delivery,
+        Limits(),
+        clock,
+        clock,
+    )
+    for i in range(3):
+        core.publish("r", "id-u", "u", f"old {i}")
+    clock.now += 3600
+    core.connect("J", "r", Principal(id="j", name="j", echo="j"), ConnectParams(Dialect.JSON))
+    core.welcome("J", since=0)
+    [welcome] = delivery.take_json("J")
+    assert (welcome["history"], welcome["latest_id"]) == ([], 3)
+    assert "too busy" not in caplog.text
+    core.publish("r", "id-u", "u", "new")
+    assert [f["id"] for f in delivery.take_json("J")] == [4]
+
+
+def test_concurrent_appends_take_consecutive_ids() -> None:
+    import threading
+
+    log = DynamoMessageLog(boto3.client("dynamodb"), TABLE)
+    ids: list[int] = []
+    lock = threading.Lock()
+
+    def publish(n: int) -> None:
+        for i in range(5):
+            message, _ = log.append("busy", f"u{n}", f"u{n}", f"{n}:{i}", None)
+            with lock:
+                ids.append(message.id)
+
+    threads = [threading.Thread(target=publish, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(ids) == list(range(1, 21))
+    assert [m.id for m in log.after("busy", 0, 100)] == list(range(1, 21))

@@ -43,3 +43,72 @@ def test_client_msg_id_dedup_is_per_user() -> None:
     other, created_other = log.append("r", "bob", "Bob", "hi", "c1")
     assert created and not created_again and created_other
     assert again == first and other.id == 2
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_all_rooms_stay_within_the_byte_budget_least_recently_used_first() -> None:
+    log = MemoryMessageLog(max_bytes=1024 * 1024)
+    for room in range(200):
+        log.append(f"room-{room}", "u", "u", "x" * 20_000, None)
+        assert log.retained_bytes <= 1024 * 1024
+    assert log.after("room-199", 0, 10) and log.after("room-190", 0, 10)
+    assert log.after("room-0", 0, 10) == []  # the least recently used went first
+    # A forgotten room's ids do not go back: it continues above every id it had.
+    assert log.latest_id("room-0") >= 1
+    message, _ = log.append("room-0", "u", "u", "back", None)
+    assert message.id > 1
+
+
+def test_reading_a_room_keeps_it() -> None:
+    log = MemoryMessageLog(max_bytes=1024 * 1024)
+    log.append("kept", "u", "u", "x" * 20_000, None)
+    for room in range(200):
+        log.after("kept", 0, 1)
+        log.append(f"room-{room}", "u", "u", "x" * 20_000, None)
+    assert [m.text[:1] for m in log.after("kept", 0, 10)] == ["x"]
+
+
+def test_one_room_over_the_budget_loses_its_oldest_messages() -> None:
+    log = MemoryMessageLog(max_bytes=1024 * 1024)
+    for i in range(200):
+        log.append(
+            "big",
+            "u",
+            "u",
+            f"{i}:" + "x" * 20_000,
+            None,
+        )
+    kept = log.after("big", 0, 1000)
+    assert log.retained_bytes <= 1024 * 1024
+    assert kept[-1].id == 200 and [m.id for m in kept] == list(range(kept[0].id, 201))
+
+
+def test_messages_and_idle_rooms_expire_after_the_ttl() -> None:
+    clock = Clock()
+    log = MemoryMessageLog(clock=clock, ttl_seconds=60)
+    log.append("old", "u", "u", "stale", None)
+    log.append("live", "u", "u", "first", None)
+    clock.now += 30
+    log.append("live", "u", "u", "second", None)
+    clock.now += 40
+    assert [m.text for m in log.after("live", 0, 10)] == ["second"]
+    log.append("other", "u", "u", "sweeps", None)
+    assert log.after("old", 0, 10) == [] and log.latest_id("old") == 1  # forgotten, ids kept
+    assert log.retained_bytes < 10_000
+
+
+def test_a_retry_after_its_message_left_the_ring_is_stored_again() -> None:
+    log = MemoryMessageLog(size=2)
+    first, _ = log.append("r", "u", "u", "a", "k1")
+    log.append("r", "u", "u", "b", None)
+    assert log.append("r", "u", "u", "a", "k1") == (first, False)
+    log.append("r", "u", "u", "c", None)  # "a" leaves the ring, and its retry key with it
+    again, created = log.append("r", "u", "u", "a", "k1")
+    assert created and again.id == 4
