@@ -38,34 +38,26 @@ async def test_reconnect_mid_stream_misses_nothing_and_repeats_nothing(
                 if (await recv_json(publisher, timeout=60))["type"] == "message":
                     window.release()
 
-        seen: list[str] = []
-        last_id = 0
+        inbox = ResumePoint()
         async with transport.connect("stream", token="reader", format="json") as reader:
-            welcome = await until(reader, "welcome")
-            last_id = welcome["latest_id"]
+            await read_reply(reader, inbox)
             publishing = asyncio.create_task(publish())
             draining = asyncio.create_task(drain())
-            while len(seen) < 300:
-                frame = await recv_json(reader)
-                if frame["type"] == "message":
-                    seen.append(frame["text"])
-                    last_id = frame["id"]
-        # Gone for a moment while messages keep flowing; back with `since`.
+            while len(inbox.texts) < 300:
+                inbox.take(await recv_json(reader))
+        # Gone for a moment while messages keep flowing (perhaps more than a page of them);
+        # back with `since`, paging on as the README says.
         async with transport.connect(
-            "stream", token="reader", format="json", since=str(last_id)
+            "stream", token="reader", format="json", since=str(inbox.resume)
         ) as reader:
-            welcome = await until(reader, "welcome")
-            seen += [m["text"] for m in welcome["history"]]
-            while len(seen) < total:
-                frame = await recv_json(reader, timeout=30)
-                if frame["type"] == "message":
-                    seen.append(frame["text"])
+            await read_reply(reader, inbox)
+            while len(inbox.texts) < total:
+                if inbox.take(await recv_json(reader, timeout=30)):
+                    await reader.send(json.dumps({"action": "history", "since": inbox.resume}))
             await publishing
             draining.cancel()
-            await reader.send(json.dumps({"action": "ping"}))
-            while (frame := await recv_json(reader))["type"] != "pong":
-                assert frame["type"] != "message", "a message arrived twice"
-    assert seen == [str(i) for i in range(total)]
+    assert [text for _, text in sorted(inbox.texts.items())] == [str(i) for i in range(total)]
+    assert inbox.resume == max(inbox.texts)
 
 
 @pytest.mark.timeout(180)
