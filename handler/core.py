@@ -126,10 +126,8 @@ class ChatCore:
             # in-memory server restarted), so all it holds now is new to the client.
             recovered = since <= latest
             history = self._page(room, since if recovered else 0)
-        through = max(history[-1].id, latest) if history else latest
-        behind = bool(history) and history[-1].id < latest  # more than a page to catch up
-        if behind:
-            through = history[-1].id
+        through = history[-1].id if history else latest  # what the client will have
+        behind = through < latest  # more than a page after `since`
         count = len(self.connections.in_room(room))
         frames = wire.welcome_frames(connection, count, history, max(latest, through), recovered)
         self._deliver_all([connection_id], frames)

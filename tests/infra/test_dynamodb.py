@@ -145,23 +145,32 @@ def test_a_welcome_over_expired_history_opens_at_once(caplog: pytest.LogCaptureF
     assert [f["id"] for f in delivery.take_json("J")] == [4]
 
 
-def test_concurrent_appends_take_consecutive_ids() -> None:
+def test_a_publisher_that_lost_the_race_takes_the_next_id() -> None:
+    """A reads the counter, B stores a message, then A's write: A's transaction must fail its
+    condition and retry with the next id, never store a second message 1 or skip one."""
     import threading
 
-    log = DynamoMessageLog(boto3.client("dynamodb"), TABLE)
-    ids: list[int] = []
-    lock = threading.Lock()
+    client = boto3.client("dynamodb")
+    log = DynamoMessageLog(client, TABLE)
+    reached, release = threading.Event(), threading.Event()
+    publisher_a: list[threading.Thread] = []
 
-    def publish(n: int) -> None:
-        for i in range(5):
-            message, _ = log.append("busy", f"u{n}", f"u{n}", f"{n}:{i}", None)
-            with lock:
-                ids.append(message.id)
+    def stall_a(**_: Any) -> None:
+        if threading.current_thread() in publisher_a and not reached.is_set():
+            reached.set()
+            assert release.wait(10)
 
-    threads = [threading.Thread(target=publish, args=(n,)) for n in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert sorted(ids) == list(range(1, 21))
-    assert [m.id for m in log.after("busy", 0, 100)] == list(range(1, 21))
+    client.meta.events.register("before-call.dynamodb.TransactWriteItems", stall_a)
+    results: list[int] = []
+    a = threading.Thread(
+        target=lambda: results.append(log.append("race", "a", "a", "A", None)[0].id)
+    )
+    publisher_a.append(a)
+    a.start()
+    assert reached.wait(10)
+    assert log.append("race", "b", "b", "B", None)[0].id == 1
+    release.set()
+    a.join(10)
+    assert results == [2]
+    assert [(m.id, m.text) for m in log.after("race", 0, 10)] == [(1, "B"), (2, "A")]
+    assert log.latest_id("race") == 2
