@@ -21,7 +21,7 @@ def _test_names(path: Path) -> set[str]:
     }
 
 
-@pytest.mark.parametrize("doc", ["docs/security.md"])
+@pytest.mark.parametrize("doc", ["docs/security.md", "docs/welcome-seam.md"])
 def test_every_test_a_doc_names_exists(doc: str) -> None:
     named = NAMED.findall((ROOT / doc).read_text())
     assert named, f"{doc} names no tests"
