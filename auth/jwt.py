@@ -144,7 +144,6 @@ class JwtAuthenticator:
             id=subject,
             name=self._display_name(claims, subject),
             echo=subject,
-            claims=claims,
             expires_at=float(claims["exp"]) if "exp" in claims else None,
         )
 

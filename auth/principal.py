@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 from auth.errors import AuthError
 
@@ -37,7 +35,6 @@ class Principal:
     id: str
     name: str
     echo: str
-    claims: Mapping[str, Any] = field(default_factory=dict)
     expires_at: float | None = None
 
     def __post_init__(self) -> None:

@@ -17,6 +17,7 @@ import tempfile
 import zipfile
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 from wsload import ROOT, publish
 
@@ -61,7 +62,7 @@ def main() -> int:
         reference = boto3_alone(Path(scratch))
         reference_size = reference.stat().st_size
     size = ours.stat().st_size
-    rows = [
+    rows: list[dict[str, Any]] = [
         {"artifact": "wschat build/lambda.zip", "mb": size / 1e6},
         {"artifact": "boto3 alone, bundled (reference)", "mb": reference_size / 1e6},
     ]

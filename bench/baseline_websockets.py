@@ -21,8 +21,9 @@ async def chat(websocket: ServerConnection) -> None:
     room.add(websocket)
     try:
         async for message in websocket:
-            broadcast((peer for peer in room if peer is not websocket), f"peer: {message}")
-            await websocket.send(f"Message text was: {message}")
+            text = message if isinstance(message, str) else message.decode(errors="replace")
+            broadcast((peer for peer in room if peer is not websocket), f"peer: {text}")
+            await websocket.send(f"Message text was: {text}")
     finally:
         room.discard(websocket)
 

@@ -28,17 +28,18 @@ ENDPOINT = "https://abcdef123.execute-api.us-east-1.amazonaws.com/prod"
 IMPORTS = {
     "import boto3 (baseline)": "boto3",
     "import fastapi, mangum (Mangum-only design)": "fastapi, mangum",
-    "handler.lambda_ws (WebSocket handlers)": "handler.lambda_ws",
-    "auth.lambda_authorizer (authorizer)": "auth.lambda_authorizer",
-    "handler.lambda_http (HTTP function, module only)": "handler.lambda_http",
+    "handler.aws.websocket (WebSocket handlers)": "handler.aws.websocket",
+    "handler.aws.authorizer (authorizer)": "handler.aws.authorizer",
+    "handler.aws.http (HTTP function, module only)": "handler.aws.http",
 }
 FIRST_CALL = {
     "boto3: DynamoDB + Management API clients (baseline)": (
         "import boto3; boto3.client('dynamodb');"
         f" boto3.client('apigatewaymanagementapi', endpoint_url='{ENDPOINT}')"
     ),
-    "handler.lambda_ws: import + core_for (the same two clients)": (
-        f"import handler.lambda_ws, handler.serverless; handler.serverless.core_for('{ENDPOINT}')"
+    "handler.aws.websocket: import + runtime core (the same two clients)": (
+        "import handler.aws.websocket; from handler.aws.runtime import runtime;"
+        f" runtime().core('{ENDPOINT}')"
     ),
 }
 ENV = {**os.environ, "AWS_DEFAULT_REGION": "us-east-1"}

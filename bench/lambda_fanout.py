@@ -128,7 +128,7 @@ def run(args: argparse.Namespace, endpoint: str) -> int:
     assert gone == [] and seen["calls"] == args.connections
 
     ideal = args.connections / args.concurrency * args.latency
-    rows = [
+    rows: list[dict[str, Any]] = [
         {"way": "sequential post_to_connection (baseline)", "seconds": sequential},
         {"way": f"ManagementApiDelivery, {args.concurrency} workers", "seconds": ours},
     ]

@@ -34,9 +34,9 @@ os.environ.update(
 
 from wsload import publish  # noqa: E402
 
-from handler import lambda_ws  # noqa: E402  (after the environment it reads)
-from handler.core import ChatCore  # noqa: E402
-from handler.service import limits_from  # noqa: E402
+from handler.aws.runtime import AwsRuntime, reset_runtime  # noqa: E402  (after the environment)
+from handler.aws.websocket import WebSocketHandlers  # noqa: E402
+from handler.chat.core import ChatCore  # noqa: E402
 from infra.memory import MemoryConnections, MemoryMessageLog  # noqa: E402
 from infra.settings import get_settings  # noqa: E402
 
@@ -74,21 +74,24 @@ def cpu_us(call: Callable[[], object], calls: int) -> float:
     return statistics.median(batches)
 
 
-def join_room() -> list[str]:
+def join_room(handlers: WebSocketHandlers) -> list[str]:
     ids = [f"member-{i}" for i in range(MEMBERS)]
     for connection_id in ids:
-        assert lambda_ws.handle(event("connect", connection_id))["statusCode"] == 200
+        assert handlers.connect(event("connect", connection_id))["statusCode"] == 200
     return ids
 
 
 def in_process() -> tuple[float, float, int]:
     delivery = CountingDelivery()
-    core = ChatCore(MemoryConnections(), MemoryMessageLog(), delivery, limits_from(get_settings()))
-    lambda_ws.core_for = lambda endpoint: core  # type: ignore[assignment]  # the bench's seam
-    sender = join_room()[0]
+    settings = get_settings()
+    core = ChatCore(MemoryConnections(), MemoryMessageLog(), delivery, settings.limits())
+    # The runtime's seam: every endpoint gets the in-process core.
+    runtime = AwsRuntime(settings, build_core=lambda runtime, endpoint, welcome: core)
+    handlers = WebSocketHandlers(lambda: runtime)
+    sender = join_room(handlers)[0]
     message = event("message", sender, "hello room")
-    assert lambda_ws.handle(message) == {"statusCode": 200}
-    handler = cpu_us(lambda: lambda_ws.handle(message), 2000)
+    assert handlers.default(message) == {"statusCode": 200}
+    handler = cpu_us(lambda: handlers.default(message), 2000)
     direct = cpu_us(lambda: core.message(sender, "hello room"), 2000)
     return handler, direct, delivery.frames
 
@@ -97,24 +100,24 @@ def on_moto() -> float:
     import boto3
     from moto import mock_aws
 
-    from infra.emulator import create_chat_table
+    from handler.aws.runtime import runtime
+    from infra.dynamodb import create_chat_table
 
     with mock_aws():
-        lambda_ws.reset_caches()
+        reset_runtime()
         create_chat_table(boto3.client("dynamodb"), "bench")
-        sender = join_room()[0]
+        handlers = WebSocketHandlers(runtime)
+        sender = join_room(handlers)[0]
         message = event("message", sender, "hello room")
-        assert lambda_ws.handle(message) == {"statusCode": 200}
-        return cpu_us(lambda: lambda_ws.handle(message), 40)
+        assert handlers.default(message) == {"statusCode": 200}
+        return cpu_us(lambda: handlers.default(message), 40)
 
 
 def main() -> int:
-    real_core_for = lambda_ws.core_for
     handler, direct, frames = in_process()
     assert frames > 0
-    lambda_ws.core_for = real_core_for
     moto = on_moto()
-    rows = [
+    rows: list[dict[str, Any]] = [
         {"path": "chat core called directly (baseline: what uvicorn runs)", "us": direct},
         {"path": "$default handler, stores in-process", "us": handler},
         {"path": "$default handler on moto (DynamoDB + Management API emulated)", "us": moto},

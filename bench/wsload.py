@@ -143,7 +143,7 @@ def _wait_listening(process: subprocess.Popen[bytes], port: int, log: IO[bytes])
             break
         time.sleep(0.05)
     log.seek(0)
-    raise RuntimeError(f"{process.args} is not listening:\n{log.read().decode(errors='replace')}")
+    raise RuntimeError(f"{process.args!r} is not listening:\n{log.read().decode(errors='replace')}")
 
 
 async def open_many(

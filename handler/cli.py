@@ -7,6 +7,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from infra.emulator import EmulatorConfig
 from infra.settings import SettingsError, get_settings
 
 H11_MAX_HEAD = 16 * 1024
@@ -17,7 +18,7 @@ def _serve(args: argparse.Namespace) -> int:
     _allow_long_request_lines()
     from auth.errors import AuthConfigError
     from auth.factory import build_authenticator
-    from handler.uvicorn_protocols import ChatServerConfig, serve
+    from handler.local.protocols import ChatServerConfig, serve
     from infra.log_redaction import log_config
 
     settings = get_settings()
@@ -29,7 +30,7 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     serve(
         ChatServerConfig(
-            "handler.app:create_app",
+            "handler.local.service:create_local_app",
             factory=True,
             host=args.host or settings.host,
             port=args.port if args.port is not None else settings.port,
@@ -61,8 +62,9 @@ def _allow_long_request_lines() -> None:
 
 def _emulate(args: argparse.Namespace) -> int:
     _allow_long_request_lines()
-    from handler.uvicorn_protocols import ChatServerConfig, serve
-    from infra.emulator import MAX_FRAME_BYTES, EmulatorConfig, build_emulator
+    from handler.emulate import build_emulator
+    from handler.local.protocols import ChatServerConfig, serve
+    from infra.emulator import MAX_FRAME_BYTES
     from infra.log_redaction import log_config
 
     settings = get_settings()
@@ -71,7 +73,6 @@ def _emulate(args: argparse.Namespace) -> int:
         authorizer=args.authorizer,
         idle_timeout=args.idle_timeout,
         max_duration=args.max_duration,
-        send_queue_frames=settings.send_queue_frames,
     )
     emulator, stop = build_emulator(config, args.host, args.port, args.dynamodb_endpoint)
     print(
@@ -150,17 +151,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     emulate = commands.add_parser(
         "emulate", help="run the Lambda handlers behind a local API Gateway WebSocket emulator"
     )
+    defaults = EmulatorConfig(send_queue_frames=0)
     emulate.add_argument("--host", default="127.0.0.1")
     emulate.add_argument("--port", type=int, default=3001)
-    emulate.add_argument("--stage", default="local", help="URL path of the WebSocket API")
+    emulate.add_argument("--stage", default=defaults.stage, help="URL path of the WebSocket API")
     emulate.add_argument("--dynamodb-endpoint", help="a real DynamoDB instead of moto's server")
     emulate.add_argument(
         "--authorizer",
         action="store_true",
         help="run the REQUEST authorizer on $connect (needs ?token=)",
     )
-    emulate.add_argument("--idle-timeout", type=float, default=600.0, help="seconds (10 min)")
-    emulate.add_argument("--max-duration", type=float, default=7200.0, help="seconds (2 h)")
+    emulate.add_argument(
+        "--idle-timeout", type=float, default=defaults.idle_timeout, help="seconds (10 min)"
+    )
+    emulate.add_argument(
+        "--max-duration", type=float, default=defaults.max_duration, help="seconds (2 h)"
+    )
     emulate.set_defaults(run=_emulate)
 
     token = commands.add_parser("token", help="mint an HS256 token with WSCHAT_JWT_SECRET")

@@ -9,14 +9,13 @@ retried with jittered backoff, 403 is logged loudly, and nothing aborts the batc
 from __future__ import annotations
 
 import logging
-import os
 import random
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from handler.wire import MAX_SEND_BYTES
+from handler.chat.wire import MAX_SEND_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -30,17 +29,17 @@ def management_endpoint(
     api_id: str,
     region: str,
     override: str = "",
-    offline_port: int = 3001,
+    offline_port: int | None = None,
 ) -> str:
     """Where to POST messages for connections of this API.
 
     Built from the API id rather than the request's domain so it also works when clients
-    connect through a custom domain. `override` wins; under `serverless offline` the plugin
-    serves the Management API on its WebSocket port.
+    connect through a custom domain. `override` wins; under `serverless offline`
+    (`offline_port` given) the plugin serves the Management API on its WebSocket port.
     """
     if override:
         return override.rstrip("/")
-    if os.environ.get("IS_OFFLINE"):
+    if offline_port is not None:
         return f"http://localhost:{offline_port}"
     if api_id and region:
         return f"https://{api_id}.execute-api.{region}.amazonaws.com/{stage}"

@@ -15,9 +15,22 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("handler", "auth", "infra")
-# Files of ours that a Lambda never needs.
+# Files of ours that a Lambda never needs: the local transport and its stores, the CLI and
+# the emulator, and the build itself.
+LOCAL_ONLY = (
+    "handler/local",
+    "handler/cli.py",
+    "handler/emulate.py",
+    "infra/build_lambda.py",
+    "infra/emulator.py",
+    "infra/lambda-requirements.txt",
+    "infra/local_delivery.py",
+    "infra/local_dynamodb.py",
+    "infra/log_redaction.py",
+    "infra/memory.py",
+)
 SKIP_SUFFIXES = (".pyc",)
-SKIP_NAMES = ("build_lambda.py", "lambda-requirements.txt", "__pycache__")
+SKIP_NAMES = ("__pycache__",)
 
 
 def build(python: str, platform: str, out: Path) -> Path:
@@ -55,6 +68,8 @@ def build(python: str, platform: str, out: Path) -> Path:
             if source.is_dir() or source.suffix in SKIP_SUFFIXES:
                 continue
             if any(part in SKIP_NAMES for part in relative.parts):
+                continue
+            if any(relative.as_posix().startswith(local) for local in LOCAL_ONLY):
                 continue
             target = staging / relative
             target.parent.mkdir(parents=True, exist_ok=True)

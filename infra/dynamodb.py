@@ -19,7 +19,8 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from handler.ports import ChatMessage, Connection, Dialect, StoreBusy
+from handler.chat.ports import ChatMessage, Connection, Dialect, StoreBusy
+from infra.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +128,7 @@ class DynamoConnections:
         self,
         client: Any,
         table: str,
-        ttl_seconds: int = 2 * 3600 + 300,
+        ttl_seconds: int = Settings.connection_ttl_seconds,
         page_size: int | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -249,7 +250,7 @@ class DynamoMessageLog:
         self,
         client: Any,
         table: str,
-        retention_seconds: int = 7 * 86400,
+        retention_seconds: int = Settings.history_ttl_seconds,
         clock: Callable[[], float] = time.time,
         attempts: int = 25,
         sleep: Callable[[float], None] = time.sleep,
@@ -262,7 +263,7 @@ class DynamoMessageLog:
         self._sleep = sleep
 
     def append(
-        self, room: str, user_id: str, user_name: str, text: str, client_msg_id: str | None
+        self, *, room: str, user_id: str, user_name: str, text: str, client_msg_id: str | None
     ) -> tuple[ChatMessage, bool]:
         """Store a message under the room's next id: the counter moves and the message (with
         its de-duplication marker) lands in one transaction, conditioned on the counter still
@@ -391,3 +392,26 @@ class DynamoMessageLog:
             if len(messages) >= limit:
                 break
         return messages
+
+
+def create_chat_table(client: Any, table: str) -> None:
+    """Create the ChatTable exactly as infra/resources.yml (which serverless.yml deploys)
+    defines it: keys, billing mode and TTL."""
+    from pathlib import Path
+
+    import yaml
+
+    resources = yaml.safe_load((Path(__file__).parent / "resources.yml").read_text())
+    properties = resources["Resources"]["ChatTable"]["Properties"]
+    client.create_table(
+        TableName=table,
+        AttributeDefinitions=properties["AttributeDefinitions"],
+        KeySchema=properties["KeySchema"],
+        BillingMode=properties["BillingMode"],
+    )
+    client.get_waiter("table_exists").wait(TableName=table)
+    ttl = properties["TimeToLiveSpecification"]
+    client.update_time_to_live(
+        TableName=table,
+        TimeToLiveSpecification={"AttributeName": ttl["AttributeName"], "Enabled": ttl["Enabled"]},
+    )

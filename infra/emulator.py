@@ -14,7 +14,6 @@ import asyncio
 import base64
 import json
 import logging
-import os
 import secrets
 import time
 from collections.abc import Callable, Iterable
@@ -30,8 +29,9 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.types import ASGIApp
 from starlette.websockets import WebSocket
 
-from handler.wire import MAX_SEND_BYTES
+from handler.chat.wire import MAX_SEND_BYTES, CloseCode
 from infra.local_delivery import Outbox
+from infra.settings import get_settings
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +39,8 @@ Handler = Callable[[dict[str, Any], Any], Any]
 
 API_ID = "emulator"
 # API Gateway's limits: frames of 32 KiB (clients send a message as one frame), 2 h per
-# connection, 10 min idle.
+# connection, 10 min idle (EmulatorConfig).
 MAX_FRAME_BYTES = 32 * 1024
-GOING_AWAY = 1001
 
 
 @dataclass
@@ -56,11 +55,13 @@ class _Socket:
 
 @dataclass
 class EmulatorConfig:
+    """How the emulated API behaves; `wschat emulate`'s options default to these."""
+
     stage: str = "local"
     authorizer: bool = False
     idle_timeout: float = 600.0
     max_duration: float = 7200.0
-    send_queue_frames: int = 256
+    send_queue_frames: int = field(default_factory=lambda: get_settings().send_queue_frames)
 
 
 class Emulator:
@@ -135,7 +136,7 @@ class Emulator:
             return Response(status_code=200)
         if request.method == "DELETE":
             # API Gateway closes the socket with a code of its own choosing.
-            socket.outbox.request_close(1000, "")
+            socket.outbox.request_close(CloseCode.NORMAL, "")
             return Response(status_code=204)
         return JSONResponse(
             {
@@ -212,7 +213,7 @@ class Emulator:
         outbox = Outbox(websocket.send_text, websocket.close, self.config.send_queue_frames)
         socket = _Socket(websocket, outbox, source_ip, headers.get("user-agent", ""))
         self._sockets[connection_id] = socket
-        status_code = 1006  # unless the client's close frame says otherwise
+        status_code: int = CloseCode.ABNORMAL  # unless the client's close frame says otherwise
         try:
             writer = outbox.start()
             reader = asyncio.create_task(self._read(connection_id, socket))
@@ -227,7 +228,7 @@ class Emulator:
             elif reader in done:
                 log.error("reading from %s failed", connection_id, exc_info=reader.exception())
             else:
-                status_code = 1000  # the server side closed it
+                status_code = CloseCode.NORMAL  # the server side closed it
         finally:
             # API Gateway runs $disconnect for every connection it accepted, whatever ended it.
             self._sockets.pop(connection_id, None)
@@ -244,7 +245,7 @@ class Emulator:
         while True:
             message = await websocket.receive()
             if message["type"] == "websocket.disconnect":
-                return int(message.get("code", 1005))
+                return int(message.get("code", CloseCode.NO_STATUS))
             socket.last_active = time.time()
             event = self._event("$default", "MESSAGE", connection_id, websocket, socket.source_ip)
             text, data = message.get("text"), message.get("bytes")
@@ -269,7 +270,7 @@ class Emulator:
                 socket.connected_at + self.config.max_duration,
             )
             if time.time() >= deadline:
-                socket.outbox.request_close(GOING_AWAY, "Going away")
+                socket.outbox.request_close(CloseCode.GOING_AWAY, "Going away")
                 return
             await asyncio.sleep(deadline - time.time())
 
@@ -353,117 +354,3 @@ def _multi(pairs: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
 
 def _iso(timestamp: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))
-
-
-# --- wiring -----------------------------------------------------------------------------------
-
-
-def _serialized_moto_server() -> tuple[str, Callable[[], None]]:
-    """moto's server on a free loopback port, one request at a time.
-
-    DynamoDB makes each request atomic, a transaction included; moto's backend does not when
-    requests run in parallel threads, and the welcome's seam relies on it. A lock around
-    each request restores the guarantee.
-    """
-    import threading
-
-    from moto.moto_server.werkzeug_app import (
-        DomainDispatcherApplication,
-        MotoRequestHandler,
-        create_backend_app,
-    )
-    from werkzeug.serving import make_server
-
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per DynamoDB call
-    app = DomainDispatcherApplication(create_backend_app)
-    lock = threading.Lock()
-
-    def one_at_a_time(environ: dict[str, Any], start_response: Any) -> list[bytes]:
-        with lock:
-            return list(app(environ, start_response))
-
-    server = make_server(
-        "127.0.0.1", 0, one_at_a_time, threaded=True, request_handler=MotoRequestHandler
-    )
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return f"http://127.0.0.1:{server.server_address[1]}", server.shutdown
-
-
-def start_dynamodb(endpoint: str | None, table: str) -> tuple[str, Callable[[], None]]:
-    """Use `endpoint`, or start moto's server on a free loopback port; make sure the table
-    exists. Returns the endpoint and a function that stops what was started."""
-    import boto3
-
-    stop: Callable[[], None] = lambda: None  # noqa: E731
-    if not endpoint:
-        endpoint, stop = _serialized_moto_server()
-    client = boto3.client("dynamodb", endpoint_url=endpoint)
-    if table not in client.list_tables().get("TableNames", []):
-        create_chat_table(client, table)
-    return endpoint, stop
-
-
-def create_chat_table(client: Any, table: str) -> None:
-    """Create the ChatTable exactly as infra/resources.yml (which serverless.yml deploys)
-    defines it: keys, billing mode and TTL."""
-    from pathlib import Path
-
-    import yaml
-
-    resources = yaml.safe_load((Path(__file__).parent / "resources.yml").read_text())
-    properties = resources["Resources"]["ChatTable"]["Properties"]
-    client.create_table(
-        TableName=table,
-        AttributeDefinitions=properties["AttributeDefinitions"],
-        KeySchema=properties["KeySchema"],
-        BillingMode=properties["BillingMode"],
-    )
-    client.get_waiter("table_exists").wait(TableName=table)
-    ttl = properties["TimeToLiveSpecification"]
-    client.update_time_to_live(
-        TableName=table,
-        TimeToLiveSpecification={"AttributeName": ttl["AttributeName"], "Enabled": ttl["Enabled"]},
-    )
-
-
-def build_emulator(
-    config: EmulatorConfig, host: str, port: int, dynamodb_endpoint: str | None
-) -> tuple[Emulator, Callable[[], None]]:
-    """Point the handlers at this emulator and at DynamoDB, then build it."""
-    for key, value in {
-        "AWS_ACCESS_KEY_ID": "emulator",
-        "AWS_SECRET_ACCESS_KEY": "emulator",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_REGION": "us-east-1",
-    }.items():
-        os.environ.setdefault(key, value)
-    base = f"http://{host}:{port}"
-    table = os.environ.setdefault("WSCHAT_TABLE", "wschat-emulator")
-    endpoint, stop = start_dynamodb(dynamodb_endpoint, table)
-    os.environ.update(
-        {
-            "WSCHAT_DYNAMODB_ENDPOINT": endpoint,
-            "WSCHAT_APIGW_ENDPOINT": f"{base}/{config.stage}",
-            "WSCHAT_LAMBDA_ENDPOINT": base,
-            "WSCHAT_WELCOME_FUNCTION": "welcome",
-        }
-    )
-    from auth import lambda_authorizer
-    from handler import lambda_ws
-    from handler.app import create_app, page_html
-
-    lambda_ws.reset_caches()
-    lambda_authorizer._authenticator.cache_clear()
-    emulator = Emulator(
-        config,
-        routes={
-            "$connect": lambda_ws.connect,
-            "$default": lambda_ws.default,
-            "$disconnect": lambda_ws.disconnect,
-        },
-        authorizer=lambda_authorizer.handler,
-        functions={"welcome": lambda_ws.welcome},
-        page=page_html,
-        http=create_app(serverless=True),
-    )
-    return emulator, stop

@@ -11,10 +11,20 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from enum import Enum
+
+from handler.chat.wire import CloseCode
 
 log = logging.getLogger(__name__)
 
-TRY_AGAIN_LATER = 1013
+
+class OutboxState(Enum):
+    """Where an outbox is in its life. OPEN takes frames; the others take none."""
+
+    OPEN = "open"
+    CLOSING = "closing"  # a close is queued behind the frames before it
+    ABANDONED = "abandoned"  # the client did not take its close in time; the writer stopped
+    CLOSED = "closed"  # the writer finished: the close was sent, or the socket failed
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,8 +36,8 @@ class _Close:
 class Outbox:
     """The frames waiting for one client, and the task that writes them in order.
 
-    Call `start()` once the socket is accepted; `finished` completes when the writer stops
-    (after sending a close, or when the socket fails). After a close is requested the
+    Call `start()` once the socket is accepted; the task it returns completes when the writer
+    stops (after sending a close, or when the socket fails). After a close is requested the
     writer gets `close_grace` seconds to flush it; a client that still is not reading is
     then abandoned so the server can let go of it.
     """
@@ -47,8 +57,7 @@ class Outbox:
         self._capacity = capacity
         self._wakeup: asyncio.Future[None] | None = None
         self._close_grace = close_grace
-        self._closing = False
-        self._abandoned = False
+        self.state = OutboxState.OPEN
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> asyncio.Task[None]:
@@ -57,24 +66,24 @@ class Outbox:
 
     @property
     def closing(self) -> bool:
-        return self._closing
+        return self.state is not OutboxState.OPEN
 
     def offer(self, payload: str) -> None:
         """Queue a frame; on overflow, drop the backlog and close the connection with 1013."""
-        if self._closing:
+        if self.state is not OutboxState.OPEN:
             return
         if len(self._frames) >= self._capacity:
             log.warning("send queue full (%d frames); closing slow consumer", self._capacity)
             self._frames.clear()
-            self.request_close(TRY_AGAIN_LATER, "slow consumer: send queue full")
+            self.request_close(CloseCode.TRY_AGAIN_LATER, "slow consumer: send queue full")
             return
         self._push(payload)
 
     def request_close(self, code: int, reason: str) -> None:
         """Close after the frames already queued. Only the first request counts."""
-        if self._closing:
+        if self.state is not OutboxState.OPEN:
             return
-        self._closing = True
+        self.state = OutboxState.CLOSING
         if len(self._frames) >= self._capacity:
             self._frames.clear()
         self._push(_Close(code, reason))
@@ -88,7 +97,7 @@ class Outbox:
 
     def _abandon(self) -> None:
         if self._task is not None and not self._task.done():
-            self._abandoned = True
+            self.state = OutboxState.ABANDONED
             self._task.cancel()
 
     async def _run(self) -> None:
@@ -102,13 +111,15 @@ class Outbox:
                 item = frames.popleft()
                 if isinstance(item, _Close):
                     await self._close(item.code, item.reason)
+                    self.state = OutboxState.CLOSED
                     return
                 await self._send(item)
         except asyncio.CancelledError:
-            if not self._abandoned:
+            if self.state is not OutboxState.ABANDONED:
                 raise
             log.info("client did not take its close frame in time; abandoning it")
         except Exception as error:  # the socket is gone; the reader side will notice too
+            self.state = OutboxState.CLOSED
             log.debug("writer stopped: %r", error)
 
 
@@ -137,8 +148,4 @@ class LocalDelivery:
     def close(self, connection_id: str, code: int, reason: str) -> None:
         outbox = self._outboxes.get(connection_id)
         if outbox is not None:
-            outbox.request_close(code, reason)
-
-    def close_all(self, code: int, reason: str) -> None:
-        for outbox in list(self._outboxes.values()):
             outbox.request_close(code, reason)

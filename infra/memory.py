@@ -9,7 +9,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from itertools import islice
 
-from handler.ports import ChatMessage, Connection
+from handler.chat.ports import ChatMessage, Connection
+from infra.settings import Settings
 
 
 class MemoryConnections:
@@ -85,10 +86,10 @@ class MemoryMessageLog:
 
     def __init__(
         self,
-        size: int = 1000,
+        size: int = Settings.history_size,
         clock: Callable[[], float] = time.time,
-        max_bytes: int = 64 * 1024 * 1024,
-        ttl_seconds: float = 7 * 86400,
+        max_bytes: int = Settings.history_max_bytes,
+        ttl_seconds: float = Settings.history_ttl_seconds,
     ) -> None:
         self._size = size
         self._clock = clock
@@ -104,7 +105,7 @@ class MemoryMessageLog:
         return self._bytes
 
     def append(
-        self, room: str, user_id: str, user_name: str, text: str, client_msg_id: str | None
+        self, *, room: str, user_id: str, user_name: str, text: str, client_msg_id: str | None
     ) -> tuple[ChatMessage, bool]:
         state = self._use(room, create=True)
         assert state is not None

@@ -13,6 +13,10 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, TypeVar
 
+from handler.chat.core import Limits
+
+_CORE = Limits()  # the core's defaults
+
 ENV_PREFIX = "WSCHAT_"
 
 _Number = TypeVar("_Number", int, float)
@@ -48,6 +52,11 @@ class Secret:
 
     def __hash__(self) -> int:
         return hash(self._value)
+
+
+def _platform(default: Any, *names: str) -> Any:
+    """A field read from variables the platform sets (not `WSCHAT_*`): the first present."""
+    return field(default=default, metadata={"env": names})
 
 
 def _bounded(
@@ -101,20 +110,19 @@ class Settings:
     jwks_refresh_cooldown: float = _bounded(30.0, ge=0)
     jwks_timeout: float = _bounded(2.0, gt=0)
 
-    # Limits. 32 KiB is API Gateway's WebSocket frame size, so both transports agree.
-    max_message_bytes: int = _bounded(32 * 1024, ge=1)
-    max_room_length: int = _bounded(128, ge=1)
-    rate_per_second: float = _bounded(20.0, gt=0)
-    rate_burst: int = _bounded(40, ge=1)
-    # Net rate-limited frames (each accepted frame takes one back) before a 1008 close.
-    rate_abuse_strikes: int = _bounded(20, ge=1)
+    # The chat core's limits: their defaults are the core's (handler/chat/core.py, Limits).
+    max_message_bytes: int = _bounded(_CORE.max_message_bytes, ge=1)
+    max_room_length: int = _bounded(_CORE.max_room_length, ge=1)
+    rate_per_second: float = _bounded(_CORE.rate_per_second, gt=0)
+    rate_burst: int = _bounded(_CORE.rate_burst, ge=1)
+    rate_abuse_strikes: int = _bounded(_CORE.rate_abuse_strikes, ge=1)
+    welcome_history: int = _bounded(_CORE.welcome_history, ge=0)
     send_queue_frames: int = _bounded(256, ge=1)
 
     history_size: int = _bounded(1000, ge=1)
     # `wschat serve`: all rooms' history together, in bytes; least recently used rooms go first.
     history_max_bytes: int = _bounded(64 * 1024 * 1024, ge=1024 * 1024)
     history_ttl_seconds: int = _bounded(7 * 86400, ge=60)
-    welcome_history: int = _bounded(20, ge=0)
 
     # Serverless transport (API Gateway + Lambda + DynamoDB).
     table: str = "wschat"
@@ -133,6 +141,10 @@ class Settings:
     handshake_timeout: float = _bounded(10.0, gt=0)
     max_pending_handshakes: int = _bounded(1024, ge=1)
 
+    # Set by the platform: Lambda's region, and `serverless offline`.
+    aws_region: str = _platform("", "AWS_REGION", "AWS_DEFAULT_REGION")
+    is_offline: bool = _platform(False, "IS_OFFLINE")
+
     ws_per_message_deflate: bool = False
     ws_ping_interval: float = _bounded(20.0, gt=0)
     ws_ping_timeout: float = _bounded(20.0, gt=0)
@@ -143,13 +155,30 @@ class Settings:
             _check_bounds(spec, value)
             object.__setattr__(self, spec.name, value)
 
+    def limits(self) -> Limits:
+        """The chat core's limits, as configured."""
+        return Limits(
+            max_message_bytes=self.max_message_bytes,
+            max_room_length=self.max_room_length,
+            rate_per_second=self.rate_per_second,
+            rate_burst=self.rate_burst,
+            rate_abuse_strikes=self.rate_abuse_strikes,
+            welcome_history=self.welcome_history,
+        )
+
 
 _TRUE = frozenset({"1", "true", "t", "yes", "y", "on"})
 _FALSE = frozenset({"0", "false", "f", "no", "n", "off"})
 
 
+def env_names(spec: dataclasses.Field[Any]) -> tuple[str, ...]:
+    """The environment variables a setting is read from."""
+    names: tuple[str, ...] = spec.metadata.get("env", (ENV_PREFIX + spec.name.upper(),))
+    return names
+
+
 def _env_name(spec: dataclasses.Field[Any]) -> str:
-    return ENV_PREFIX + spec.name.upper()
+    return env_names(spec)[0]
 
 
 def _convert(spec: dataclasses.Field[Any], value: object) -> object:
@@ -210,7 +239,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Settings from `WSCHAT_*` variables (names in any case; the upper-case one wins),
     defaults for the rest. Unknown `WSCHAT_*` names are ignored."""
     environ = os.environ if environ is None else environ
-    names = {spec.name for spec in dataclasses.fields(Settings)}
+    fields = dataclasses.fields(Settings)
+    names = {spec.name for spec in fields if "env" not in spec.metadata}
     values: dict[str, str] = {}
     for key, value in environ.items():
         upper = key.upper()
@@ -219,6 +249,10 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         name = upper[len(ENV_PREFIX) :].lower()
         if name in names and (key == upper or name not in values):
             values[name] = value
+    for spec in fields:  # the platform's variables, by their exact names
+        present = [environ[n] for n in spec.metadata.get("env", ()) if environ.get(n)]
+        if present:
+            values[spec.name] = present[0]
     return Settings(**values)  # type: ignore[arg-type]  # strings, converted in __post_init__
 
 

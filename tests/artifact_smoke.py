@@ -7,32 +7,32 @@ Prints one JSON object with what happened; tests/test_packaging.py asserts on it
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 events = Path(sys.argv[1])
 
 
-def load(name, **context):
-    event = json.loads((events / f"{name}.json").read_text())
+def load(name: str, **context: Any) -> dict[str, Any]:
+    event: dict[str, Any] = json.loads((events / f"{name}.json").read_text())
     event["requestContext"].update(context)
     return event
 
 
-from handler import lambda_ws  # noqa: E402
+from handler.aws import websocket  # noqa: E402
 
-report = {"fastapi_loaded_by_ws_path": "fastapi" in sys.modules}
+report: dict[str, Any] = {"fastapi_loaded_by_ws_path": "fastapi" in sys.modules}
 
-from auth import lambda_authorizer  # noqa: E402
+from handler.aws import authorizer  # noqa: E402
 
-report["authorizer"] = lambda_authorizer.handler(load("authorizer"))["policyDocument"]["Statement"][
-    0
-]["Effect"]
-report["connect"] = lambda_ws.connect(load("connect"))
-report["connect_other"] = lambda_ws.connect(load("connect", connectionId="other"))
-report["message"] = lambda_ws.default(load("message"))
-report["disconnect"] = lambda_ws.disconnect(load("disconnect"))
-report["malformed"] = lambda_ws.default({"body": "no context"})["statusCode"]
+verdict = authorizer.handler(load("authorizer"))
+report["authorizer"] = verdict["policyDocument"]["Statement"][0]["Effect"]
+report["connect"] = websocket.connect(load("connect"))
+report["connect_other"] = websocket.connect(load("connect", connectionId="other"))
+report["message"] = websocket.default(load("message"))
+report["disconnect"] = websocket.disconnect(load("disconnect"))
+report["malformed"] = websocket.default({"body": "no context"})["statusCode"]
 
-from handler import lambda_http  # noqa: E402
+from handler.aws import http  # noqa: E402
 
 http_event = {
     "version": "2.0",
@@ -59,7 +59,7 @@ http_event = {
     },
     "isBase64Encoded": False,
 }
-response = lambda_http.handler(http_event, None)
+response = http.handler(http_event, None)
 report["http"] = {"status": response["statusCode"], "body": json.loads(response["body"])}
 report["python"] = sys.version.split()[0]
 print(json.dumps(report))

@@ -21,7 +21,7 @@ ENDPOINT = "https://abcdef123.execute-api.us-east-1.amazonaws.com/prod"
 
 def create_table(client: Any, name: str) -> None:
     """The chat table, made by the same code the emulator uses, from infra/resources.yml."""
-    from infra.emulator import create_chat_table
+    from infra.dynamodb import create_chat_table
 
     create_chat_table(client, name)
 
@@ -66,13 +66,10 @@ class PostRecorder:
 
 
 def reset_caches() -> None:
-    """Forget every process-wide cached client, core and setting, as a cold start would."""
-    from auth import lambda_authorizer
-    from handler import lambda_http, lambda_ws
+    """Forget the Lambda runtime and the settings, as a cold start would."""
+    from handler.aws.runtime import reset_runtime
 
-    lambda_ws.reset_caches()
-    lambda_authorizer._authenticator.cache_clear()
-    lambda_http._adapter.cache_clear()
+    reset_runtime()
 
 
 @contextmanager

@@ -30,7 +30,7 @@ class KeyPair:
 
 
 def _pem(private: Any) -> str:
-    return (
+    return str(
         private.public_key()
         .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
         .decode()

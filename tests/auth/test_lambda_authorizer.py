@@ -5,6 +5,10 @@ from __future__ import annotations
 import pytest
 
 from auth import lambda_authorizer
+from auth.errors import AuthError
+from auth.lambda_authorizer import principal_context, principal_from_context
+from auth.principal import Principal
+from handler.aws.authorizer import handler
 from tests.auth.keys import SECRET, hs256
 from tests.aws import event, reset_caches
 
@@ -31,7 +35,7 @@ def jwt_mode(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_token_mode_allows_with_a_flat_context() -> None:
-    result = lambda_authorizer.handler(event("authorizer"))
+    result = handler(event("authorizer"))
     statement = result["policyDocument"]["Statement"][0]
     assert statement == {"Action": "execute-api:Invoke", "Effect": "Allow", "Resource": ARN}
     assert result["principalId"].startswith("user-")
@@ -43,9 +47,7 @@ def test_token_mode_allows_with_a_flat_context() -> None:
 def test_jwt_mode_carries_subject_name_and_expiry(monkeypatch: pytest.MonkeyPatch) -> None:
     jwt_mode(monkeypatch)
     token = hs256()
-    result = lambda_authorizer.handler(
-        event("authorizer", queryStringParameters={"room": "foo", "token": token})
-    )
+    result = handler(event("authorizer", queryStringParameters={"room": "foo", "token": token}))
     assert result["principalId"] == "alice-123"
     assert result["context"]["name"] == "Alice" and result["context"]["expiresAt"] > 0
     assert token not in str(result)
@@ -54,34 +56,53 @@ def test_jwt_mode_carries_subject_name_and_expiry(monkeypatch: pytest.MonkeyPatc
 def test_invalid_token_is_unauthorized(monkeypatch: pytest.MonkeyPatch) -> None:
     jwt_mode(monkeypatch)
     with pytest.raises(lambda_authorizer.Unauthorized, match=r"^Unauthorized$"):
-        lambda_authorizer.handler(
-            event("authorizer", queryStringParameters={"room": "foo", "token": "garbage"})
-        )
+        handler(event("authorizer", queryStringParameters={"room": "foo", "token": "garbage"}))
 
 
 def test_missing_credential_is_denied(monkeypatch: pytest.MonkeyPatch) -> None:
     # 403, like the seed's policy violation (API Gateway itself answers 401 when an identity
     # source is absent, before the authorizer runs).
     jwt_mode(monkeypatch)
-    result = lambda_authorizer.handler(event("authorizer", queryStringParameters={"room": "x"}))
+    result = handler(event("authorizer", queryStringParameters={"room": "x"}))
     assert result["policyDocument"]["Statement"][0]["Effect"] == "Deny"
 
 
 def test_foreign_origin_is_denied(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WSCHAT_ALLOWED_ORIGINS", "https://other.example")
     reset_caches()
-    result = lambda_authorizer.handler(event("authorizer"))
+    result = handler(event("authorizer"))
     assert result["policyDocument"]["Statement"][0]["Effect"] == "Deny"
 
 
 @pytest.mark.parametrize("bad", [{}, None, "x", {"methodArn": 5}])
 def test_malformed_events_fail_closed(bad: object) -> None:
     with pytest.raises(lambda_authorizer.Unauthorized):
-        lambda_authorizer.handler(bad)
+        handler(bad)
 
 
 def test_misconfiguration_fails_closed(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WSCHAT_AUTH", "jwt")  # no algorithms: the backend cannot be built
     reset_caches()
     with pytest.raises(lambda_authorizer.Unauthorized):
-        lambda_authorizer.handler(event("authorizer"))
+        handler(event("authorizer"))
+
+
+@pytest.mark.parametrize(
+    "principal",
+    [
+        Principal(id="alice-123", name="Alice", echo="alice-123", expires_at=1_900_000_000.5),
+        Principal(id="user-0a1b2c3d", name="user-0a1b2c3d", echo="some token"),
+    ],
+)
+def test_the_context_round_trips(principal: Principal) -> None:
+    context = {"principalId": principal.id, **principal_context(principal)}
+    assert principal_from_context(context) == principal
+
+
+@pytest.mark.parametrize(
+    "context",
+    [{}, {"principalId": ""}, {"principalId": "a", "expiresAt": "soon"}, {"principalId": 5}],
+)
+def test_a_context_we_did_not_write_is_refused(context: dict[str, object]) -> None:
+    with pytest.raises(AuthError):
+        principal_from_context(context)

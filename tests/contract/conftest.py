@@ -31,9 +31,10 @@ class Transport:
             query = {"room": room, **query}
         return self.server.ws(f"{path}?{urlencode(query)}" if query else path)
 
-    def connect(self, room: str, close_timeout: float = 2, **kwargs: Any) -> Any:
+    def connect(self, room: str, **kwargs: Any) -> Any:
         """A `websockets` connection: query parameters as keywords, plus `headers`,
-        `subprotocols`, `sock`, `max_queue`, `ping_interval` passed through."""
+        `subprotocols`, `sock`, `max_queue`, `ping_interval` and `close_timeout` (2 s)."""
+        close_timeout = kwargs.pop("close_timeout", 2)
         options = {
             k: kwargs.pop(k)
             for k in ("subprotocols", "sock", "max_queue", "ping_interval")

@@ -18,8 +18,8 @@ from tests.clients import TIMEOUT, close_code, recv, recv_json, until
 from tests.contract.conftest import TRANSPORTS, Transport, transport_with
 
 
-def send_json(ws: ClientConnection, **frame: object) -> object:
-    return ws.send(json.dumps(frame))
+async def send_json(ws: ClientConnection, **frame: object) -> None:
+    await ws.send(json.dumps(frame))
 
 
 # --- seed parity -----------------------------------------------------------------------------

@@ -41,7 +41,7 @@ async def test_access_log_never_shows_the_token(server: Server) -> None:
 
 def test_importing_the_app_reads_no_settings() -> None:
     code = (
-        "import handler.app, handler.cli, infra.settings;"
+        "import handler.local.service, handler.cli, infra.settings;"
         "print(infra.settings.get_settings.cache_info().currsize)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -29,14 +29,14 @@ def heavy_modules_loaded(code: str, env: dict[str, str] | None = None) -> list[s
     return sorted(loaded & set(HEAVY))
 
 
-@pytest.mark.parametrize("module", ["handler.lambda_ws", "auth.lambda_authorizer"])
+@pytest.mark.parametrize("module", ["handler.aws.websocket", "handler.aws.authorizer"])
 def test_importing_a_lambda_handler_loads_nothing_heavy(module: str) -> None:
     assert heavy_modules_loaded(f"import {module}") == []
 
 
 def test_boto3_is_imported_on_first_use_not_at_import() -> None:
     out = subprocess.run(
-        [sys.executable, "-c", "import sys, handler.lambda_ws; print('boto3' in sys.modules)"],
+        [sys.executable, "-c", "import sys, handler.aws.websocket; print('boto3' in sys.modules)"],
         capture_output=True,
         text=True,
         check=True,
@@ -47,11 +47,14 @@ def test_boto3_is_imported_on_first_use_not_at_import() -> None:
 
 def test_token_auth_needs_no_jwt_library() -> None:
     # The first $connect builds the authenticator; under token auth that must not pull PyJWT.
-    code = "import auth.lambda_authorizer as a; a._authenticator()"
+    code = "import handler.aws.runtime as r; r.runtime().authenticator()"
     assert heavy_modules_loaded(code, {"WSCHAT_AUTH": "token"}) == []
 
 
 def test_jwt_auth_still_loads_its_library_on_first_use() -> None:
-    code = "import auth.lambda_authorizer as a\nassert 'jwt' not in sys.modules\na._authenticator()"
+    code = (
+        "import handler.aws.runtime as r\nassert 'jwt' not in sys.modules\n"
+        "r.runtime().authenticator()"
+    )
     env = {"WSCHAT_AUTH": "jwt", "WSCHAT_JWT_ALGORITHMS": "HS256", "WSCHAT_JWT_SECRET": "k" * 32}
     assert "jwt" in heavy_modules_loaded(code, env)

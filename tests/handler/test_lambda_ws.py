@@ -10,8 +10,8 @@ import boto3
 import pytest
 from botocore.stub import ANY, Stubber
 
-from handler import lambda_ws
-from handler.serverless import management_client
+from handler.aws import websocket
+from handler.aws.runtime import runtime
 from tests.aws import ENDPOINT, PostRecorder, event
 
 pytestmark = pytest.mark.usefixtures("aws")
@@ -19,14 +19,14 @@ pytestmark = pytest.mark.usefixtures("aws")
 
 @pytest.fixture
 def posts() -> PostRecorder:
-    return PostRecorder(management_client(ENDPOINT))
+    return PostRecorder(runtime().management_client(ENDPOINT))
 
 
 @pytest.fixture
 def deletes() -> list[str]:
     """Connections the handlers closed (DeleteConnection calls, still made against moto)."""
     closed: list[str] = []
-    management_client(ENDPOINT).meta.events.register(
+    runtime().management_client(ENDPOINT).meta.events.register(
         "provide-client-params.apigatewaymanagementapi.DeleteConnection",
         lambda params, **_: closed.append(params["ConnectionId"]),
     )
@@ -34,7 +34,7 @@ def deletes() -> list[str]:
 
 
 def connect(cid: str, room: str, token: str, **query: str) -> dict[str, Any]:
-    return lambda_ws.connect(
+    return websocket.connect(
         event(
             "connect",
             connectionId=cid,
@@ -45,7 +45,7 @@ def connect(cid: str, room: str, token: str, **query: str) -> dict[str, Any]:
 
 def connect_authorized(cid: str, authorizer: dict[str, Any]) -> dict[str, Any]:
     """$connect as it arrives with an authorizer attached: its context, no credential."""
-    return lambda_ws.connect(
+    return websocket.connect(
         event(
             "connect",
             connectionId=cid,
@@ -56,7 +56,7 @@ def connect_authorized(cid: str, authorizer: dict[str, Any]) -> dict[str, Any]:
 
 
 def send(cid: str, body: str) -> dict[str, Any]:
-    return lambda_ws.default(event("message", connectionId=cid, body=body))
+    return websocket.default(event("message", connectionId=cid, body=body))
 
 
 def table_items() -> list[dict[str, Any]]:
@@ -69,7 +69,7 @@ def test_connect_message_fanout_disconnect_across_two_rooms(posts: PostRecorder)
     assert connect("B", "foo", "bob-token") == {"statusCode": 200}
     assert connect("J", "foo", "jo-token", format="json") == {"statusCode": 200}
     assert connect("C", "bar", "carol-token") == {"statusCode": 200}
-    assert lambda_ws.welcome({"connectionId": "J", "endpoint": ENDPOINT}) == {"statusCode": 200}
+    assert websocket.welcome({"connectionId": "J", "endpoint": ENDPOINT}) == {"statusCode": 200}
     welcome = posts.take_json("J")[-1]
     assert welcome["type"] == "welcome" and welcome["room"] == "foo" and welcome["count"] == 3
 
@@ -93,7 +93,7 @@ def test_connect_message_fanout_disconnect_across_two_rooms(posts: PostRecorder)
     history = posts.take_json("J")[0]
     assert [m["id"] for m in history["messages"]] == [1, 2]
 
-    assert lambda_ws.disconnect(event("disconnect", connectionId="B")) == {"statusCode": 200}
+    assert websocket.disconnect(event("disconnect", connectionId="B")) == {"statusCode": 200}
     leave = posts.take_json("J")[0]
     assert (leave["type"], leave["event"], leave["count"]) == ("presence", "leave", 2)
     send("A", "after")
@@ -105,7 +105,7 @@ def test_connect_message_fanout_disconnect_across_two_rooms(posts: PostRecorder)
 
 def test_json_subprotocol_is_selected_and_token_never_echoed(posts: PostRecorder) -> None:
     headers = {**event("connect")["headers"], "Sec-WebSocket-Protocol": "wschat.json, bearer, tok"}
-    response = lambda_ws.connect(
+    response = websocket.connect(
         event("connect", connectionId="S", headers=headers, queryStringParameters={"room": "r"})
     )
     assert response == {"statusCode": 200, "headers": {"Sec-WebSocket-Protocol": "wschat.json"}}
@@ -127,7 +127,7 @@ def test_json_subprotocol_is_selected_and_token_never_echoed(posts: PostRecorder
     ],
 )
 def test_refused_connects_write_nothing(query: dict[str, str], status: int) -> None:
-    response = lambda_ws.connect(event("connect", queryStringParameters=query))
+    response = websocket.connect(event("connect", queryStringParameters=query))
     assert response["statusCode"] == status
     assert table_items() == []
 
@@ -176,23 +176,21 @@ def test_binary_frame_gets_an_error_line(posts: PostRecorder) -> None:
         body=base64.b64encode(b"\x00\x01").decode(),
         isBase64Encoded=True,
     )
-    assert lambda_ws.default(raw) == {"statusCode": 200}
+    assert websocket.default(raw) == {"statusCode": 200}
     assert posts.take("A") == ["Error: binary frames are not supported; send text"]
 
 
 @pytest.mark.parametrize(
     ("handler", "bad_event"),
     [
-        (lambda_ws.default, {"body": "x"}),  # no requestContext
-        (lambda_ws.default, event("message", body=None)),
-        (lambda_ws.default, event("message", body="!!not base64!!", isBase64Encoded=True)),
-        (lambda_ws.default, event("message", connectionId="")),
-        (lambda_ws.default, "not even an object"),
-        (lambda_ws.connect, {"requestContext": "nope"}),
-        (lambda_ws.disconnect, {}),
-        (lambda_ws.handle, event("message", routeKey="$bogus")),
-        (lambda_ws.handle, []),
-        (lambda_ws.welcome, {"endpoint": ENDPOINT}),
+        (websocket.default, {"body": "x"}),  # no requestContext
+        (websocket.default, event("message", body=None)),
+        (websocket.default, event("message", body="!!not base64!!", isBase64Encoded=True)),
+        (websocket.default, event("message", connectionId="")),
+        (websocket.default, "not even an object"),
+        (websocket.connect, {"requestContext": "nope"}),
+        (websocket.disconnect, {}),
+        (websocket.welcome, {"endpoint": ENDPOINT}),
     ],
 )
 def test_malformed_events_get_400_and_a_log_line(
@@ -204,14 +202,6 @@ def test_malformed_events_get_400_and_a_log_line(
     assert table_items() == []
 
 
-def test_handle_dispatches_every_route(posts: PostRecorder) -> None:
-    assert lambda_ws.handle(event("connect", connectionId="H"))["statusCode"] == 200
-    assert lambda_ws.handle(event("message", connectionId="H", body="x"))["statusCode"] == 200
-    assert len(posts.take("H")) == 2
-    assert lambda_ws.handle(event("disconnect", connectionId="H"))["statusCode"] == 200
-    assert [i["sk"]["S"] for i in table_items()] == ["MSG#000000000001", "SEQ"]
-
-
 def test_message_from_unknown_connection_is_closed(deletes: list[str]) -> None:
     assert send("ghost", "boo") == {"statusCode": 200}
     assert deletes == ["ghost"]
@@ -219,7 +209,7 @@ def test_message_from_unknown_connection_is_closed(deletes: list[str]) -> None:
 
 def test_json_connect_schedules_an_async_welcome(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WSCHAT_WELCOME_FUNCTION", "wschat-prod-welcome")
-    client = lambda_ws._lambda_client()
+    client = runtime().lambda_client()
     with Stubber(client) as stub:
         stub.add_response(
             "invoke",
@@ -236,11 +226,10 @@ def test_a_publisher_paused_mid_append_leaves_no_gap_at_the_seam(posts: PostReco
     import threading
 
     from auth.principal import Principal
-    from handler.core import ConnectParams
-    from handler.ports import Dialect
-    from handler.serverless import core_for, dynamodb_client
+    from handler.chat.core import ConnectParams
+    from handler.chat.ports import Dialect
 
-    core = core_for(ENDPOINT)
+    core = runtime().core(ENDPOINT)
     reached, release = threading.Event(), threading.Event()
     publisher_a: list[threading.Thread] = []
 
@@ -249,7 +238,7 @@ def test_a_publisher_paused_mid_append_leaves_no_gap_at_the_seam(posts: PostReco
             reached.set()
             assert release.wait(10)
 
-    events = dynamodb_client().meta.events
+    events = runtime().dynamodb().meta.events
     for write in ("PutItem", "TransactWriteItems"):  # A's first write, whichever it is
         events.register(f"before-call.dynamodb.{write}", stall_a)
     a = threading.Thread(target=lambda: core.publish("seam", "id-a", "a", "from a"))

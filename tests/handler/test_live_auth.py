@@ -13,6 +13,7 @@ import jwt
 import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.typing import Origin
 
 from tests.auth.jwks_server import jwks_server
 from tests.auth.keys import SECRET, claims, rsa_pair
@@ -44,7 +45,7 @@ async def test_jwt_text_dialect_shows_the_subject_not_the_token(jwt_server: Serv
         websockets.connect(uri, additional_headers={"Authorization": f"Bearer {alice}"}) as a,
         websockets.connect(uri, subprotocols=["bearer", bob]) as b,  # type: ignore[list-item]
     ):
-        assert b.subprotocol == "bearer"
+        assert b.subprotocol == "bearer" and b.response is not None
         assert bob not in str(b.response.headers)
         await a.send("hi")
         assert await a.recv() == "Session cookie or query token value is: alice"
@@ -88,12 +89,12 @@ async def test_origin_allow_list(start_server: Any) -> None:
     cookie = {"Cookie": "session=c"}
     for origin in ["http://evil.example", "null", "http://chat.example.evil.com"]:
         with pytest.raises(InvalidStatus) as refused:
-            async with websockets.connect(uri, origin=origin, additional_headers=cookie):  # type: ignore[arg-type]
+            async with websockets.connect(uri, origin=Origin(origin), additional_headers=cookie):
                 pass
         assert refused.value.response.status_code == 403
     async with websockets.connect(
-        uri, origin="http://chat.example", additional_headers=cookie
-    ) as ws:  # type: ignore[arg-type]
+        uri, origin=Origin("http://chat.example"), additional_headers=cookie
+    ) as ws:
         await ws.send("ok")
         assert await ws.recv() == "Session cookie or query token value is: c"
 

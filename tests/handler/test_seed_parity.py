@@ -6,7 +6,7 @@ import pytest
 from fastapi.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
-from handler.app import create_app
+from handler.local.service import create_local_app
 from infra.settings import Settings
 
 SEED_PAGE_MARKERS = ['id="itemId"', 'id="token"', 'id="messageText"', "<title>Chat</title>"]
@@ -14,7 +14,7 @@ SEED_PAGE_MARKERS = ['id="itemId"', 'id="token"', 'id="messageText"', "<title>Ch
 
 @pytest.fixture
 def client() -> TestClient:
-    return TestClient(create_app(Settings()))
+    return TestClient(create_local_app(Settings()))
 
 
 def test_page_is_served(client: TestClient) -> None:

@@ -16,8 +16,8 @@ import pytest
 from botocore.stub import ANY, Stubber
 
 from auth.principal import Principal
-from handler.core import ChatCore, ConnectParams
-from handler.ports import Dialect
+from handler.chat.core import ChatCore, ConnectParams
+from handler.chat.ports import Dialect
 from infra.apigw import ManagementApiDelivery, make_management_client, management_endpoint
 from infra.dynamodb import DynamoConnections, DynamoMessageLog
 
@@ -262,30 +262,34 @@ def test_timeout_is_isolated_to_its_recipient(
 
 
 @pytest.mark.parametrize(
-    ("args", "env", "expected"),
+    ("args", "expected"),
     [
         (
             ("d.example", "prod", "abc", "eu-west-1"),
-            {},
             "https://abc.execute-api.eu-west-1.amazonaws.com/prod",
         ),
         (
             ("chat.example.com", "prod", "abc", "eu-west-1", "https://override/x/"),
-            {},
             "https://override/x",
         ),
         (
             ("d", "prod", "abc", "eu-west-1", "", 4001),
-            {"IS_OFFLINE": "true"},
             "http://localhost:4001",
-        ),
-        (("chat.example.com", "v1", "", ""), {}, "https://chat.example.com/v1"),
+        ),  # serverless offline
+        (("chat.example.com", "v1", "", ""), "https://chat.example.com/v1"),
     ],
 )
-def test_management_endpoint(
-    args: tuple[Any, ...], env: dict[str, str], expected: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.delenv("IS_OFFLINE", raising=False)
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
+def test_management_endpoint(args: tuple[Any, ...], expected: str) -> None:
     assert management_endpoint(*args) == expected
+
+
+def test_the_runtime_reads_the_platforms_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    from handler.aws.runtime import AwsRuntime
+    from infra.settings import load_settings
+
+    online = AwsRuntime(load_settings({"AWS_REGION": "eu-west-1"}))
+    assert online.endpoint_for("d", "prod", "abc") == (
+        "https://abc.execute-api.eu-west-1.amazonaws.com/prod"
+    )
+    offline = AwsRuntime(load_settings({"IS_OFFLINE": "true", "WSCHAT_OFFLINE_WS_PORT": "4001"}))
+    assert offline.endpoint_for("d", "prod", "abc") == "http://localhost:4001"

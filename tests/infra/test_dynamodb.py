@@ -7,7 +7,7 @@ from typing import Any
 import boto3
 import pytest
 
-from handler.ports import Connection, Dialect
+from handler.chat.ports import Connection, Dialect
 from infra.dynamodb import DynamoConnections, DynamoMessageLog
 
 pytestmark = pytest.mark.usefixtures("aws")
@@ -70,9 +70,15 @@ def test_room_members_are_paginated() -> None:
 
 def test_ids_increase_per_room_and_history_reads() -> None:
     log = DynamoMessageLog(boto3.client("dynamodb"), TABLE)
-    ids = [log.append("r", "u", "U", f"m{i}", None)[0].id for i in range(5)]
+    ids = [
+        log.append(room="r", user_id="u", user_name="U", text=f"m{i}", client_msg_id=None)[0].id
+        for i in range(5)
+    ]
     assert ids == [1, 2, 3, 4, 5]
-    assert log.append("other", "u", "U", "x", None)[0].id == 1
+    assert (
+        log.append(room="other", user_id="u", user_name="U", text="x", client_msg_id=None)[0].id
+        == 1
+    )
     assert [m.text for m in log.recent("r", 2)] == ["m3", "m4"]
     assert [m.id for m in log.after("r", 2, 10)] == [3, 4, 5]
     assert [m.id for m in log.after("r", 2, 1)] == [3]
@@ -83,9 +89,9 @@ def test_ids_increase_per_room_and_history_reads() -> None:
 def test_history_expires() -> None:
     clock = Clock()
     log = DynamoMessageLog(boto3.client("dynamodb"), TABLE, retention_seconds=100, clock=clock)
-    log.append("r", "u", "U", "old", None)
+    log.append(room="r", user_id="u", user_name="U", text="old", client_msg_id=None)
     clock.now += 50
-    log.append("r", "u", "U", "new", None)
+    log.append(room="r", user_id="u", user_name="U", text="new", client_msg_id=None)
     clock.now += 60
     assert [m.text for m in log.after("r", 0, 10)] == ["new"]
     assert [m.text for m in log.recent("r", 10)] == ["new"]
@@ -93,9 +99,15 @@ def test_history_expires() -> None:
 
 def test_client_msg_id_is_stored_once() -> None:
     log = DynamoMessageLog(boto3.client("dynamodb"), TABLE)
-    first, created = log.append("r", "alice", "Alice", "hi", "k1")
-    again, created_again = log.append("r", "alice", "Alice", "hi", "k1")
-    _, created_bob = log.append("r", "bob", "Bob", "hi", "k1")
+    first, created = log.append(
+        room="r", user_id="alice", user_name="Alice", text="hi", client_msg_id="k1"
+    )
+    again, created_again = log.append(
+        room="r", user_id="alice", user_name="Alice", text="hi", client_msg_id="k1"
+    )
+    _, created_bob = log.append(
+        room="r", user_id="bob", user_name="Bob", text="hi", client_msg_id="k1"
+    )
     assert created and not created_again and created_bob
     assert again == first
     assert [m.id for m in log.after("r", 0, 10)] == [1, 2]
@@ -107,7 +119,7 @@ def test_mark_welcomed_only_while_the_room_is_unchanged() -> None:
     store.add(conn("early"))
     assert store.mark_welcomed("early", "r", 0)  # an empty room: nothing to miss
     store.add(conn("late"))
-    log.append("r", "u", "U", "hi", None)
+    log.append(room="r", user_id="u", user_name="U", text="hi", client_msg_id=None)
     assert not store.mark_welcomed("late", "r", 0)  # a message arrived since its history
     assert store.mark_welcomed("late", "r", 1)
     assert {c.id: c.welcomed_through for c in store.in_room("r")} == {"early": 0, "late": 1}
@@ -119,7 +131,7 @@ def test_a_welcome_over_expired_history_opens_at_once(caplog: pytest.LogCaptureF
     """Every message of the room has expired, its counter has not: the welcome must open the
     connection at the counter, not wait for ids that will never come back."""
     from auth.principal import Principal
-    from handler.core import ChatCore, ConnectParams, Limits
+    from handler.chat.core import ChatCore, ConnectParams, Limits
     from tests.handler.recording import RecordingDelivery
 
     clock = Clock()
@@ -163,12 +175,16 @@ def test_a_publisher_that_lost_the_race_takes_the_next_id() -> None:
     client.meta.events.register("before-call.dynamodb.TransactWriteItems", stall_a)
     results: list[int] = []
     a = threading.Thread(
-        target=lambda: results.append(log.append("race", "a", "a", "A", None)[0].id)
+        target=lambda: results.append(
+            log.append(room="race", user_id="a", user_name="a", text="A", client_msg_id=None)[0].id
+        )
     )
     publisher_a.append(a)
     a.start()
     assert reached.wait(10)
-    assert log.append("race", "b", "b", "B", None)[0].id == 1
+    assert (
+        log.append(room="race", user_id="b", user_name="b", text="B", client_msg_id=None)[0].id == 1
+    )
     release.set()
     a.join(10)
     assert results == [2]

@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
-from infra.emulator import Emulator, EmulatorConfig
+from infra.emulator import Emulator, EmulatorConfig, Handler
 
 
 class Lambda:
@@ -38,7 +38,7 @@ class Lambda:
 
 
 def emulator(handler: Lambda, authorizer_handler: Any = None, **config: Any) -> TestClient:
-    routes = {
+    routes: dict[str, Handler] = {
         "$connect": handler,
         "$default": handler,
         "$disconnect": handler,

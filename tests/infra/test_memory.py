@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from handler.ports import Connection, Dialect
+from handler.chat.ports import Connection, Dialect
 from infra.memory import MemoryConnections, MemoryMessageLog
 
 
@@ -24,9 +24,15 @@ def test_connections_by_room_and_removal() -> None:
 
 def test_ids_increase_per_room_and_the_ring_is_bounded() -> None:
     log = MemoryMessageLog(size=3)
-    ids = [log.append("r", "u", "u", f"m{i}", None)[0].id for i in range(5)]
+    ids = [
+        log.append(room="r", user_id="u", user_name="u", text=f"m{i}", client_msg_id=None)[0].id
+        for i in range(5)
+    ]
     assert ids == [1, 2, 3, 4, 5]
-    assert log.append("other", "u", "u", "x", None)[0].id == 1
+    assert (
+        log.append(room="other", user_id="u", user_name="u", text="x", client_msg_id=None)[0].id
+        == 1
+    )
     assert [m.text for m in log.recent("r", 10)] == ["m2", "m3", "m4"]
     assert [m.id for m in log.after("r", 0, 10)] == [3, 4, 5]  # older ones fell off the ring
     assert [m.id for m in log.after("r", 3, 10)] == [4, 5]
@@ -38,9 +44,15 @@ def test_ids_increase_per_room_and_the_ring_is_bounded() -> None:
 
 def test_client_msg_id_dedup_is_per_user() -> None:
     log = MemoryMessageLog()
-    first, created = log.append("r", "alice", "Alice", "hi", "c1")
-    again, created_again = log.append("r", "alice", "Alice", "hi", "c1")
-    other, created_other = log.append("r", "bob", "Bob", "hi", "c1")
+    first, created = log.append(
+        room="r", user_id="alice", user_name="Alice", text="hi", client_msg_id="c1"
+    )
+    again, created_again = log.append(
+        room="r", user_id="alice", user_name="Alice", text="hi", client_msg_id="c1"
+    )
+    other, created_other = log.append(
+        room="r", user_id="bob", user_name="Bob", text="hi", client_msg_id="c1"
+    )
     assert created and not created_again and created_other
     assert again == first and other.id == 2
 
@@ -56,22 +68,28 @@ class Clock:
 def test_all_rooms_stay_within_the_byte_budget_least_recently_used_first() -> None:
     log = MemoryMessageLog(max_bytes=1024 * 1024)
     for room in range(200):
-        log.append(f"room-{room}", "u", "u", "x" * 20_000, None)
+        log.append(
+            room=f"room-{room}", user_id="u", user_name="u", text="x" * 20_000, client_msg_id=None
+        )
         assert log.retained_bytes <= 1024 * 1024
     assert log.after("room-199", 0, 10) and log.after("room-190", 0, 10)
     assert log.after("room-0", 0, 10) == []  # the least recently used went first
     # A forgotten room's ids do not go back: it continues above every id it had.
     assert log.latest_id("room-0") >= 1
-    message, _ = log.append("room-0", "u", "u", "back", None)
+    message, _ = log.append(
+        room="room-0", user_id="u", user_name="u", text="back", client_msg_id=None
+    )
     assert message.id > 1
 
 
 def test_reading_a_room_keeps_it() -> None:
     log = MemoryMessageLog(max_bytes=1024 * 1024)
-    log.append("kept", "u", "u", "x" * 20_000, None)
+    log.append(room="kept", user_id="u", user_name="u", text="x" * 20_000, client_msg_id=None)
     for room in range(200):
         log.after("kept", 0, 1)
-        log.append(f"room-{room}", "u", "u", "x" * 20_000, None)
+        log.append(
+            room=f"room-{room}", user_id="u", user_name="u", text="x" * 20_000, client_msg_id=None
+        )
     assert [m.text[:1] for m in log.after("kept", 0, 10)] == ["x"]
 
 
@@ -79,11 +97,11 @@ def test_one_room_over_the_budget_loses_its_oldest_messages() -> None:
     log = MemoryMessageLog(max_bytes=1024 * 1024)
     for i in range(200):
         log.append(
-            "big",
-            "u",
-            "u",
-            f"{i}:" + "x" * 20_000,
-            None,
+            room="big",
+            user_id="u",
+            user_name="u",
+            text=f"{i}:" + "x" * 20_000,
+            client_msg_id=None,
         )
     kept = log.after("big", 0, 1000)
     assert log.retained_bytes <= 1024 * 1024
@@ -93,22 +111,27 @@ def test_one_room_over_the_budget_loses_its_oldest_messages() -> None:
 def test_messages_and_idle_rooms_expire_after_the_ttl() -> None:
     clock = Clock()
     log = MemoryMessageLog(clock=clock, ttl_seconds=60)
-    log.append("old", "u", "u", "stale", None)
-    log.append("live", "u", "u", "first", None)
+    log.append(room="old", user_id="u", user_name="u", text="stale", client_msg_id=None)
+    log.append(room="live", user_id="u", user_name="u", text="first", client_msg_id=None)
     clock.now += 30
-    log.append("live", "u", "u", "second", None)
+    log.append(room="live", user_id="u", user_name="u", text="second", client_msg_id=None)
     clock.now += 40
     assert [m.text for m in log.after("live", 0, 10)] == ["second"]
-    log.append("other", "u", "u", "sweeps", None)
+    log.append(room="other", user_id="u", user_name="u", text="sweeps", client_msg_id=None)
     assert log.after("old", 0, 10) == [] and log.latest_id("old") == 1  # forgotten, ids kept
     assert log.retained_bytes < 10_000
 
 
 def test_a_retry_after_its_message_left_the_ring_is_stored_again() -> None:
     log = MemoryMessageLog(size=2)
-    first, _ = log.append("r", "u", "u", "a", "k1")
-    log.append("r", "u", "u", "b", None)
-    assert log.append("r", "u", "u", "a", "k1") == (first, False)
-    log.append("r", "u", "u", "c", None)  # "a" leaves the ring, and its retry key with it
-    again, created = log.append("r", "u", "u", "a", "k1")
+    first, _ = log.append(room="r", user_id="u", user_name="u", text="a", client_msg_id="k1")
+    log.append(room="r", user_id="u", user_name="u", text="b", client_msg_id=None)
+    assert log.append(room="r", user_id="u", user_name="u", text="a", client_msg_id="k1") == (
+        first,
+        False,
+    )
+    log.append(
+        room="r", user_id="u", user_name="u", text="c", client_msg_id=None
+    )  # "a" leaves the ring, and its retry key with it
+    again, created = log.append(room="r", user_id="u", user_name="u", text="a", client_msg_id="k1")
     assert created and again.id == 4

@@ -6,51 +6,47 @@ import asyncio
 import logging
 import secrets
 import time
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING
 
-from fastapi import Query, WebSocket, WebSocketException
+from fastapi import WebSocket, WebSocketException
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import PlainTextResponse
 
 from auth.errors import AuthError
 from auth.handshake import Handshake
-from handler.core import ConnectParams
-from handler.ports import Dialect
-from handler.service import LocalChat
-from handler.wire import CloseCode, choose_subprotocol, room_problem
+from handler.chat.core import ConnectParams
+from handler.chat.handshake import Refused, negotiate
+from handler.chat.wire import CloseCode
 from infra.local_delivery import Outbox
+
+if TYPE_CHECKING:
+    from handler.local.service import LocalChat
 
 log = logging.getLogger(__name__)
 
 
-async def chat_socket(
-    websocket: WebSocket,
-    item_id: str,
-    q: int | None = None,
-    since: Annotated[int | None, Query(ge=0)] = None,
-    dialect: Annotated[Literal["text", "json"] | None, Query(alias="format")] = None,
-) -> None:
+async def chat_socket(websocket: WebSocket, item_id: str) -> None:
     """`/items/{item_id}/ws`: the seed's endpoint, now a room of a chat."""
     chat: LocalChat = websocket.app.state.chat
-    problem = room_problem(item_id, chat.settings.max_room_length)
-    if problem is not None:
-        raise WebSocketException(CloseCode.POLICY_VIOLATION, problem)
     handshake = Handshake.from_asgi(websocket.scope)
+    asked = negotiate(
+        item_id, handshake.query, handshake.subprotocols, chat.settings.max_room_length
+    )
+    if isinstance(asked, Refused):
+        log.info("handshake refused (%d): %s", asked.status, asked.reason)
+        # The seed's answer: a policy-violation close before accept, which is HTTP 403.
+        raise WebSocketException(CloseCode.POLICY_VIOLATION, asked.reason)
     try:
         principal = await run_in_threadpool(chat.authenticator.authenticate, handshake)
     except AuthError as error:
         log.info("handshake refused (%d): %s", error.status, error.reason)
         if error.status == 403:
-            # The seed's answer: a policy-violation close before accept, which is HTTP 403.
             raise WebSocketException(CloseCode.POLICY_VIOLATION, error.reason) from None
         await websocket.send_denial_response(
             PlainTextResponse(error.reason, status_code=error.status)
         )
         return
-
-    offered_dialect, subprotocol = choose_subprotocol(list(handshake.subprotocols))
-    chosen = Dialect(dialect) if dialect else (offered_dialect or Dialect.TEXT)
-    await websocket.accept(subprotocol=subprotocol)
+    await websocket.accept(subprotocol=asked.subprotocol)
 
     connection_id = secrets.token_urlsafe(9)
     outbox = Outbox(websocket.send_text, websocket.close, chat.settings.send_queue_frames)
@@ -58,8 +54,10 @@ async def chat_socket(
     writer = outbox.start()
     expiry: asyncio.TimerHandle | None = None
     try:
-        chat.core.connect(connection_id, item_id, principal, ConnectParams(chosen, q))
-        chat.core.welcome(connection_id, since)
+        chat.core.connect(
+            connection_id, asked.room, principal, ConnectParams(asked.dialect, asked.q)
+        )
+        chat.core.welcome(connection_id, asked.since)
         if principal.expires_at is not None:
             delay = max(0.0, principal.expires_at - time.time())
             expiry = asyncio.get_running_loop().call_later(delay, chat.core.expire, connection_id)

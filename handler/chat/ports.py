@@ -76,7 +76,7 @@ class ConnectionStore(Protocol):
 
 class MessageLog(Protocol):
     def append(
-        self, room: str, user_id: str, user_name: str, text: str, client_msg_id: str | None
+        self, *, room: str, user_id: str, user_name: str, text: str, client_msg_id: str | None
     ) -> tuple[ChatMessage, bool]:
         """Store a message under the room's next id. Returns (message, created): a repeated
         `client_msg_id` from the same user returns the stored message with created=False.

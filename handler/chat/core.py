@@ -13,8 +13,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from auth.principal import Principal, is_text
-from handler import wire
-from handler.ports import (
+from handler.chat import wire
+from handler.chat.ports import (
     ChatMessage,
     Connection,
     ConnectionStore,
@@ -23,8 +23,8 @@ from handler.ports import (
     MessageLog,
     StoreBusy,
 )
-from handler.ratelimit import TokenBucket
-from handler.wire import CloseCode, ErrorCode, FrameError
+from handler.chat.ratelimit import TokenBucket
+from handler.chat.wire import CloseCode, ErrorCode, FrameError
 
 log = logging.getLogger(__name__)
 
@@ -216,14 +216,27 @@ class ChatCore:
         """Store a message and deliver it to the room (the sender's text-dialect socket
         excepted: it already got the seed's echo). A repeated `client_msg_id` is stored and
         delivered once; the repeat is acknowledged to the JSON sender only. Raises FrameError
-        (`message_too_large`) for a message no frame could carry; nothing is stored."""
+        for text that is empty or too large, by itself or as a frame; nothing is stored."""
+        if not text.strip():
+            raise FrameError(ErrorCode.EMPTY_MESSAGE, "`text` must not be empty")
+        if not is_text(text):
+            raise FrameError(ErrorCode.BAD_REQUEST, wire.NOT_TEXT.format(name="text"))
+        limit = self.limits.max_message_bytes
+        if len(text.encode()) > limit:
+            raise FrameError(ErrorCode.MESSAGE_TOO_LARGE, f"`text` is over {limit} bytes")
         draft = ChatMessage(0, room, user_id, user_name, text, self._wall_clock(), client_msg_id)
         if not wire.fits_in_a_frame(draft):
             raise FrameError(
                 ErrorCode.MESSAGE_TOO_LARGE,
                 f"message is over {wire.MAX_SEND_BYTES} bytes as a frame (JSON escapes it)",
             )
-        message, created = self.messages.append(room, user_id, user_name, text, client_msg_id)
+        message, created = self.messages.append(
+            room=room,
+            user_id=user_id,
+            user_name=user_name,
+            text=text,
+            client_msg_id=client_msg_id,
+        )
         if not created:
             if sender is not None and sender.dialect is Dialect.JSON:
                 self._deliver([sender.id], wire.message_frame(message))
@@ -268,9 +281,6 @@ class ChatCore:
             self._refuse(connection, error.code, error.detail)
             return
         if isinstance(action, wire.SendMessage):
-            if not action.text.strip():
-                self._refuse(connection, ErrorCode.EMPTY_MESSAGE, "`text` must not be empty")
-                return
             self._publish_from(connection, action.text, action.client_msg_id)
         elif isinstance(action, wire.HistoryRequest):
             room = connection.room

@@ -28,12 +28,13 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from uvicorn.server import ServerState
 
+from handler.chat.wire import CloseCode
+
 if TYPE_CHECKING:
     from uvicorn._types import ASGISendEvent
 
 log = logging.getLogger(__name__)
 
-INVALID_FRAME_PAYLOAD = 1007
 # A request is complete, or beyond our concern, in any of these states of the client's side.
 _REQUEST_OVER = frozenset({h11.DONE, h11.MUST_CLOSE, h11.CLOSED, h11.ERROR})
 
@@ -163,7 +164,7 @@ class ChatWebSocketProtocol(WebSocketsSansIOProtocol):
                 self.frames = []
                 client = "%s:%d" % self.client if self.client else "a client"  # noqa: UP031
                 log.info("%s sent a text frame that is not UTF-8; closing with 1007", client)
-                self.conn.send_close(INVALID_FRAME_PAYLOAD, "invalid UTF-8")
+                self.conn.send_close(CloseCode.INVALID_PAYLOAD, "invalid UTF-8")
                 self.handle_parser_exception()
                 return
         super().send_receive_event_to_app()

@@ -22,9 +22,10 @@ from auth.credentials import find_credential
 from auth.errors import AuthError
 from auth.handshake import Handshake
 from auth.principal import Principal, is_text
-from handler.core import ChatCore
-from handler.ports import StoreBusy
-from handler.wire import NOT_TEXT, FrameError, message_body, room_problem
+from handler.chat.core import ChatCore
+from handler.chat.handshake import room_problem
+from handler.chat.ports import StoreBusy
+from handler.chat.wire import NOT_TEXT, ErrorCode, FrameError, message_body
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -76,6 +77,10 @@ async def _principal(request: Request, backend: RestBackend) -> Principal:
         raise HTTPException(error.status, error.reason) from None
 
 
+# The HTTP status of each refusal the core may answer a publish with.
+STATUS_OF = {ErrorCode.MESSAGE_TOO_LARGE: 413, ErrorCode.EMPTY_MESSAGE: 422}
+
+
 def _check_room(room: str, backend: RestBackend) -> None:
     problem = room_problem(room, backend.core.limits.max_room_length)
     if problem is not None:
@@ -117,11 +122,6 @@ def rest_router(backend: Callable[[], RestBackend]) -> APIRouter:
         chat = backend()
         principal = await _principal(request, chat)
         _check_room(room, chat)
-        if not body.text.strip():
-            raise HTTPException(422, "`text` must not be empty")
-        limit = chat.core.limits.max_message_bytes
-        if len(body.text.encode()) > limit:
-            raise HTTPException(413, f"`text` is over {limit} bytes")
         try:
             message, created = await _run(
                 chat,
@@ -129,8 +129,8 @@ def rest_router(backend: Callable[[], RestBackend]) -> APIRouter:
                     room, principal.id, principal.name, body.text, body.client_msg_id
                 ),
             )
-        except FrameError as error:  # message_too_large: no frame could carry it
-            raise HTTPException(413, error.detail) from None
+        except FrameError as error:  # the core's refusal: empty, or too large
+            raise HTTPException(STATUS_OF.get(error.code, 422), error.detail) from None
         except StoreBusy:
             raise HTTPException(
                 503, "the room is busy; retry with the same client_msg_id"

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import json
 import re
-import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
 
-from auth.credentials import BEARER_SUBPROTOCOL
 from auth.principal import is_text
-from handler.ports import ChatMessage, Connection, Dialect
+from handler.chat.ports import ChatMessage, Connection
 
 JSON_SUBPROTOCOL = "wschat.json"
 
@@ -28,9 +26,11 @@ HISTORY_PAGE_BYTES = 1024 * 1024
 class CloseCode(IntEnum):
     NORMAL = 1000
     GOING_AWAY = 1001
+    NO_STATUS = 1005  # the peer closed without a code
+    ABNORMAL = 1006  # the connection dropped without a close frame
+    INVALID_PAYLOAD = 1007  # a text frame that is not UTF-8
     POLICY_VIOLATION = 1008
     MESSAGE_TOO_BIG = 1009
-    SERVICE_RESTART = 1012
     TRY_AGAIN_LATER = 1013
     TOKEN_EXPIRED = 4401
 
@@ -45,29 +45,6 @@ class ErrorCode:
     TOKEN_EXPIRED = "token_expired"  # noqa: S105 (an error code, not a secret)
     MESSAGE_TOO_LARGE = "message_too_large"
     BUSY = "busy"
-
-
-# --- the handshake ----------------------------------------------------------------------
-
-
-def room_problem(room: str, max_length: int) -> str | None:
-    """Why a room name is refused, or None. Any printable Unicode is a fine room name."""
-    if not room:
-        return "room name is empty"
-    if len(room) > max_length:
-        return f"room name longer than {max_length} characters"
-    if any(unicodedata.category(ch).startswith("C") for ch in room):
-        return "room name contains control characters"
-    return None
-
-
-def choose_subprotocol(offered: Sequence[str]) -> tuple[Dialect | None, str | None]:
-    """The dialect the offered subprotocols ask for, and the one to select (never a token)."""
-    if JSON_SUBPROTOCOL in offered:
-        return Dialect.JSON, JSON_SUBPROTOCOL
-    if BEARER_SUBPROTOCOL in offered:
-        return None, BEARER_SUBPROTOCOL
-    return None, None
 
 
 # --- inbound (JSON dialect) -------------------------------------------------------------

@@ -1,0 +1,55 @@
+"""A DynamoDB for local runs (`wschat emulate`, `serverless offline`): moto's server on a free
+loopback port, one request at a time, with the chat table."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from infra.dynamodb import create_chat_table
+
+
+def serialized_moto_server() -> tuple[str, Callable[[], None]]:
+    """moto's server on a free loopback port, one request at a time.
+
+    DynamoDB makes each request atomic, a transaction included; moto's backend does not when
+    requests run in parallel threads, and the welcome's seam relies on it. A lock around
+    each request restores the guarantee.
+    """
+    import threading
+
+    from moto.moto_server.werkzeug_app import (
+        DomainDispatcherApplication,
+        MotoRequestHandler,
+        create_backend_app,
+    )
+    from werkzeug.serving import make_server
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per DynamoDB call
+    app = DomainDispatcherApplication(create_backend_app)
+    lock = threading.Lock()
+
+    def one_at_a_time(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        with lock:
+            return list(app(environ, start_response))
+
+    server = make_server(
+        "127.0.0.1", 0, one_at_a_time, threaded=True, request_handler=MotoRequestHandler
+    )
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return f"http://127.0.0.1:{server.server_address[1]}", server.shutdown
+
+
+def start_dynamodb(endpoint: str | None, table: str) -> tuple[str, Callable[[], None]]:
+    """Use `endpoint`, or start moto's server on a free loopback port; make sure the table
+    exists. Returns the endpoint and a function that stops what was started."""
+    import boto3
+
+    stop: Callable[[], None] = lambda: None  # noqa: E731
+    if not endpoint:
+        endpoint, stop = serialized_moto_server()
+    client = boto3.client("dynamodb", endpoint_url=endpoint)
+    if table not in client.list_tables().get("TableNames", []):
+        create_chat_table(client, table)
+    return endpoint, stop
