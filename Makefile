@@ -59,6 +59,7 @@ bench: $(VENV)/.installed-bench
 	$(BIN)/python bench/warm_path.py
 	$(BIN)/python bench/lambda_fanout.py
 	$(BIN)/python bench/artifact_size.py
+	$(BIN)/python bench/emulator_soak.py
 	$(BIN)/python bench/report.py
 
 # The Lambda artifact: our packages + dependencies built for the Lambda runtime (3.12, x86_64).

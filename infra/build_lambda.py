@@ -25,6 +25,7 @@ LOCAL_ONLY = (
     "infra/emulator.py",
     "infra/lambda-requirements.txt",
     "infra/local_delivery.py",
+    "infra/lean_moto.py",
     "infra/local_dynamodb.py",
     "infra/log_redaction.py",
     "infra/memory.py",

@@ -7,6 +7,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from infra import lean_moto
 from infra.dynamodb import create_chat_table
 
 
@@ -15,24 +16,24 @@ def serialized_moto_server() -> tuple[str, Callable[[], None]]:
 
     DynamoDB makes each request atomic, a transaction included; moto's backend does not when
     requests run in parallel threads, and the welcome's seam relies on it. A lock around
-    each request restores the guarantee.
+    each request restores the guarantee. moto is kept lean for hours of use (infra/lean_moto.py).
     """
     import threading
 
-    from moto.moto_server.werkzeug_app import (
-        DomainDispatcherApplication,
-        MotoRequestHandler,
-        create_backend_app,
-    )
+    from moto.moto_server.werkzeug_app import MotoRequestHandler, create_backend_app
     from werkzeug.serving import make_server
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per DynamoDB call
-    app = DomainDispatcherApplication(create_backend_app)
+    lean_moto.install()
+    app = create_backend_app("dynamodb")  # this server is DynamoDB only: no per-request lookup
     lock = threading.Lock()
 
     def one_at_a_time(environ: dict[str, Any], start_response: Any) -> list[bytes]:
         with lock:
-            return list(app(environ, start_response))
+            try:
+                return list(app(environ, start_response))
+            finally:
+                lean_moto.forget_tracked_models()
 
     server = make_server(
         "127.0.0.1", 0, one_at_a_time, threaded=True, request_handler=MotoRequestHandler

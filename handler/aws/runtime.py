@@ -101,7 +101,14 @@ class AwsRuntime:
                 import boto3
                 from botocore.config import Config
 
-                config = Config(connect_timeout=2, read_timeout=5, retries={"mode": "standard"})
+                config = Config(
+                    connect_timeout=2,
+                    read_timeout=5,
+                    retries={"mode": "standard"},
+                    # Every request is built by infra/dynamodb.py; checking each against the
+                    # service model costs CPU on every call and catches nothing.
+                    parameter_validation=False,
+                )
                 endpoint = self.settings.dynamodb_endpoint or None
                 self._dynamodb = boto3.client("dynamodb", endpoint_url=endpoint, config=config)
             return self._dynamodb

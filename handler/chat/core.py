@@ -137,15 +137,14 @@ class ChatCore:
             self.connections.mark_welcomed(connection_id, room, through, force=True)
             return
         for _ in range(self.limits.welcome_attempts):
+            if self.connections.mark_welcomed(connection_id, room, through):
+                return  # nothing was stored since: live from here
+            # Stored while the welcome was sent: catch up, then confirm again.
             latest = self.messages.latest_id(room)
             missed = self._page(room, through)
-            if missed:  # published while the welcome was sent: catch up, then confirm again
-                through = missed[-1].id
-                self._deliver_messages(connection_id, missed)
-                continue
-            through = max(through, latest)
-            if self.connections.mark_welcomed(connection_id, room, through):
-                return
+            self._deliver_messages(connection_id, missed)
+            # Ids up to `latest` that the page lacks have expired; past a full page, read on.
+            through = missed[-1].id if missed else max(through, latest)
         # The room never stood still long enough. Open the connection anyway and send what
         # arrived since: a message may then come twice (clients drop repeated ids), never
         # not at all.

@@ -12,7 +12,7 @@
   instead of a traceback at ERROR that a client could repeat to flood the log.
 
 They build on uvicorn's `h11` and `websockets-sansio` implementations (pinned in
-pyproject.toml); tests/handler/test_uvicorn_protocols.py holds each behaviour.
+pyproject.toml); tests/contract/test_hostile.py holds each behaviour, on both.
 """
 
 from __future__ import annotations

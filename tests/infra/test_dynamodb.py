@@ -132,7 +132,7 @@ def test_a_welcome_over_expired_history_opens_at_once(caplog: pytest.LogCaptureF
     connection at the counter, not wait for ids that will never come back."""
     from auth.principal import Principal
     from handler.chat.core import ChatCore, ConnectParams, Limits
-    from tests.handler.recording import RecordingDelivery
+    from tests.handler.chat.recording import RecordingDelivery
 
     clock = Clock()
     client = boto3.client("dynamodb")

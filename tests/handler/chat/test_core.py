@@ -13,7 +13,7 @@ from handler.chat.core import ChatCore, ConnectParams, Limits
 from handler.chat.ports import Dialect
 from handler.chat.wire import FrameError
 from infra.memory import MemoryConnections, MemoryMessageLog
-from tests.handler.recording import RecordingDelivery
+from tests.handler.chat.recording import RecordingDelivery
 
 TEXT = ConnectParams(Dialect.TEXT)
 JSON = ConnectParams(Dialect.JSON)
