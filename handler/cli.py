@@ -151,10 +151,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     emulate = commands.add_parser(
         "emulate", help="run the Lambda handlers behind a local API Gateway WebSocket emulator"
     )
-    defaults = EmulatorConfig(send_queue_frames=0)
     emulate.add_argument("--host", default="127.0.0.1")
     emulate.add_argument("--port", type=int, default=3001)
-    emulate.add_argument("--stage", default=defaults.stage, help="URL path of the WebSocket API")
+    emulate.add_argument(
+        "--stage", default=EmulatorConfig.stage, help="URL path of the WebSocket API"
+    )
     emulate.add_argument("--dynamodb-endpoint", help="a real DynamoDB instead of moto's server")
     emulate.add_argument(
         "--authorizer",
@@ -162,10 +163,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="run the REQUEST authorizer on $connect (needs ?token=)",
     )
     emulate.add_argument(
-        "--idle-timeout", type=float, default=defaults.idle_timeout, help="seconds (10 min)"
+        "--idle-timeout", type=float, default=EmulatorConfig.idle_timeout, help="seconds (10 min)"
     )
     emulate.add_argument(
-        "--max-duration", type=float, default=defaults.max_duration, help="seconds (2 h)"
+        "--max-duration", type=float, default=EmulatorConfig.max_duration, help="seconds (2 h)"
     )
     emulate.set_defaults(run=_emulate)
 
