@@ -29,6 +29,11 @@ class Handshake:
         return self.headers.get("origin")
 
     @classmethod
+    def bearer(cls, token: str) -> Handshake:
+        """A handshake whose only credential is `token`: how an in-band refresh is verified."""
+        return cls(headers={"authorization": f"Bearer {token}"})
+
+    @classmethod
     def from_asgi(cls, scope: Mapping[str, Any]) -> Handshake:
         """Build the view from an ASGI `websocket` scope (uvicorn, Starlette's TestClient)."""
         headers = {

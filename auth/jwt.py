@@ -20,6 +20,7 @@ from auth.errors import AuthConfigError, AuthError
 from auth.handshake import Handshake
 from auth.jwks import JwksCache, JwksUnavailable
 from auth.principal import Principal
+from auth.rooms import Grants
 from infra.settings import Settings, split_list
 
 log = logging.getLogger(__name__)
@@ -36,21 +37,24 @@ _BASE64URL = re.compile(r"[A-Za-z0-9_-]*")
 
 @dataclass(frozen=True)
 class JwtConfig:
+    """The JWT settings, as the verifier uses them. Defaults are the settings' own."""
+
     algorithms: tuple[str, ...]
     secret: str | None = None
     public_key: str | None = None
-    jwks_url: str = ""
+    jwks_url: str = Settings.jwt_jwks_url
     audience: tuple[str, ...] = ()
-    issuer: str = ""
-    leeway: float = 0.0
-    required_claims: tuple[str, ...] = ("exp", "iat", "sub")
-    name_claim: str = "name"
-    token_use: str = ""
+    issuer: str = Settings.jwt_issuer
+    leeway: float = Settings.jwt_leeway
+    required_claims: tuple[str, ...] = tuple(split_list(Settings.jwt_required_claims))
+    name_claim: str = Settings.jwt_name_claim
+    rooms_claim: str = Settings.jwt_rooms_claim
+    token_use: str = Settings.jwt_token_use
     client_ids: tuple[str, ...] = ()
-    max_token_bytes: int = 8192
-    jwks_cache_seconds: float = 600.0
-    jwks_refresh_cooldown: float = 30.0
-    jwks_timeout: float = 2.0
+    max_token_bytes: int = Settings.jwt_max_token_bytes
+    jwks_cache_seconds: float = Settings.jwks_cache_seconds
+    jwks_refresh_cooldown: float = Settings.jwks_refresh_cooldown
+    jwks_timeout: float = Settings.jwks_timeout
 
     @classmethod
     def from_settings(cls, settings: Settings) -> JwtConfig:
@@ -66,6 +70,7 @@ class JwtConfig:
             leeway=settings.jwt_leeway,
             required_claims=tuple(split_list(settings.jwt_required_claims)),
             name_claim=settings.jwt_name_claim,
+            rooms_claim=settings.jwt_rooms_claim,
             token_use=settings.jwt_token_use,
             client_ids=tuple(split_list(settings.jwt_client_ids)),
             max_token_bytes=settings.jwt_max_token_bytes,
@@ -145,7 +150,17 @@ class JwtAuthenticator:
             name=self._display_name(claims, subject),
             echo=subject,
             expires_at=float(claims["exp"]) if "exp" in claims else None,
+            grants=self._grants(claims),
+            claims=claims,
         )
+
+    def _grants(self, claims: dict[str, Any]) -> Grants | None:
+        if self.config.rooms_claim not in claims:
+            return None
+        try:
+            return Grants.from_claim(claims[self.config.rooms_claim])
+        except ValueError as error:
+            raise AuthError(f"`{self.config.rooms_claim}` claim {error}") from None
 
     def verify(self, token: str) -> dict[str, Any]:
         """Return the verified claims, or raise AuthError with a reason safe to log."""

@@ -15,6 +15,7 @@ from auth.base import Authenticator
 from auth.errors import AuthError
 from auth.handshake import Handshake
 from auth.principal import Principal
+from auth.rooms import Right, Rights, RoomPolicy, rights_from_text, rights_text
 
 log = logging.getLogger(__name__)
 
@@ -26,14 +27,22 @@ class Unauthorized(Exception):
         super().__init__("Unauthorized")
 
 
-def authorize(authenticator: Callable[[], Authenticator], event: Any) -> dict[str, Any]:
-    """The authorizer's answer to a REQUEST event: Allow with the principal's context, Deny
-    (403), or Unauthorized raised (401)."""
+def authorize(
+    authenticator: Callable[[], Authenticator], policy: Callable[[], RoomPolicy], event: Any
+) -> dict[str, Any]:
+    """The authorizer's answer to a REQUEST event: Allow with the principal's context and its
+    rights in the room, Deny (403: no credential, a foreign Origin, or a room the principal
+    may not read), or Unauthorized raised (401)."""
     if not isinstance(event, Mapping) or not isinstance(event.get("methodArn"), str):
         log.warning("authorizer event without methodArn; denying")
         raise Unauthorized()
     try:
-        principal = authenticator().authenticate(Handshake.from_apigw(event))
+        handshake = Handshake.from_apigw(event)
+        principal = authenticator().authenticate(handshake)
+        room = handshake.query.get("room") or handshake.query.get("item_id") or ""
+        rights = policy().rights(principal, room)
+        if Right.READ not in rights:
+            raise AuthError("this credential does not open the room", status=403)
     except AuthError as error:
         log.info("authorizer refused (%d): %s", error.status, error.reason)
         if error.status == 403:
@@ -43,24 +52,26 @@ def authorize(authenticator: Callable[[], Authenticator], event: Any) -> dict[st
         log.exception("authorizer failed; denying")
         raise Unauthorized() from None
     response = _policy(principal.id, "Allow", event["methodArn"])
-    response["context"] = principal_context(principal)
+    response["context"] = principal_context(principal, rights)
     return response
 
 
-def principal_context(principal: Principal) -> dict[str, str | float]:
-    """The principal as an authorizer context. Values must be flat strings, numbers or
-    booleans; API Gateway hands them, with the principalId, to `$connect` as
-    requestContext.authorizer."""
+def principal_context(principal: Principal, rights: Rights) -> dict[str, str | float]:
+    """The principal, and its rights in the room it connects to, as an authorizer context.
+    Values must be flat strings, numbers or booleans; API Gateway hands them, with the
+    principalId, to `$connect` as requestContext.authorizer."""
     return {
         "name": principal.name,
         "echo": principal.echo,
         "expiresAt": principal.expires_at if principal.expires_at is not None else "",
+        "rights": rights_text(rights),
     }
 
 
-def principal_from_context(context: Mapping[str, Any]) -> Principal:
-    """The principal an authorizer's context describes. Raises AuthError for a context we did
-    not write: no principal, or an expiry that is not a time."""
+def principal_from_context(context: Mapping[str, Any]) -> tuple[Principal, Rights]:
+    """The principal an authorizer's context describes, and its rights in the room. Raises
+    AuthError for a context we did not write: no principal, an expiry that is not a time,
+    rights we do not know."""
     principal_id = context.get("principalId")
     if not isinstance(principal_id, str) or not principal_id:
         raise AuthError("authorizer context has no principal")
@@ -69,12 +80,17 @@ def principal_from_context(context: Mapping[str, Any]) -> Principal:
         expires_at = float(expires) if expires not in (None, "") else None
     except (TypeError, ValueError):
         raise AuthError("authorizer context has an unreadable expiry") from None
-    return Principal(
+    try:
+        rights = rights_from_text(str(context.get("rights", "")))
+    except ValueError:
+        raise AuthError("authorizer context has unknown rights") from None
+    principal = Principal(
         id=principal_id,
         name=str(context.get("name") or principal_id),
         echo=str(context.get("echo") or principal_id),
         expires_at=expires_at,
     )
+    return principal, rights
 
 
 def _policy(principal_id: str, effect: str, resource: str) -> dict[str, Any]:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 from auth.credentials import find_credential
 from auth.errors import AuthError
 from auth.handshake import Handshake
 from auth.principal import Principal
+from auth.rooms import Grants
 
 
 def anonymous_name(token: str) -> str:
@@ -18,15 +20,23 @@ def anonymous_name(token: str) -> str:
     return f"user-{digest[:8]}"
 
 
+@dataclass(frozen=True, slots=True)
+class TokenEntry:
+    """One `WSCHAT_TOKENS` entry: the name its holder is shown under, and the rooms it opens
+    (for the `claims` room policy; None: no grants)."""
+
+    name: str
+    grants: Grants | None = None
+
+
 class TokenAuthenticator:
     """Any present credential is accepted (the seed's semantics) unless `tokens` is given,
     in which case only those tokens are, each under its configured display name."""
 
     accepts_cookies = True
 
-    def __init__(self, tokens: Mapping[str, str] | None = None) -> None:
-        # token -> name
-        self._names = dict(tokens or {})
+    def __init__(self, tokens: Mapping[str, TokenEntry] | None = None) -> None:
+        self._entries = dict(tokens or {})
 
     def authenticate(self, handshake: Handshake) -> Principal:
         credential = find_credential(handshake)
@@ -34,21 +44,30 @@ class TokenAuthenticator:
             raise AuthError(
                 "no credential: send a `session` cookie or a `token` query parameter", status=403
             )
-        if not self._names:
+        if not self._entries:
             name = anonymous_name(credential.value)
             return Principal(id=name, name=name, echo=credential.value)
-        for token, name in self._names.items():
-            if hmac.compare_digest(token.encode(), credential.value.encode()):
-                return Principal(id=name, name=name, echo=credential.value)
+        offered = credential.value.encode(errors="replace")
+        for token, entry in self._entries.items():
+            if hmac.compare_digest(token.encode(), offered):
+                return Principal(
+                    id=entry.name, name=entry.name, echo=credential.value, grants=entry.grants
+                )
         raise AuthError(f"unknown token (from {credential.source})")
 
 
-def parse_token_list(spec: str) -> dict[str, str]:
-    """Parse `name:token,name:token` into {token: name}. Raises ValueError on a bad entry."""
-    names: dict[str, str] = {}
+def parse_token_list(spec: str) -> dict[str, TokenEntry]:
+    """Parse `name:token,name:token|pattern=read+write;pattern=read` into {token: entry}.
+    Raises ValueError on a bad entry (saying why, never showing a token)."""
+    entries: dict[str, TokenEntry] = {}
     for entry in filter(None, (part.strip() for part in spec.split(","))):
-        name, sep, token = entry.partition(":")
+        name, sep, rest = entry.partition(":")
+        token, bar, grants = rest.partition("|")
         if not sep or not name.strip() or not token.strip():
             raise ValueError("WSCHAT_TOKENS entries must look like name:token")
-        names[token.strip()] = name.strip()
-    return names
+        try:
+            parsed = Grants.from_spec(grants) if bar else None
+        except ValueError as error:
+            raise ValueError(f"WSCHAT_TOKENS entry for {name.strip()!r}: {error}") from None
+        entries[token.strip()] = TokenEntry(name.strip(), parsed)
+    return entries

@@ -129,6 +129,12 @@ def _token(args: argparse.Namespace) -> int:
     claims: dict[str, object] = {"sub": args.sub, "iat": now, "exp": now + ttl}
     if args.name:
         claims[settings.jwt_name_claim] = args.name
+    if args.room:
+        try:
+            claims[settings.jwt_rooms_claim] = room_grants(args.room)
+        except ValueError as error:
+            print(f"wschat: --room: {error}", file=sys.stderr)
+            return 2
     audience = args.aud or ",".join(split_list(settings.jwt_audience)[:1])
     if audience:
         claims["aud"] = audience
@@ -136,6 +142,20 @@ def _token(args: argparse.Namespace) -> int:
         claims["iss"] = settings.jwt_issuer
     print(jwt.encode(claims, secret, algorithm="HS256"))
     return 0
+
+
+def room_grants(specs: Sequence[str]) -> dict[str, list[str]]:
+    """`--room support-*=read,write --room news=read` as a rooms claim. Raises ValueError."""
+    from auth.rooms import Grants
+
+    claim: dict[str, list[str]] = {}
+    for spec in specs:
+        pattern, sep, rights = spec.partition("=")
+        if not sep or not pattern:
+            raise ValueError(f"{spec!r}: use PATTERN=read,write")
+        claim[pattern] = [right.strip() for right in rights.split(",") if right.strip()]
+    Grants.from_claim(claim)  # the verifier's own check
+    return claim
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -175,6 +195,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     token.add_argument("--name", help="display name (the WSCHAT_JWT_NAME_CLAIM claim)")
     token.add_argument("--ttl", default="1h", help="lifetime: 90s, 15m, 1h, 2d (default 1h)")
     token.add_argument("--aud", help="audience (default: WSCHAT_JWT_AUDIENCE, if set)")
+    token.add_argument(
+        "--room",
+        action="append",
+        metavar="PATTERN=RIGHTS",
+        help="a room grant for WSCHAT_ROOM_POLICY=claims, e.g. 'support-*=read,write'; repeat "
+        "for more (the WSCHAT_JWT_ROOMS_CLAIM claim)",
+    )
     token.set_defaults(run=_token)
 
     args = parser.parse_args(argv)

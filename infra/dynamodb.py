@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+from auth.rooms import ALL, rights_from_text, rights_text
 from handler.chat.ports import ChatMessage, Connection, Dialect, StoreBusy
 from infra.settings import Settings
 
@@ -54,6 +55,7 @@ def _connection_attributes(connection: Connection, ttl: int) -> Item:
         "dialect": _s(connection.dialect.value),
         "echo": _s(connection.echo),
         "connected_at": _n(connection.connected_at),
+        "rights": _s(rights_text(connection.rights)),
         "ttl": _n(ttl),
     }
     if connection.welcomed_through is not None:
@@ -79,6 +81,8 @@ def _connection_from(item: Item) -> Connection:
         welcomed_through=(
             int(item["welcomed_through"]["N"]) if "welcomed_through" in item else None
         ),
+        # Records written before rooms had rights were written under the open policy.
+        rights=rights_from_text(item["rights"]["S"]) if "rights" in item else ALL,
     )
 
 

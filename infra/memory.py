@@ -98,6 +98,7 @@ class MemoryMessageLog:
         self._rooms: OrderedDict[str, _Room] = OrderedDict()  # least recently used first
         self._bytes = 0
         self._floor = 0  # the highest id of any forgotten room
+        self._next_sweep = 0.0
 
     @property
     def retained_bytes(self) -> int:
@@ -122,7 +123,11 @@ class MemoryMessageLog:
         self._charge(state, _cost(message))
         if key is not None:
             state.seen[key] = message
-        self._enforce_budget(state)
+        if self._bytes > self._max_bytes:
+            self._enforce_budget(state)
+        if message.ts >= self._next_sweep:  # idle rooms go once a second, not on every call
+            self._next_sweep = message.ts + 1.0
+            self._sweep(message.ts - self._ttl)
         return message, True
 
     def after(self, room: str, after_id: int, limit: int) -> Sequence[ChatMessage]:
@@ -145,9 +150,7 @@ class MemoryMessageLog:
         return state.last_id if state is not None else self._floor
 
     def _use(self, room: str, create: bool = False) -> _Room | None:
-        """The room's state, marked as just used, with its expired messages gone; and a few
-        idle rooms at the other end swept out."""
-        self._sweep()
+        """The room's state, marked as just used, with its expired messages gone."""
         state = self._rooms.get(room)
         if state is None:
             if not create:
@@ -155,14 +158,14 @@ class MemoryMessageLog:
             state = self._rooms[room] = _Room(ring=deque(), last_id=self._floor)
             self._bytes += state.bytes
         self._rooms.move_to_end(room)
-        horizon = self._clock() - self._ttl
-        while state.ring and state.ring[0].ts < horizon:
-            self._drop_oldest(state)
+        if state.ring:
+            horizon = self._clock() - self._ttl
+            while state.ring and state.ring[0].ts < horizon:
+                self._drop_oldest(state)
         return state
 
-    def _sweep(self) -> None:
+    def _sweep(self, horizon: float) -> None:
         # Least recently used first: the first room not wholly expired ends the sweep.
-        horizon = self._clock() - self._ttl
         for _ in range(8):
             oldest = next(iter(self._rooms.values()), None)
             if oldest is None or (oldest.ring and oldest.ring[-1].ts >= horizon):

@@ -91,6 +91,8 @@ class Settings:
     tokens: str = ""
     # Exact Origin values a browser handshake may come from (comma list); empty: any.
     allowed_origins: str = ""
+    # Who may read and write which room: `open`, `claims`, or `package.module:factory`.
+    room_policy: str = "open"
 
     # JWT verification (WSCHAT_AUTH=jwt).
     jwt_secret: Secret | None = None
@@ -102,6 +104,7 @@ class Settings:
     jwt_leeway: float = _bounded(0.0, ge=0)
     jwt_required_claims: str = "exp,iat,sub"
     jwt_name_claim: str = "name"
+    jwt_rooms_claim: str = "rooms"
     # Cognito access tokens carry `token_use` and `client_id` instead of `aud`.
     jwt_token_use: str = ""
     jwt_client_ids: str = ""

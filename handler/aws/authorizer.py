@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from auth.lambda_authorizer import authorize
-from handler.aws.runtime import runtime
 
 
 def handler(event: Any, context: Any = None) -> dict[str, Any]:
-    return authorize(lambda: runtime().authenticator(), event)
+    from handler.aws.runtime import runtime  # on first call: the import is the cold start
+
+    return authorize(lambda: runtime().authenticator(), lambda: runtime().policy(), event)

@@ -16,6 +16,10 @@ from functools import cache
 from typing import Any
 
 from auth.base import Authenticator
+from auth.errors import AuthError
+from auth.handshake import Handshake
+from auth.principal import Principal
+from auth.rooms import RoomPolicy, build_room_policy
 from handler.chat.core import ChatCore
 from infra.apigw import ManagementApiDelivery, make_management_client, management_endpoint
 from infra.dynamodb import DynamoConnections, DynamoMessageLog
@@ -54,7 +58,29 @@ def dynamodb_core(runtime: AwsRuntime, endpoint: str, welcome: bool) -> ChatCore
         page_size=settings.room_page_size or None,
     )
     messages = DynamoMessageLog(runtime.dynamodb(), settings.table, settings.history_ttl_seconds)
-    return ChatCore(connections, messages, delivery, settings.limits())
+    return ChatCore(
+        connections,
+        messages,
+        delivery,
+        settings.limits(),
+        policy=runtime.policy(),
+        credentials=BlockingCheck(runtime.authenticator),
+    )
+
+
+class BlockingCheck:
+    """In-band refresh on Lambda: an invocation handles one frame, so it simply waits."""
+
+    def __init__(self, authenticator: Callable[[], Authenticator]) -> None:
+        self._authenticator = authenticator
+
+    def verify(self, token: str, done: Callable[[Principal | AuthError], None]) -> None:
+        try:
+            principal = self._authenticator().authenticate(Handshake.bearer(token))
+        except AuthError as error:
+            done(error)
+        else:
+            done(principal)
 
 
 class AwsRuntime:
@@ -70,6 +96,7 @@ class AwsRuntime:
         self._management: dict[str, Any] = {}
         self._cores: dict[tuple[str, bool], ChatCore] = {}
         self._authenticator: Authenticator | None = None
+        self._policy: RoomPolicy | None = None
         self._web: Any = None
         self._http: Any = None
         logging.getLogger().setLevel(settings.log_level.upper())  # Lambda's root logger
@@ -141,6 +168,12 @@ class AwsRuntime:
 
                 self._authenticator = build_authenticator(self.settings)
             return self._authenticator
+
+    def policy(self) -> RoomPolicy:
+        with self._lock:
+            if self._policy is None:
+                self._policy = build_room_policy(self.settings.room_policy, self.settings)
+            return self._policy
 
     def rest(self) -> ServerlessRest:
         """The REST backend of the HTTP function."""

@@ -16,6 +16,7 @@ from auth.errors import AuthError
 from auth.handshake import Handshake
 from auth.lambda_authorizer import principal_from_context
 from auth.principal import Principal
+from auth.rooms import Right, Rights
 from handler.aws.event import MalformedEvent, WebSocketEvent
 from handler.aws.runtime import AwsRuntime, runtime
 from handler.chat.core import ChatCore, ConnectParams
@@ -47,13 +48,14 @@ class WebSocketHandlers:
         asked = negotiate(None, ws.query, handshake.subprotocols, rt.settings.max_room_length)
         if isinstance(asked, Refused):
             return _respond(asked.status, asked.reason)
+        core = self._core(ws)
         try:
-            principal = self._principal(ws, handshake)
+            principal, rights = self._principal(ws, handshake, core, asked.room)
         except AuthError as error:
             log.info("$connect refused (%d): %s", error.status, error.reason)
             return _respond(error.status, error.reason)
-        core = self._core(ws)
-        core.connect(ws.connection_id, asked.room, principal, ConnectParams(asked.dialect, asked.q))
+        params = ConnectParams(asked.dialect, asked.q, rights)
+        core.connect(ws.connection_id, asked.room, principal, params)
         if asked.dialect is Dialect.JSON:
             self._schedule_welcome(ws, asked.since)
         response = _respond(200)
@@ -101,11 +103,20 @@ class WebSocketHandlers:
         rt = self._runtime()
         return rt.core(rt.endpoint_for(ws.domain_name, ws.stage, ws.api_id))
 
-    def _principal(self, ws: WebSocketEvent, handshake: Handshake) -> Principal:
-        """The authorizer's verdict when one is attached; otherwise authenticate here."""
+    def _principal(
+        self, ws: WebSocketEvent, handshake: Handshake, core: ChatCore, room: str
+    ) -> tuple[Principal, Rights]:
+        """Who connects and what they may do in the room: the authorizer's verdict when one
+        is attached (it asked the same room policy), otherwise decided here. No `read` in the
+        room: refused with 403, as the authorizer would."""
         if ws.authorizer:
-            return principal_from_context(ws.authorizer)
-        return self._runtime().authenticator().authenticate(handshake)
+            principal, rights = principal_from_context(ws.authorizer)
+        else:
+            principal = self._runtime().authenticator().authenticate(handshake)
+            rights = core.rights(principal, room)
+        if Right.READ not in rights:
+            raise AuthError("this credential does not open the room", status=403)
+        return principal, rights
 
     def _schedule_welcome(self, ws: WebSocketEvent, since: int | None) -> None:
         rt = self._runtime()

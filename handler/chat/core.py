@@ -10,14 +10,17 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from auth.errors import AuthError
 from auth.principal import Principal, is_text
+from auth.rooms import ALL, OpenPolicy, Right, Rights, RoomPolicy
 from handler.chat import wire
 from handler.chat.ports import (
     ChatMessage,
     Connection,
     ConnectionStore,
+    CredentialCheck,
     Delivery,
     Dialect,
     MessageLog,
@@ -48,6 +51,7 @@ class Limits:
 class ConnectParams:
     dialect: Dialect = Dialect.TEXT
     q: int | None = None
+    rights: Rights = ALL  # the room policy's answer for this principal and room
 
 
 @dataclass(slots=True)
@@ -65,11 +69,15 @@ class ChatCore:
         limits: Limits | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        policy: RoomPolicy | None = None,
+        credentials: CredentialCheck | None = None,
     ) -> None:
         self.connections = connections
         self.messages = messages
         self.delivery = delivery
         self.limits = limits or Limits()
+        self.policy = policy or OpenPolicy()
+        self._credentials = credentials  # None: in-band refresh is not offered
         self._clock = clock
         self._wall_clock = wall_clock
         # Rate state lives with the process: exact locally, per warm container on Lambda.
@@ -95,6 +103,7 @@ class ChatCore:
             q=params.q,
             expires_at=principal.expires_at,
             connected_at=self._wall_clock(),
+            rights=params.rights,
         )
         self.connections.add(connection)
         self._announce("join", connection, self.connections.in_room(room))
@@ -195,6 +204,23 @@ class ChatCore:
         if connection is not None:
             self._announce("leave", connection, self.connections.in_room(connection.room))
 
+    def rights(self, principal: Principal, room: str) -> Rights:
+        """What the room policy lets `principal` do in `room`. A transport refuses the
+        handshake (403) without `read`; REST refuses a read without `read` and a post without
+        `write`."""
+        return self.policy.rights(principal, room)
+
+    def expire_if_due(self, connection_id: str) -> float | None:
+        """For a transport's expiry timer: expire the connection if its credential has run
+        out, or return when it now runs out (a refresh moved it), for the timer to wait on."""
+        connection = self.connections.get(connection_id)
+        if connection is None or connection.expires_at is None:
+            return None
+        if self._wall_clock() < connection.expires_at:
+            return connection.expires_at
+        self.expire(connection_id)
+        return None
+
     def expire(self, connection_id: str) -> None:
         """The connection's credential ran out: say so (JSON dialect) and close with 4401."""
         connection = self.connections.get(connection_id)
@@ -218,13 +244,14 @@ class ChatCore:
         for text that is empty or too large, by itself or as a frame; nothing is stored."""
         if not text.strip():
             raise FrameError(ErrorCode.EMPTY_MESSAGE, "`text` must not be empty")
-        if not is_text(text):
-            raise FrameError(ErrorCode.BAD_REQUEST, wire.NOT_TEXT.format(name="text"))
+        try:
+            size = len(text.encode())
+        except UnicodeEncodeError:
+            raise FrameError(ErrorCode.BAD_REQUEST, wire.NOT_TEXT.format(name="text")) from None
         limit = self.limits.max_message_bytes
-        if len(text.encode()) > limit:
+        if size > limit:
             raise FrameError(ErrorCode.MESSAGE_TOO_LARGE, f"`text` is over {limit} bytes")
-        draft = ChatMessage(0, room, user_id, user_name, text, self._wall_clock(), client_msg_id)
-        if not wire.fits_in_a_frame(draft):
+        if not wire.fits_in_a_frame(room, user_id, user_name, text, client_msg_id):
             raise FrameError(
                 ErrorCode.MESSAGE_TOO_LARGE,
                 f"message is over {wire.MAX_SEND_BYTES} bytes as a frame (JSON escapes it)",
@@ -281,6 +308,8 @@ class ChatCore:
             return
         if isinstance(action, wire.SendMessage):
             self._publish_from(connection, action.text, action.client_msg_id)
+        elif isinstance(action, wire.Refresh):
+            self._refresh(connection, action.token)
         elif isinstance(action, wire.HistoryRequest):
             room = connection.room
             history, latest = self.read(room, action.since, self.limits.history_page)
@@ -288,9 +317,43 @@ class ChatCore:
         else:
             self._deliver([connection.id], wire.pong_frame())
 
+    # --- refresh --------------------------------------------------------------------------
+
+    def _refresh(self, connection: Connection, token: str) -> None:
+        if self._credentials is None:
+            self._refuse(connection, ErrorCode.REFRESH_FAILED, "refresh is not offered here")
+            return
+        connection_id = connection.id
+        self._credentials.verify(token, lambda outcome: self._refreshed(connection_id, outcome))
+
+    def _refreshed(self, connection_id: str, outcome: Principal | AuthError) -> None:
+        """A refresh's verdict. The subject must not change; the room policy is asked again,
+        and a connection that may no longer read its room is closed with 4403."""
+        connection = self.connections.get(connection_id)
+        if connection is None:
+            return  # gone while its token was being verified
+        if isinstance(outcome, AuthError):
+            log.info("refresh refused for %s: %s", connection_id, outcome.reason)
+            self._refuse(connection, ErrorCode.REFRESH_FAILED, outcome.reason)
+            return
+        if outcome.id != connection.user_id:
+            self._refuse(connection, ErrorCode.REFRESH_FAILED, "the token is another user's")
+            return
+        rights = self.policy.rights(outcome, connection.room)
+        if Right.READ not in rights:
+            log.info("closing %s: its refreshed credential does not open its room", connection_id)
+            self._refuse(connection, ErrorCode.FORBIDDEN, "this credential does not open the room")
+            self.delivery.close(connection_id, CloseCode.FORBIDDEN, "forbidden")
+            return
+        self.connections.add(replace(connection, expires_at=outcome.expires_at, rights=rights))
+        self._deliver([connection_id], wire.refreshed_frame(outcome.expires_at))
+
     # --- helpers --------------------------------------------------------------------------
 
     def _publish_from(self, connection: Connection, text: str, client_msg_id: str | None) -> None:
+        if Right.WRITE not in connection.rights:
+            self._refuse(connection, ErrorCode.FORBIDDEN, "you may read this room, not post to it")
+            return
         try:
             self.publish(
                 connection.room,

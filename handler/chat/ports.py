@@ -7,10 +7,14 @@ handlers are synchronous anyway.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
+
+from auth.errors import AuthError
+from auth.principal import Principal
+from auth.rooms import ALL, Rights
 
 
 class Dialect(StrEnum):
@@ -31,6 +35,7 @@ class Connection:
     q: int | None = None
     expires_at: float | None = None
     connected_at: float = 0.0  # epoch seconds
+    rights: Rights = ALL  # in its room, as the room policy said at connect (or refresh)
     # JSON dialect: the id up to which the welcome delivered history; live messages go to the
     # connection only above it, and none before it is set. The seam is then exactly-once.
     welcomed_through: int | None = None
@@ -108,4 +113,12 @@ class Delivery(Protocol):
 
     def close(self, connection_id: str, code: int, reason: str) -> None:
         """Close a connection after the frames already queued for it."""
+        ...
+
+
+class CredentialCheck(Protocol):
+    def verify(self, token: str, done: Callable[[Principal | AuthError], None]) -> None:
+        """Verify `token` as a bearer credential and call `done` with the principal, or the
+        AuthError, on the thread the core runs on: at once, or later (a verification may
+        block on a key fetch, which must not stall an event loop)."""
         ...

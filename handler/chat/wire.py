@@ -33,6 +33,7 @@ class CloseCode(IntEnum):
     MESSAGE_TOO_BIG = 1009
     TRY_AGAIN_LATER = 1013
     TOKEN_EXPIRED = 4401
+    FORBIDDEN = 4403  # a refreshed credential no longer opens the room
 
 
 class ErrorCode:
@@ -45,6 +46,8 @@ class ErrorCode:
     TOKEN_EXPIRED = "token_expired"  # noqa: S105 (an error code, not a secret)
     MESSAGE_TOO_LARGE = "message_too_large"
     BUSY = "busy"
+    FORBIDDEN = "forbidden"
+    REFRESH_FAILED = "refresh_failed"
 
 
 # --- inbound (JSON dialect) -------------------------------------------------------------
@@ -69,7 +72,14 @@ class Ping:
     pass
 
 
-Action = SendMessage | HistoryRequest | Ping
+@dataclass(frozen=True, slots=True)
+class Refresh:
+    token: str
+
+
+Action = SendMessage | HistoryRequest | Ping | Refresh
+# A credential longer than this is refused before anyone parses it (JWTs are far shorter).
+MAX_TOKEN_CHARS = 16 * 1024
 
 
 class FrameError(Exception):
@@ -111,8 +121,15 @@ def parse_action(frame: str) -> Action:
         return HistoryRequest(since)
     if action == "ping":
         return Ping()
+    if action == "refresh":
+        token = body.get("token")
+        if not isinstance(token, str) or not 0 < len(token) <= MAX_TOKEN_CHARS:
+            raise FrameError(ErrorCode.BAD_REQUEST, "`token` must be a non-empty string")
+        if not is_text(token):
+            raise FrameError(ErrorCode.BAD_REQUEST, NOT_TEXT.format(name="token"))
+        return Refresh(token)
     raise FrameError(
-        ErrorCode.UNKNOWN_ACTION, "`action` must be one of: sendmessage, history, ping"
+        ErrorCode.UNKNOWN_ACTION, "`action` must be one of: sendmessage, history, ping, refresh"
     )
 
 
@@ -185,14 +202,17 @@ def _size(frame: str) -> int:
 _FRAME_OVERHEAD = 1024
 
 
-def fits_in_a_frame(message: ChatMessage) -> bool:
-    """Whether the message can go out in any frame: as a `message`, or alone in a `history`
+def fits_in_a_frame(
+    room: str, user_id: str, user_name: str, text: str, client_msg_id: str | None
+) -> bool:
+    """Whether a message can go out in any frame: as a `message`, or alone in a `history`
     frame. JSON escapes a control character in six bytes, so a 32 KiB text can grow past the
     cap; the exact size is computed only when it could."""
-    fields = (message.text, message.user_id, message.user_name, message.room)
-    if 6 * sum(len(f) for f in fields) + 512 <= MAX_SEND_BYTES - _FRAME_OVERHEAD:
+    chars = len(room) + len(user_id) + len(user_name) + len(text) + len(client_msg_id or "")
+    if 6 * chars + 512 <= MAX_SEND_BYTES - _FRAME_OVERHEAD:
         return True
-    return _size(message_frame(message)) <= MAX_SEND_BYTES - _FRAME_OVERHEAD
+    draft = ChatMessage(10**15, room, user_id, user_name, text, 0.0, client_msg_id)
+    return _size(message_frame(draft)) <= MAX_SEND_BYTES - _FRAME_OVERHEAD
 
 
 def page(messages: Sequence[ChatMessage]) -> list[ChatMessage]:
@@ -292,6 +312,10 @@ def presence_frame(event: str, connection: Connection, count: int) -> str:
             "count": count,
         }
     )
+
+
+def refreshed_frame(expires_at: float | None) -> str:
+    return _dump({"type": "refreshed", "expires_at": expires_at})
 
 
 def pong_frame() -> str:

@@ -14,6 +14,7 @@ from starlette.responses import PlainTextResponse
 
 from auth.errors import AuthError
 from auth.handshake import Handshake
+from auth.rooms import Right
 from handler.chat.core import ConnectParams
 from handler.chat.handshake import Refused, negotiate
 from handler.chat.wire import CloseCode
@@ -38,6 +39,9 @@ async def chat_socket(websocket: WebSocket, item_id: str) -> None:
         raise WebSocketException(CloseCode.POLICY_VIOLATION, asked.reason)
     try:
         principal = await run_in_threadpool(chat.authenticator.authenticate, handshake)
+        rights = chat.core.rights(principal, asked.room)
+        if Right.READ not in rights:
+            raise AuthError("this credential does not open the room", status=403)
     except AuthError as error:
         log.info("handshake refused (%d): %s", error.status, error.reason)
         if error.status == 403:
@@ -52,26 +56,44 @@ async def chat_socket(websocket: WebSocket, item_id: str) -> None:
     outbox = Outbox(websocket.send_text, websocket.close, chat.settings.send_queue_frames)
     chat.delivery.register(connection_id, outbox)
     writer = outbox.start()
-    expiry: asyncio.TimerHandle | None = None
+    expiry = _ExpiryTimer(chat, connection_id)
     try:
-        chat.core.connect(
-            connection_id, asked.room, principal, ConnectParams(asked.dialect, asked.q)
-        )
+        params = ConnectParams(asked.dialect, asked.q, rights)
+        chat.core.connect(connection_id, asked.room, principal, params)
         chat.core.welcome(connection_id, asked.since)
-        if principal.expires_at is not None:
-            delay = max(0.0, principal.expires_at - time.time())
-            expiry = asyncio.get_running_loop().call_later(delay, chat.core.expire, connection_id)
+        expiry.arm(principal.expires_at)
         reader = asyncio.create_task(_read(websocket, chat, connection_id, outbox))
         # Whichever side ends first ends the connection: the client hanging up, or the
         # writer finishing a close (slow consumer, oversize frame, expiry, abuse).
         await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
         reader.cancel()
     finally:
-        if expiry is not None:
-            expiry.cancel()
+        expiry.cancel()
         chat.core.disconnect(connection_id)
         chat.delivery.unregister(connection_id)
         writer.cancel()
+
+
+class _ExpiryTimer:
+    """Closes the connection with 4401 when its credential runs out. When it fires early
+    because a refresh moved the expiry, it waits again for the new one."""
+
+    def __init__(self, chat: LocalChat, connection_id: str) -> None:
+        self._chat = chat
+        self._connection_id = connection_id
+        self._handle: asyncio.TimerHandle | None = None
+
+    def arm(self, expires_at: float | None) -> None:
+        if expires_at is not None:
+            delay = max(0.0, expires_at - time.time())
+            self._handle = asyncio.get_running_loop().call_later(delay, self._fire)
+
+    def cancel(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+
+    def _fire(self) -> None:
+        self.arm(self._chat.core.expire_if_due(self._connection_id))
 
 
 async def _read(websocket: WebSocket, chat: LocalChat, connection_id: str, outbox: Outbox) -> None:

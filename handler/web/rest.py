@@ -22,6 +22,7 @@ from auth.credentials import find_credential
 from auth.errors import AuthError
 from auth.handshake import Handshake
 from auth.principal import Principal, is_text
+from auth.rooms import Right
 from handler.chat.core import ChatCore
 from handler.chat.handshake import room_problem
 from handler.chat.ports import StoreBusy
@@ -87,6 +88,11 @@ def _check_room(room: str, backend: RestBackend) -> None:
         raise HTTPException(400, problem)
 
 
+def _check_right(chat: RestBackend, principal: Principal, room: str, right: Right) -> None:
+    if right not in chat.core.rights(principal, room):
+        raise HTTPException(403, f"this credential does not let you {right} this room")
+
+
 async def validation_error(request: Request, error: Exception) -> Response:
     """422 for a request body that does not fit, without echoing the input back: it may hold
     text no JSON response can carry (a lone surrogate), or something the caller meant to keep
@@ -109,8 +115,9 @@ def rest_router(backend: Callable[[], RestBackend]) -> APIRouter:
         """Messages after `since`, oldest first, and the room's latest id. Fewer than `limit`
         when they are large (a page is at most 1 MiB of JSON): read on from the last id."""
         chat = backend()
-        await _principal(request, chat)
+        principal = await _principal(request, chat)
         _check_room(room, chat)
+        _check_right(chat, principal, room, Right.READ)
         messages, latest = await _run(chat, lambda: chat.core.read(room, since, limit))
         return {"room": room, "latest_id": latest, "messages": [message_body(m) for m in messages]}
 
@@ -122,6 +129,7 @@ def rest_router(backend: Callable[[], RestBackend]) -> APIRouter:
         chat = backend()
         principal = await _principal(request, chat)
         _check_room(room, chat)
+        _check_right(chat, principal, room, Right.WRITE)
         try:
             message, created = await _run(
                 chat,

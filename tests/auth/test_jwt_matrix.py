@@ -16,6 +16,7 @@ import pytest
 from auth.errors import AuthError
 from auth.handshake import Handshake
 from auth.jwt import JwtAuthenticator, JwtConfig
+from auth.rooms import Right
 from tests.auth.keys import (
     AUDIENCE,
     ISSUER,
@@ -201,6 +202,14 @@ CASES: list[tuple[str, Callable[[], JwtConfig], Callable[[], str], str]] = [
     ("whitespace in a segment", lambda: HS, lambda: respelled(hs256(), 1, " ".join), "malformed"),
     ("four segments", lambda: HS, lambda: hs256() + ".e30", "malformed"),
     ("sub with a lone surrogate", lambda: HS, lambda: hs256(claims(sub="x\ud800y")), "Unicode"),
+    ("rooms claim, valid", lambda: HS, lambda: hs256(claims(rooms={"a-*": ["read"]})), OK),
+    ("rooms claim as a list", lambda: HS, lambda: hs256(claims(rooms=["a-*"])), "`rooms` claim"),
+    (
+        "rooms claim with an unknown right",
+        lambda: HS,
+        lambda: hs256(claims(rooms={"a-*": ["admin"]})),
+        "`rooms` claim",
+    ),
     ("header not JSON", lambda: HS, lambda: b64url(b"{nope") + ".e30.c2ln", "malformed"),
     ("valid RS256", rs_config, lambda: jwt.encode(claims(), rsa_pair().private, "RS256"), OK),
     (
@@ -299,3 +308,12 @@ def test_reasons_never_contain_the_token() -> None:
         result = verify(config(), value)
         if value and result != OK:
             assert value not in result
+
+
+def test_the_rooms_claim_becomes_the_principals_grants() -> None:
+    token = hs256(claims(rooms={"support-*": ["read", "write"], "news": ["read"]}))
+    principal = JwtAuthenticator(HS).authenticate(bearer(token))
+    assert principal.grants is not None
+    assert principal.grants.rights("support-7") == {Right.READ, Right.WRITE}
+    assert principal.grants.rights("news") == {Right.READ}
+    assert JwtAuthenticator(HS).authenticate(bearer(hs256())).grants is None

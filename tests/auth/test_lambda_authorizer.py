@@ -8,10 +8,12 @@ from auth import lambda_authorizer
 from auth.errors import AuthError
 from auth.lambda_authorizer import principal_context, principal_from_context
 from auth.principal import Principal
+from auth.rooms import ALL, Right, Rights
 from handler.aws.authorizer import handler
 from tests.auth.keys import SECRET, hs256
 from tests.aws import event, reset_caches
 
+READ_ONLY: Rights = frozenset({Right.READ})
 ARN = "arn:aws:execute-api:us-east-1:123456789012:abcdef123/prod/$connect"
 
 
@@ -88,21 +90,43 @@ def test_misconfiguration_fails_closed(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.parametrize(
-    "principal",
+    ("principal", "rights"),
     [
-        Principal(id="alice-123", name="Alice", echo="alice-123", expires_at=1_900_000_000.5),
-        Principal(id="user-0a1b2c3d", name="user-0a1b2c3d", echo="some token"),
+        (Principal(id="alice-123", name="Alice", echo="alice-123", expires_at=1.9e9), ALL),
+        (Principal(id="user-0a1b2c3d", name="user-0a1b2c3d", echo="some token"), READ_ONLY),
     ],
 )
-def test_the_context_round_trips(principal: Principal) -> None:
-    context = {"principalId": principal.id, **principal_context(principal)}
-    assert principal_from_context(context) == principal
+def test_the_context_round_trips(principal: Principal, rights: Rights) -> None:
+    context = {"principalId": principal.id, **principal_context(principal, rights)}
+    assert principal_from_context(context) == (principal, rights)
 
 
 @pytest.mark.parametrize(
     "context",
-    [{}, {"principalId": ""}, {"principalId": "a", "expiresAt": "soon"}, {"principalId": 5}],
+    [
+        {},
+        {"principalId": ""},
+        {"principalId": "a", "expiresAt": "soon"},
+        {"principalId": 5},
+        {"principalId": "a", "rights": "read,admin"},
+    ],
 )
 def test_a_context_we_did_not_write_is_refused(context: dict[str, object]) -> None:
     with pytest.raises(AuthError):
         principal_from_context(context)
+
+
+def test_a_room_the_principal_may_not_read_is_denied(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WSCHAT_ROOM_POLICY", "claims")
+    monkeypatch.setenv("WSCHAT_TOKENS", "alice:tok-a|support-*=read+write;news=read")
+    reset_caches()
+
+    def verdict(room: str) -> tuple[str, str | None]:
+        query = {"room": room, "token": "tok-a"}
+        result = handler(event("authorizer", queryStringParameters=query))
+        effect = result["policyDocument"]["Statement"][0]["Effect"]
+        return effect, result.get("context", {}).get("rights")
+
+    assert verdict("support-1") == ("Allow", "read,write")
+    assert verdict("news") == ("Allow", "read")
+    assert verdict("random") == ("Deny", None)

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
+from auth.errors import AuthError
 from auth.principal import Principal
+from auth.rooms import Grants, GrantsPolicy, Right
 from handler.chat import wire
 from handler.chat.core import ChatCore, ConnectParams, Limits
 from handler.chat.ports import Dialect
@@ -531,3 +535,130 @@ def test_a_message_no_frame_could_carry_is_refused(
     assert delivery.take("J") == [] and core.messages.latest_id("r") == 0
     with pytest.raises(FrameError):
         core.publish("r", "id-x", "x", text)
+
+
+# --- rooms and rights ----------------------------------------------------------------------
+
+READ_ONLY = frozenset({Right.READ})
+
+
+class TokenBook:
+    """The CredentialCheck port, answering at once from a table of tokens (as on Lambda)."""
+
+    def __init__(self, **tokens: Principal | AuthError) -> None:
+        self.tokens = tokens
+
+    def verify(self, token: str, done: Callable[[Principal | AuthError], None]) -> None:
+        done(self.tokens.get(token, AuthError("invalid token")))
+
+
+def rights_core(delivery: RecordingDelivery, clock: FakeClock, book: TokenBook) -> ChatCore:
+    return ChatCore(
+        MemoryConnections(),
+        MemoryMessageLog(),
+        delivery,
+        Limits(),
+        clock,
+        clock,
+        policy=GrantsPolicy(),
+        credentials=book,
+    )
+
+
+def granted(name: str, expires_at: float | None = None, **rooms: list[str]) -> Principal:
+    return Principal(
+        id=f"id-{name}",
+        name=name,
+        echo=name,
+        expires_at=expires_at,
+        grants=Grants.from_claim(rooms),
+    )
+
+
+@pytest.mark.parametrize("dialect", [TEXT, JSON])
+def test_a_reader_receives_but_may_not_post(
+    delivery: RecordingDelivery, clock: FakeClock, dialect: ConnectParams
+) -> None:
+    core = rights_core(delivery, clock, TokenBook())
+    reader = granted("reader", r=["read"])
+    assert core.rights(reader, "r") == READ_ONLY
+    core.connect("R", "r", reader, replace(dialect, rights=READ_ONLY))
+    core.welcome("R")
+    join(core, "W", "r", granted("writer", r=["read", "write"]), JSON)
+    delivery.take("R"), delivery.take("W")
+    send = "hello" if dialect is TEXT else '{"action":"sendmessage","text":"hello"}'
+    core.message("R", send)
+    refusal = delivery.take("R")[-1]
+    assert "forbidden" in refusal or refusal == "Error: you may read this room, not post to it"
+    assert delivery.take("W") == [] and core.messages.latest_id("r") == 0
+    core.message("W", '{"action":"sendmessage","text":"to all"}')
+    assert "to all" in delivery.take("R")[-1]
+
+
+def test_a_refresh_moves_the_expiry(delivery: RecordingDelivery, clock: FakeClock) -> None:
+    later = clock.now + 3600
+    book = TokenBook(fresh=granted("u", later, r=["read", "write"]))
+    core = rights_core(delivery, clock, book)
+    join(core, "J", "r", granted("u", clock.now + 10, r=["read", "write"]), JSON)
+    delivery.take("J")
+    core.message("J", '{"action":"refresh","token":"fresh"}')
+    assert delivery.take_json("J") == [{"type": "refreshed", "expires_at": later}]
+    clock.now += 60  # past the first token's expiry
+    assert core.expire_if_due("J") == later
+    core.message("J", '{"action":"ping"}')
+    assert delivery.take_json("J") == [{"type": "pong"}]
+    clock.now = later
+    assert core.expire_if_due("J") is None
+    assert delivery.closed["J"][0] == 4401
+
+
+@pytest.mark.parametrize(
+    ("token", "reason"),
+    [("other", "another user's"), ("forged", "invalid token"), ("expired", "token expired")],
+)
+def test_a_refused_refresh_keeps_the_old_expiry(
+    delivery: RecordingDelivery, clock: FakeClock, token: str, reason: str
+) -> None:
+    book = TokenBook(
+        other=granted("someone-else", clock.now + 3600, r=["read"]),
+        expired=AuthError("token expired"),
+    )
+    core = rights_core(delivery, clock, book)
+    join(core, "J", "r", granted("u", clock.now + 10, r=["read"]), JSON)
+    delivery.take("J")
+    core.message("J", json.dumps({"action": "refresh", "token": token}))
+    [error] = delivery.take_json("J")
+    assert (error["code"], reason in error["detail"]) == ("refresh_failed", True)
+    assert core.expire_if_due("J") == clock.now + 10 and "J" not in delivery.closed
+
+
+def test_a_refresh_whose_read_right_is_gone_closes_4403(
+    delivery: RecordingDelivery, clock: FakeClock
+) -> None:
+    book = TokenBook(narrower=granted("u", clock.now + 3600, elsewhere=["read"]))
+    core = rights_core(delivery, clock, book)
+    join(core, "J", "r", granted("u", clock.now + 10, r=["read"]), JSON)
+    delivery.take("J")
+    core.message("J", '{"action":"refresh","token":"narrower"}')
+    assert delivery.take_json("J")[-1]["code"] == "forbidden"
+    assert delivery.closed["J"][0] == 4403
+
+
+def test_a_refresh_without_write_keeps_the_reader(
+    delivery: RecordingDelivery, clock: FakeClock
+) -> None:
+    book = TokenBook(read=granted("u", clock.now + 3600, r=["read"]))
+    core = rights_core(delivery, clock, book)
+    join(core, "J", "r", granted("u", clock.now + 10, r=["read", "write"]), JSON)
+    delivery.take("J")
+    core.message("J", '{"action":"refresh","token":"read"}')
+    core.message("J", '{"action":"sendmessage","text":"hi"}')
+    assert [f.get("code", f["type"]) for f in delivery.take_json("J")] == ["refreshed", "forbidden"]
+    assert "J" not in delivery.closed
+
+
+def test_refresh_needs_a_credential_check(core: ChatCore, delivery: RecordingDelivery) -> None:
+    join(core, "J", "r", principal("j"), JSON)
+    delivery.take("J")
+    core.message("J", '{"action":"refresh","token":"x"}')
+    assert delivery.take_json("J")[0]["code"] == "refresh_failed"

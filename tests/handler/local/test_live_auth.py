@@ -144,6 +144,26 @@ def test_wschat_token_mints_a_verifiable_token() -> None:
     assert (body["sub"], body["name"], body["exp"] - body["iat"]) == ("alice", "Alice", 900)
 
 
+def test_wschat_token_mints_room_grants() -> None:
+    command = [str(WSCHAT), "token", "--sub", "bob", "--room", "support-*=read,write"]
+    out = subprocess.run(
+        [*command, "--room", "news=read"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, **JWT_ENV},
+    )
+    body = jwt.decode(out.stdout.strip(), SECRET, algorithms=["HS256"])
+    assert body["rooms"] == {"support-*": ["read", "write"], "news": ["read"]}
+    refused = subprocess.run(
+        [*command, "--room", "x=admin"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **JWT_ENV},
+    )
+    assert refused.returncode == 2 and "--room" in refused.stderr
+
+
 @pytest.mark.parametrize(
     ("env", "message"),
     [
