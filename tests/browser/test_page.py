@@ -148,3 +148,23 @@ def publish(server: Server, room: str, text: str) -> None:
     )
     with urllib.request.urlopen(request, timeout=10) as response:
         assert response.status == 201
+
+
+def test_pasting_a_new_token_refreshes_the_connection(
+    page: Page, command: str, tmp_path: Path
+) -> None:
+    env = {"WSCHAT_AUTH": "jwt", "WSCHAT_JWT_SECRET": SECRET, "WSCHAT_JWT_ALGORITHMS": "HS256"}
+
+    def token(ttl: int) -> str:
+        now = int(time.time())
+        return jwt.encode({"sub": "alice", "iat": now, "exp": now + ttl}, SECRET, "HS256")
+
+    with running_server(tmp_path, env, command) as server:
+        open_chat(page, server, room="refresh", token=token(3))
+        page.fill("#token", token(600))
+        page.dispatch_event("#token", "change")
+        expect(page.locator("#messages")).to_contain_text("token refreshed", timeout=10_000)
+        time.sleep(3.5)  # past the first token's expiry
+        say(page, "after the first token")
+        expect(page.locator("#messages li.message").last).to_contain_text("after the first token")
+        expect(page.locator("#status")).to_have_attribute("data-state", "open")
