@@ -142,7 +142,13 @@ def test_jwt_mode_rejects_a_bad_token_with_401(monkeypatch: pytest.MonkeyPatch) 
 
 
 def test_authorizer_context_names_the_principal(posts: PostRecorder) -> None:
-    authorizer = {"principalId": "u-1", "name": "Ursula", "echo": "u-1", "expiresAt": ""}
+    authorizer = {
+        "principalId": "u-1",
+        "name": "Ursula",
+        "echo": "u-1",
+        "expiresAt": "",
+        "rights": "read,write",
+    }
     connect_authorized("U", authorizer)
     connect("V", "foo", "v")
     send("U", "from ursula")
@@ -153,7 +159,13 @@ def test_authorizer_context_names_the_principal(posts: PostRecorder) -> None:
 def test_expired_authorizer_principal_is_closed_on_its_next_frame(
     posts: PostRecorder, deletes: list[str]
 ) -> None:
-    authorizer = {"principalId": "old", "name": "Old", "echo": "old", "expiresAt": 1}
+    authorizer = {
+        "principalId": "old",
+        "name": "Old",
+        "echo": "old",
+        "expiresAt": 1,
+        "rights": "read",
+    }
     connect_authorized("O", authorizer)
     connect("W", "foo", "w")
     send("O", "too late")
@@ -165,6 +177,13 @@ def test_expired_authorizer_principal_is_closed_on_its_next_frame(
 def test_an_unreadable_authorizer_expiry_refuses_the_connection(expires: object) -> None:
     authorizer = {"principalId": "u-1", "name": "U", "echo": "u-1", "expiresAt": expires}
     assert connect_authorized("U", authorizer)["statusCode"] == 401
+    assert table_items() == []
+
+
+def test_an_authorizer_context_without_read_is_refused() -> None:
+    for rights in ("", "write"):
+        context = {"principalId": "u-1", "name": "U", "echo": "u-1", "rights": rights}
+        assert connect_authorized("U", context)["statusCode"] == 403
     assert table_items() == []
 
 
