@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run emulate test lint typecheck unit clean lambda-zip package node_modules bench
+.PHONY: run run-redis emulate test lint typecheck unit clean lambda-zip package node_modules bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,16 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 
 run: $(VENV)/.installed-run
 	$(BIN)/wschat serve --host $(HOST) --port $(PORT)
+
+# Two workers sharing rooms through a Redis of their own (Debian: apt install redis-server),
+# started here and stopped with them.
+REDIS_PORT ?= 6379
+run-redis: $(VENV)/.installed-run
+	@command -v redis-server >/dev/null || { echo "make run-redis needs redis-server"; exit 2; }
+	redis-server --port $(REDIS_PORT) --bind 127.0.0.1 --save "" --appendonly no & \
+	redis=$$!; trap 'kill $$redis' EXIT INT TERM; \
+	WSCHAT_REDIS_URL=redis://127.0.0.1:$(REDIS_PORT)/0 \
+	$(BIN)/wschat serve --host $(HOST) --port $(PORT) --workers 2
 
 $(VENV)/.installed-emulate: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[emulate]'
@@ -60,6 +70,7 @@ bench: $(VENV)/.installed-bench
 	$(BIN)/python bench/lambda_fanout.py
 	$(BIN)/python bench/artifact_size.py
 	$(BIN)/python bench/emulator_soak.py
+	$(BIN)/python bench/redis_fanout.py
 	$(BIN)/python bench/report.py
 
 # The Lambda artifact: our packages + dependencies built for the Lambda runtime (3.12, x86_64).

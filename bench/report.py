@@ -30,6 +30,7 @@ SECTIONS = {  # file name: heading, in the order of issue 7
     "lambda_fanout": "6. Lambda fan-out",
     "artifact_size": "7. Deployment artifact size",
     "emulator_soak": "8. The emulator over a dev loop",
+    "redis_fanout": "9. Rooms on Redis",
 }
 BAR_PANELS = (  # results file, panel, label field, value field, title, unit
     ("slow_consumer", (0, 2), "label", "p99", "2. Slow consumer: healthy receivers' p99", "ms"),

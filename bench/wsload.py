@@ -115,11 +115,11 @@ def free_port() -> int:
 
 
 @contextmanager
-def running(subject: Subject) -> Iterator[Server]:
-    """The server on SERVER_CORE (taskset execs, so the pid is the server's own)."""
+def running(subject: Subject, core: int = SERVER_CORE) -> Iterator[Server]:
+    """The server on `core` (taskset execs, so the pid is the server's own)."""
     port = free_port()
     env = {**os.environ, **dict(subject.env)}
-    command = ["taskset", "-c", str(SERVER_CORE), *subject.command, "--port", str(port)]
+    command = ["taskset", "-c", str(core), *subject.command, "--port", str(port)]
     with tempfile.TemporaryFile() as log:  # shown only if the server fails to start
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=log)
         try:
@@ -276,10 +276,12 @@ class Tally:
 
 
 class Room:
-    """One sender and its receivers, which feed whichever Tally is current."""
+    """One sender and its receivers, which feed whichever Tally is current. The sender is on
+    `server`; the receivers are dealt round robin across `spread` (by default, `server`)."""
 
-    def __init__(self, server: Server, name: str) -> None:
+    def __init__(self, server: Server, name: str, spread: Sequence[Server] = ()) -> None:
         self.server = server
+        self.spread = list(spread) or [server]
         self.name = name
         self.tally = Tally(0)
         self.seq = 0
@@ -287,7 +289,11 @@ class Room:
 
     async def open(self, receivers: int, first_index: int = 1) -> Room:
         indexes = range(first_index, first_index + receivers)
-        self.receivers = await open_receivers(self.server, self.name, indexes, self._stamped)
+        hosts = len(self.spread)
+        self.receivers = []
+        for i, host in enumerate(self.spread):
+            share = indexes[i::hosts]
+            self.receivers += await open_receivers(host, self.name, share, self._stamped)
         (self.sender,) = await open_many(
             self.server, self.name, range(indexes.stop, indexes.stop + 1)
         )

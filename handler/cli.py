@@ -22,6 +22,13 @@ def _serve(args: argparse.Namespace) -> int:
     from infra.log_redaction import log_config
 
     settings = get_settings()
+    if args.workers > 1 and not settings.redis_url:
+        print(
+            f"wschat: --workers {args.workers} needs WSCHAT_REDIS_URL: workers share rooms "
+            "through Redis (in memory, each worker would have rooms of its own)",
+            file=sys.stderr,
+        )
+        return 2
     try:
         # Fail fast, with a readable message, on bad auth settings. The app builds its own.
         build_authenticator(settings, warn=False)
@@ -35,6 +42,7 @@ def _serve(args: argparse.Namespace) -> int:
             host=args.host or settings.host,
             port=args.port if args.port is not None else settings.port,
             reload=args.reload,
+            workers=args.workers,
             h11_max_incomplete_event_size=H11_MAX_HEAD,
             handshake_timeout=settings.handshake_timeout,
             max_pending_handshakes=settings.max_pending_handshakes,
@@ -166,6 +174,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--host", help="interface to bind (default: WSCHAT_HOST, 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to bind (default: WSCHAT_PORT, 8000)")
     serve.add_argument("--reload", action="store_true", help="restart when code changes")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes sharing rooms (above 1 needs WSCHAT_REDIS_URL)",
+    )
     serve.set_defaults(run=_serve)
 
     emulate = commands.add_parser(

@@ -29,6 +29,9 @@ LOCAL_ONLY = (
     "infra/local_dynamodb.py",
     "infra/log_redaction.py",
     "infra/memory.py",
+    "infra/redis_history.py",
+    "infra/redis_ports.py",
+    "infra/redis_rooms.py",
 )
 SKIP_SUFFIXES = (".pyc",)
 SKIP_NAMES = ("__pycache__",)

@@ -202,6 +202,9 @@ class DynamoConnections:
             query["Limit"] = self._page_size
         return [_connection_from(item) for item in _query(self._client, **query)]
 
+    def count(self, room: str) -> int:
+        return len(self.in_room(room))
+
     def mark_welcomed(
         self, connection_id: str, room: str, through_id: int, force: bool = False
     ) -> bool:
@@ -267,7 +270,14 @@ class DynamoMessageLog:
         self._sleep = sleep
 
     def append(
-        self, *, room: str, user_id: str, user_name: str, text: str, client_msg_id: str | None
+        self,
+        *,
+        room: str,
+        user_id: str,
+        user_name: str,
+        text: str,
+        client_msg_id: str | None,
+        sender_id: str | None = None,
     ) -> tuple[ChatMessage, bool]:
         """Store a message under the room's next id: the counter moves and the message (with
         its de-duplication marker) lands in one transaction, conditioned on the counter still
@@ -380,6 +390,10 @@ class DynamoMessageLog:
             ConsistentRead=True,
         ).get("Item")
         return int(item["last_id"]["N"]) if item else 0
+
+    def epoch(self, room: str) -> str:
+        """DynamoDB never loses a room's counter: one epoch, always."""
+        return "1"
 
     def _messages(self, room: str, bound: str, limit: int, forward: bool) -> list[ChatMessage]:
         bounds = {

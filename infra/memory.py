@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import sys
 import time
 from collections import OrderedDict, deque
@@ -39,6 +40,9 @@ class MemoryConnections:
 
     def in_room(self, room: str) -> Sequence[Connection]:
         return list(self._rooms.get(room, {}).values())
+
+    def count(self, room: str) -> int:
+        return len(self._rooms.get(room, ()))
 
     def mark_welcomed(
         self, connection_id: str, room: str, through_id: int, force: bool = False
@@ -99,6 +103,8 @@ class MemoryMessageLog:
         self._bytes = 0
         self._floor = 0  # the highest id of any forgotten room
         self._next_sweep = 0.0
+        # A restarted process starts every room over: a new epoch for all of them.
+        self._epoch = secrets.token_hex(4)
 
     @property
     def retained_bytes(self) -> int:
@@ -106,7 +112,14 @@ class MemoryMessageLog:
         return self._bytes
 
     def append(
-        self, *, room: str, user_id: str, user_name: str, text: str, client_msg_id: str | None
+        self,
+        *,
+        room: str,
+        user_id: str,
+        user_name: str,
+        text: str,
+        client_msg_id: str | None,
+        sender_id: str | None = None,
     ) -> tuple[ChatMessage, bool]:
         state = self._use(room, create=True)
         assert state is not None
@@ -148,6 +161,9 @@ class MemoryMessageLog:
     def latest_id(self, room: str) -> int:
         state = self._rooms.get(room)
         return state.last_id if state is not None else self._floor
+
+    def epoch(self, room: str) -> str:
+        return self._epoch
 
     def _use(self, room: str, create: bool = False) -> _Room | None:
         """The room's state, marked as just used, with its expired messages gone."""

@@ -122,6 +122,8 @@ class Settings:
     welcome_history: int = _bounded(_CORE.welcome_history, ge=0)
     send_queue_frames: int = _bounded(256, ge=1)
 
+    # `wschat serve` on Redis (workers and hosts sharing rooms); empty: in memory.
+    redis_url: str = ""
     history_size: int = _bounded(1000, ge=1)
     # `wschat serve`: all rooms' history together, in bytes; least recently used rooms go first.
     history_max_bytes: int = _bounded(64 * 1024 * 1024, ge=1024 * 1024)

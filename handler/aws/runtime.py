@@ -16,9 +16,7 @@ from functools import cache
 from typing import Any
 
 from auth.base import Authenticator
-from auth.errors import AuthError
-from auth.handshake import Handshake
-from auth.principal import Principal
+from auth.refresh import BlockingCheck
 from auth.rooms import RoomPolicy, build_room_policy
 from handler.chat.core import ChatCore
 from infra.apigw import ManagementApiDelivery, make_management_client, management_endpoint
@@ -66,21 +64,6 @@ def dynamodb_core(runtime: AwsRuntime, endpoint: str, welcome: bool) -> ChatCore
         policy=runtime.policy(),
         credentials=BlockingCheck(runtime.authenticator),
     )
-
-
-class BlockingCheck:
-    """In-band refresh on Lambda: an invocation handles one frame, so it simply waits."""
-
-    def __init__(self, authenticator: Callable[[], Authenticator]) -> None:
-        self._authenticator = authenticator
-
-    def verify(self, token: str, done: Callable[[Principal | AuthError], None]) -> None:
-        try:
-            principal = self._authenticator().authenticate(Handshake.bearer(token))
-        except AuthError as error:
-            done(error)
-        else:
-            done(principal)
 
 
 class AwsRuntime:

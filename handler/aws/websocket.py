@@ -57,7 +57,7 @@ class WebSocketHandlers:
         params = ConnectParams(asked.dialect, asked.q, rights)
         core.connect(ws.connection_id, asked.room, principal, params)
         if asked.dialect is Dialect.JSON:
-            self._schedule_welcome(ws, asked.since)
+            self._schedule_welcome(ws, asked.since, asked.epoch)
         response = _respond(200)
         if asked.subprotocol:
             response["headers"] = {"Sec-WebSocket-Protocol": asked.subprotocol}
@@ -87,9 +87,13 @@ class WebSocketHandlers:
         if not isinstance(event, Mapping) or not isinstance(event.get("connectionId"), str):
             log.warning("malformed welcome event")
             return _respond(400, "welcome needs connectionId and endpoint")
-        since = event.get("since")
+        since, epoch = event.get("since"), event.get("epoch")
         core = self._runtime().core(str(event.get("endpoint", "")), welcome=True)
-        core.welcome(event["connectionId"], since if isinstance(since, int) else None)
+        core.welcome(
+            event["connectionId"],
+            since if isinstance(since, int) else None,
+            epoch if isinstance(epoch, str) else None,
+        )
         return _respond(200)
 
     def _parse(self, route: str, event: Any) -> WebSocketEvent | Response:
@@ -118,7 +122,7 @@ class WebSocketHandlers:
             raise AuthError("this credential does not open the room", status=403)
         return principal, rights
 
-    def _schedule_welcome(self, ws: WebSocketEvent, since: int | None) -> None:
+    def _schedule_welcome(self, ws: WebSocketEvent, since: int | None, epoch: str | None) -> None:
         rt = self._runtime()
         endpoint = rt.endpoint_for(ws.domain_name, ws.stage, ws.api_id)
         function = rt.settings.welcome_function
@@ -126,9 +130,14 @@ class WebSocketHandlers:
             # Without the function the welcome frame cannot arrive (API Gateway refuses sends
             # during $connect), but the connection must still be opened to live messages.
             log.warning("WSCHAT_WELCOME_FUNCTION is not set: %s gets no welcome", ws.connection_id)
-            rt.core(endpoint).welcome(ws.connection_id, since)
+            rt.core(endpoint).welcome(ws.connection_id, since, epoch)
             return
-        payload = {"connectionId": ws.connection_id, "endpoint": endpoint, "since": since}
+        payload = {
+            "connectionId": ws.connection_id,
+            "endpoint": endpoint,
+            "since": since,
+            "epoch": epoch,
+        }
         try:
             rt.lambda_client().invoke(
                 FunctionName=function, InvocationType="Event", Payload=json.dumps(payload).encode()

@@ -17,6 +17,7 @@ from auth.principal import Principal, is_text
 from auth.rooms import ALL, OpenPolicy, Right, Rights, RoomPolicy
 from handler.chat import wire
 from handler.chat.ports import (
+    Broadcast,
     ChatMessage,
     Connection,
     ConnectionStore,
@@ -60,6 +61,21 @@ class _RateState:
     strikes: int = 0
 
 
+class DirectBroadcast:
+    """A room's members are all in the connection store, and delivery reaches each of them:
+    memory and DynamoDB. (A Redis worker reaches only its own; infra/redis_broadcast.py.)"""
+
+    def __init__(self, core: ChatCore) -> None:
+        self._core = core
+
+    def message(self, message: ChatMessage, sender_id: str | None) -> None:
+        self._core.fan_out(message, sender_id, self._core.connections.in_room(message.room))
+
+    def presence(self, event: str, connection: Connection) -> None:
+        members = self._core.connections.in_room(connection.room)
+        self._core.fan_out_presence(event, connection, len(members), members)
+
+
 class ChatCore:
     def __init__(
         self,
@@ -71,6 +87,7 @@ class ChatCore:
         wall_clock: Callable[[], float] = time.time,
         policy: RoomPolicy | None = None,
         credentials: CredentialCheck | None = None,
+        broadcast: Callable[[ChatCore], Broadcast] | None = None,
     ) -> None:
         self.connections = connections
         self.messages = messages
@@ -78,6 +95,8 @@ class ChatCore:
         self.limits = limits or Limits()
         self.policy = policy or OpenPolicy()
         self._credentials = credentials  # None: in-band refresh is not offered
+        # How what concerns a whole room reaches its members: by default, straight from here.
+        self.broadcast = broadcast(self) if broadcast is not None else DirectBroadcast(self)
         self._clock = clock
         self._wall_clock = wall_clock
         # Rate state lives with the process: exact locally, per warm container on Lambda.
@@ -106,10 +125,12 @@ class ChatCore:
             rights=params.rights,
         )
         self.connections.add(connection)
-        self._announce("join", connection, self.connections.in_room(room))
+        self._announce("join", connection)
         return connection
 
-    def welcome(self, connection_id: str, since: int | None = None) -> None:
+    def welcome(
+        self, connection_id: str, since: int | None = None, epoch: str | None = None
+    ) -> None:
         """Send a JSON-dialect connection its `welcome`: who it is, who is here, and the recent
         history (or a page of what came after `since`), then open it to live messages.
 
@@ -127,18 +148,21 @@ class ChatCore:
         # The latest id is read before the history: the store writes a message and its id
         # together, so every id up to `latest` that is not in the history has expired.
         latest = self.messages.latest_id(room)
+        current = self.messages.epoch(room)
         recovered: bool | None = None
         if since is None:
             history = list(self.messages.recent(room, self.limits.welcome_history))
         else:
             # A `since` beyond the room's latest id: the room's history started over (an
             # in-memory server restarted), so all it holds now is new to the client.
-            recovered = since <= latest
+            recovered = since <= latest and epoch in (None, current)
             history = self._page(room, since if recovered else 0)
         through = history[-1].id if history else latest  # what the client will have
         behind = through < latest  # more than a page after `since`
-        count = len(self.connections.in_room(room))
-        frames = wire.welcome_frames(connection, count, history, max(latest, through), recovered)
+        count = self.connections.count(room)
+        frames = wire.welcome_frames(
+            connection, count, history, max(latest, through), current, recovered
+        )
         self._deliver_all([connection_id], frames)
         if behind:
             # The client pages on from here (its resume point is below `latest_id`), and live
@@ -202,7 +226,7 @@ class ChatCore:
         self._rates.pop(connection_id, None)
         connection = self.connections.remove(connection_id)
         if connection is not None:
-            self._announce("leave", connection, self.connections.in_room(connection.room))
+            self._announce("leave", connection)
 
     def rights(self, principal: Principal, room: str) -> Rights:
         """What the room policy lets `principal` do in `room`. A transport refuses the
@@ -262,26 +286,49 @@ class ChatCore:
             user_name=user_name,
             text=text,
             client_msg_id=client_msg_id,
+            sender_id=sender.id if sender is not None else None,
         )
         if not created:
             if sender is not None and sender.dialect is Dialect.JSON:
                 self._deliver([sender.id], wire.message_frame(message))
             return message, False
+        self.broadcast.message(message, sender.id if sender is not None else None)
+        return message, True
+
+    def fan_out(
+        self, message: ChatMessage, sender_id: str | None, members: Sequence[Connection]
+    ) -> None:
+        """Deliver a stored message to `members` of its room: JSON connections above the id
+        their welcome went up to (none before it), text connections but the sender's (it had
+        the seed's echo). How a Broadcast reaches a room's members."""
         text_ids: list[str] = []
         json_ids: list[str] = []
-        for member in self.connections.in_room(room):
+        for member in members:
             if member.dialect is Dialect.JSON:
-                # Not before its welcome, and nothing its welcome already carried.
                 if member.welcomed_through is not None and message.id > member.welcomed_through:
                     json_ids.append(member.id)
-            elif sender is None or member.id != sender.id:
+            elif member.id != sender_id:
                 text_ids.append(member.id)
         # Each payload is encoded once, however many recipients it has.
         if text_ids:
             self._deliver(text_ids, wire.chat_line(message))
         if json_ids:
             self._deliver(json_ids, wire.message_frame(message))
-        return message, True
+
+    def fan_out_presence(
+        self, event: str, connection: Connection, count: int, members: Sequence[Connection]
+    ) -> None:
+        """Tell the JSON `members` (but `connection` itself) that it joined or left. Not one
+        still waiting for its welcome: the welcome comes first, and its count is current."""
+        others = [
+            m.id
+            for m in members
+            if m.dialect is Dialect.JSON
+            and m.welcomed_through is not None
+            and m.id != connection.id
+        ]
+        if others:
+            self._deliver(others, wire.presence_frame(event, connection, count))
 
     def read(self, room: str, after_id: int, limit: int) -> tuple[list[ChatMessage], int]:
         """A page of the room's messages after `after_id` (at most `limit`), and the room's
@@ -408,10 +455,8 @@ class ChatCore:
         else:
             self._deliver([connection.id], wire.error_line(detail))
 
-    def _announce(self, event: str, connection: Connection, members: Sequence[Connection]) -> None:
-        others = [m.id for m in members if m.dialect is Dialect.JSON and m.id != connection.id]
-        if others:
-            self._deliver(others, wire.presence_frame(event, connection, len(members)))
+    def _announce(self, event: str, connection: Connection) -> None:
+        self.broadcast.presence(event, connection)
 
     def _deliver(self, connection_ids: Sequence[str], payload: str) -> None:
         checked = wire.writable(payload)

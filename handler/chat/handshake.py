@@ -27,6 +27,7 @@ class Accepted:
     q: int | None = None
     since: int | None = None
     subprotocol: str | None = None  # to select in the handshake's answer; never a token
+    epoch: str | None = None  # the history `since` belongs to, from an earlier welcome
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,12 +59,15 @@ def negotiate(
         return Refused(403, str(error))
     if since is not None and since < 0:
         return Refused(403, "`since` must be a non-negative integer")
+    epoch = query.get("epoch")
+    if epoch is not None and not (len(epoch) <= 64 and epoch.isprintable()):
+        return Refused(403, "`epoch` must be what a welcome said")
     requested = query.get("format")
     if requested not in (None, "text", "json"):
         return Refused(403, "`format` must be text or json")
     offered, subprotocol = choose_subprotocol(subprotocols)
     dialect = Dialect(requested) if requested else (offered or Dialect.TEXT)
-    return Accepted(room, dialect, q, since, subprotocol)
+    return Accepted(room, dialect, q, since, subprotocol, epoch)
 
 
 def room_problem(room: str, max_length: int) -> str | None:

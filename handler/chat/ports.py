@@ -70,6 +70,10 @@ class ConnectionStore(Protocol):
 
     def in_room(self, room: str) -> Sequence[Connection]: ...
 
+    def count(self, room: str) -> int:
+        """How many connections the room has, wherever they are."""
+        ...
+
     def mark_welcomed(
         self, connection_id: str, room: str, through_id: int, force: bool = False
     ) -> bool:
@@ -81,14 +85,22 @@ class ConnectionStore(Protocol):
 
 class MessageLog(Protocol):
     def append(
-        self, *, room: str, user_id: str, user_name: str, text: str, client_msg_id: str | None
+        self,
+        *,
+        room: str,
+        user_id: str,
+        user_name: str,
+        text: str,
+        client_msg_id: str | None,
+        sender_id: str | None = None,
     ) -> tuple[ChatMessage, bool]:
         """Store a message under the room's next id. Returns (message, created): a repeated
         `client_msg_id` from the same user returns the stored message with created=False.
 
         Ids are consecutive, and an id becomes the room's `latest_id` only together with its
         message: every id up to `latest_id` is stored (or has expired). Raises StoreBusy
-        when the message could not be stored now."""
+        when the message could not be stored now. `sender_id` is the connection that sent it,
+        if any: a log that also broadcasts (Redis) spares that text socket the copy."""
         ...
 
     def after(self, room: str, after_id: int, limit: int) -> Sequence[ChatMessage]:
@@ -100,6 +112,12 @@ class MessageLog(Protocol):
         ...
 
     def latest_id(self, room: str) -> int: ...
+
+    def epoch(self, room: str) -> str:
+        """Which history the room's ids belong to. It changes only when the history was lost
+        and ids started over (an in-memory server restarted, a Redis without persistence), so
+        a client resuming with an older epoch is told its `since` cannot be honoured."""
+        ...
 
 
 class Delivery(Protocol):
@@ -121,4 +139,18 @@ class CredentialCheck(Protocol):
         """Verify `token` as a bearer credential and call `done` with the principal, or the
         AuthError, on the thread the core runs on: at once, or later (a verification may
         block on a key fetch, which must not stall an event loop)."""
+        ...
+
+
+class Broadcast(Protocol):
+    """Carries what concerns a whole room to its members. Where every member is reachable
+    from here (memory, DynamoDB), the core delivers directly; a Redis worker publishes on the
+    room's channel, and each worker delivers to its own members."""
+
+    def message(self, message: ChatMessage, sender_id: str | None) -> None:
+        """A stored message: to the room's members (the sender's text socket excepted)."""
+        ...
+
+    def presence(self, event: str, connection: Connection) -> None:
+        """`connection` joined or left (it is already in, or already out of, the store)."""
         ...

@@ -279,11 +279,13 @@ def welcome_frames(
     count: int,
     history: Sequence[ChatMessage],
     latest_id: int,
+    epoch: str,
     recovered: bool | None = None,
 ) -> list[str]:
     """The `welcome`, carrying as much of `history` as fits in its frame, then `history`
-    frames with the rest (the welcome then says `more: true`). `recovered`, on a resume:
-    whether the client's `since` could be honoured (False: the room started over)."""
+    frames with the rest (the welcome then says `more: true`). `epoch`: which history the
+    ids belong to; `recovered`, on a resume: whether the client's `since` could be honoured
+    (False: the room started over)."""
     head: dict[str, Any] = {
         "type": "welcome",
         "connection_id": connection.id,
@@ -291,6 +293,7 @@ def welcome_frames(
         "user": _user(connection.user_id, connection.user_name),
         "count": count,
         "latest_id": latest_id,
+        "epoch": epoch,
     }
     if recovered is not None:
         head["recovered"] = recovered

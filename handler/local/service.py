@@ -4,26 +4,29 @@ the app `wschat serve` runs (uvicorn's factory: `handler.local.service:create_lo
 from __future__ import annotations
 
 import asyncio
-import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
 
 from auth.base import Authenticator
-from auth.errors import AuthError
 from auth.factory import build_authenticator
-from auth.handshake import Handshake
-from auth.principal import Principal
-from auth.rooms import build_room_policy
+from auth.refresh import ThreadedCheck
+from auth.rooms import RoomPolicy, build_room_policy
 from handler.chat.core import ChatCore
 from handler.local.socket import chat_socket
 from handler.web.app import create_app
 from infra.local_delivery import LocalDelivery
 from infra.memory import MemoryConnections, MemoryMessageLog
+from infra.redis_history import RedisHistory
+from infra.redis_ports import LoopBridge, RedisBroadcast, RedisConnections, RedisMessageLog
+from infra.redis_rooms import RoomFeed
 from infra.settings import Settings, get_settings
 
-log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass
@@ -31,63 +34,126 @@ class LocalChat:
     settings: Settings
     core: ChatCore
     delivery: LocalDelivery
-    connections: MemoryConnections
     authenticator: Authenticator
-    blocking = False  # in-memory stores: call the core on the event loop
+    # In memory the core never waits, so it runs on the event loop. On Redis it waits on the
+    # network, so it runs in worker threads (infra/redis_ports.py).
+    blocking: bool = False
+    engine: RedisEngine | None = None
+
+    async def call(self, function: Callable[..., T], *args: Any) -> T:
+        """Run a core call where the core runs."""
+        if self.blocking:
+            return await run_in_threadpool(function, *args)
+        return function(*args)
+
+    def health(self) -> dict[str, object]:
+        health: dict[str, object] = {
+            "status": "ok",
+            "transport": "local",
+            "connections": len(self.delivery),
+        }
+        if self.engine is not None:
+            health["redis"] = self.engine.link()
+            if health["redis"] != "linked":
+                health["status"] = "degraded"
+        return health
+
+
+@dataclass
+class RedisEngine:
+    """The Redis side of a worker: started with the app, on its event loop."""
+
+    client: Any
+    feed: RoomFeed
+    bridge: LoopBridge
+
+    async def start(self) -> None:
+        self.bridge.bind(asyncio.get_running_loop())
+        await self.feed.start()
+
+    async def stop(self) -> None:
+        await self.feed.stop()
+        await self.client.aclose()
+
+    def link(self) -> str:
+        """`linked`, `deaf` (subscribed, but its canary stopped arriving) or `unreachable`."""
+        if not self.feed.linked:
+            return "unreachable"
+        return "deaf" if self.feed.deaf else "linked"
 
 
 def build_local_chat(settings: Settings) -> LocalChat:
-    connections = MemoryConnections()
     delivery = LocalDelivery()
+    authenticator = build_authenticator(settings)
+    policy = build_room_policy(settings.room_policy, settings)
+    if settings.redis_url:
+        return _on_redis(settings, delivery, authenticator, policy)
     messages = MemoryMessageLog(
         size=settings.history_size,
         max_bytes=settings.history_max_bytes,
         ttl_seconds=settings.history_ttl_seconds,
     )
-    authenticator = build_authenticator(settings)
     core = ChatCore(
-        connections,
+        MemoryConnections(),
         messages,
         delivery,
         settings.limits(),
-        policy=build_room_policy(settings.room_policy, settings),
+        policy=policy,
         credentials=ThreadedCheck(authenticator),
     )
-    return LocalChat(settings, core, delivery, connections, authenticator)
+    return LocalChat(settings, core, delivery, authenticator)
 
 
-class ThreadedCheck:
-    """In-band refresh under uvicorn: the token is verified in a worker thread (a JWKS fetch
-    may block), and the verdict handed back to the core on the event loop."""
+def _on_redis(
+    settings: Settings, delivery: LocalDelivery, authenticator: Authenticator, policy: RoomPolicy
+) -> LocalChat:
+    import redis.asyncio
+    from redis.asyncio.retry import Retry
+    from redis.backoff import ExponentialBackoff
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
 
-    def __init__(self, authenticator: Authenticator) -> None:
-        self._authenticator = authenticator
-
-    def verify(self, token: str, done: Callable[[Principal | AuthError], None]) -> None:
-        verifying = asyncio.get_running_loop().run_in_executor(
-            None, self._verdict, Handshake.bearer(token)
-        )
-        verifying.add_done_callback(lambda future: done(future.result()))
-
-    def _verdict(self, handshake: Handshake) -> Principal | AuthError:
-        try:
-            return self._authenticator.authenticate(handshake)
-        except AuthError as error:
-            return error
-        except Exception:  # a backend's bug must not leave the refresh unanswered
-            log.exception("verifying a refreshed token failed")
-            return AuthError("the token could not be verified")
+    # After Redis restarts, every pooled connection is stale and fails once: retry enough
+    # to get past them all, quickly.
+    client = redis.asyncio.from_url(
+        settings.redis_url,
+        health_check_interval=10,
+        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 10),
+        retry_on_error=[RedisConnectionError, RedisTimeoutError],
+    )
+    history = RedisHistory(client, settings.history_size, settings.history_ttl_seconds)
+    bridge = LoopBridge()
+    cores: list[ChatCore] = []  # the feed delivers through the core it serves
+    feed = RoomFeed(client, history, lambda: cores[0])
+    core = ChatCore(
+        RedisConnections(feed, bridge),
+        RedisMessageLog(history, bridge),
+        delivery,
+        settings.limits(),
+        policy=policy,
+        credentials=ThreadedCheck(authenticator),
+        broadcast=lambda _: RedisBroadcast(feed, bridge),
+    )
+    cores.append(core)
+    engine = RedisEngine(client, feed, bridge)
+    return LocalChat(settings, core, delivery, authenticator, blocking=True, engine=engine)
 
 
 def create_local_app(settings: Settings | None = None) -> FastAPI:
     """The chat under uvicorn: the shared app plus the seed's WebSocket endpoint."""
     settings = settings or get_settings()
     chat = build_local_chat(settings)
-    app = create_app(
-        settings,
-        rest=lambda: chat,
-        health=lambda: {"status": "ok", "transport": "local", "connections": len(chat.connections)},
-    )
+    app = create_app(settings, rest=lambda: chat, health=chat.health)
     app.state.chat = chat
     app.add_api_websocket_route("/items/{item_id}/ws", chat_socket)
+    engine = chat.engine
+    if engine is not None:
+
+        @asynccontextmanager
+        async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+            await engine.start()
+            yield
+            await engine.stop()
+
+        app.router.lifespan_context = lifespan
     return app

@@ -59,8 +59,11 @@ async def chat_socket(websocket: WebSocket, item_id: str) -> None:
     expiry = _ExpiryTimer(chat, connection_id)
     try:
         params = ConnectParams(asked.dialect, asked.q, rights)
-        chat.core.connect(connection_id, asked.room, principal, params)
-        chat.core.welcome(connection_id, asked.since)
+        try:
+            await chat.call(chat.core.connect, connection_id, asked.room, principal, params)
+            await chat.call(chat.core.welcome, connection_id, asked.since, asked.epoch)
+        except Exception:
+            _unavailable(outbox)
         expiry.arm(principal.expires_at)
         reader = asyncio.create_task(_read(websocket, chat, connection_id, outbox))
         # Whichever side ends first ends the connection: the client hanging up, or the
@@ -69,7 +72,7 @@ async def chat_socket(websocket: WebSocket, item_id: str) -> None:
         reader.cancel()
     finally:
         expiry.cancel()
-        chat.core.disconnect(connection_id)
+        await chat.call(chat.core.disconnect, connection_id)
         chat.delivery.unregister(connection_id)
         writer.cancel()
 
@@ -104,4 +107,15 @@ async def _read(websocket: WebSocket, chat: LocalChat, connection_id: str, outbo
         if outbox.closing:
             continue  # a close is on its way; what the client says now is moot
         text = message.get("text")
-        chat.core.message(connection_id, text if text is not None else message.get("bytes", b""))
+        frame = text if text is not None else message.get("bytes", b"")
+        try:
+            await chat.call(chat.core.message, connection_id, frame)
+        except Exception:
+            _unavailable(outbox)
+
+
+def _unavailable(outbox: Outbox) -> None:
+    """The store failed a call (Redis unreachable, say): close with 1013, and the client
+    reconnects and resumes with `since`, losing nothing."""
+    log.exception("the chat's store failed; closing the connection with 1013")
+    outbox.request_close(CloseCode.TRY_AGAIN_LATER, "the chat is unavailable; try again")

@@ -8,7 +8,7 @@ from importlib.resources import files
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 
 from handler.web.rest import RestBackend, rest_router, validation_error
 from infra.settings import Settings
@@ -40,8 +40,9 @@ def create_app(
         return page
 
     @app.get("/healthz")
-    async def healthz() -> dict[str, object]:
-        return health()
+    async def healthz() -> JSONResponse:
+        body = health()
+        return JSONResponse(body, status_code=200 if body["status"] == "ok" else 503)
 
     app.include_router(rest_router(rest))
     return app

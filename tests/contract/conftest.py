@@ -1,5 +1,6 @@
-"""One behavioural suite, two transports: `wschat serve` (uvicorn) and `wschat emulate` (the
-Lambda handlers behind the API Gateway emulator). Each test runs against both."""
+"""One behavioural suite, three topologies: `wschat serve` (uvicorn, in memory), `wschat
+emulate` (the Lambda handlers behind the API Gateway emulator), and two `wschat serve`
+processes sharing one Redis, each room's clients spread across both. Each test runs on all."""
 
 from __future__ import annotations
 
@@ -13,23 +14,29 @@ from urllib.parse import quote, urlencode
 import pytest
 import websockets
 
+from tests.redis_server import running_redis
 from tests.servers import Server, running_server
 
-TRANSPORTS = {"uvicorn": "serve", "emulator": "emulate"}
+TRANSPORTS = {"uvicorn": "serve", "emulator": "emulate", "redis": "serve"}
 
 
 @dataclass
 class Transport:
     name: str
-    server: Server
+    server: Server  # REST and logs go here
+    peers: tuple[Server, ...] = ()  # sockets take turns among server and peers
+    _turn: int = 0
 
     def url(self, room: str, **query: str) -> str:
-        if self.name == "uvicorn":
-            path = f"/items/{quote(room, safe='')}/ws"
-        else:
+        if self.name == "emulator":
             path = "/local"
             query = {"room": room, **query}
-        return self.server.ws(f"{path}?{urlencode(query)}" if query else path)
+        else:
+            path = f"/items/{quote(room, safe='')}/ws"
+        servers = (self.server, *self.peers)
+        server = servers[self._turn % len(servers)]
+        self._turn += 1
+        return server.ws(f"{path}?{urlencode(query)}" if query else path)
 
     def connect(self, room: str, **kwargs: Any) -> Any:
         """A `websockets` connection: query parameters as keywords, plus `headers`,
@@ -49,20 +56,37 @@ class Transport:
         )
 
 
+@contextmanager
+def topology(name: str, directory: Path, env: dict[str, str]) -> Iterator[Transport]:
+    """A transport's servers, started with `env`; on Redis, two of them and their Redis."""
+    from contextlib import ExitStack
+
+    with ExitStack() as stack:
+        if name != "redis":
+            server = stack.enter_context(running_server(directory, env, TRANSPORTS[name]))
+            yield Transport(name, server)
+            return
+        redis = stack.enter_context(running_redis(directory))
+        shared = {**env, "WSCHAT_REDIS_URL": redis.url()}
+        first = stack.enter_context(running_server(directory, shared))
+        second = stack.enter_context(running_server(directory, shared))
+        yield Transport(name, first, (second,))
+
+
 @pytest.fixture(scope="session")
-def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Server]]:
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Transport]]:
     from contextlib import ExitStack
 
     with ExitStack() as stack:
         yield {
-            name: stack.enter_context(running_server(tmp_path_factory.mktemp(name), {}, command))
-            for name, command in TRANSPORTS.items()
+            name: stack.enter_context(topology(name, tmp_path_factory.mktemp(name), {}))
+            for name in TRANSPORTS
         }
 
 
 @pytest.fixture(params=list(TRANSPORTS))
-def transport(request: pytest.FixtureRequest, servers: dict[str, Server]) -> Transport:
-    return Transport(request.param, servers[request.param])
+def transport(request: pytest.FixtureRequest, servers: dict[str, Transport]) -> Transport:
+    return servers[request.param]
 
 
 @pytest.fixture(params=list(TRANSPORTS))
@@ -75,9 +99,7 @@ def start_transport(
     with ExitStack() as stack:
 
         def start(**env: str) -> Transport:
-            command = TRANSPORTS[request.param]
-            server = stack.enter_context(running_server(tmp_path, env, command))
-            return Transport(request.param, server)
+            return stack.enter_context(topology(request.param, tmp_path, env))
 
         yield start
 
@@ -88,6 +110,5 @@ def transport_with(
 ) -> Iterator[Transport]:
     """The transport `request.param` names, started with `env`: for module-scoped fixtures
     that several tests share."""
-    command = TRANSPORTS[request.param]
-    with running_server(tmp_path_factory.mktemp(command), env, command) as server:
-        yield Transport(request.param, server)
+    with topology(request.param, tmp_path_factory.mktemp(request.param), env) as transport:
+        yield transport

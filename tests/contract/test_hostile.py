@@ -17,9 +17,9 @@ from tests.contract.conftest import Transport
 
 
 def _target(transport: Transport, query: str) -> str:
-    if transport.name == "uvicorn":
-        return f"/items/hostile/ws?{query}"
-    return f"/local?room=hostile&{query}"
+    if transport.name == "emulator":
+        return f"/local?room=hostile&{query}"
+    return f"/items/hostile/ws?{query}"
 
 
 def _exchange(port: int, request: bytes, then: bytes = b"", linger: float = 5) -> bytes:

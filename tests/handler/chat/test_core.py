@@ -662,3 +662,23 @@ def test_refresh_needs_a_credential_check(core: ChatCore, delivery: RecordingDel
     delivery.take("J")
     core.message("J", '{"action":"refresh","token":"x"}')
     assert delivery.take_json("J")[0]["code"] == "refresh_failed"
+
+
+def test_a_resume_from_another_epoch_is_not_recovered(
+    core: ChatCore, delivery: RecordingDelivery
+) -> None:
+    for text in ("one", "two"):
+        core.publish("r", "id-w", "w", text)
+    join(core, "J", "r", principal("j"), JSON)
+    epoch = delivery.take_json("J")[0]["epoch"]
+    core.connect("K", "r", principal("k"), JSON)
+    core.welcome("K", since=1, epoch=epoch)
+    welcome = delivery.take_json("K")[0]
+    assert (welcome["recovered"], [m["text"] for m in welcome["history"]]) == (True, ["two"])
+    core.connect("L", "r", principal("l"), JSON)
+    core.welcome("L", since=1, epoch="an epoch of another life")
+    welcome = delivery.take_json("L")[0]
+    assert (welcome["recovered"], [m["text"] for m in welcome["history"]]) == (
+        False,
+        ["one", "two"],
+    )

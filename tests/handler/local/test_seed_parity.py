@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
@@ -47,7 +48,9 @@ def test_no_credential_is_a_policy_violation(client: TestClient) -> None:
     with pytest.raises(WebSocketDisconnect) as refused, client.websocket_connect("/items/foo/ws"):
         pass
     assert refused.value.code == 1008
-    assert len(client.app.state.chat.connections) == 0  # type: ignore[attr-defined]
+    assert isinstance(client.app, FastAPI)
+    chat = client.app.state.chat
+    assert len(chat.delivery) == 0 and chat.core.connections.count("foo") == 0  # nothing kept
 
 
 @pytest.mark.parametrize("q", ["abc", "1.5", ""])

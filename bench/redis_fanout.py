@@ -1,0 +1,249 @@
+"""Rooms on Redis (issue 14): what sharing rooms through Redis costs, against wschat in memory
+measured in the same run. Redis and the worker(s) share core 0; this load generator is on core 1.
+
+    .venv/bin/python bench/redis_fanout.py [--sizes 10,100,1000]
+
+1. CPU per delivery, one process, N = 10, 100, 1000: the worker's CPU time per delivery on
+   Redis against in memory (target: within 1.5x), and Redis's own CPU beside it.
+2. Two workers against one at N = 100: deliveries/s with at most 16 messages in flight, the
+   receivers dealt across the workers, and each worker's CPU per delivery.
+3. Cross-host delivery latency at a paced 2,000 deliveries/s, N = 100: the sender on one
+   worker and every receiver on another, against one in-memory process (target: p99 within 2x).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import replace
+from typing import Any
+
+from wsload import (
+    CLIENT_CORE,
+    WSCHAT,
+    Room,
+    Server,
+    Subject,
+    closed_loop,
+    ms,
+    paced,
+    percentiles,
+    pin_to_client_core,
+    publish,
+    running,
+)
+
+DELIVERIES = 30_000  # per throughput phase, whatever N is
+REPEATS = 5  # phases per subject, taking turns; the median is reported
+PACED_RATE = 2_000  # deliveries/s in the latency phase
+PACED_SECONDS = 3.0
+REDIS = Subject(
+    "redis",
+    "redis-server",
+    ("redis-server", "--save", "", "--appendonly", "no", "--bind", "127.0.0.1"),
+    "",
+)
+
+
+def on_redis(redis: Server) -> Subject:
+    return replace(
+        WSCHAT,
+        key="wschat-redis",
+        label="wschat on Redis",
+        env=(*WSCHAT.env, ("WSCHAT_REDIS_URL", f"redis://127.0.0.1:{redis.port}/0")),
+    )
+
+
+@contextmanager
+def redis_and(workers: int) -> Iterator[tuple[Server, list[Server]]]:
+    """A fresh Redis with `workers` wschat processes on it: the first on core 0 with Redis,
+    the second on core 1 (with this load generator)."""
+    with ExitStack() as stack:
+        redis = stack.enter_context(running(REDIS))
+        subject = on_redis(redis)
+        chats = [stack.enter_context(running(subject, core=i % 2)) for i in range(workers)]
+        yield redis, chats
+
+
+Phase = tuple[float, list[float]]  # wall seconds, and CPU seconds of each watched process
+
+
+async def phase(room: Room, messages: int, watched: list[Server]) -> Phase:
+    """One closed-loop phase, at most 16 messages in flight."""
+    cpu = [server.cpu_seconds() for server in watched]
+    started = time.perf_counter()
+    await closed_loop(room, messages, window=16)
+    wall = time.perf_counter() - started
+    return wall, [s.cpu_seconds() - c for s, c in zip(watched, cpu, strict=True)]
+
+
+def median(runs: list[Phase]) -> Phase:
+    """The phase whose first watched process spent the median CPU time."""
+    return sorted(runs, key=lambda run: run[1][0])[len(runs) // 2]
+
+
+async def cpu_per_delivery(sizes: list[int]) -> list[dict[str, Any]]:
+    rows = []
+    for receivers in sizes:
+        messages = max(20, DELIVERIES // receivers)
+        deliveries = messages * receivers
+        with running(WSCHAT) as memory, redis_and(1) as (redis, (chat,)):
+            subjects = [(memory, [memory]), (chat, [chat, redis])]
+            rooms = [
+                await Room(server, f"cpu{receivers}").open(receivers) for server, _ in subjects
+            ]
+            try:
+                for room in rooms:
+                    await closed_loop(room, messages // 10, window=16)  # warm-up
+                results: list[list[Phase]] = [[], []]
+                for _ in range(REPEATS):  # the two take turns, so drift moves both alike
+                    for (_, watched), room, runs in zip(subjects, rooms, results, strict=True):
+                        runs.append(await phase(room, messages, watched))
+            finally:
+                for room in rooms:
+                    await room.close()
+        base = None
+        for (server, _), runs in zip(subjects, results, strict=True):
+            wall, cpu = median(runs)
+            worker_us = cpu[0] / deliveries * 1e6
+            base = base or worker_us
+            rows.append(
+                {
+                    "part": "cpu",
+                    "server": server.subject.label,
+                    "receivers": receivers,
+                    "deliveries_per_s": deliveries / wall,
+                    "worker_us_per_delivery": worker_us,
+                    "redis_us_per_delivery": cpu[1] / deliveries * 1e6 if len(cpu) > 1 else 0.0,
+                    "vs_memory": worker_us / base,
+                }
+            )
+    return rows
+
+
+async def scaling(receivers: int) -> list[dict[str, Any]]:
+    """One worker against two, the room's receivers dealt across them."""
+    rows = []
+    messages = max(20, DELIVERIES // receivers)
+    for workers in (1, 2):
+        with redis_and(workers) as (redis, chats):
+            room = await Room(chats[0], f"scale{receivers}", spread=chats).open(receivers)
+            try:
+                await closed_loop(room, messages // 10, window=16)
+                client = time.process_time()
+                runs = [await phase(room, messages, [*chats, redis]) for _ in range(REPEATS)]
+                client_cpu = (time.process_time() - client) / REPEATS
+                wall, cpu = median(runs)
+            finally:
+                await room.close()
+        deliveries = messages * receivers
+        per_worker = receivers / workers  # each worker's share of a message's deliveries
+        rows.append(
+            {
+                "part": "scaling",
+                "workers": workers,
+                "receivers": receivers,
+                "deliveries_per_s": deliveries / wall,
+                "worker_us_per_delivery": [
+                    c / (messages * per_worker) * 1e6 for c in cpu[:workers]
+                ],
+                "worker_cpu_pct": [c / wall * 100 for c in cpu[:workers]],
+                "redis_cpu_pct": cpu[-1] / wall * 100,
+                "client_cpu_pct": client_cpu / wall * 100,
+            }
+        )
+    return rows
+
+
+async def cross_host(receivers: int) -> list[dict[str, Any]]:
+    """Paced latency: in one in-memory process, then from a sender on one worker to
+    receivers on another."""
+    rate = PACED_RATE / receivers
+    count = max(3, round(rate * PACED_SECONDS))
+    rows = []
+    with running(WSCHAT) as memory, redis_and(2) as (_, (near, far)):
+        cases = [
+            ("in one process (memory)", Room(memory, "paced")),
+            ("cross-host (Redis)", Room(near, "paced", spread=[far])),
+        ]
+        for label, room in cases:
+            await room.open(receivers)
+            try:
+                await paced(room, rate, count // 3, settle=10)  # warm-up
+                latency = await paced(room, rate, count, settle=10)
+            finally:
+                await room.close()
+            rows.append(
+                {
+                    "part": "latency",
+                    "server": label,
+                    "receivers": receivers,
+                    **percentiles(latency.latencies, count * receivers),
+                }
+            )
+    return rows
+
+
+def tables(rows: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "| N | server | deliveries/s | worker CPU/delivery | vs memory | Redis CPU/delivery |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in (r for r in rows if r["part"] == "cpu"):
+        lines.append(
+            f"| {row['receivers']} | {row['server']} | {row['deliveries_per_s']:,.0f} "
+            f"| {row['worker_us_per_delivery']:.1f} µs | {row['vs_memory']:.2f}x "
+            f"| {row['redis_us_per_delivery']:.1f} µs |"
+        )
+    scale = [r for r in rows if r["part"] == "scaling"]
+    if scale:
+        one = scale[0]["deliveries_per_s"]
+        lines += [
+            "",
+            f"| workers (N = {scale[0]['receivers']}) | deliveries/s | vs one "
+            "| worker CPU/delivery | worker CPU | Redis CPU | client CPU |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for row in scale:
+            lines.append(
+                f"| {row['workers']} | {row['deliveries_per_s']:,.0f} "
+                f"| {row['deliveries_per_s'] / one:.2f}x "
+                f"| {', '.join(f'{us:.1f} µs' for us in row['worker_us_per_delivery'])} "
+                f"| {', '.join(f'{pct:.0f}%' for pct in row['worker_cpu_pct'])} "
+                f"| {row['redis_cpu_pct']:.0f}% | {row['client_cpu_pct']:.0f}% |"
+            )
+    paced_rows = [r for r in rows if r["part"] == "latency"]
+    if paced_rows:
+        base = paced_rows[0]["p99"]
+        lines += [
+            "",
+            f"| delivery (N = {paced_rows[0]['receivers']}, {PACED_RATE:,} deliveries/s) "
+            "| p50 | p99 | max | p99 vs one process |",
+            "|---|---|---|---|---|",
+        ]
+        for row in paced_rows:
+            lines.append(
+                f"| {row['server']} | {ms(row['p50'])} | {ms(row['p99'])} | {ms(row['max'])} "
+                f"| {row['p99'] / base:.2f}x |"
+            )
+    return lines
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sizes", default="10,100,1000")
+    parser.add_argument("--scale-size", type=int, default=100)
+    args = parser.parse_args()
+    pin_to_client_core()
+    assert CLIENT_CORE == 1, "needs two cores"
+    rows = asyncio.run(cpu_per_delivery([int(size) for size in args.sizes.split(",")]))
+    rows += asyncio.run(scaling(args.scale_size))
+    rows += asyncio.run(cross_host(args.scale_size))
+    return publish("redis_fanout", tables(rows), rows)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,161 @@
+"""The chat core's ports on Redis, for `wschat serve` with `WSCHAT_REDIS_URL`.
+
+The core is synchronous (handler/chat/ports.py); Redis is reached with redis.asyncio on the
+worker's event loop. So on Redis the core runs in worker threads (the local transport calls
+it with `run_in_threadpool`), and these adapters hand each Redis call to the loop and wait for
+its answer. The loop itself never waits on a thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Coroutine, Sequence
+from typing import Any, TypeVar
+
+from handler.chat.ports import ChatMessage, Connection
+from infra.redis_history import RedisHistory
+from infra.redis_rooms import RoomFeed
+
+T = TypeVar("T")
+CALL_TIMEOUT = 10.0
+
+
+class LoopBridge:
+    """Runs coroutines on the worker's event loop for the core's threads."""
+
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: int | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Called on the loop, once, when the app starts."""
+        self._loop, self._thread = loop, threading.get_ident()
+
+    @property
+    def on_loop(self) -> bool:
+        return threading.get_ident() == self._thread
+
+    def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        """Wait for `coroutine`, run on the loop. Never call it from the loop itself."""
+        if self._loop is None or self.on_loop:
+            coroutine.close()
+            raise RuntimeError("a Redis call from the event loop would wait on itself")
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(CALL_TIMEOUT)
+
+    def spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        """Start `coroutine` on the loop without waiting for it, from any thread."""
+        if self._loop is None:
+            coroutine.close()
+            return
+        if self.on_loop:
+            self._track(self._loop.create_task(coroutine))
+        else:
+            loop = self._loop
+            loop.call_soon_threadsafe(lambda: self._track(loop.create_task(coroutine)))
+
+    def _track(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.add(task)  # a reference, so the task is not collected half-way
+        task.add_done_callback(self._tasks.discard)
+
+
+class RedisConnections:
+    """The connection store: this worker's members in the feed, membership in Redis."""
+
+    def __init__(self, feed: RoomFeed, bridge: LoopBridge) -> None:
+        self._feed = feed
+        self._bridge = bridge
+
+    def add(self, connection: Connection) -> None:
+        if self._feed.get(connection.id) is not None:
+            self._feed.update(connection)  # a refresh: new rights and expiry, same member
+        else:
+            self._bridge.run(self._feed.join(connection))
+
+    def get(self, connection_id: str) -> Connection | None:
+        return self._feed.get(connection_id)
+
+    def remove(self, connection_id: str) -> Connection | None:
+        connection = self._feed.forget(connection_id)
+        if connection is not None:
+            if self._bridge.on_loop:  # a fan-out found the socket gone
+                self._bridge.spawn(self._feed.leave(connection))
+            else:
+                self._bridge.run(self._feed.leave(connection))
+        return connection
+
+    def in_room(self, room: str) -> Sequence[Connection]:
+        """This worker's members of the room (the others are other workers' to reach)."""
+        return self._feed.local_members(room)
+
+    def count(self, room: str) -> int:
+        return self._bridge.run(self._feed.count(room))
+
+    def mark_welcomed(
+        self, connection_id: str, room: str, through_id: int, force: bool = False
+    ) -> bool:
+        return self._feed.mark_welcomed(connection_id, through_id, force)
+
+
+class RedisMessageLog:
+    """The message log: a stream per room, appended to by the atomic publish script."""
+
+    def __init__(self, history: RedisHistory, bridge: LoopBridge) -> None:
+        self._history = history
+        self._bridge = bridge
+
+    def append(
+        self,
+        *,
+        room: str,
+        user_id: str,
+        user_name: str,
+        text: str,
+        client_msg_id: str | None,
+        sender_id: str | None = None,
+    ) -> tuple[ChatMessage, bool]:
+        return self._bridge.run(
+            self._history.append(
+                room=room,
+                user_id=user_id,
+                user_name=user_name,
+                text=text,
+                client_msg_id=client_msg_id,
+                ts=time.time(),
+                sender_id=sender_id,
+            )
+        )
+
+    def after(self, room: str, after_id: int, limit: int) -> Sequence[ChatMessage]:
+        return self._bridge.run(self._history.after(room, after_id, limit))
+
+    def recent(self, room: str, limit: int) -> Sequence[ChatMessage]:
+        return self._bridge.run(self._history.recent(room, limit))
+
+    def latest_id(self, room: str) -> int:
+        latest, _ = self._bridge.run(self._history.latest(room))
+        return latest
+
+    def epoch(self, room: str) -> str:
+        _, epoch = self._bridge.run(self._history.latest(room))
+        return epoch
+
+
+class RedisBroadcast:
+    """What concerns a whole room goes out on its channel; every worker with members there
+    delivers to its own (infra/redis_rooms.py)."""
+
+    def __init__(self, feed: RoomFeed, bridge: LoopBridge) -> None:
+        self._feed = feed
+        self._bridge = bridge
+
+    def message(self, message: ChatMessage, sender_id: str | None) -> None:
+        """Nothing to do: the publish script that stored the message published it."""
+
+    def presence(self, event: str, connection: Connection) -> None:
+        if self._bridge.on_loop:
+            self._bridge.spawn(self._feed.publish_presence(event, connection))
+        else:
+            self._bridge.run(self._feed.publish_presence(event, connection))

@@ -1,0 +1,423 @@
+"""One worker's share of the rooms, when `wschat serve` runs on Redis (`WSCHAT_REDIS_URL`).
+
+Every worker (a process of `wschat serve --workers N`, on any host) holds its own sockets and
+keeps, on its event loop:
+
+- **its members**, by id and by room, with each JSON connection's welcome gate;
+- **a subscription per room it has members in**, on the room's sharded pub/sub channel, where
+  the publish script (infra/redis_history.py) puts every message and presence event. It
+  delivers each to its own members through the core's fan-out, in id order: it remembers the
+  last id it delivered per room, and fills a gap (a message lost while the link was down) from
+  the room's stream before it delivers anything newer;
+- **a canary**: every second it publishes to a channel of its own; a canary unseen for 5 s
+  means the subscription went deaf, and it resubscribes and catches up from the streams;
+- **a heartbeat**: its members are registered in Redis under its id, which it refreshes every
+  few seconds. A worker whose heartbeat lapses (killed with SIGKILL, say) is reaped by
+  another: its members are removed and their rooms told they left.
+
+Redis keys besides a room's history: `wschat:{room}:members` (set of connection ids),
+`wschat:conn:<id>` (hash: room, user, dialect, worker), `wschat:workers` (set of worker ids),
+`wschat:worker:<id>` (heartbeat, with a TTL) and `wschat:worker:<id>:conns` (set).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from handler.chat.core import ChatCore
+from handler.chat.ports import ChatMessage, Connection, Dialect
+from infra.redis_history import RedisHistory, channel, message_of
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_SECONDS = 5.0
+HEARTBEAT_TTL = 15  # a worker silent this long is reaped: no ghost outlives 20 s
+CANARY_SECONDS = 1.0
+DEAF_AFTER = 5.0  # a canary unseen this long: resubscribe and catch up
+CATCH_UP_PAGE = 500
+
+
+# KEYS: connection hash, room members, worker's connections. ARGV: id, room, user id, name,
+# dialect, worker.
+JOIN = """
+redis.call('HSET', KEYS[1], 'room', ARGV[2], 'user_id', ARGV[3], 'user_name', ARGV[4],
+  'dialect', ARGV[5], 'worker', ARGV[6])
+redis.call('SADD', KEYS[2], ARGV[1])
+redis.call('SADD', KEYS[3], ARGV[1])
+"""
+# KEYS: as JOIN's. ARGV: id.
+LEAVE = """
+redis.call('DEL', KEYS[1])
+redis.call('SREM', KEYS[3], ARGV[1])
+return redis.call('SREM', KEYS[2], ARGV[1])
+"""
+
+
+def members_key(room: str) -> str:
+    return f"wschat:{{{room}}}:members"
+
+
+@dataclass
+class _Room:
+    members: dict[str, Connection]
+    delivered: int  # the last id delivered here (or known to be old when subscribing)
+    epoch: str
+
+
+class RoomFeed:
+    """This worker's members and subscriptions. Its coroutines run on the event loop; its
+    plain methods are safe from any thread (the core runs in worker threads on Redis)."""
+
+    def __init__(self, redis: Any, history: RedisHistory, core: Callable[[], ChatCore]) -> None:
+        self.worker = secrets.token_hex(6)
+        self._redis = redis
+        self._history = history
+        self._core = core
+        # Members, gates and `delivered`, between the core's threads and the loop. Reentrant:
+        # a fan-out that finds a socket gone forgets it under the same lock.
+        self._lock = threading.RLock()
+        self._connections: dict[str, Connection] = {}
+        self._rooms: dict[str, _Room] = {}
+        self._pubsub: Any = None
+        self._subscribed = asyncio.Event()
+        self._canary_seen = time.monotonic()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.linked = False  # the last Redis call succeeded
+        # Each is one atomic round trip.
+        self._join = redis.register_script(JOIN)
+        self._leave = redis.register_script(LEAVE)
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self._redis.sadd("wschat:workers", self.worker)
+        await self._beat()
+        self._pubsub = self._redis.pubsub()
+        await self._pubsub.ssubscribe(self._canary_channel)
+        self._tasks = [
+            asyncio.create_task(self._listen(), name="redis-listen"),
+            asyncio.create_task(self._heartbeat(), name="redis-heartbeat"),
+            asyncio.create_task(self._watch_canary(), name="redis-canary"),
+        ]
+        self.linked = True
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        with contextlib.suppress(Exception):
+            await self._reap(self.worker)  # our members are gone with us
+            await self._pubsub.aclose()
+
+    @property
+    def deaf(self) -> bool:
+        return time.monotonic() - self._canary_seen > DEAF_AFTER
+
+    @property
+    def _canary_channel(self) -> str:
+        return f"wschat:{{canary-{self.worker}}}"
+
+    # --- members (from the core's threads, through infra/redis_ports.py) -----------------
+
+    async def join(self, connection: Connection) -> None:
+        """Register a member here and in Redis, subscribed to its room before it returns: the
+        welcome reads history only once live messages are sure to reach it."""
+        room = connection.room
+        with self._lock:
+            self._connections[connection.id] = connection
+            state = self._rooms.get(room)
+            if state is not None:
+                state.members[connection.id] = connection
+        if state is None:
+            await self._subscribe(room, connection)
+        await self._join(
+            keys=[
+                f"wschat:conn:{connection.id}",
+                members_key(room),
+                f"wschat:worker:{self.worker}:conns",
+            ],
+            args=[
+                connection.id,
+                room,
+                connection.user_id,
+                connection.user_name,
+                connection.dialect.value,
+                self.worker,
+            ],
+        )
+
+    def get(self, connection_id: str) -> Connection | None:
+        return self._connections.get(connection_id)
+
+    def update(self, connection: Connection) -> None:
+        with self._lock:
+            if connection.id in self._connections:
+                self._connections[connection.id] = connection
+                state = self._rooms.get(connection.room)
+                if state is not None:
+                    state.members[connection.id] = connection
+
+    def forget(self, connection_id: str) -> Connection | None:
+        """Drop a member here at once; `leave` then tells Redis."""
+        with self._lock:
+            connection = self._connections.pop(connection_id, None)
+            if connection is not None:
+                state = self._rooms.get(connection.room)
+                if state is not None:
+                    state.members.pop(connection_id, None)
+        return connection
+
+    async def leave(self, connection: Connection) -> None:
+        await self._leave(
+            keys=[
+                f"wschat:conn:{connection.id}",
+                members_key(connection.room),
+                f"wschat:worker:{self.worker}:conns",
+            ],
+            args=[connection.id],
+        )
+        # The room's subscription stays a while (the heartbeat drops idle ones): a member
+        # coming back finds it in place.
+
+    def local_members(self, room: str) -> list[Connection]:
+        with self._lock:
+            state = self._rooms.get(room)
+            return list(state.members.values()) if state is not None else []
+
+    async def count(self, room: str) -> int:
+        return int(await self._redis.scard(members_key(room)))
+
+    def mark_welcomed(self, connection_id: str, through_id: int, force: bool = False) -> bool:
+        """Open a JSON member's gate at `through_id`, unless this worker already delivered
+        something newer in its room (which the member, gated, did not get): then False, and
+        the welcome sends what is new and tries again (docs/welcome-seam.md)."""
+        with self._lock:
+            connection = self._connections.get(connection_id)
+            if connection is None:
+                return True
+            state = self._rooms.get(connection.room)
+            if state is not None and state.delivered > through_id and not force:
+                return False
+            gated = replace(connection, welcomed_through=through_id)
+            self._connections[connection_id] = gated
+            if state is not None:
+                state.members[connection_id] = gated
+            return True
+
+    async def publish_presence(self, event: str, connection: Connection) -> None:
+        count = await self.count(connection.room)
+        payload = {
+            "p": event,
+            "c": {
+                "id": connection.id,
+                "room": connection.room,
+                "user_id": connection.user_id,
+                "user_name": connection.user_name,
+                "dialect": connection.dialect.value,
+            },
+            "n": count,
+        }
+        await self._redis.spublish(channel(connection.room), json.dumps(payload))
+
+    # --- the subscription ---------------------------------------------------------------
+
+    async def _subscribe(self, room: str, first: Connection) -> None:
+        await self._pubsub.ssubscribe(channel(room))
+        # Subscribed first, then the latest id: whatever is published from here on arrives,
+        # and whatever is older than `latest` is not this room's news for this worker.
+        latest, epoch = await self._history.latest(room)
+        with self._lock:
+            state = self._rooms.get(room)
+            if state is None:
+                members = {c.id: c for c in self._connections.values() if c.room == room} or {
+                    first.id: first
+                }
+                self._rooms[room] = _Room(members, latest, epoch)
+
+    async def _listen(self) -> None:
+        """Read the subscription for as long as the worker lives, resubscribing after a
+        lost link."""
+        while True:
+            try:
+                message = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
+                self.linked = True
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                self.linked = False
+                log.warning("redis subscription lost (%s); resubscribing", type(error).__name__)
+                await asyncio.sleep(0.5)
+                await self._resubscribe()
+                continue
+            if message is None or message.get("type") != "smessage":
+                continue
+            name = message["channel"].decode()
+            if name == self._canary_channel:
+                self._canary_seen = time.monotonic()
+                continue
+            await self._on_room_event(message["data"])
+
+    async def _on_room_event(self, data: bytes) -> None:
+        fields = json.loads(data)
+        if "p" in fields:
+            self._on_presence(fields)
+            return
+        epoch, message, sender_id = message_of(data)
+        await self._deliver_in_order(message, epoch, sender_id)
+
+    def _on_presence(self, fields: dict[str, Any]) -> None:
+        conn = fields["c"]
+        connection = Connection(
+            id=conn["id"],
+            room=conn["room"],
+            user_id=conn["user_id"],
+            user_name=conn["user_name"],
+            dialect=Dialect(conn["dialect"]),
+            echo="",
+        )
+        members = self.local_members(connection.room)
+        self._core().fan_out_presence(fields["p"], connection, int(fields["n"]), members)
+
+    async def _deliver_in_order(
+        self, message: ChatMessage, epoch: str, sender_id: str | None
+    ) -> None:
+        room = message.room
+        with self._lock:
+            state = self._rooms.get(room)
+            if state is None:
+                return
+            if epoch != state.epoch:  # the room started over in Redis: so do we
+                state.epoch, state.delivered = epoch, 0
+            behind = state.delivered
+        if message.id <= behind:
+            return  # delivered already (a catch-up got here first)
+        if message.id > behind + 1:  # a gap: a message lost on the way, fill it first
+            await self._catch_up(room, message.id - 1)
+        self._fan_out(message, sender_id)
+
+    def _fan_out(self, message: ChatMessage, sender_id: str | None = None) -> None:
+        with self._lock:
+            state = self._rooms.get(message.room)
+            if state is None or message.id <= state.delivered:
+                return
+            state.delivered = message.id
+            members = list(state.members.values())
+            # Under the lock: a welcome cannot open a gate between this delivery and its id.
+            self._core().fan_out(message, sender_id, members)
+
+    async def _catch_up(self, room: str, through: int | None = None) -> None:
+        """Deliver, in order, what the room's stream holds past what this worker delivered."""
+        while True:
+            with self._lock:
+                state = self._rooms.get(room)
+                if state is None:
+                    return
+                after = state.delivered
+            if through is not None and after >= through:
+                return
+            missed = await self._history.after(room, after, CATCH_UP_PAGE)
+            if not missed:
+                with self._lock:  # expired, or the stream started over: nothing to wait for
+                    if through is not None and state.delivered < through:
+                        state.delivered = through
+                return
+            for message in missed:
+                self._fan_out(message)
+
+    async def _resubscribe(self) -> None:
+        """A fresh subscription to every room with members here, then a catch-up of each."""
+        with contextlib.suppress(Exception):
+            await self._pubsub.aclose()
+        while True:
+            try:
+                self._pubsub = self._redis.pubsub()
+                rooms = list(self._rooms)
+                await self._pubsub.ssubscribe(self._canary_channel, *map(channel, rooms))
+                for room in rooms:
+                    await self._catch_up(room)
+                self._canary_seen = time.monotonic()
+                self.linked = True
+                log.info("redis subscription restored for %d room(s)", len(rooms))
+                return
+            except Exception as error:
+                self.linked = False
+                log.warning("redis still unreachable (%s); retrying", type(error).__name__)
+                await asyncio.sleep(1)
+
+    async def _watch_canary(self) -> None:
+        while True:
+            await asyncio.sleep(CANARY_SECONDS)
+            try:
+                await self._redis.spublish(self._canary_channel, "canary")
+                self.linked = True
+            except Exception:
+                self.linked = False
+                continue
+            if self.deaf:
+                log.warning("no canary for %.0f s: the subscription is deaf", DEAF_AFTER)
+                self._canary_seen = time.monotonic()  # give the new subscription its time
+                await self._resubscribe()
+
+    # --- heartbeat and reaping ----------------------------------------------------------
+
+    async def _beat(self) -> None:
+        await self._redis.set(f"wschat:worker:{self.worker}", "1", ex=HEARTBEAT_TTL)
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT_SECONDS)
+            try:
+                await self._beat()
+                await self._drop_idle_rooms()
+                await self._redis.sadd("wschat:workers", self.worker)
+                for worker in await self._redis.smembers("wschat:workers"):
+                    name = worker.decode()
+                    if not await self._redis.exists(f"wschat:worker:{name}"):
+                        await self._reap(name)
+            except Exception as error:
+                log.warning("redis heartbeat failed (%s)", type(error).__name__)
+
+    async def _drop_idle_rooms(self) -> None:
+        with self._lock:
+            idle = [room for room, state in self._rooms.items() if not state.members]
+            for room in idle:
+                del self._rooms[room]
+        for room in idle:
+            await self._pubsub.sunsubscribe(channel(room))
+            if room in self._rooms:  # someone joined meanwhile: its subscription must stand
+                await self._pubsub.ssubscribe(channel(room))
+                await self._catch_up(room)
+
+    async def _reap(self, worker: str) -> None:
+        """Remove a dead worker's members and tell their rooms they left; only the worker
+        that takes it off the list does it, so each leave is announced once."""
+        if not await self._redis.srem("wschat:workers", worker):
+            return
+        conns = f"wschat:worker:{worker}:conns"
+        for raw in await self._redis.smembers(conns):
+            connection_id = raw.decode()
+            fields = await self._redis.hgetall(f"wschat:conn:{connection_id}")
+            await self._redis.delete(f"wschat:conn:{connection_id}")
+            if not fields:
+                continue
+            connection = Connection(
+                id=connection_id,
+                room=fields[b"room"].decode(),
+                user_id=fields[b"user_id"].decode(),
+                user_name=fields[b"user_name"].decode(),
+                dialect=Dialect(fields[b"dialect"].decode()),
+                echo="",
+            )
+            if await self._redis.srem(members_key(connection.room), connection_id):
+                await self.publish_presence("leave", connection)
+        await self._redis.delete(conns)
+        if worker != self.worker:
+            log.info("reaped worker %s, which stopped beating", worker)

@@ -1,0 +1,257 @@
+"""`wschat serve` on Redis, under faults: real processes, a real redis-server, no fakes.
+
+The shared behaviour (two servers on one Redis) is in tests/contract/; here is what only the
+Redis engine promises: ordered, gap-free delivery across hosts, surviving a killed server, a
+killed subscription and a restarted Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import websockets
+
+from tests.clients import ResumePoint, recv_json
+from tests.redis_server import RedisServer, running_redis
+from tests.servers import WSCHAT, Server, free_port, running_server
+
+FAST = {"WSCHAT_RATE_PER_SECOND": "100000", "WSCHAT_RATE_BURST": "100000"}
+
+
+@pytest.fixture
+def redis(tmp_path: Path) -> Iterator[RedisServer]:
+    with running_redis(tmp_path) as server:
+        yield server
+
+
+def on_redis(redis: RedisServer, **env: str) -> dict[str, str]:
+    return {**FAST, "WSCHAT_REDIS_URL": redis.url(), **env}
+
+
+def url(server: Server, room: str, token: str, **query: str) -> str:
+    extra = "".join(f"&{k}={v}" for k, v in query.items())
+    return server.ws(f"/items/{room}/ws?token={token}&format=json{extra}")
+
+
+def redis_command(redis: RedisServer, *words: str) -> bytes:
+    """One command in RESP, answered in one read: enough for CLIENT KILL and FLUSHALL."""
+    with socket.create_connection(("127.0.0.1", redis.port), 5) as sock:
+        request = f"*{len(words)}\r\n" + "".join(f"${len(w)}\r\n{w}\r\n" for w in words)
+        sock.sendall(request.encode())
+        return sock.recv(4096)
+
+
+async def read_until(ws: Any, inbox: ResumePoint, count: int, timeout: float = 30) -> None:
+    """Read into `inbox` until it holds `count` messages, asking for history when a reply
+    ends short of the room (the README's resume rule)."""
+    deadline = time.monotonic() + timeout
+    while len(inbox.texts) < count:
+        frame = await recv_json(ws, max(0.1, deadline - time.monotonic()))
+        if inbox.take(frame):
+            await ws.send(json.dumps({"action": "history", "since": inbox.resume}))
+
+
+async def publish(ws: Any, texts: list[str], window: int = 10) -> None:
+    """Send `texts`, at most `window` unacknowledged."""
+    sent = acked = 0
+    while acked < len(texts):
+        while sent < len(texts) and sent - acked < window:
+            await ws.send(json.dumps({"action": "sendmessage", "text": texts[sent]}))
+            sent += 1
+        frame = await recv_json(ws, 30)
+        acked += frame["type"] == "message" and frame["text"] in texts
+
+
+@pytest.mark.timeout(180)
+async def test_five_publishers_across_two_hosts_every_id_once_in_order(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    with (
+        running_server(tmp_path, on_redis(redis)) as one,
+        running_server(tmp_path, on_redis(redis)) as two,
+    ):
+        readers = [
+            await websockets.connect(url(s, "order", f"reader-{s.port}")) for s in (one, two)
+        ]
+        inboxes = [ResumePoint() for _ in readers]
+        for ws, inbox in zip(readers, inboxes, strict=True):
+            inbox.take(await recv_json(ws))  # the welcome
+        publishers = [
+            await websockets.connect(url((one, two)[i % 2], "order", f"pub-{i}")) for i in range(5)
+        ]
+        for ws in publishers:
+            await recv_json(ws)
+        reading = [
+            asyncio.create_task(read_until(ws, inbox, 1000, 120))
+            for ws, inbox in zip(readers, inboxes, strict=True)
+        ]
+        await asyncio.gather(
+            *(publish(ws, [f"p{i}:{n}" for n in range(200)]) for i, ws in enumerate(publishers))
+        )
+        await asyncio.gather(*reading)
+        for inbox in inboxes:
+            assert sorted(inbox.texts) == list(range(1, 1001)) and inbox.repeats == 0
+            for i in range(5):
+                mine = [t for _, t in sorted(inbox.texts.items()) if t.startswith(f"p{i}:")]
+                assert mine == [f"p{i}:{n}" for n in range(200)]
+        for ws in [*readers, *publishers]:
+            await ws.close()
+
+
+@pytest.mark.timeout(180)
+async def test_a_server_killed_mid_stream_its_clients_resume_on_the_other(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    with (
+        running_server(tmp_path, on_redis(redis)) as doomed,
+        running_server(tmp_path, on_redis(redis)) as survivor,
+    ):
+        watcher = await websockets.connect(url(survivor, "kill", "watcher"))
+        await recv_json(watcher)
+        reader = await websockets.connect(url(doomed, "kill", "reader"))
+        inbox = ResumePoint()
+        inbox.take(await recv_json(reader))
+        writer = await websockets.connect(url(survivor, "kill", "writer"))
+        await recv_json(writer)
+        texts = [f"m{n}" for n in range(300)]
+        publishing = asyncio.create_task(publish(writer, texts, window=5))
+        await read_until(reader, inbox, 100)
+        doomed.process.send_signal(signal.SIGKILL)  # no goodbye, no $disconnect of any kind
+        doomed.process.wait(10)
+        reader = await websockets.connect(url(survivor, "kill", "reader", since=str(inbox.resume)))
+        await read_until(reader, inbox, 300)
+        await publishing
+        assert [inbox.texts[i] for i in sorted(inbox.texts)] == texts
+        # The killed server's member is reaped: the room is told it left, within 30 s.
+        deadline = time.monotonic() + 30
+        while True:
+            frame = await recv_json(watcher, max(0.1, deadline - time.monotonic()))
+            if frame["type"] == "presence" and frame["event"] == "leave":
+                break
+        for ws in (watcher, reader, writer):
+            await ws.close()
+
+
+@pytest.mark.timeout(120)
+async def test_a_killed_subscription_heals_within_five_seconds(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    with (
+        running_server(tmp_path, on_redis(redis)) as one,
+        running_server(tmp_path, on_redis(redis)) as two,
+    ):
+        reader = await websockets.connect(url(one, "deaf", "reader"))
+        inbox = ResumePoint()
+        inbox.take(await recv_json(reader))
+        writer = await websockets.connect(url(two, "deaf", "writer"))
+        await recv_json(writer)
+        await publish(writer, ["before"])
+        await read_until(reader, inbox, 1)
+        assert redis_command(redis, "CLIENT", "KILL", "TYPE", "pubsub").startswith(b":")
+        await publish(writer, [f"during {n}" for n in range(20)])  # into the silence
+        healed = time.monotonic()
+        await read_until(reader, inbox, 21, timeout=15)
+        assert time.monotonic() - healed < 8  # the canary's 5 s, and the catch-up
+        assert sorted(inbox.texts) == list(range(1, 22)) and inbox.repeats == 0
+        for server in (one, two):
+            assert json.loads(server.get("/healthz"))["redis"] == "linked"
+        await reader.close()
+        await writer.close()
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("persistent", [True, False], ids=["persistent", "without persistence"])
+async def test_a_redis_restart(tmp_path: Path, persistent: bool) -> None:
+    with _redis(tmp_path, persistent) as redis, running_server(tmp_path, on_redis(redis)) as server:
+        writer = await websockets.connect(url(server, "restart", "writer"))
+        welcome = await recv_json(writer)
+        await publish(writer, ["one", "two", "three"])
+        await writer.close()
+        redis.restart()
+        writer = await websockets.connect(url(server, "restart", "writer"))
+        await recv_json(writer)
+        await publish(writer, ["four"])
+        reader = await websockets.connect(
+            url(server, "restart", "reader", since="2", epoch=welcome["epoch"])
+        )
+        resumed = await recv_json(reader)
+        texts = [m["text"] for m in resumed["history"]]
+        if persistent:
+            assert (resumed["recovered"], texts) == (True, ["three", "four"])
+        else:  # the history is gone, and the client is told so: not silently short
+            assert (resumed["recovered"], texts) == (False, ["four"])
+        for ws in (writer, reader):
+            await ws.close()
+
+
+def _redis(tmp_path: Path, persistent: bool) -> Any:
+    directory = tmp_path / "redis"
+    directory.mkdir(exist_ok=True)
+    return running_redis(directory, persistent)
+
+
+def test_workers_without_redis_stop_with_exit_code_2() -> None:
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("WSCHAT_")}
+    result = subprocess.run(
+        [str(WSCHAT), "serve", "--workers", "2", "--port", "0"],
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=30,
+    )
+    assert result.returncode == 2 and "WSCHAT_REDIS_URL" in result.stderr
+
+
+@pytest.mark.timeout(120)
+async def test_two_workers_share_their_rooms(tmp_path: Path, redis: RedisServer) -> None:
+    port = free_port()
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("WSCHAT_")}
+    log = tmp_path / "workers.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [str(WSCHAT), "serve", "--port", str(port), "--workers", "2"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**environment, **on_redis(redis)},
+        )
+    server = Server(port, process, log)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if json.loads(server.get("/healthz"))["redis"] == "linked":
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, log.read_text()
+            await asyncio.sleep(0.2)
+        # Eight members: the kernel spreads their connections over both workers.
+        members = [await websockets.connect(url(server, "shared", f"m{i}")) for i in range(8)]
+        inboxes = [ResumePoint() for _ in members]
+        for ws, inbox in zip(members, inboxes, strict=True):
+            welcome = await recv_json(ws)
+            assert welcome["type"] == "welcome"  # first: no presence gets ahead of it
+            inbox.take(welcome)
+        await members[0].send(json.dumps({"action": "sendmessage", "text": "to everyone"}))
+        for ws, inbox in zip(members, inboxes, strict=True):
+            await read_until(ws, inbox, 1)
+            assert list(inbox.texts.values()) == ["to everyone"]
+        workers = {
+            line for line in log.read_text().splitlines() if "Started server process" in line
+        }
+        assert len(workers) == 2
+        for ws in members:
+            await ws.close()
+    finally:
+        process.terminate()
+        process.wait(15)
