@@ -27,8 +27,7 @@ def verdict(authenticator: Authenticator, token: str) -> Principal | AuthError:
 
 class ThreadedCheck:
     """Under uvicorn: verified in a worker thread (a JWKS fetch may block), the verdict handed
-    back on the event loop. When the core already runs in a worker thread (on Redis), it is
-    verified right there."""
+    back on the event loop. Off the loop (a worker thread), it is verified right there."""
 
     def __init__(self, authenticator: Authenticator) -> None:
         self._authenticator = authenticator

@@ -257,6 +257,7 @@ class Tally:
     """Deliveries of one phase: each seq is complete once every receiver has it."""
 
     receivers: int
+    first_seq: int = 0  # a message of an earlier phase, arriving late, is not this one's
     latencies: list[float] = field(default_factory=list)
     counts: dict[int, int] = field(default_factory=dict)
     completed: int = 0
@@ -265,6 +266,8 @@ class Tally:
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
     def record(self, seq: int, latency: float) -> None:
+        if seq < self.first_seq:
+            return
         self.latencies.append(latency)
         count = self.counts[seq] = self.counts.get(seq, 0) + 1
         if count == self.receivers:
@@ -298,7 +301,18 @@ class Room:
             self.server, self.name, range(indexes.stop, indexes.stop + 1)
         )
         self.drain = asyncio.create_task(self._drain(self.sender))
+        await self._joined()
         return self
+
+    async def _joined(self) -> None:
+        """Wait until a message reaches every receiver. A receiver's handshake completes
+        before the server has it in the room (on Redis, a round trip or two later), and a
+        message sent in between is not owed to it."""
+        tally = self.new_phase(1)
+        while not tally.done.is_set():
+            await self.send()
+            with suppress(TimeoutError):
+                await asyncio.wait_for(tally.done.wait(), 0.2)
 
     def _stamped(self, seq: int, latency: float) -> None:
         self.tally.record(seq, latency)
@@ -309,7 +323,7 @@ class Room:
                 pass
 
     def new_phase(self, messages: int, window: int | None = None) -> Tally:
-        self.tally = Tally(len(self.receivers), expected=messages)
+        self.tally = Tally(len(self.receivers), first_seq=self.seq + 1, expected=messages)
         if window is not None:
             self.tally.window = asyncio.Semaphore(window)
         return self.tally

@@ -73,7 +73,10 @@ def _key(room: str, part: str) -> str:
 
 
 def _message(body: str | bytes) -> ChatMessage:
-    fields: dict[str, Any] = json.loads(body)
+    return _from_fields(json.loads(body))
+
+
+def _from_fields(fields: dict[str, Any]) -> ChatMessage:
     return ChatMessage(
         id=int(fields["id"]),
         room=fields["room"],
@@ -85,10 +88,10 @@ def _message(body: str | bytes) -> ChatMessage:
     )
 
 
-def message_of(payload: str | bytes) -> tuple[str, ChatMessage, str | None]:
-    """The epoch, the message and the sending connection of a payload the script published."""
-    fields = json.loads(payload)
-    return fields["e"], _message(json.dumps(fields["m"])), fields["s"] or None
+def message_of(fields: dict[str, Any]) -> tuple[str, ChatMessage, str | None]:
+    """The epoch, the message and the sending connection of a payload the script published
+    (decoded)."""
+    return fields["e"], _from_fields(fields["m"]), fields["s"] or None
 
 
 class RedisHistory:
@@ -134,12 +137,12 @@ class RedisHistory:
                 sender_id or "",
             ],
         )
-        if body:
-            return _message(body), bool(created)
-        # A retry of a message that has since left the stream: the id it got, nothing more.
-        return ChatMessage(
-            int(message_id), room, user_id, user_name, text, ts, client_msg_id
-        ), False
+        if created or not body:  # new; or a retry of one that has left the stream: its id
+            message = ChatMessage(
+                int(message_id), room, user_id, user_name, text, ts, client_msg_id
+            )
+            return message, bool(created)
+        return _message(body), False  # a retry: the message as first stored
 
     async def after(self, room: str, after_id: int, limit: int) -> Sequence[ChatMessage]:
         entries = await self._redis.xrange(

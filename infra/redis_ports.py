@@ -1,20 +1,19 @@
 """The chat core's ports on Redis, for `wschat serve` with `WSCHAT_REDIS_URL`.
 
 The core is synchronous (handler/chat/ports.py); Redis is reached with redis.asyncio on the
-worker's event loop. So on Redis the core runs in worker threads (the local transport calls
-it with `run_in_threadpool`), and these adapters hand each Redis call to the loop and wait for
-its answer. The loop itself never waits on a thread.
+worker's event loop. So on Redis the core runs in a greenlet on the loop (infra/greenbridge.py),
+and these adapters hand each Redis call to the loop's task and wait for its answer.
 """
 
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from collections.abc import Coroutine, Sequence
 from typing import Any, TypeVar
 
 from handler.chat.ports import ChatMessage, Connection
+from infra import greenbridge
 from infra.redis_history import RedisHistory
 from infra.redis_rooms import RoomFeed
 
@@ -23,40 +22,22 @@ CALL_TIMEOUT = 10.0
 
 
 class LoopBridge:
-    """Runs coroutines on the worker's event loop for the core's threads."""
+    """How a port reaches Redis: it waits for the answer when the core called it (through
+    greenbridge.call), and starts a task when plain loop code did (a fan-out finding a
+    socket gone), since that code must not wait."""
 
     def __init__(self) -> None:
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: int | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
 
-    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Called on the loop, once, when the app starts."""
-        self._loop, self._thread = loop, threading.get_ident()
-
     @property
-    def on_loop(self) -> bool:
-        return threading.get_ident() == self._thread
+    def can_wait(self) -> bool:
+        return greenbridge.can_wait()
 
     def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
-        """Wait for `coroutine`, run on the loop. Never call it from the loop itself."""
-        if self._loop is None or self.on_loop:
-            coroutine.close()
-            raise RuntimeError("a Redis call from the event loop would wait on itself")
-        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(CALL_TIMEOUT)
+        return greenbridge.wait(coroutine, CALL_TIMEOUT)
 
     def spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
-        """Start `coroutine` on the loop without waiting for it, from any thread."""
-        if self._loop is None:
-            coroutine.close()
-            return
-        if self.on_loop:
-            self._track(self._loop.create_task(coroutine))
-        else:
-            loop = self._loop
-            loop.call_soon_threadsafe(lambda: self._track(loop.create_task(coroutine)))
-
-    def _track(self, task: asyncio.Task[Any]) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
         self._tasks.add(task)  # a reference, so the task is not collected half-way
         task.add_done_callback(self._tasks.discard)
 
@@ -80,10 +61,10 @@ class RedisConnections:
     def remove(self, connection_id: str) -> Connection | None:
         connection = self._feed.forget(connection_id)
         if connection is not None:
-            if self._bridge.on_loop:  # a fan-out found the socket gone
-                self._bridge.spawn(self._feed.leave(connection))
-            else:
+            if self._bridge.can_wait:
                 self._bridge.run(self._feed.leave(connection))
+            else:  # a fan-out found the socket gone
+                self._bridge.spawn(self._feed.leave(connection))
         return connection
 
     def in_room(self, room: str) -> Sequence[Connection]:
@@ -155,7 +136,7 @@ class RedisBroadcast:
         """Nothing to do: the publish script that stored the message published it."""
 
     def presence(self, event: str, connection: Connection) -> None:
-        if self._bridge.on_loop:
-            self._bridge.spawn(self._feed.publish_presence(event, connection))
-        else:
+        if self._bridge.can_wait:
             self._bridge.run(self._feed.publish_presence(event, connection))
+        else:
+            self._bridge.spawn(self._feed.publish_presence(event, connection))

@@ -27,7 +27,6 @@ import contextlib
 import json
 import logging
 import secrets
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -74,21 +73,19 @@ class _Room:
 
 
 class RoomFeed:
-    """This worker's members and subscriptions. Its coroutines run on the event loop; its
-    plain methods are safe from any thread (the core runs in worker threads on Redis)."""
+    """This worker's members and subscriptions, all on the event loop's thread (the core
+    reaches them from a greenlet there: infra/greenbridge.py). A plain method runs without
+    interruption, so members, gates and `delivered` change atomically."""
 
     def __init__(self, redis: Any, history: RedisHistory, core: Callable[[], ChatCore]) -> None:
         self.worker = secrets.token_hex(6)
         self._redis = redis
         self._history = history
         self._core = core
-        # Members, gates and `delivered`, between the core's threads and the loop. Reentrant:
-        # a fan-out that finds a socket gone forgets it under the same lock.
-        self._lock = threading.RLock()
         self._connections: dict[str, Connection] = {}
         self._rooms: dict[str, _Room] = {}
         self._pubsub: Any = None
-        self._subscribed = asyncio.Event()
+        self._renew = asyncio.Event()  # set by the canary's watcher, for the listener
         self._canary_seen = time.monotonic()
         self._tasks: list[asyncio.Task[None]] = []
         self.linked = False  # the last Redis call succeeded
@@ -119,23 +116,23 @@ class RoomFeed:
 
     @property
     def deaf(self) -> bool:
-        return time.monotonic() - self._canary_seen > DEAF_AFTER
+        """No canary for DEAF_AFTER seconds, until a new subscription is in place."""
+        return self._renew.is_set() or time.monotonic() - self._canary_seen > DEAF_AFTER
 
     @property
     def _canary_channel(self) -> str:
         return f"wschat:{{canary-{self.worker}}}"
 
-    # --- members (from the core's threads, through infra/redis_ports.py) -----------------
+    # --- members (from the core, through infra/redis_ports.py) ---------------------------
 
     async def join(self, connection: Connection) -> None:
         """Register a member here and in Redis, subscribed to its room before it returns: the
         welcome reads history only once live messages are sure to reach it."""
         room = connection.room
-        with self._lock:
-            self._connections[connection.id] = connection
-            state = self._rooms.get(room)
-            if state is not None:
-                state.members[connection.id] = connection
+        self._connections[connection.id] = connection
+        state = self._rooms.get(room)
+        if state is not None:
+            state.members[connection.id] = connection
         if state is None:
             await self._subscribe(room, connection)
         await self._join(
@@ -158,21 +155,19 @@ class RoomFeed:
         return self._connections.get(connection_id)
 
     def update(self, connection: Connection) -> None:
-        with self._lock:
-            if connection.id in self._connections:
-                self._connections[connection.id] = connection
-                state = self._rooms.get(connection.room)
-                if state is not None:
-                    state.members[connection.id] = connection
+        if connection.id in self._connections:
+            self._connections[connection.id] = connection
+            state = self._rooms.get(connection.room)
+            if state is not None:
+                state.members[connection.id] = connection
 
     def forget(self, connection_id: str) -> Connection | None:
         """Drop a member here at once; `leave` then tells Redis."""
-        with self._lock:
-            connection = self._connections.pop(connection_id, None)
-            if connection is not None:
-                state = self._rooms.get(connection.room)
-                if state is not None:
-                    state.members.pop(connection_id, None)
+        connection = self._connections.pop(connection_id, None)
+        if connection is not None:
+            state = self._rooms.get(connection.room)
+            if state is not None:
+                state.members.pop(connection_id, None)
         return connection
 
     async def leave(self, connection: Connection) -> None:
@@ -188,9 +183,8 @@ class RoomFeed:
         # coming back finds it in place.
 
     def local_members(self, room: str) -> list[Connection]:
-        with self._lock:
-            state = self._rooms.get(room)
-            return list(state.members.values()) if state is not None else []
+        state = self._rooms.get(room)
+        return list(state.members.values()) if state is not None else []
 
     async def count(self, room: str) -> int:
         return int(await self._redis.scard(members_key(room)))
@@ -199,18 +193,17 @@ class RoomFeed:
         """Open a JSON member's gate at `through_id`, unless this worker already delivered
         something newer in its room (which the member, gated, did not get): then False, and
         the welcome sends what is new and tries again (docs/welcome-seam.md)."""
-        with self._lock:
-            connection = self._connections.get(connection_id)
-            if connection is None:
-                return True
-            state = self._rooms.get(connection.room)
-            if state is not None and state.delivered > through_id and not force:
-                return False
-            gated = replace(connection, welcomed_through=through_id)
-            self._connections[connection_id] = gated
-            if state is not None:
-                state.members[connection_id] = gated
+        connection = self._connections.get(connection_id)
+        if connection is None:
             return True
+        state = self._rooms.get(connection.room)
+        if state is not None and state.delivered > through_id and not force:
+            return False
+        gated = replace(connection, welcomed_through=through_id)
+        self._connections[connection_id] = gated
+        if state is not None:
+            state.members[connection_id] = gated
+        return True
 
     async def publish_presence(self, event: str, connection: Connection) -> None:
         count = await self.count(connection.room)
@@ -234,18 +227,24 @@ class RoomFeed:
         # Subscribed first, then the latest id: whatever is published from here on arrives,
         # and whatever is older than `latest` is not this room's news for this worker.
         latest, epoch = await self._history.latest(room)
-        with self._lock:
-            state = self._rooms.get(room)
-            if state is None:
-                members = {c.id: c for c in self._connections.values() if c.room == room} or {
-                    first.id: first
-                }
-                self._rooms[room] = _Room(members, latest, epoch)
+        if room in self._rooms:
+            return
+        members = {c.id: c for c in self._connections.values() if c.room == room} or {
+            first.id: first
+        }
+        self._rooms[room] = _Room(members, latest, epoch)
+        # A message published after `latest` may have reached the subscription before this
+        # room was here to take it (and been dropped): its stream has it.
+        await self._catch_up(room)
 
     async def _listen(self) -> None:
         """Read the subscription for as long as the worker lives, resubscribing after a
-        lost link."""
+        lost link or a deaf one. The one task that touches the subscription: resubscribing
+        under a reader would break both."""
         while True:
+            if self._renew.is_set():
+                await self._resubscribe()
+                self._renew.clear()
             try:
                 message = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
                 self.linked = True
@@ -263,14 +262,17 @@ class RoomFeed:
             if name == self._canary_channel:
                 self._canary_seen = time.monotonic()
                 continue
-            await self._on_room_event(message["data"])
+            try:
+                await self._on_room_event(message["data"])
+            except Exception:  # one event that cannot be delivered must not end the feed
+                log.exception("redis event on %s not delivered", name)
 
     async def _on_room_event(self, data: bytes) -> None:
         fields = json.loads(data)
         if "p" in fields:
             self._on_presence(fields)
             return
-        epoch, message, sender_id = message_of(data)
+        epoch, message, sender_id = message_of(fields)
         await self._deliver_in_order(message, epoch, sender_id)
 
     def _on_presence(self, fields: dict[str, Any]) -> None:
@@ -290,13 +292,12 @@ class RoomFeed:
         self, message: ChatMessage, epoch: str, sender_id: str | None
     ) -> None:
         room = message.room
-        with self._lock:
-            state = self._rooms.get(room)
-            if state is None:
-                return
-            if epoch != state.epoch:  # the room started over in Redis: so do we
-                state.epoch, state.delivered = epoch, 0
-            behind = state.delivered
+        state = self._rooms.get(room)
+        if state is None:
+            return
+        if epoch != state.epoch:  # the room started over in Redis: so do we
+            state.epoch, state.delivered = epoch, 0
+        behind = state.delivered
         if message.id <= behind:
             return  # delivered already (a catch-up got here first)
         if message.id > behind + 1:  # a gap: a message lost on the way, fill it first
@@ -304,30 +305,29 @@ class RoomFeed:
         self._fan_out(message, sender_id)
 
     def _fan_out(self, message: ChatMessage, sender_id: str | None = None) -> None:
-        with self._lock:
-            state = self._rooms.get(message.room)
-            if state is None or message.id <= state.delivered:
-                return
-            state.delivered = message.id
-            members = list(state.members.values())
-            # Under the lock: a welcome cannot open a gate between this delivery and its id.
-            self._core().fan_out(message, sender_id, members)
+        state = self._rooms.get(message.room)
+        if state is None or message.id <= state.delivered:
+            return
+        state.delivered = message.id
+        members = list(state.members.values())
+        # With no switch in between: a welcome cannot open a gate between this delivery and
+        # its id.
+        self._core().fan_out(message, sender_id, members)
 
     async def _catch_up(self, room: str, through: int | None = None) -> None:
         """Deliver, in order, what the room's stream holds past what this worker delivered."""
         while True:
-            with self._lock:
-                state = self._rooms.get(room)
-                if state is None:
-                    return
-                after = state.delivered
+            state = self._rooms.get(room)
+            if state is None:
+                return
+            after = state.delivered
             if through is not None and after >= through:
                 return
             missed = await self._history.after(room, after, CATCH_UP_PAGE)
             if not missed:
-                with self._lock:  # expired, or the stream started over: nothing to wait for
-                    if through is not None and state.delivered < through:
-                        state.delivered = through
+                # Expired, or the stream started over: nothing to wait for.
+                if through is not None and state.delivered < through:
+                    state.delivered = through
                 return
             for message in missed:
                 self._fan_out(message)
@@ -349,7 +349,7 @@ class RoomFeed:
                 return
             except Exception as error:
                 self.linked = False
-                log.warning("redis still unreachable (%s); retrying", type(error).__name__)
+                log.warning("redis subscription not restored (%r); retrying", error)
                 await asyncio.sleep(1)
 
     async def _watch_canary(self) -> None:
@@ -361,10 +361,9 @@ class RoomFeed:
             except Exception:
                 self.linked = False
                 continue
-            if self.deaf:
+            if self.deaf and not self._renew.is_set():
                 log.warning("no canary for %.0f s: the subscription is deaf", DEAF_AFTER)
-                self._canary_seen = time.monotonic()  # give the new subscription its time
-                await self._resubscribe()
+                self._renew.set()  # the listener resubscribes within CANARY_SECONDS
 
     # --- heartbeat and reaping ----------------------------------------------------------
 
@@ -386,10 +385,9 @@ class RoomFeed:
                 log.warning("redis heartbeat failed (%s)", type(error).__name__)
 
     async def _drop_idle_rooms(self) -> None:
-        with self._lock:
-            idle = [room for room, state in self._rooms.items() if not state.members]
-            for room in idle:
-                del self._rooms[room]
+        idle = [room for room, state in self._rooms.items() if not state.members]
+        for room in idle:
+            del self._rooms[room]
         for room in idle:
             await self._pubsub.sunsubscribe(channel(room))
             if room in self._rooms:  # someone joined meanwhile: its subscription must stand

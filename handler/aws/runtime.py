@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
-from typing import Any
+from typing import Any, TypeVar
 
 from auth.base import Authenticator
 from auth.refresh import BlockingCheck
@@ -22,6 +22,8 @@ from handler.chat.core import ChatCore
 from infra.apigw import ManagementApiDelivery, make_management_client, management_endpoint
 from infra.dynamodb import DynamoConnections, DynamoMessageLog
 from infra.settings import Settings, get_settings
+
+T = TypeVar("T")
 
 # The welcome may race API Gateway finishing the handshake (it answers 410 until `$connect`
 # has returned), so its core retries a 410 for a while before the connection counts as gone.
@@ -38,7 +40,13 @@ class ServerlessRest:
 
     core: ChatCore
     authenticator: Authenticator
-    blocking = True  # boto3 calls: keep them off the event loop
+
+    async def call(self, function: Callable[..., T], *args: Any) -> T:
+        """boto3 calls block: they run in worker threads, off the event loop."""
+        # Here: the WebSocket handlers import this module, and never need starlette.
+        from starlette.concurrency import run_in_threadpool
+
+        return await run_in_threadpool(function, *args)
 
 
 def dynamodb_core(runtime: AwsRuntime, endpoint: str, welcome: bool) -> ChatCore:

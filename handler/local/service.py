@@ -3,14 +3,12 @@ the app `wschat serve` runs (uvicorn's factory: `handler.local.service:create_lo
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from fastapi import FastAPI
-from starlette.concurrency import run_in_threadpool
 
 from auth.base import Authenticator
 from auth.factory import build_authenticator
@@ -19,14 +17,22 @@ from auth.rooms import RoomPolicy, build_room_policy
 from handler.chat.core import ChatCore
 from handler.local.socket import chat_socket
 from handler.web.app import create_app
+from infra import greenbridge
 from infra.local_delivery import LocalDelivery
 from infra.memory import MemoryConnections, MemoryMessageLog
 from infra.redis_history import RedisHistory
-from infra.redis_ports import LoopBridge, RedisBroadcast, RedisConnections, RedisMessageLog
+from infra.redis_ports import (
+    CALL_TIMEOUT,
+    LoopBridge,
+    RedisBroadcast,
+    RedisConnections,
+    RedisMessageLog,
+)
 from infra.redis_rooms import RoomFeed
 from infra.settings import Settings, get_settings
 
 T = TypeVar("T")
+REDIS_CONNECTIONS = 64  # per worker; the subscription holds one of them
 
 
 @dataclass
@@ -35,15 +41,15 @@ class LocalChat:
     core: ChatCore
     delivery: LocalDelivery
     authenticator: Authenticator
-    # In memory the core never waits, so it runs on the event loop. On Redis it waits on the
-    # network, so it runs in worker threads (infra/redis_ports.py).
-    blocking: bool = False
+    # In memory the core never waits, so it is called directly. On Redis it waits on the
+    # network, so it runs in a greenlet that the loop's task resumes (infra/greenbridge.py).
+    bridged: bool = False
     engine: RedisEngine | None = None
 
     async def call(self, function: Callable[..., T], *args: Any) -> T:
         """Run a core call where the core runs."""
-        if self.blocking:
-            return await run_in_threadpool(function, *args)
+        if self.bridged:
+            return await greenbridge.call(function, *args)
         return function(*args)
 
     def health(self) -> dict[str, object]:
@@ -65,10 +71,8 @@ class RedisEngine:
 
     client: Any
     feed: RoomFeed
-    bridge: LoopBridge
 
     async def start(self) -> None:
-        self.bridge.bind(asyncio.get_running_loop())
         await self.feed.start()
 
     async def stop(self) -> None:
@@ -113,14 +117,18 @@ def _on_redis(
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import TimeoutError as RedisTimeoutError
 
-    # After Redis restarts, every pooled connection is stale and fails once: retry enough
-    # to get past them all, quickly.
-    client = redis.asyncio.from_url(
+    # A burst of calls waits its turn for one of REDIS_CONNECTIONS (redis-py's default pool
+    # raises "Too many connections" instead). After Redis restarts, every pooled connection
+    # is stale and fails once: retry enough to get past them all, quickly.
+    pool = redis.asyncio.BlockingConnectionPool.from_url(
         settings.redis_url,
+        max_connections=REDIS_CONNECTIONS,
+        timeout=CALL_TIMEOUT,
         health_check_interval=10,
         retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 10),
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
     )
+    client = redis.asyncio.Redis.from_pool(pool)  # closed with the client
     history = RedisHistory(client, settings.history_size, settings.history_ttl_seconds)
     bridge = LoopBridge()
     cores: list[ChatCore] = []  # the feed delivers through the core it serves
@@ -135,8 +143,8 @@ def _on_redis(
         broadcast=lambda _: RedisBroadcast(feed, bridge),
     )
     cores.append(core)
-    engine = RedisEngine(client, feed, bridge)
-    return LocalChat(settings, core, delivery, authenticator, blocking=True, engine=engine)
+    engine = RedisEngine(client, feed)
+    return LocalChat(settings, core, delivery, authenticator, bridged=True, engine=engine)
 
 
 def create_local_app(settings: Settings | None = None) -> FastAPI:

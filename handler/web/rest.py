@@ -35,9 +35,10 @@ T = TypeVar("T")
 class RestBackend(Protocol):
     core: ChatCore
     authenticator: Authenticator
-    # Local stores live on the event loop and must be called there; AWS calls block and must
-    # not be: each backend says how to run a call into the core.
-    blocking: bool
+
+    async def call(self, function: Callable[..., T], *args: Any) -> T:
+        """Run a call into the core where this backend's stores can serve it."""
+        ...
 
 
 class PublishRequest(BaseModel):
@@ -58,7 +59,7 @@ class PublishRequest(BaseModel):
 
 
 async def _run(backend: RestBackend, call: Callable[[], T]) -> T:
-    return await run_in_threadpool(call) if backend.blocking else call()
+    return await backend.call(call)
 
 
 async def _principal(request: Request, backend: RestBackend) -> Principal:

@@ -157,11 +157,12 @@ async def test_a_killed_subscription_heals_within_five_seconds(
         await recv_json(writer)
         await publish(writer, ["before"])
         await read_until(reader, inbox, 1)
+        killed = time.monotonic()
         assert redis_command(redis, "CLIENT", "KILL", "TYPE", "pubsub").startswith(b":")
         await publish(writer, [f"during {n}" for n in range(20)])  # into the silence
-        healed = time.monotonic()
         await read_until(reader, inbox, 21, timeout=15)
-        assert time.monotonic() - healed < 8  # the canary's 5 s, and the catch-up
+        print("HEALED", time.monotonic() - killed)
+        assert time.monotonic() - killed < 5
         assert sorted(inbox.texts) == list(range(1, 22)) and inbox.repeats == 0
         for server in (one, two):
             assert json.loads(server.get("/healthz"))["redis"] == "linked"
@@ -255,3 +256,19 @@ async def test_two_workers_share_their_rooms(tmp_path: Path, redis: RedisServer)
     finally:
         process.terminate()
         process.wait(15)
+
+
+@pytest.mark.timeout(120)
+async def test_a_burst_of_handshakes_outnumbering_the_redis_pool_all_get_in(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    """More members joining at once than the pool has connections: they wait their turn for
+    one, instead of failing (redis-py's default pool raises "Too many connections")."""
+    with running_server(tmp_path, on_redis(redis)) as server:
+        members = await asyncio.gather(
+            *(websockets.connect(url(server, "burst", f"m{i}")) for i in range(250))
+        )
+        welcomes = await asyncio.gather(*(recv_json(ws) for ws in members))
+        assert {welcome["type"] for welcome in welcomes} == {"welcome"}
+        await asyncio.gather(*(ws.close() for ws in members))
+        assert "Too many connections" not in server.log()

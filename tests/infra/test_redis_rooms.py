@@ -1,0 +1,115 @@
+"""RoomFeed's subscription set-up, in process against a real redis-server, where a race can
+be staged exactly (the fault tests with whole servers are in tests/handler/local/)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from auth.principal import Principal
+from handler.chat.core import ConnectParams
+from handler.local.service import LocalChat, build_local_chat
+from infra.local_delivery import Outbox
+from infra.redis_history import RedisHistory
+from infra.redis_rooms import CANARY_SECONDS, DEAF_AFTER
+from infra.settings import Settings
+from tests.redis_server import RedisServer, running_redis
+
+
+@pytest.fixture
+def redis(tmp_path: Path) -> Iterator[RedisServer]:
+    with running_redis(tmp_path) as server:
+        yield server
+
+
+class Member:
+    """A text-dialect connection through the core, its frames collected."""
+
+    def __init__(self, chat: LocalChat, connection_id: str) -> None:
+        self.frames: list[str] = []
+        self.outbox = Outbox(self._send, self._close, capacity=16)
+        chat.delivery.register(connection_id, self.outbox)
+        self.writer = self.outbox.start()
+
+    async def _send(self, text: str) -> None:
+        self.frames.append(text)
+
+    async def _close(self, code: int, reason: str) -> None:
+        pass
+
+    async def wait_for(self, text: str, seconds: float) -> float:
+        """How long until a frame holds `text` (at most `seconds`)."""
+        started = time.monotonic()
+        while not any(text in frame for frame in self.frames):
+            assert time.monotonic() - started < seconds, self.frames
+            await asyncio.sleep(0.05)
+        return time.monotonic() - started
+
+
+@pytest.fixture
+async def chat(redis: RedisServer) -> AsyncIterator[LocalChat]:
+    chat = build_local_chat(Settings(redis_url=redis.url()))
+    assert chat.engine is not None
+    await chat.engine.start()
+    yield chat
+    await chat.engine.stop()
+
+
+async def join(chat: LocalChat, room: str) -> Member:
+    member = Member(chat, "c1")
+    principal = Principal(id="u1", name="u1", echo="u1")
+    await chat.call(chat.core.connect, "c1", room, principal, ConnectParams())
+    return member
+
+
+async def post(history: RedisHistory, room: str, text: str) -> None:
+    await history.append(
+        room=room, user_id="u2", user_name="u2", text=text, client_msg_id=None, ts=0.0
+    )
+
+
+@pytest.mark.timeout(30)
+async def test_a_message_that_reaches_the_subscription_before_its_room_is_set_up_is_delivered(
+    chat: LocalChat,
+) -> None:
+    """A room's first member here subscribes, then reads the room's latest id. A message
+    published just after that read can reach the subscription before the room is set up, and
+    be dropped there: it must still reach the member, without waiting for a later message."""
+    assert chat.engine is not None
+    history: RedisHistory = chat.engine.feed._history
+    read_latest = history.latest
+
+    async def latest_then_a_message(room: str) -> tuple[int, str]:
+        answer = await read_latest(room)
+        await post(history, room, "early")
+        await asyncio.sleep(0.5)  # the subscription takes it while the room is not yet here
+        return answer
+
+    history.latest = latest_then_a_message  # type: ignore[method-assign]
+    member = await join(chat, "race")
+    await member.wait_for("early", 5)
+    member.writer.cancel()
+
+
+@pytest.mark.timeout(30)
+async def test_a_silently_deaf_subscription_is_found_by_its_canary_and_caught_up(
+    chat: LocalChat, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A subscription still connected but no longer receiving (nothing tells the worker):
+    the canary goes missing, and within 5 s of its silence (plus the watcher's tick) the
+    worker resubscribes and delivers what it missed."""
+    engine = chat.engine
+    assert engine is not None
+    member = await join(chat, "quiet")
+    await engine.feed._pubsub.sunsubscribe()  # every channel, the canary's too
+    silent = time.monotonic()
+    await post(engine.feed._history, "quiet", "missed")
+    await member.wait_for("missed", DEAF_AFTER + 2 * CANARY_SECONDS)
+    assert time.monotonic() - silent > DEAF_AFTER - CANARY_SECONDS  # the canary found it
+    assert "the subscription is deaf" in caplog.text
+    assert engine.link() == "linked"
+    member.writer.cancel()
