@@ -5,9 +5,10 @@ measured in the same run. Redis and the worker(s) share core 0; this load genera
 
 1. CPU per delivery, one process, N = 10, 100, 1000: the worker's CPU time per delivery on
    Redis against in memory (target: within 1.5x), and Redis's own CPU beside it.
-2. Two workers against one at N = 100: deliveries/s with at most 16 messages in flight, the
+2. The floor: what one loopback round trip to Redis costs this machine in CPU.
+3. Two workers against one at N = 100: deliveries/s with at most 16 messages in flight, the
    receivers dealt across the workers, and each worker's CPU per delivery.
-3. Cross-host delivery latency at a paced 2,000 deliveries/s, N = 100: the sender on one
+4. Cross-host delivery latency at a paced 2,000 deliveries/s, N = 100: the sender on one
    worker and every receiver on another, against one in-memory process (target: p99 within 2x).
 """
 
@@ -187,6 +188,29 @@ async def cross_host(receivers: int) -> list[dict[str, Any]]:
     return rows
 
 
+async def round_trip_floor(server: Server, calls: int = 3_000) -> dict[str, Any]:
+    """What one loopback round trip to Redis costs this machine in CPU, before any chat work:
+    through redis.asyncio (what a worker pays per publish, and again per pub/sub message it
+    reads), and through a bare asyncio socket (the floor under any client)."""
+    import redis.asyncio
+
+    client = redis.asyncio.Redis(port=server.port)
+    await client.get("floor")
+    started = time.process_time()
+    for _ in range(calls):
+        await client.get("floor")
+    via_redis_py = (time.process_time() - started) / calls
+    await client.aclose()
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    started = time.process_time()
+    for _ in range(calls):
+        writer.write(b"*2\r\n$3\r\nGET\r\n$5\r\nfloor\r\n")
+        await reader.readline()
+    bare = (time.process_time() - started) / calls
+    writer.close()
+    return {"part": "floor", "redis_py_us": via_redis_py * 1e6, "bare_socket_us": bare * 1e6}
+
+
 def tables(rows: list[dict[str, Any]]) -> list[str]:
     lines = [
         "| N | server | deliveries/s | worker CPU/delivery | vs memory | Redis CPU/delivery |",
@@ -198,6 +222,13 @@ def tables(rows: list[dict[str, Any]]) -> list[str]:
             f"| {row['worker_us_per_delivery']:.1f} µs | {row['vs_memory']:.2f}x "
             f"| {row['redis_us_per_delivery']:.1f} µs |"
         )
+    for row in (r for r in rows if r["part"] == "floor"):
+        lines += [
+            "",
+            f"One loopback round trip to Redis costs this machine {row['redis_py_us']:.0f} µs "
+            f"of CPU through redis.asyncio ({row['bare_socket_us']:.0f} µs through a bare "
+            "asyncio socket), measured in the load generator.",
+        ]
     scale = [r for r in rows if r["part"] == "scaling"]
     if scale:
         one = scale[0]["deliveries_per_s"]
@@ -240,6 +271,8 @@ def main() -> int:
     pin_to_client_core()
     assert CLIENT_CORE == 1, "needs two cores"
     rows = asyncio.run(cpu_per_delivery([int(size) for size in args.sizes.split(",")]))
+    with running(REDIS) as redis:
+        rows.append(asyncio.run(round_trip_floor(redis)))
     rows += asyncio.run(scaling(args.scale_size))
     rows += asyncio.run(cross_host(args.scale_size))
     return publish("redis_fanout", tables(rows), rows)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -125,20 +124,14 @@ class Outbox:
 
 
 class LocalDelivery:
-    """The delivery port over the outboxes of this process's connections.
-
-    Outboxes live on the event loop. Called from another thread (the core runs in worker
-    threads on Redis), it hands the frames to the loop and returns at once all the same."""
+    """The delivery port over the outboxes of this process's connections. Outboxes live on
+    the event loop, and so does every caller (the core runs there, in memory and on Redis)."""
 
     def __init__(self) -> None:
         self._outboxes: dict[str, Outbox] = {}
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._loop_thread: int | None = None
 
     def register(self, connection_id: str, outbox: Outbox) -> None:
-        """Called on the event loop, when a socket is accepted."""
-        if self._loop is None:
-            self._loop, self._loop_thread = asyncio.get_running_loop(), threading.get_ident()
+        """Called when a socket is accepted."""
         self._outboxes[connection_id] = outbox
 
     def unregister(self, connection_id: str) -> None:
@@ -149,32 +142,15 @@ class LocalDelivery:
 
     def send(self, connection_ids: Sequence[str], payload: str) -> Sequence[str]:
         gone: list[str] = []
-        outboxes: list[Outbox] = []
         for connection_id in connection_ids:
             outbox = self._outboxes.get(connection_id)
             if outbox is None:
                 gone.append(connection_id)
             else:
-                outboxes.append(outbox)
-        if self._off_loop():
-            self._loop.call_soon_threadsafe(_offer_all, outboxes, payload)  # type: ignore[union-attr]
-        else:
-            _offer_all(outboxes, payload)
+                outbox.offer(payload)
         return gone
 
     def close(self, connection_id: str, code: int, reason: str) -> None:
         outbox = self._outboxes.get(connection_id)
-        if outbox is None:
-            return
-        if self._off_loop():
-            self._loop.call_soon_threadsafe(outbox.request_close, code, reason)  # type: ignore[union-attr]
-        else:
+        if outbox is not None:
             outbox.request_close(code, reason)
-
-    def _off_loop(self) -> bool:
-        return self._loop is not None and threading.get_ident() != self._loop_thread
-
-
-def _offer_all(outboxes: list[Outbox], payload: str) -> None:
-    for outbox in outboxes:
-        outbox.offer(payload)
