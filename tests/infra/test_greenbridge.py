@@ -1,0 +1,72 @@
+"""Sync code waiting on coroutines from a greenlet on the event loop (infra/greenbridge.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import inspect
+
+import pytest
+
+from infra import greenbridge
+
+REQUEST = contextvars.ContextVar("REQUEST", default="none")
+
+
+async def double(value: int) -> int:
+    await asyncio.sleep(0.01)  # a real suspension: the loop runs others meanwhile
+    return value * 2
+
+
+async def fail() -> None:
+    await asyncio.sleep(0)
+    raise LookupError("from the coroutine")
+
+
+def sync_core(value: int) -> tuple[int, bool, str]:
+    first = greenbridge.wait(double(value))
+    second = greenbridge.wait(double(first))
+    return second, greenbridge.can_wait(), REQUEST.get()
+
+
+async def test_sync_code_waits_on_coroutines_and_sees_the_tasks_context() -> None:
+    REQUEST.set("r1")
+    assert await greenbridge.call(sync_core, 3) == (12, True, "r1")
+    assert not greenbridge.can_wait()
+
+
+async def test_calls_interleave_on_one_loop_each_with_its_own_answers() -> None:
+    results = await asyncio.gather(*(greenbridge.call(sync_core, n) for n in range(20)))
+    assert [result[0] for result in results] == [n * 4 for n in range(20)]
+
+
+async def test_errors_travel_both_ways() -> None:
+    def catches() -> str:
+        try:
+            greenbridge.wait(fail())
+        except LookupError as error:
+            return f"caught {error}"
+        return "not raised"
+
+    def raises() -> None:
+        raise ValueError("from the sync code")
+
+    assert await greenbridge.call(catches) == "caught from the coroutine"
+    with pytest.raises(ValueError, match="from the sync code"):
+        await greenbridge.call(raises)
+
+
+async def test_a_wait_past_its_timeout_raises_in_the_sync_code() -> None:
+    def slow() -> None:
+        greenbridge.wait(asyncio.sleep(5), timeout=0.05)
+
+    with pytest.raises(TimeoutError):
+        await greenbridge.call(slow)
+
+
+async def test_waiting_outside_a_call_is_refused_rather_than_blocking_the_loop() -> None:
+    coroutine = double(1)
+    with pytest.raises(RuntimeError, match=r"outside greenbridge\.call"):
+        greenbridge.wait(coroutine)
+    # Closed, not left to warn "never awaited".
+    assert inspect.getcoroutinestate(coroutine) == inspect.CORO_CLOSED
