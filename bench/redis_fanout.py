@@ -3,11 +3,13 @@ measured in the same run. Redis and the worker(s) share core 0; this load genera
 
     .venv/bin/python bench/redis_fanout.py [--sizes 10,100,1000]
 
-1. CPU per delivery, one process, N = 10, 100, 1000: the worker's CPU time per delivery on
-   Redis against in memory (target: within 1.5x), and Redis's own CPU beside it.
+1. CPU per delivery, one process, N = 10, 100, 1000, with one sender and with sixteen: the
+   worker's CPU time per delivery on Redis against in memory (target: within 1.5x), and
+   Redis's own CPU beside it.
 2. The floor: what one loopback round trip to Redis costs this machine in CPU.
-3. Two workers against one at N = 100: deliveries/s with at most 16 messages in flight, the
-   receivers dealt across the workers, and each worker's CPU per delivery.
+3. Two workers against one at N = 100: deliveries/s with at most 16 messages in flight from
+   16 senders, senders and receivers dealt across the workers, and each worker's CPU per
+   delivery.
 4. Cross-host delivery latency at a paced 2,000 deliveries/s, N = 100: the sender on one
    worker and every receiver on another, against one in-memory process (target: p99 within 2x).
 """
@@ -39,6 +41,8 @@ from wsload import (
 
 DELIVERIES = 30_000  # per throughput phase, whatever N is
 REPEATS = 5  # phases per subject, taking turns; the median is reported
+# One sender publishes a round trip after another; sixteen overlap, as a busy room's do.
+SENDERS = (1, 16)
 PACED_RATE = 2_000  # deliveries/s in the latency phase
 PACED_SECONDS = 3.0
 REDIS = Subject(
@@ -90,48 +94,60 @@ async def cpu_per_delivery(sizes: list[int]) -> list[dict[str, Any]]:
     rows = []
     for receivers in sizes:
         messages = max(20, DELIVERIES // receivers)
-        deliveries = messages * receivers
         with running(WSCHAT) as memory, redis_and(1) as (redis, (chat,)):
-            subjects = [(memory, [memory]), (chat, [chat, redis])]
-            rooms = [
-                await Room(server, f"cpu{receivers}").open(receivers) for server, _ in subjects
-            ]
-            try:
-                for room in rooms:
-                    await closed_loop(room, messages // 10, window=16)  # warm-up
-                results: list[list[Phase]] = [[], []]
-                for _ in range(REPEATS):  # the two take turns, so drift moves both alike
-                    for (_, watched), room, runs in zip(subjects, rooms, results, strict=True):
-                        runs.append(await phase(room, messages, watched))
-            finally:
-                for room in rooms:
-                    await room.close()
-        base = None
-        for (server, _), runs in zip(subjects, results, strict=True):
-            wall, cpu = median(runs)
-            worker_us = cpu[0] / deliveries * 1e6
-            base = base or worker_us
-            rows.append(
-                {
-                    "part": "cpu",
-                    "server": server.subject.label,
-                    "receivers": receivers,
-                    "deliveries_per_s": deliveries / wall,
-                    "worker_us_per_delivery": worker_us,
-                    "redis_us_per_delivery": cpu[1] / deliveries * 1e6 if len(cpu) > 1 else 0.0,
-                    "vs_memory": worker_us / base,
-                }
-            )
+            for senders in SENDERS:
+                rows += await _cpu_rows(receivers, senders, messages, memory, chat, redis)
+    return rows
+
+
+async def _cpu_rows(
+    receivers: int, senders: int, messages: int, memory: Server, chat: Server, redis: Server
+) -> list[dict[str, Any]]:
+    deliveries = messages * (receivers + senders - 1)  # the other senders get each one too
+    subjects = [(memory, [memory]), (chat, [chat, redis])]
+    name = f"cpu{receivers}x{senders}"
+    rooms = [await Room(server, name, senders=senders).open(receivers) for server, _ in subjects]
+    try:
+        for room in rooms:
+            await closed_loop(room, messages // 10, window=16)  # warm-up
+        results: list[list[Phase]] = [[], []]
+        for _ in range(REPEATS):  # the two take turns, so drift moves both alike
+            for (_, watched), room, runs in zip(subjects, rooms, results, strict=True):
+                runs.append(await phase(room, messages, watched))
+    finally:
+        for room in rooms:
+            await room.close()
+    rows = []
+    base = None
+    for (server, _), runs in zip(subjects, results, strict=True):
+        wall, cpu = median(runs)
+        worker_us = cpu[0] / deliveries * 1e6
+        base = base or worker_us
+        rows.append(
+            {
+                "part": "cpu",
+                "server": server.subject.label,
+                "receivers": receivers,
+                "senders": senders,
+                "deliveries_per_s": deliveries / wall,
+                "worker_us_per_delivery": worker_us,
+                "redis_us_per_delivery": cpu[1] / deliveries * 1e6 if len(cpu) > 1 else 0.0,
+                "vs_memory": worker_us / base,
+            }
+        )
     return rows
 
 
 async def scaling(receivers: int) -> list[dict[str, Any]]:
-    """One worker against two, the room's receivers dealt across them."""
+    """One worker against two, the room's senders and receivers dealt across them."""
     rows = []
     messages = max(20, DELIVERIES // receivers)
     for workers in (1, 2):
         with redis_and(workers) as (redis, chats):
-            room = await Room(chats[0], f"scale{receivers}", spread=chats).open(receivers)
+            room = Room(
+                chats[0], f"scale{receivers}", spread=chats, senders=16, senders_spread=chats
+            )
+            await room.open(receivers)
             try:
                 await closed_loop(room, messages // 10, window=16)
                 client = time.process_time()
@@ -140,8 +156,8 @@ async def scaling(receivers: int) -> list[dict[str, Any]]:
                 wall, cpu = median(runs)
             finally:
                 await room.close()
-        deliveries = messages * receivers
-        per_worker = receivers / workers  # each worker's share of a message's deliveries
+        deliveries = messages * (receivers + 15)  # 16 senders: the other 15 get each one too
+        per_worker = (receivers + 15) / workers  # each worker's share of a message's deliveries
         rows.append(
             {
                 "part": "scaling",
@@ -213,12 +229,14 @@ async def round_trip_floor(server: Server, calls: int = 3_000) -> dict[str, Any]
 
 def tables(rows: list[dict[str, Any]]) -> list[str]:
     lines = [
-        "| N | server | deliveries/s | worker CPU/delivery | vs memory | Redis CPU/delivery |",
-        "|---|---|---|---|---|---|",
+        "| N | senders | server | deliveries/s | worker CPU/delivery | vs memory "
+        "| Redis CPU/delivery |",
+        "|---|---|---|---|---|---|---|",
     ]
     for row in (r for r in rows if r["part"] == "cpu"):
         lines.append(
-            f"| {row['receivers']} | {row['server']} | {row['deliveries_per_s']:,.0f} "
+            f"| {row['receivers']} | {row['senders']} | {row['server']} "
+            f"| {row['deliveries_per_s']:,.0f} "
             f"| {row['worker_us_per_delivery']:.1f} µs | {row['vs_memory']:.2f}x "
             f"| {row['redis_us_per_delivery']:.1f} µs |"
         )

@@ -279,16 +279,28 @@ class Tally:
 
 
 class Room:
-    """One sender and its receivers, which feed whichever Tally is current. The sender is on
-    `server`; the receivers are dealt round robin across `spread` (by default, `server`)."""
+    """Senders and receivers in one room; the receivers feed whichever Tally is current. The
+    senders take turns, one message each. Receivers are dealt round robin across `spread`,
+    senders across `senders_spread` (both by default `server`). Senders are members too:
+    each message also reaches the other senders, which read it and let it go."""
 
-    def __init__(self, server: Server, name: str, spread: Sequence[Server] = ()) -> None:
+    def __init__(
+        self,
+        server: Server,
+        name: str,
+        spread: Sequence[Server] = (),
+        senders: int = 1,
+        senders_spread: Sequence[Server] = (),
+    ) -> None:
         self.server = server
         self.spread = list(spread) or [server]
+        self.senders_spread = list(senders_spread) or [server]
         self.name = name
         self.tally = Tally(0)
         self.seq = 0
         self.receivers: list[Receiver] = []
+        self.senders: list[ClientConnection] = []
+        self._sender_count = senders
 
     async def open(self, receivers: int, first_index: int = 1) -> Room:
         indexes = range(first_index, first_index + receivers)
@@ -297,10 +309,12 @@ class Room:
         for i, host in enumerate(self.spread):
             share = indexes[i::hosts]
             self.receivers += await open_receivers(host, self.name, share, self._stamped)
-        (self.sender,) = await open_many(
-            self.server, self.name, range(indexes.stop, indexes.stop + 1)
-        )
-        self.drain = asyncio.create_task(self._drain(self.sender))
+        self.senders = []
+        first_sender, hosts = indexes.stop, len(self.senders_spread)
+        for i, host in enumerate(self.senders_spread):
+            share = range(first_sender, first_sender + self._sender_count)[i::hosts]
+            self.senders += await open_many(host, self.name, share)
+        self.drains = [asyncio.create_task(self._drain(ws)) for ws in self.senders]
         await self._joined()
         return self
 
@@ -318,7 +332,7 @@ class Room:
         self.tally.record(seq, latency)
 
     async def _drain(self, ws: ClientConnection) -> None:
-        with suppress(Exception):  # the sender's own echoes: read so it never stalls
+        with suppress(Exception):  # what reaches a sender: read so it never stalls
             async for _ in ws:
                 pass
 
@@ -330,12 +344,14 @@ class Room:
 
     async def send(self, padding: str = "") -> None:
         self.seq += 1
-        await self.sender.send(f"m{self.seq} {time.perf_counter():.6f}{padding}")
+        sender = self.senders[self.seq % len(self.senders)]
+        await sender.send(f"m{self.seq} {time.perf_counter():.6f}{padding}")
 
     async def close(self) -> None:
-        self.drain.cancel()
-        await asyncio.gather(self.drain, return_exceptions=True)
-        abort_all([*self.receivers, self.sender])
+        for drain in self.drains:
+            drain.cancel()
+        await asyncio.gather(*self.drains, return_exceptions=True)
+        abort_all([*self.receivers, *self.senders])
 
 
 async def closed_loop(room: Room, messages: int, window: int) -> Tally:
