@@ -14,7 +14,7 @@ from auth.principal import Principal
 from handler.chat.core import ConnectParams
 from handler.local.service import LocalChat, build_local_chat
 from infra.local_delivery import Outbox
-from infra.redis_history import RedisHistory
+from infra.redis_history import RedisHistory, channel
 from infra.redis_rooms import CANARY_SECONDS, DEAF_AFTER
 from infra.settings import Settings
 from tests.redis_server import RedisServer, running_redis
@@ -112,4 +112,21 @@ async def test_a_silently_deaf_subscription_is_found_by_its_canary_and_caught_up
     assert time.monotonic() - silent > DEAF_AFTER - CANARY_SECONDS  # the canary found it
     assert "the subscription is deaf" in caplog.text
     assert engine.link() == "linked"
+    member.writer.cancel()
+
+
+@pytest.mark.timeout(30)
+async def test_junk_on_a_rooms_channel_is_logged_and_the_room_goes_on(
+    chat: LocalChat, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Any client of the Redis can publish on a room's channel. What is not ours is logged,
+    and the subscription keeps delivering: it used to end the listener, deaf for good."""
+    engine = chat.engine
+    assert engine is not None
+    member = await join(chat, "junk")
+    for junk in ("not json", '{"e": "x"}', '{"p": "join"}', "[]"):
+        await engine.client.spublish(channel("junk"), junk)
+    await post(engine.feed._history, "junk", "after the junk")
+    await member.wait_for("after the junk", 3)
+    assert "not delivered" in caplog.text
     member.writer.cancel()
