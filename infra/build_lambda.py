@@ -23,6 +23,7 @@ LOCAL_ONLY = (
     "handler/emulate.py",
     "infra/build_lambda.py",
     "infra/emulator.py",
+    "infra/greenbridge.py",
     "infra/lambda-requirements.txt",
     "infra/local_delivery.py",
     "infra/lean_moto.py",

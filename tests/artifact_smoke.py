@@ -4,7 +4,9 @@ import every handler and invoke it with the real-shaped events in tests/events.
 Prints one JSON object with what happened; tests/test_packaging.py asserts on it.
 """
 
+import importlib
 import json
+import pkgutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -62,4 +64,15 @@ http_event = {
 response = http.handler(http_event, None)
 report["http"] = {"status": response["statusCode"], "body": json.loads(response["body"])}
 report["python"] = sys.version.split()[0]
+
+# Every module of ours that the zip carries imports with what the zip carries: a local-only
+# module (one needing uvicorn, redis or greenlet) belongs in infra/build_lambda.py's LOCAL_ONLY.
+unimportable = []
+for package in ("auth", "handler", "infra"):
+    for module in pkgutil.walk_packages([package], prefix=f"{package}."):
+        try:
+            importlib.import_module(module.name)
+        except Exception as error:  # each is reported; none stops the survey
+            unimportable.append(f"{module.name}: {type(error).__name__}: {error}")
+report["unimportable"] = unimportable
 print(json.dumps(report))

@@ -180,6 +180,7 @@ def test_clean_python312_imports_and_invokes_every_handler(
     assert result.returncode == 0, result.stderr
     report: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["python"].startswith("3.12")
+    assert report["unimportable"] == []
     assert report["fastapi_loaded_by_ws_path"] is False
     assert report["authorizer"] == "Allow"
     assert report["connect"] == report["connect_other"] == {"statusCode": 200}
