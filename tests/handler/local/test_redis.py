@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -49,6 +50,17 @@ def redis_command(redis: RedisServer, *words: str) -> bytes:
         request = f"*{len(words)}\r\n" + "".join(f"${len(w)}\r\n{w}\r\n" for w in words)
         sock.sendall(request.encode())
         return sock.recv(4096)
+
+
+def worker_ids(redis: RedisServer) -> list[str]:
+    """The workers registered in Redis (an array of 12-character bulk strings)."""
+    return re.findall(
+        r"\$12\r\n([0-9a-f]{12})\r\n", redis_command(redis, "SMEMBERS", "wschat:workers").decode()
+    )
+
+
+def connections_of(redis: RedisServer, worker: str) -> int:
+    return int(redis_command(redis, "SCARD", f"wschat:worker:{worker}:conns")[1:].split(b"\r")[0])
 
 
 async def read_until(ws: Any, inbox: ResumePoint, count: int, timeout: float = 30) -> None:
@@ -228,29 +240,23 @@ async def test_two_workers_share_their_rooms(tmp_path: Path, redis: RedisServer)
     server = Server(port, process, log)
     try:
         deadline = time.monotonic() + 30
-        while True:
-            try:
-                if json.loads(server.get("/healthz"))["redis"] == "linked":
-                    break
-            except OSError:
-                pass
+        while len(worker_ids(redis)) < 2:  # both workers started and registered
             assert time.monotonic() < deadline, log.read_text()
             await asyncio.sleep(0.2)
-        # Eight members: the kernel spreads their connections over both workers.
-        members = [await websockets.connect(url(server, "shared", f"m{i}")) for i in range(8)]
-        inboxes = [ResumePoint() for _ in members]
-        for ws, inbox in zip(members, inboxes, strict=True):
-            welcome = await recv_json(ws)
+        # Members join until both workers hold some: the kernel picks the accepting worker.
+        members: list[Any] = []
+        inboxes: list[ResumePoint] = []
+        while not all(connections_of(redis, w) for w in worker_ids(redis)):
+            assert len(members) < 60, "every connection went to one worker"
+            members.append(await websockets.connect(url(server, "shared", f"m{len(members)}")))
+            inboxes.append(ResumePoint())
+            welcome = await recv_json(members[-1])
             assert welcome["type"] == "welcome"  # first: no presence gets ahead of it
-            inbox.take(welcome)
+            inboxes[-1].take(welcome)
         await members[0].send(json.dumps({"action": "sendmessage", "text": "to everyone"}))
         for ws, inbox in zip(members, inboxes, strict=True):
             await read_until(ws, inbox, 1)
             assert list(inbox.texts.values()) == ["to everyone"]
-        workers = {
-            line for line in log.read_text().splitlines() if "Started server process" in line
-        }
-        assert len(workers) == 2
         for ws in members:
             await ws.close()
     finally:
