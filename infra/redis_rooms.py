@@ -29,7 +29,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from handler.chat.core import ChatCore
@@ -68,8 +68,12 @@ def members_key(room: str) -> str:
 @dataclass
 class _Room:
     members: dict[str, Connection]
-    delivered: int  # the last id delivered here (or known to be old when subscribing)
-    epoch: str
+    delivered: int = 0  # the last id delivered here (or known to be old when subscribing)
+    epoch: str = ""
+    # Set once subscribed and `delivered` read. The room is registered before that, so that
+    # a renewal or an idle sweep meanwhile sees it; until then nothing is delivered to it.
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    failed: bool = False  # the subscription could not be made: its joiners fail too
 
 
 class RoomFeed:
@@ -131,10 +135,14 @@ class RoomFeed:
         room = connection.room
         self._connections[connection.id] = connection
         state = self._rooms.get(room)
-        if state is not None:
-            state.members[connection.id] = connection
         if state is None:
-            await self._subscribe(room, connection)
+            state = self._rooms[room] = _Room({connection.id: connection})
+            await self._subscribe(room, state)
+        else:
+            state.members[connection.id] = connection
+            await state.ready.wait()  # another member's join is subscribing the room
+            if state.failed:
+                raise ConnectionError(f"could not subscribe to room {room!r}")
         await self._join(
             keys=[
                 f"wschat:conn:{connection.id}",
@@ -222,19 +230,21 @@ class RoomFeed:
 
     # --- the subscription ---------------------------------------------------------------
 
-    async def _subscribe(self, room: str, first: Connection) -> None:
-        await self._pubsub.ssubscribe(channel(room))
-        # Subscribed first, then the latest id: whatever is published from here on arrives,
-        # and whatever is older than `latest` is not this room's news for this worker.
-        latest, epoch = await self._history.latest(room)
-        if room in self._rooms:
-            return
-        members = {c.id: c for c in self._connections.values() if c.room == room} or {
-            first.id: first
-        }
-        self._rooms[room] = _Room(members, latest, epoch)
-        # A message published after `latest` may have reached the subscription before this
-        # room was here to take it (and been dropped): its stream has it.
+    async def _subscribe(self, room: str, state: _Room) -> None:
+        try:
+            await self._pubsub.ssubscribe(channel(room))
+            # Subscribed first, then the latest id: whatever is published from here on
+            # arrives, and whatever is older than `latest` is not this room's news here.
+            state.delivered, state.epoch = await self._history.latest(room)
+        except BaseException:
+            state.failed = True
+            if self._rooms.get(room) is state:
+                del self._rooms[room]
+            raise
+        finally:
+            state.ready.set()
+        # A message published after `latest` may have reached the subscription before the
+        # room was ready to take it (and been dropped): its stream has it.
         await self._catch_up(room)
 
     async def _listen(self) -> None:
@@ -293,8 +303,8 @@ class RoomFeed:
     ) -> None:
         room = message.room
         state = self._rooms.get(room)
-        if state is None:
-            return
+        if state is None or not state.ready.is_set():
+            return  # not this worker's room, or not yet: its subscriber catches up
         if epoch != state.epoch:  # the room started over in Redis: so do we
             state.epoch, state.delivered = epoch, 0
         behind = state.delivered
@@ -306,7 +316,7 @@ class RoomFeed:
 
     def _fan_out(self, message: ChatMessage, sender_id: str | None = None) -> None:
         state = self._rooms.get(message.room)
-        if state is None or message.id <= state.delivered:
+        if state is None or not state.ready.is_set() or message.id <= state.delivered:
             return
         state.delivered = message.id
         members = list(state.members.values())
@@ -318,8 +328,8 @@ class RoomFeed:
         """Deliver, in order, what the room's stream holds past what this worker delivered."""
         while True:
             state = self._rooms.get(room)
-            if state is None:
-                return
+            if state is None or not state.ready.is_set():
+                return  # gone, or still subscribing: its subscriber catches up
             after = state.delivered
             if through is not None and after >= through:
                 return
@@ -390,8 +400,10 @@ class RoomFeed:
             del self._rooms[room]
         for room in idle:
             await self._pubsub.sunsubscribe(channel(room))
-            if room in self._rooms:  # someone joined meanwhile: its subscription must stand
+            joined = self._rooms.get(room)
+            if joined is not None:  # someone joined meanwhile: its subscription must stand
                 await self._pubsub.ssubscribe(channel(room))
+                await joined.ready.wait()  # then what the gap let pass is in the stream
                 await self._catch_up(room)
 
     async def _reap(self, worker: str) -> None:

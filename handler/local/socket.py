@@ -68,13 +68,19 @@ async def chat_socket(websocket: WebSocket, item_id: str) -> None:
         reader = asyncio.create_task(_read(websocket, chat, connection_id, outbox))
         # Whichever side ends first ends the connection: the client hanging up, or the
         # writer finishing a close (slow consumer, oversize frame, expiry, abuse).
-        await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
-        reader.cancel()
+        try:
+            await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            reader.cancel()
     finally:
         expiry.cancel()
-        await chat.call(chat.core.disconnect, connection_id)
-        chat.delivery.unregister(connection_id)
-        writer.cancel()
+        try:
+            await chat.call(chat.core.disconnect, connection_id)
+        except Exception:  # the store is down: the socket's own resources go all the same
+            log.warning("could not record that %s left (store unavailable)", connection_id)
+        finally:
+            chat.delivery.unregister(connection_id)
+            writer.cancel()
 
 
 class _ExpiryTimer:

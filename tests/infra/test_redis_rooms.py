@@ -130,3 +130,31 @@ async def test_junk_on_a_rooms_channel_is_logged_and_the_room_goes_on(
     await member.wait_for("after the junk", 3)
     assert "not delivered" in caplog.text
     member.writer.cancel()
+
+
+@pytest.mark.timeout(30)
+async def test_a_room_joined_while_the_worker_resubscribes_is_in_the_new_subscription(
+    chat: LocalChat,
+) -> None:
+    """A room's first member here is subscribing (on the old subscription) when the listener
+    renews the subscription: the renewal must include that room, or its members hear
+    nothing, with a healthy canary to hide it."""
+    engine = chat.engine
+    assert engine is not None
+    feed = engine.feed
+    read_latest = feed._history.latest
+
+    async def latest_during_a_renewal(room: str) -> tuple[int, str]:
+        answer = await read_latest(room)
+        if room == "late":
+            renewed = feed._pubsub
+            feed._renew.set()  # as the canary's watcher does
+            while feed._pubsub is renewed or feed._renew.is_set():
+                await asyncio.sleep(0.05)
+        return answer
+
+    feed._history.latest = latest_during_a_renewal  # type: ignore[method-assign]
+    member = await join(chat, "late")
+    await post(feed._history, "late", "heard")
+    await member.wait_for("heard", 3)
+    member.writer.cancel()

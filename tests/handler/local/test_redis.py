@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.error
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -278,3 +279,30 @@ async def test_a_burst_of_handshakes_outnumbering_the_redis_pool_all_get_in(
         assert {welcome["type"] for welcome in welcomes} == {"welcome"}
         await asyncio.gather(*(ws.close() for ws in members))
         assert "Too many connections" not in server.log()
+
+
+@pytest.mark.timeout(120)
+async def test_a_socket_that_closes_while_redis_is_down_leaves_nothing_behind(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    """Its disconnect cannot reach Redis; the socket's outbox and writer go all the same
+    (they used to stay for ever, and /healthz counted the connection)."""
+    with running_server(tmp_path, on_redis(redis)) as server:
+        member = await websockets.connect(url(server, "down", "m"))
+        await recv_json(member)
+        assert json.loads(server.get("/healthz"))["connections"] == 1
+        redis.stop()
+        await member.close()
+        deadline = time.monotonic() + 30
+        while health(server)["connections"] != 0:  # 503 meanwhile: Redis is unreachable
+            assert time.monotonic() < deadline, server.log()
+            await asyncio.sleep(0.2)
+        redis.start()
+
+
+def health(server: Server) -> Any:
+    """/healthz's report, whether it answers 200 or 503."""
+    try:
+        return json.loads(server.get("/healthz"))
+    except urllib.error.HTTPError as error:
+        return json.loads(error.read())
