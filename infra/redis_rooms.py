@@ -143,15 +143,19 @@ class RoomFeed:
             await state.ready.wait()  # another member's join is subscribing the room
             if state.failed:
                 raise ConnectionError(f"could not subscribe to room {room!r}")
+        await self._register(connection)
+
+    async def _register(self, connection: Connection) -> None:
+        """The member in Redis: its hash, its room's set and this worker's set."""
         await self._join(
             keys=[
                 f"wschat:conn:{connection.id}",
-                members_key(room),
+                members_key(connection.room),
                 f"wschat:worker:{self.worker}:conns",
             ],
             args=[
                 connection.id,
-                room,
+                connection.room,
                 connection.user_id,
                 connection.user_name,
                 connection.dialect.value,
@@ -384,15 +388,25 @@ class RoomFeed:
         while True:
             await asyncio.sleep(HEARTBEAT_SECONDS)
             try:
-                await self._beat()
-                await self._drop_idle_rooms()
-                await self._redis.sadd("wschat:workers", self.worker)
-                for worker in await self._redis.smembers("wschat:workers"):
-                    name = worker.decode()
-                    if not await self._redis.exists(f"wschat:worker:{name}"):
-                        await self._reap(name)
+                await self._heartbeat_once()
             except Exception as error:
                 log.warning("redis heartbeat failed (%s)", type(error).__name__)
+
+    async def _heartbeat_once(self) -> None:
+        await self._beat()
+        await self._drop_idle_rooms()
+        if await self._redis.sadd("wschat:workers", self.worker) and self._connections:
+            # We were off the list: reaped by another worker while our heartbeat could not
+            # reach Redis, our members removed and their leave announced. They are still
+            # here, so they join again.
+            log.warning("this worker was reaped; registering its members again")
+            for connection in list(self._connections.values()):
+                await self._register(connection)
+                await self.publish_presence("join", connection)
+        for worker in await self._redis.smembers("wschat:workers"):
+            name = worker.decode()
+            if not await self._redis.exists(f"wschat:worker:{name}"):
+                await self._reap(name)
 
     async def _drop_idle_rooms(self) -> None:
         idle = [room for room, state in self._rooms.items() if not state.members]

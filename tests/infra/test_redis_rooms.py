@@ -158,3 +158,21 @@ async def test_a_room_joined_while_the_worker_resubscribes_is_in_the_new_subscri
     await post(feed._history, "late", "heard")
     await member.wait_for("heard", 3)
     member.writer.cancel()
+
+
+@pytest.mark.timeout(30)
+async def test_a_worker_reaped_while_cut_off_registers_its_members_again(
+    chat: LocalChat,
+) -> None:
+    """A worker whose heartbeat lapsed (Redis unreachable for longer than its TTL) is reaped by
+    another: its members are taken out of Redis. When it reaches Redis again, its members
+    are still connected to it, so it must register them again, or counts stay wrong."""
+    engine = chat.engine
+    assert engine is not None
+    feed = engine.feed
+    await join(chat, "counted")
+    assert await feed.count("counted") == 1
+    await feed._reap(feed.worker)  # what another worker does to one that stopped beating
+    assert await feed.count("counted") == 0
+    await feed._heartbeat_once()
+    assert await feed.count("counted") == 1
