@@ -29,14 +29,14 @@ class LoopBridge:
     def __init__(self) -> None:
         self._tasks: set[asyncio.Task[Any]] = set()
 
-    @property
-    def can_wait(self) -> bool:
-        return greenbridge.can_wait()
-
     def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
         return greenbridge.wait(coroutine, CALL_TIMEOUT)
 
-    def spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+    def settle(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        """Wait for `coroutine` if the caller can, else start it as a task."""
+        if greenbridge.can_wait():
+            self.run(coroutine)
+            return
         task = asyncio.get_running_loop().create_task(coroutine)
         self._tasks.add(task)  # a reference, so the task is not collected half-way
         task.add_done_callback(self._tasks.discard)
@@ -60,11 +60,8 @@ class RedisConnections:
 
     def remove(self, connection_id: str) -> Connection | None:
         connection = self._feed.forget(connection_id)
-        if connection is not None:
-            if self._bridge.can_wait:
-                self._bridge.run(self._feed.leave(connection))
-            else:  # a fan-out found the socket gone
-                self._bridge.spawn(self._feed.leave(connection))
+        if connection is not None:  # from the core, or from a fan-out finding it gone
+            self._bridge.settle(self._feed.leave(connection))
         return connection
 
     def in_room(self, room: str) -> Sequence[Connection]:
@@ -136,7 +133,4 @@ class RedisBroadcast:
         """Nothing to do: the publish script that stored the message published it."""
 
     def presence(self, event: str, connection: Connection) -> None:
-        if self._bridge.can_wait:
-            self._bridge.run(self._feed.publish_presence(event, connection))
-        else:
-            self._bridge.spawn(self._feed.publish_presence(event, connection))
+        self._bridge.settle(self._feed.publish_presence(event, connection))

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.redis_server import RedisServer, running_redis
 from tests.servers import Server, running_server
 
 
@@ -56,3 +57,10 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         create_table(boto3.client("dynamodb"), "wschat-test")
         yield
     reset_caches()
+
+
+@pytest.fixture
+def redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A real redis-server of the test's own, on a free loopback port."""
+    with running_redis(tmp_path) as server:
+        yield server

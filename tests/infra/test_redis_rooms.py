@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -17,13 +16,7 @@ from infra.local_delivery import Outbox
 from infra.redis_history import RedisHistory, channel
 from infra.redis_rooms import CANARY_SECONDS, DEAF_AFTER
 from infra.settings import Settings
-from tests.redis_server import RedisServer, running_redis
-
-
-@pytest.fixture
-def redis(tmp_path: Path) -> Iterator[RedisServer]:
-    with running_redis(tmp_path) as server:
-        yield server
+from tests.redis_server import RedisServer
 
 
 class Member:

@@ -16,7 +16,6 @@ import socket
 import subprocess
 import time
 import urllib.error
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +27,6 @@ from tests.redis_server import RedisServer, running_redis
 from tests.servers import WSCHAT, Server, free_port, running_server
 
 FAST = {"WSCHAT_RATE_PER_SECOND": "100000", "WSCHAT_RATE_BURST": "100000"}
-
-
-@pytest.fixture
-def redis(tmp_path: Path) -> Iterator[RedisServer]:
-    with running_redis(tmp_path) as server:
-        yield server
 
 
 def on_redis(redis: RedisServer, **env: str) -> dict[str, str]:
