@@ -120,9 +120,10 @@ def chart(results: dict[str, dict[str, Any]], out: Path) -> None:
     for row in rows.get("slow_consumer", []):
         row["label"] = short(row["server"]) + (" + stalled client" if row["stalled_client"] else "")
     for name, (y, x), label, value, title, unit in BAR_PANELS:
-        if name in rows:
-            labels = [short(row[label]) for row in rows[name]]
-            bars(axes[y][x], labels, [row[value] for row in rows[name]], title, unit)
+        charted = [row for row in rows.get(name, []) if value in row]
+        if charted:
+            labels = [short(row[label]) for row in charted]
+            bars(axes[y][x], labels, [row[value] for row in charted], title, unit)
     axes[1][1].set_xscale("log")  # the moto figure is thousands of times the others
     figure.tight_layout()
     figure.savefig(out, dpi=80)

@@ -1,9 +1,10 @@
-"""Delivery through the API Gateway Management API (`post_to_connection`).
+"""Delivery through the API Gateway Management API (POST /@connections/{id}).
 
-One boto3 client per endpoint, reused across invocations, with explicit timeouts. Fan-out runs
-on a bounded thread pool sized to the client's connection pool. Each recipient is isolated:
-410 Gone reports that recipient as gone (the core then deletes its records), 429 and 5xx are
-retried with jittered backoff, 403 is logged loudly, and nothing aborts the batch.
+One client per endpoint (infra/management_api.py), reused across invocations, with explicit
+timeouts. Fan-out runs on a bounded thread pool sized to the client's connection pool. Each
+recipient is isolated: 410 Gone reports that recipient as gone (the core then deletes its
+records), 429, 5xx and no answer at all are retried with jittered backoff, 403 is logged
+loudly, and nothing aborts the batch.
 """
 
 from __future__ import annotations
@@ -13,14 +14,16 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from enum import Enum
 
 from handler.chat.wire import MAX_SEND_BYTES
+from infra.management_api import ManagementApi, NoAnswer
 
 log = logging.getLogger(__name__)
 
+GONE = 410
+FORBIDDEN = 403
 RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
-USER_AGENT = "wschat/0.1 (Management API fan-out)"
 
 
 def management_endpoint(
@@ -46,40 +49,28 @@ def management_endpoint(
     return f"https://{domain_name}/{stage}"
 
 
-def make_management_client(
-    endpoint: str, pool_size: int, connect_timeout: float = 2.0, read_timeout: float = 5.0
-) -> Any:
-    import boto3
-    from botocore.config import Config
-
-    config = Config(
-        connect_timeout=connect_timeout,
-        read_timeout=read_timeout,
-        # botocore's own retries cover connection errors; throttling and 5xx are retried by
-        # ManagementApiDelivery, per recipient, so one slow recipient cannot stall the rest.
-        retries={"mode": "standard", "total_max_attempts": 2},
-        max_pool_connections=pool_size,
-        # A fan-out makes a thousand calls on one vCPU or less, so botocore's per-call CPU
-        # sets its pace. Two of its costs buy nothing here: validating parameters we build
-        # ourselves, and rebuilding its default User-Agent string twice per call (a sixth
-        # of the CPU of a post; bench/lambda_fanout.py, docs/performance.md).
-        parameter_validation=False,
-        user_agent=USER_AGENT,
-    )
-    return boto3.client("apigatewaymanagementapi", endpoint_url=endpoint, config=config)
+class Outcome(Enum):
+    DELIVERED = "delivered"
+    GONE = "gone"  # 410: the connection is closed
+    UNREACHED = "unreached"  # 429, 5xx or no answer, after every attempt: worth a later try
+    REFUSED = "refused"  # 403, 400, 413: another try would get the same answer
 
 
 class ManagementApiDelivery:
     def __init__(
         self,
-        client: Any,
+        api: ManagementApi,
         concurrency: int = 32,
         attempts: int = 3,
         backoff: float = 0.05,
         gone_attempts: int = 1,
         sleep: Callable[[float], None] = time.sleep,
+        pace: Callable[[], None] | None = None,
     ) -> None:
-        self._client = client
+        """`pace`, if given, is called before every request (a Pacer's `wait`: the fanout
+        function's share of the rate budget)."""
+        self._api = api
+        self._pace = pace
         self._concurrency = concurrency
         self._attempts = attempts
         self._backoff = backoff
@@ -88,88 +79,76 @@ class ManagementApiDelivery:
         self._pool: ThreadPoolExecutor | None = None
 
     def send(self, connection_ids: Sequence[str], payload: str) -> Sequence[str]:
+        gone, _ = self.post_all(connection_ids, payload)
+        return gone
+
+    def post_all(self, connection_ids: Sequence[str], payload: str) -> tuple[list[str], list[str]]:
+        """Post `payload` to each connection. Returns the ids found gone, and those still
+        unreachable (429, 5xx, no answer) after this delivery's retries."""
         data = payload.encode()
         if len(data) > MAX_SEND_BYTES:  # the core never makes one; AWS would refuse it
             log.error("payload of %d bytes is over API Gateway's 128 KiB; not sent", len(data))
-            return []
+            return [], []
         if len(connection_ids) <= 1:
-            results = [self._post(cid, data) for cid in connection_ids]
+            outcomes = [self._post(cid, data) for cid in connection_ids]
         else:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(self._concurrency, thread_name_prefix="fanout")
-            results = list(self._pool.map(lambda cid: self._post(cid, data), connection_ids))
-        return [cid for cid, gone in zip(connection_ids, results, strict=True) if gone]
+            outcomes = list(self._pool.map(lambda cid: self._post(cid, data), connection_ids))
+        paired = list(zip(connection_ids, outcomes, strict=True))
+        return (
+            [cid for cid, outcome in paired if outcome is Outcome.GONE],
+            [cid for cid, outcome in paired if outcome is Outcome.UNREACHED],
+        )
 
     def close(self, connection_id: str, code: int, reason: str) -> None:
         # API Gateway cannot send a close code of our choosing: the socket closes with its own.
         log.info("closing %s (%d %s)", connection_id, code, reason)
         try:
-            self._client.delete_connection(ConnectionId=connection_id)
-        except self._client.exceptions.GoneException:
-            pass
-        except Exception as error:
-            log.warning("could not close %s: %s", connection_id, _describe(error))
+            status = self._api.delete(connection_id)
+        except NoAnswer as error:
+            log.warning("could not close %s: no answer (%s)", connection_id, error)
+            return
+        if status >= 300 and status != GONE:
+            log.warning("could not close %s: HTTP %d", connection_id, status)
 
-    def _post(self, connection_id: str, data: bytes) -> bool:
-        """Deliver to one connection. Returns True when the connection is gone."""
-        gone_error = self._client.exceptions.GoneException
+    def _post(self, connection_id: str, data: bytes) -> Outcome:
         gone_seen = 0
         attempt = 0
-        while attempt < self._attempts:
+        while True:
             attempt += 1
+            if self._pace is not None:
+                self._pace()
             try:
-                self._client.post_to_connection(ConnectionId=connection_id, Data=data)
-                return False
-            except gone_error:
+                status = self._api.post(connection_id, data)
+                failure = f"HTTP {status}"
+            except NoAnswer as error:  # a post that timed out may have arrived: see below
+                status, failure = None, f"no answer ({error})"
+            if status is not None and status < 300:
+                return Outcome.DELIVERED
+            if status == GONE:
                 gone_seen += 1
                 if gone_seen >= self._gone_attempts:
-                    return True
+                    return Outcome.GONE
                 attempt -= 1  # waiting for a handshake to finish is not a failed attempt
                 self._sleep(self._backoff * 2**gone_seen)
                 continue
-            except Exception as error:
-                status = _status(error)
-                if status == 403:
-                    log.error(
-                        "post_to_connection is forbidden (403) for %s: check the function's "
-                        "execute-api:ManageConnections permission and the endpoint",
-                        connection_id,
-                    )
-                    return False
-                if _transient(error) and attempt < self._attempts:
-                    delay = self._backoff * 2 ** (attempt - 1)
-                    self._sleep(delay * (0.5 + random.random()))  # noqa: S311 (jitter)
-                    continue
-                log.warning(
-                    "delivery to %s failed after %d attempt(s): %s",
+            if status == FORBIDDEN:
+                log.error(
+                    "posting to %s is forbidden (403): check the function's "
+                    "execute-api:ManageConnections permission and the endpoint",
                     connection_id,
-                    attempt,
-                    _describe(error),
                 )
-                return False
-        return False
-
-
-def _transient(error: Exception) -> bool:
-    """Throttling, a server error, or no answer at all (a timeout, a dropped connection):
-    worth another try. A post that timed out may have arrived, so a retry can repeat it;
-    a repeat is what clients already handle (JSON frames carry ids), a lost message is not."""
-    from botocore.exceptions import ConnectionError as BotocoreConnectionError
-    from botocore.exceptions import HTTPClientError
-
-    if isinstance(error, BotocoreConnectionError | HTTPClientError):
-        return True
-    return _status(error) in RETRYABLE_STATUS
-
-
-def _status(error: Exception) -> int | None:
-    response = getattr(error, "response", None)
-    if isinstance(response, dict):
-        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        return int(status) if status is not None else None
-    return None
-
-
-def _describe(error: Exception) -> str:
-    status = _status(error)
-    return f"{type(error).__name__} (HTTP {status})" if status else type(error).__name__
+                return Outcome.REFUSED
+            # Throttling, a server error, or no answer: worth another try. A retried post
+            # that had arrived repeats, which clients handle (JSON frames carry ids); a lost
+            # message is not.
+            transient = status is None or status in RETRYABLE_STATUS
+            if transient and attempt < self._attempts:
+                delay = self._backoff * 2 ** (attempt - 1)
+                self._sleep(delay * (0.5 + random.random()))  # noqa: S311 (jitter)
+                continue
+            log.warning(
+                "delivery to %s failed after %d attempt(s): %s", connection_id, attempt, failure
+            )
+            return Outcome.UNREACHED if transient else Outcome.REFUSED

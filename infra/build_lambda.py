@@ -33,6 +33,7 @@ LOCAL_ONLY = (
     "infra/redis_history.py",
     "infra/redis_ports.py",
     "infra/redis_rooms.py",
+    "infra/sqs_source.py",
 )
 SKIP_SUFFIXES = (".pyc",)
 SKIP_NAMES = ("__pycache__",)

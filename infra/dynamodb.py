@@ -166,6 +166,27 @@ class DynamoConnections:
             ]
         )
 
+    def add_many(self, connections: Sequence[Connection]) -> None:
+        """Seed many connections at once (a big room for a benchmark or a test): the same
+        records as `add`, in batches, without `add`'s all-or-nothing per connection."""
+        ttl = int(self._clock()) + self._ttl_seconds
+        items = []
+        for connection in connections:
+            attributes = _connection_attributes(connection, ttl)
+            items.append({"pk": _s(f"CONN#{connection.id}"), "sk": _s("CONN"), **attributes})
+            items.append(
+                {
+                    "pk": _s(_room_key(connection.room)),
+                    "sk": _s(f"CONN#{connection.id}"),
+                    **attributes,
+                }
+            )
+        for start in range(0, len(items), 25):  # BatchWriteItem's limit
+            requests = [{"PutRequest": {"Item": item}} for item in items[start : start + 25]]
+            while requests:
+                response = self._client.batch_write_item(RequestItems={self._table: requests})
+                requests = response.get("UnprocessedItems", {}).get(self._table, [])
+
     def get(self, connection_id: str) -> Connection | None:
         response = self._client.get_item(
             TableName=self._table,
@@ -204,6 +225,54 @@ class DynamoConnections:
 
     def count(self, room: str) -> int:
         return len(self.in_room(room))
+
+    # --- a big room, in slices (infra/fanout.py) ----------------------------------------------
+
+    def room_slice(
+        self, room: str, after: str | None, through: str | None, limit: int
+    ) -> tuple[list[Connection], str | None]:
+        """The room's members with ids above `after` and up to `through` (None: unbounded),
+        in id order, from one Query that reads at most `limit` records. Returns them and,
+        when the slice holds more than that, the id to continue after."""
+        upper = "BETWEEN :conn AND :through" if through is not None else None
+        query = _live_items_query(
+            self._table,
+            room,
+            f"sk {upper}" if upper else "begins_with(sk, :conn)",
+            {":conn": _s("CONN#")} | ({":through": _s(f"CONN#{through}")} if upper else {}),
+            self._clock(),
+        )
+        query["Limit"] = limit
+        if after is not None:
+            query["ExclusiveStartKey"] = {"pk": _s(_room_key(room)), "sk": _s(f"CONN#{after}")}
+        page = self._client.query(**query)
+        last = page.get("LastEvaluatedKey")
+        members = [_connection_from(item) for item in page.get("Items", [])]
+        return members, last["sk"]["S"].removeprefix("CONN#") if last else None
+
+    def slice_bounds(self, room: str, size: int) -> list[tuple[str | None, str | None]]:
+        """Cut the room into slices of at most `size` member records, as (after, through)
+        pairs for `room_slice`: disjoint, in order, and together the whole room, including
+        members who join later (the last slice is open-ended). Reads only the keys."""
+        bounds: list[tuple[str | None, str | None]] = []
+        after: str | None = None
+        query: dict[str, Any] = {
+            "TableName": self._table,
+            "KeyConditionExpression": "pk = :pk AND begins_with(sk, :conn)",
+            "ExpressionAttributeValues": {":pk": _s(_room_key(room)), ":conn": _s("CONN#")},
+            "ProjectionExpression": "sk",
+            "ConsistentRead": True,
+            "Limit": size,
+        }
+        while True:
+            last = self._client.query(**query).get("LastEvaluatedKey")
+            if not last:
+                bounds.append((after, None))
+                return bounds
+            through = last["sk"]["S"].removeprefix("CONN#")
+            bounds.append((after, through))
+            after = through
+            query["ExclusiveStartKey"] = last
 
     def mark_welcomed(
         self, connection_id: str, room: str, through_id: int, force: bool = False

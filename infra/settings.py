@@ -132,10 +132,19 @@ class Settings:
     # Serverless transport (API Gateway + Lambda + DynamoDB).
     table: str = "wschat"
     dynamodb_endpoint: str = ""
+    sqs_endpoint: str = ""
     apigw_endpoint: str = ""
     offline_ws_port: int = 3001
     offline_lambda_port: int = 3002
     fanout_concurrency: int = _bounded(32, ge=1, le=256)
+    # Big rooms (infra/fanout.py): above `fanout_inline_max` members, a message goes out as
+    # jobs of `fanout_chunk` members on this SQS queue; empty: always inline. The fanout
+    # function's `fanout_workers` (its reserved concurrency) share `fanout_rate` posts/s.
+    fanout_queue_url: str = ""
+    fanout_inline_max: int = _bounded(100, ge=1)
+    fanout_chunk: int = _bounded(500, ge=1, le=10_000)
+    fanout_rate: float = _bounded(1000.0, gt=0)
+    fanout_workers: int = _bounded(4, ge=1)
     connection_ttl_seconds: int = _bounded(2 * 3600 + 300, ge=60)
     room_page_size: int = _bounded(0, ge=0)
     welcome_function: str = ""

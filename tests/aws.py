@@ -1,5 +1,4 @@
-"""AWS test helpers: moto tables made from infra/resources.yml, real-shaped events, and a
-recorder of what the real boto3 Management API client posted."""
+"""AWS test helpers: moto tables made from infra/resources.yml and real-shaped events."""
 
 from __future__ import annotations
 
@@ -9,14 +8,12 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 EVENTS = Path(__file__).resolve().parent / "events"
-ENDPOINT = "https://abcdef123.execute-api.us-east-1.amazonaws.com/prod"
 
 
 def create_table(client: Any, name: str) -> None:
@@ -40,29 +37,6 @@ def event(name: str, **changes: Any) -> dict[str, Any]:
         else:
             body[key] = value
     return body
-
-
-class PostRecorder:
-    """Hooks the real client's event system; every call still goes to moto."""
-
-    def __init__(self, client: Any) -> None:
-        self.frames: dict[str, list[str]] = defaultdict(list)
-        client.meta.events.register(
-            "provide-client-params.apigatewaymanagementapi.PostToConnection", self._record
-        )
-
-    def _record(self, params: dict[str, Any], **kwargs: Any) -> None:
-        data = params["Data"]
-        self.frames[params["ConnectionId"]].append(
-            data.decode() if isinstance(data, bytes) else data
-        )
-
-    def take(self, connection_id: str) -> list[str]:
-        frames, self.frames[connection_id] = self.frames[connection_id], []
-        return frames
-
-    def take_json(self, connection_id: str) -> list[dict[str, Any]]:
-        return [json.loads(frame) for frame in self.take(connection_id)]
 
 
 def reset_caches() -> None:

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.management_api import ManagementApiStandIn, running_management_api
 from tests.redis_server import RedisServer, running_redis
 from tests.servers import Server, running_server
 
@@ -30,8 +31,16 @@ def start_server(tmp_path: Path):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """moto's AWS with the chat table made from infra/resources.yml; fresh caches around it."""
+def management_api() -> Iterator[ManagementApiStandIn]:
+    """The Management API on loopback (tests/management_api.py), answering 200 unless told."""
+    with running_management_api() as stand_in:
+        yield stand_in
+
+
+@pytest.fixture
+def aws(monkeypatch: pytest.MonkeyPatch, management_api: ManagementApiStandIn) -> Iterator[None]:
+    """moto's AWS with the chat table made from infra/resources.yml, and the Management API
+    stand-in as every handler's endpoint; fresh caches around it."""
     import os
 
     import boto3
@@ -49,6 +58,7 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         "AWS_DEFAULT_REGION": "us-east-1",
         "AWS_REGION": "us-east-1",
         "WSCHAT_TABLE": "wschat-test",
+        "WSCHAT_APIGW_ENDPOINT": management_api.endpoint,
     }.items():
         monkeypatch.setenv(key, value)
     monkeypatch.delenv("IS_OFFLINE", raising=False)

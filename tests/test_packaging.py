@@ -74,32 +74,53 @@ def test_osls_package_builds_the_stack(packaged: None) -> None:
     assert {"WebSocketUrl", "HttpUrl"} <= set(template["Outputs"])
 
 
+ROLES = {"ChatFunctionRole", "FanoutFunctionRole"}
+
+
 def test_iam_is_least_privilege(packaged: None) -> None:
     resources = json.loads(TEMPLATE.read_text())["Resources"]
     assert "IamRoleLambdaExecution" not in resources  # the framework's broader default role
     roles = {name for name, r in resources.items() if r["Type"] == "AWS::IAM::Role"}
-    assert roles == {"ChatFunctionRole"}
-    statements = [
-        s
-        for policy in resources["ChatFunctionRole"]["Properties"]["Policies"]
-        for s in policy["PolicyDocument"]["Statement"]
-    ]
-    for statement in statements:
-        actions = (
-            statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
-        )
-        assert not any(a.endswith(":*") or a == "*" for a in actions), statement
-        rendered = json.dumps(statement["Resource"])
-        assert statement["Resource"] != "*" and ":*:*:*" not in rendered
-        if any(a.startswith("dynamodb:") for a in actions):
-            assert "dynamodb:Scan" not in actions
-            assert statement["Resource"] == [{"Fn::GetAtt": ["ChatTable", "Arn"]}]
-        if "execute-api:ManageConnections" in actions:
-            assert '{"Ref": "WebsocketsApi"}' in rendered
-    functions = [r for r in resources.values() if r["Type"] == "AWS::Lambda::Function"]
-    assert all(
-        f["Properties"]["Role"] == {"Fn::GetAtt": ["ChatFunctionRole", "Arn"]} for f in functions
-    )
+    assert roles == ROLES
+    granted: dict[str, set[str]] = {}
+    for role in ROLES:
+        statements = [
+            s
+            for policy in resources[role]["Properties"]["Policies"]
+            for s in policy["PolicyDocument"]["Statement"]
+        ]
+        granted[role] = set()
+        for statement in statements:
+            action = statement["Action"]
+            actions = action if isinstance(action, list) else [action]
+            granted[role] |= set(actions)
+            assert not any(a.endswith(":*") or a == "*" for a in actions), statement
+            rendered = json.dumps(statement["Resource"])
+            assert statement["Resource"] != "*" and ":*:*:*" not in rendered
+            if any(a.startswith("dynamodb:") for a in actions):
+                assert "dynamodb:Scan" not in actions
+                assert statement["Resource"] == [{"Fn::GetAtt": ["ChatTable", "Arn"]}]
+            if any(a.startswith("sqs:") for a in actions):
+                assert statement["Resource"] == [{"Fn::GetAtt": ["FanoutQueue", "Arn"]}]
+            if "execute-api:ManageConnections" in actions:
+                assert '{"Ref": "WebsocketsApi"}' in rendered
+    # The chat functions only enqueue; the fanout function consumes, and writes no table item.
+    assert {"sqs:SendMessage"} == {a for a in granted["ChatFunctionRole"] if "sqs:" in a}
+    assert {"sqs:ReceiveMessage", "sqs:DeleteMessage"} <= granted["FanoutFunctionRole"]
+    assert not {"dynamodb:PutItem", "dynamodb:UpdateItem"} & granted["FanoutFunctionRole"]
+    functions = {name: r for name, r in resources.items() if r["Type"] == "AWS::Lambda::Function"}
+    for name, function in functions.items():
+        role = "FanoutFunctionRole" if name == "FanoutLambdaFunction" else "ChatFunctionRole"
+        assert function["Properties"]["Role"] == {"Fn::GetAtt": [role, "Arn"]}, name
+    fanout = functions["FanoutLambdaFunction"]["Properties"]
+    assert fanout["ReservedConcurrentExecutions"] == 4
+    (mapping,) = [r for r in resources.values() if r["Type"] == "AWS::Lambda::EventSourceMapping"]
+    assert mapping["Properties"]["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    queue = resources["FanoutQueue"]["Properties"]
+    assert queue["RedrivePolicy"]["deadLetterTargetArn"] == {
+        "Fn::GetAtt": ["FanoutDeadLetterQueue", "Arn"]
+    }
+    assert queue["VisibilityTimeout"] >= 6 * fanout["Timeout"]
 
 
 def test_cfn_lint_finds_no_errors(packaged: None) -> None:

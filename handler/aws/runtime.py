@@ -19,8 +19,11 @@ from auth.base import Authenticator
 from auth.refresh import BlockingCheck
 from auth.rooms import RoomPolicy, build_room_policy
 from handler.chat.core import ChatCore
-from infra.apigw import ManagementApiDelivery, make_management_client, management_endpoint
+from handler.chat.ports import Broadcast, Delivery
+from infra.apigw import ManagementApiDelivery, management_endpoint
 from infra.dynamodb import DynamoConnections, DynamoMessageLog
+from infra.fanout import ChunkedBroadcast, FanoutQueue, FanoutWorker, Pacer
+from infra.management_api import ManagementApi
 from infra.settings import Settings, get_settings
 
 T = TypeVar("T")
@@ -28,6 +31,11 @@ T = TypeVar("T")
 # The welcome may race API Gateway finishing the handshake (it answers 410 until `$connect`
 # has returned), so its core retries a 410 for a while before the connection counts as gone.
 WELCOME_GONE_ATTEMPTS = 6
+
+# The fanout function's patience with a throttled or failing recipient, before the recipient
+# goes into a delayed retry job (infra/fanout.py): about 3.5 s of backoff over four attempts.
+FANOUT_ATTEMPTS = 4
+FANOUT_BACKOFF = 0.5
 
 # Builds the core for an endpoint; `welcome` says whether it is the welcome's patient one.
 CoreFactory = Callable[["AwsRuntime", str, bool], ChatCore]
@@ -50,28 +58,23 @@ class ServerlessRest:
 
 
 def dynamodb_core(runtime: AwsRuntime, endpoint: str, welcome: bool) -> ChatCore:
-    """The serverless chat: the core on DynamoDB, delivering through the Management API."""
+    """The serverless chat: the core on DynamoDB, delivering through the Management API, and
+    through the fan-out queue for big rooms when WSCHAT_FANOUT_QUEUE_URL names one."""
     settings = runtime.settings
     delivery = ManagementApiDelivery(
-        runtime.management_client(endpoint),
+        runtime.management_api(endpoint),
         settings.fanout_concurrency,
         gone_attempts=WELCOME_GONE_ATTEMPTS if welcome else 1,
     )
-    connections = DynamoConnections(
-        runtime.dynamodb(),
-        settings.table,
-        ttl_seconds=settings.connection_ttl_seconds,
-        page_size=settings.room_page_size or None,
-    )
-    messages = DynamoMessageLog(runtime.dynamodb(), settings.table, settings.history_ttl_seconds)
-    return ChatCore(
-        connections,
-        messages,
-        delivery,
-        settings.limits(),
-        policy=runtime.policy(),
-        credentials=BlockingCheck(runtime.authenticator),
-    )
+    connections = runtime.connections()
+    broadcast: Callable[[ChatCore], Broadcast] | None = None
+    # `serverless offline` has no SQS (and cannot resolve the queue's Ref): inline there.
+    if settings.fanout_queue_url and not settings.is_offline:
+        queue = runtime.fanout_queue()
+        broadcast = lambda core: ChunkedBroadcast(  # noqa: E731
+            core, connections, queue, settings.fanout_inline_max, settings.fanout_chunk
+        )
+    return runtime.chat_core(delivery, broadcast)
 
 
 class AwsRuntime:
@@ -84,7 +87,9 @@ class AwsRuntime:
         self._lock = threading.RLock()
         self._dynamodb: Any = None
         self._lambda: Any = None
-        self._management: dict[str, Any] = {}
+        self._management: dict[str, ManagementApi] = {}
+        self._fanout_queue: FanoutQueue | None = None
+        self._fanout_worker: FanoutWorker | None = None
         self._cores: dict[tuple[str, bool], ChatCore] = {}
         self._authenticator: Authenticator | None = None
         self._policy: RoomPolicy | None = None
@@ -113,6 +118,70 @@ class AwsRuntime:
                 self._cores[key] = self._build_core(self, endpoint, welcome)
             return self._cores[key]
 
+    def connections(self) -> DynamoConnections:
+        settings = self.settings
+        return DynamoConnections(
+            self.dynamodb(),
+            settings.table,
+            ttl_seconds=settings.connection_ttl_seconds,
+            page_size=settings.room_page_size or None,
+        )
+
+    def chat_core(
+        self, delivery: Delivery, broadcast: Callable[[ChatCore], Broadcast] | None = None
+    ) -> ChatCore:
+        """A core on this container's DynamoDB, delivering through `delivery`."""
+        settings = self.settings
+        messages = DynamoMessageLog(self.dynamodb(), settings.table, settings.history_ttl_seconds)
+        return ChatCore(
+            self.connections(),
+            messages,
+            delivery,
+            settings.limits(),
+            policy=self.policy(),
+            credentials=BlockingCheck(self.authenticator),
+            broadcast=broadcast,
+        )
+
+    def fanout_queue(self) -> FanoutQueue:
+        with self._lock:
+            if self._fanout_queue is None:
+                import boto3
+
+                self._fanout_queue = FanoutQueue(
+                    boto3.client("sqs", endpoint_url=self.settings.sqs_endpoint or None),
+                    self.settings.fanout_queue_url,
+                )
+            return self._fanout_queue
+
+    def fanout_worker(self) -> FanoutWorker:
+        """The fanout function's worker: this container's share of the rate budget, posting
+        through WSCHAT_APIGW_ENDPOINT."""
+        with self._lock:
+            if self._fanout_worker is None:
+                settings = self.settings
+                endpoint = settings.apigw_endpoint.rstrip("/")
+                if not endpoint:
+                    raise RuntimeError(
+                        "WSCHAT_APIGW_ENDPOINT must name the WebSocket API's endpoint"
+                    )
+                pacer = Pacer(settings.fanout_rate / settings.fanout_workers)
+                delivery = ManagementApiDelivery(
+                    self.management_api(endpoint),
+                    settings.fanout_concurrency,
+                    attempts=FANOUT_ATTEMPTS,
+                    backoff=FANOUT_BACKOFF,
+                    pace=pacer.wait,
+                )
+                self._fanout_worker = FanoutWorker(
+                    self.connections(),
+                    self.chat_core,
+                    delivery,
+                    self.fanout_queue(),
+                    settings.fanout_chunk,
+                )
+            return self._fanout_worker
+
     def dynamodb(self) -> Any:
         with self._lock:
             if self._dynamodb is None:
@@ -131,11 +200,11 @@ class AwsRuntime:
                 self._dynamodb = boto3.client("dynamodb", endpoint_url=endpoint, config=config)
             return self._dynamodb
 
-    def management_client(self, endpoint: str) -> Any:
+    def management_api(self, endpoint: str) -> ManagementApi:
         with self._lock:
             if endpoint not in self._management:
-                self._management[endpoint] = make_management_client(
-                    endpoint, self.settings.fanout_concurrency
+                self._management[endpoint] = ManagementApi(
+                    endpoint, self.settings.aws_region, self.settings.fanout_concurrency
                 )
             return self._management[endpoint]
 

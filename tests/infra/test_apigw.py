@@ -1,264 +1,208 @@
-"""Management API delivery: 410, 429/5xx, 403, timeouts and size, with botocore's Stubber and a
-real loopback server."""
+"""Management API delivery: 410, 429/5xx, 403, no answer, timeouts and size, against the
+Management API stand-in (tests/management_api.py), which checks every signature."""
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import boto3
 import pytest
-from botocore.stub import ANY, Stubber
 
 from auth.principal import Principal
 from handler.chat.core import ChatCore, ConnectParams
 from handler.chat.ports import Dialect
-from infra.apigw import ManagementApiDelivery, make_management_client, management_endpoint
+from infra.apigw import ManagementApiDelivery, management_endpoint
 from infra.dynamodb import DynamoConnections, DynamoMessageLog
+from infra.management_api import ManagementApi
+from tests.management_api import HANG_UP, Answer, ManagementApiStandIn, running_management_api
 
-ENDPOINT = "https://abcdef123.execute-api.us-east-1.amazonaws.com/prod"
+
+@pytest.fixture(autouse=True)
+def credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+
+
+def statuses(**by_id: list[int]) -> Answer:
+    """Answer each connection's attempts in turn from its list (its last entry thereafter);
+    200 for any other connection."""
+
+    def answer(method: str, connection_id: str, attempt: int) -> int:
+        script = by_id.get(connection_id, [200])
+        return script[min(attempt, len(script)) - 1]
+
+    return answer
 
 
 @pytest.fixture
-def client(monkeypatch: pytest.MonkeyPatch) -> Any:
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    return boto3.client("apigatewaymanagementapi", endpoint_url=ENDPOINT, region_name="us-east-1")
+def api() -> Iterator[ManagementApiStandIn]:
+    with running_management_api() as stand_in:
+        yield stand_in
 
 
-def post(cid: str, data: Any = b"hi") -> dict[str, Any]:
-    return {"ConnectionId": cid, "Data": data}
-
-
-def delivery(client: Any, sleeps: list[float] | None = None) -> ManagementApiDelivery:
-    # One worker: the Stubber answers in order, so calls must be made in order.
+def delivery(
+    stand_in: ManagementApiStandIn, sleeps: list[float] | None = None, **options: Any
+) -> ManagementApiDelivery:
     return ManagementApiDelivery(
-        client, concurrency=1, sleep=(sleeps if sleeps is not None else []).append
+        ManagementApi(stand_in.endpoint, "us-east-1", pool_size=4),
+        sleep=(sleeps if sleeps is not None else []).append,
+        **options,
     )
 
 
-def test_gone_is_reported_and_not_retried(client: Any) -> None:
-    with Stubber(client) as stub:
-        stub.add_response("post_to_connection", {}, post("a"))
-        stub.add_client_error(
-            "post_to_connection", "GoneException", http_status_code=410, expected_params=post("b")
-        )
-        stub.add_response("post_to_connection", {}, post("c"))
-        assert delivery(client).send(["a", "b", "c"], "hi") == ["b"]
-        stub.assert_no_pending_responses()
+def test_gone_is_reported_and_not_retried(api: ManagementApiStandIn) -> None:
+    api.answer = statuses(b=[410])
+    assert delivery(api).send(["a", "b", "c"], "hi") == ["b"]
+    assert api.attempts["POST", "b"] == 1
+    assert api.take("a") == api.take("c") == ["hi"] and api.take("b") == []
 
 
-def test_welcome_delivery_waits_out_a_410_while_the_handshake_completes(client: Any) -> None:
-    # $connect has returned but API Gateway may not accept sends for a moment yet.
-    sleeps: list[float] = []
-    patient = ManagementApiDelivery(client, concurrency=1, gone_attempts=3, sleep=sleeps.append)
-    with Stubber(client) as stub:
-        for _ in range(2):
-            stub.add_client_error(
-                "post_to_connection",
-                "GoneException",
-                http_status_code=410,
-                expected_params=post("new"),
-            )
-        stub.add_response("post_to_connection", {}, post("new"))
-        assert patient.send(["new"], "hi") == []
-        stub.assert_no_pending_responses()
-    assert len(sleeps) == 2
-    with Stubber(client) as stub:
-        for _ in range(3):
-            stub.add_client_error(
-                "post_to_connection",
-                "GoneException",
-                http_status_code=410,
-                expected_params=post("never"),
-            )
-        assert patient.send(["never"], "hi") == ["never"]
-
-
-@pytest.mark.parametrize(
-    ("code", "status"), [("LimitExceededException", 429), ("InternalServerError", 500)]
-)
-def test_throttling_and_server_errors_are_retried_with_backoff(
-    client: Any, code: str, status: int
+def test_welcome_delivery_waits_out_a_410_while_the_handshake_completes(
+    api: ManagementApiStandIn,
 ) -> None:
+    # $connect has returned but API Gateway may not accept sends for a moment yet.
+    api.answer = statuses(new=[410, 410, 200], never=[410])
     sleeps: list[float] = []
-    with Stubber(client) as stub:
-        stub.add_client_error(
-            "post_to_connection", code, http_status_code=status, expected_params=post("a")
-        )
-        stub.add_client_error(
-            "post_to_connection", code, http_status_code=status, expected_params=post("a")
-        )
-        stub.add_response("post_to_connection", {}, post("a"))
-        assert delivery(client, sleeps).send(["a"], "hi") == []
-        stub.assert_no_pending_responses()
+    patient = delivery(api, sleeps, gone_attempts=3)
+    assert patient.send(["new"], "hi") == []
+    assert api.take("new") == ["hi"] and len(sleeps) == 2
+    assert patient.send(["never"], "hi") == ["never"]
+    assert api.attempts["POST", "never"] == 3
+
+
+@pytest.mark.parametrize("status", [429, 500, 502, 503, 504])
+def test_throttling_and_server_errors_are_retried_with_backoff(
+    api: ManagementApiStandIn, status: int
+) -> None:
+    api.answer = statuses(a=[status, status, 200])
+    sleeps: list[float] = []
+    assert delivery(api, sleeps).send(["a"], "hi") == []
+    assert api.take("a") == ["hi"] and api.attempts["POST", "a"] == 3
     assert len(sleeps) == 2 and sleeps[1] > sleeps[0] / 2 > 0
 
 
 def test_persistent_failure_gives_up_and_the_batch_goes_on(
-    client: Any, caplog: pytest.LogCaptureFixture
+    api: ManagementApiStandIn, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with Stubber(client) as stub:
-        for _ in range(3):
-            stub.add_client_error(
-                "post_to_connection",
-                "InternalServerError",
-                http_status_code=500,
-                expected_params=post("a"),
-            )
-        stub.add_response("post_to_connection", {}, post("b"))
-        assert delivery(client).send(["a", "b"], "hi") == []
-        stub.assert_no_pending_responses()
-    assert "after 3 attempt(s)" in caplog.text
+    api.answer = statuses(a=[500])
+    assert delivery(api).send(["a", "b"], "hi") == []
+    assert api.take("b") == ["hi"] and api.attempts["POST", "a"] == 3
+    assert "delivery to a failed after 3 attempt(s): HTTP 500" in caplog.text
+
+
+@pytest.mark.parametrize("status", [400, 413])
+def test_a_refused_post_is_logged_and_not_retried(
+    api: ManagementApiStandIn, status: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    api.answer = statuses(a=[status, 200])
+    assert delivery(api).send(["a"], "hi") == []
+    assert api.attempts["POST", "a"] == 1
+    assert f"failed after 1 attempt(s): HTTP {status}" in caplog.text
 
 
 def test_forbidden_is_logged_loudly_and_not_retried(
-    client: Any, caplog: pytest.LogCaptureFixture
+    api: ManagementApiStandIn, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with Stubber(client) as stub:
-        stub.add_client_error(
-            "post_to_connection",
-            "ForbiddenException",
-            http_status_code=403,
-            expected_params=post("a"),
-        )
-        with caplog.at_level(logging.ERROR):
-            assert delivery(client).send(["a"], "hi") == []
-        stub.assert_no_pending_responses()
+    api.answer = statuses(a=[403])
+    with caplog.at_level(logging.ERROR):
+        assert delivery(api).send(["a"], "hi") == []
+    assert api.attempts["POST", "a"] == 1
     assert any(r.levelno == logging.ERROR and "403" in r.getMessage() for r in caplog.records)
 
 
-def test_payload_over_128_kib_is_never_sent(client: Any, caplog: pytest.LogCaptureFixture) -> None:
-    with Stubber(client) as stub:  # no responses queued: any call would fail the test
-        assert delivery(client).send(["a"], "x" * (128 * 1024 + 1)) == []
-        stub.assert_no_pending_responses()
+def test_a_wrong_secret_is_refused_by_the_signature_check(
+    api: ManagementApiStandIn, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The stand-in's check is what makes the tests below mean something: prove it bites.
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-accounts")
+    forged = delivery(api)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    assert forged.send(["a"], "hi") == []
+    assert api.forged == 1 and api.take("a") == []
+    assert "forbidden (403)" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "connection_id",
+    ["Ab3dEfGhIjKlMnO=", "a/b", "a b", "%41", "?x=1#y", "é", "a+b", "..", "x" * 200],
+)
+def test_any_connection_id_is_encoded_and_signed_as_aws_checks_it(
+    api: ManagementApiStandIn, connection_id: str
+) -> None:
+    # The id goes in the path: every byte of it must be encoded, and signed as sent.
+    assert delivery(api).send([connection_id], "hi") == []
+    assert api.forged == 0 and api.take(connection_id) == ["hi"]
+    ManagementApiDelivery(ManagementApi(api.endpoint, "us-east-1", 1)).close(
+        connection_id, 1000, ""
+    )
+    assert api.deleted == [connection_id]
+
+
+def test_payload_over_128_kib_is_never_sent(
+    api: ManagementApiStandIn, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert delivery(api).send(["a"], "x" * (128 * 1024 + 1)) == []
+    assert not api.attempts
     assert "over API Gateway's 128 KiB" in caplog.text
 
 
-def test_gone_recipient_records_are_deleted_not_the_senders(aws: None, client: Any) -> None:
+def test_gone_recipient_records_are_deleted_not_the_senders(
+    aws: None, management_api: ManagementApiStandIn
+) -> None:
     dynamodb = boto3.client("dynamodb")
     connections = DynamoConnections(dynamodb, "wschat-test")
     now = [time.time()]
+    management_api.answer = statuses(gone=[410])
     core = ChatCore(
         connections,
         DynamoMessageLog(dynamodb, "wschat-test"),
-        delivery(client),
+        delivery(management_api),
         wall_clock=lambda: now[0],
     )
     for cid in ("sender", "gone", "alive"):
         core.connect(cid, "room", Principal(cid, cid, cid), ConnectParams(Dialect.TEXT))
     now[0] += 60  # well past the handshake grace
-    with Stubber(client) as stub:
-        for _ in range(2):  # the seed's two echo lines to the sender
-            stub.add_response("post_to_connection", {}, post("sender", ANY))
-        # Room members come back in key order: alive, then gone.
-        stub.add_response("post_to_connection", {}, post("alive", ANY))
-        stub.add_client_error(
-            "post_to_connection",
-            "GoneException",
-            http_status_code=410,
-            expected_params=post("gone", ANY),
-        )
-        core.message("sender", "hello")
-        stub.assert_no_pending_responses()
+    core.message("sender", "hello")
+    assert len(management_api.take("sender")) == 2  # the seed's two echo lines
+    assert len(management_api.take("alive")) == 1
     assert {c.id for c in connections.in_room("room")} == {"sender", "alive"}
     assert connections.get("gone") is None and connections.get("sender") is not None
 
 
-class _Hanging(BaseHTTPRequestHandler):
-    def do_POST(self) -> None:
-        if "slow" in self.path:
-            time.sleep(3)
-        self.send_response(200)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
-@contextmanager
-def serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
-    """A loopback HTTP server standing in for the Management API; yields its endpoint."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
-@pytest.fixture
-def hanging_endpoint() -> Iterator[str]:
-    with serving(_Hanging) as endpoint:
-        yield endpoint
-
-
-class _DropsFirst(BaseHTTPRequestHandler):
-    """Hangs up without answering the first `drops` posts, then accepts."""
-
-    protocol_version = "HTTP/1.1"
-    drops = 3
-    seen = 0
-
-    def do_POST(self) -> None:
-        self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        type(self).seen += 1
-        if type(self).seen <= self.drops:
-            self.close_connection = True  # no status line: botocore sees a dropped connection
-            return
-        self.send_response(200)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
 def test_a_dropped_connection_is_retried_not_lost(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    api: ManagementApiStandIn, caplog: pytest.LogCaptureFixture
 ) -> None:
     # The bug this catches: a post that got no answer (dropped keep-alive connection, read
-    # timeout) was given up after botocore's one retry, and that recipient silently missed
-    # the message while everyone else got it.
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    with serving(_DropsFirst) as endpoint:
-        delivery = ManagementApiDelivery(make_management_client(endpoint, 2), backoff=0.01)
-        assert delivery.send(["flaky"], "hi") == []
-    # botocore's own two attempts, dropped; ours: two more, dropped then accepted.
-    assert _DropsFirst.seen == 4
+    # timeout) was given up, and that recipient silently missed the message while everyone
+    # else got it.
+    api.answer = statuses(flaky=[HANG_UP, HANG_UP, 200])
+    assert delivery(api).send(["flaky"], "hi") == []
+    assert api.attempts["POST", "flaky"] == 3 and api.take("flaky") == ["hi"]
     assert "failed after" not in caplog.text
 
 
 def test_timeout_is_isolated_to_its_recipient(
-    hanging_endpoint: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    api: ManagementApiStandIn, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    real = make_management_client(hanging_endpoint, pool_size=4, read_timeout=0.3)
-    delivered: list[str] = []
-    real.meta.events.register(
-        "after-call.apigatewaymanagementapi.PostToConnection",
-        lambda http_response, **kw: delivered.append(http_response.url.rsplit("/", 1)[-1]),
-    )
+    def stalls(method: str, connection_id: str, attempt: int) -> int:
+        if connection_id == "slow":
+            time.sleep(3)
+        return 200
+
+    api.answer = stalls
+    fast = ManagementApi(api.endpoint, "us-east-1", pool_size=4, read_timeout=0.3)
     started = time.monotonic()
-    gone = ManagementApiDelivery(real, concurrency=4).send(["fast1", "slow", "fast2"], "hi")
+    gone = ManagementApiDelivery(fast, concurrency=4).send(["fast1", "slow", "fast2"], "hi")
     assert gone == []
-    assert sorted(delivered) == ["fast1", "fast2"]
-    # Bounded by the read timeout: 3 of our attempts x 2 of botocore's x 0.3 s, plus backoff,
-    # and never by the 3 s stall (or a multiple of it).
-    assert time.monotonic() - started < 2.9
-    assert "failed after 3 attempt(s): ReadTimeoutError" in caplog.text
+    assert api.take("fast1") == api.take("fast2") == ["hi"]
+    # Bounded by the read timeout: 3 attempts x 0.3 s, plus backoff, and never by the 3 s
+    # stall (or a multiple of it).
+    assert time.monotonic() - started < 2.5
+    assert "failed after 3 attempt(s): no answer (ReadTimeoutError)" in caplog.text
 
 
 @pytest.mark.parametrize(

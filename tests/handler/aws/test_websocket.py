@@ -12,25 +12,22 @@ from botocore.stub import ANY, Stubber
 
 from handler.aws import websocket
 from handler.aws.runtime import runtime
-from tests.aws import ENDPOINT, PostRecorder, event
+from tests.aws import event
+from tests.management_api import ManagementApiStandIn
 
 pytestmark = pytest.mark.usefixtures("aws")
 
 
 @pytest.fixture
-def posts() -> PostRecorder:
-    return PostRecorder(runtime().management_client(ENDPOINT))
+def posts(management_api: ManagementApiStandIn) -> ManagementApiStandIn:
+    """What the handlers posted to each connection, through the Management API stand-in."""
+    return management_api
 
 
 @pytest.fixture
-def deletes() -> list[str]:
-    """Connections the handlers closed (DeleteConnection calls, still made against moto)."""
-    closed: list[str] = []
-    runtime().management_client(ENDPOINT).meta.events.register(
-        "provide-client-params.apigatewaymanagementapi.DeleteConnection",
-        lambda params, **_: closed.append(params["ConnectionId"]),
-    )
-    return closed
+def deletes(management_api: ManagementApiStandIn) -> list[str]:
+    """Connections the handlers closed (their DELETE calls)."""
+    return management_api.deleted
 
 
 def connect(cid: str, room: str, token: str, **query: str) -> dict[str, Any]:
@@ -64,12 +61,14 @@ def table_items() -> list[dict[str, Any]]:
     return items
 
 
-def test_connect_message_fanout_disconnect_across_two_rooms(posts: PostRecorder) -> None:
+def test_connect_message_fanout_disconnect_across_two_rooms(posts: ManagementApiStandIn) -> None:
     assert connect("A", "foo", "alice-token", q="7") == {"statusCode": 200}
     assert connect("B", "foo", "bob-token") == {"statusCode": 200}
     assert connect("J", "foo", "jo-token", format="json") == {"statusCode": 200}
     assert connect("C", "bar", "carol-token") == {"statusCode": 200}
-    assert websocket.welcome({"connectionId": "J", "endpoint": ENDPOINT}) == {"statusCode": 200}
+    assert websocket.welcome({"connectionId": "J", "endpoint": posts.endpoint}) == {
+        "statusCode": 200
+    }
     welcome = posts.take_json("J")[-1]
     assert welcome["type"] == "welcome" and welcome["room"] == "foo" and welcome["count"] == 3
 
@@ -103,7 +102,7 @@ def test_connect_message_fanout_disconnect_across_two_rooms(posts: PostRecorder)
     assert posts.take("A") == [] and len(posts.take("C")) == 2
 
 
-def test_json_subprotocol_is_selected_and_token_never_echoed(posts: PostRecorder) -> None:
+def test_json_subprotocol_is_selected_and_token_never_echoed(posts: ManagementApiStandIn) -> None:
     headers = {**event("connect")["headers"], "Sec-WebSocket-Protocol": "wschat.json, bearer, tok"}
     response = websocket.connect(
         event("connect", connectionId="S", headers=headers, queryStringParameters={"room": "r"})
@@ -141,7 +140,7 @@ def test_jwt_mode_rejects_a_bad_token_with_401(monkeypatch: pytest.MonkeyPatch) 
     assert table_items() == []
 
 
-def test_authorizer_context_names_the_principal(posts: PostRecorder) -> None:
+def test_authorizer_context_names_the_principal(posts: ManagementApiStandIn) -> None:
     authorizer = {
         "principalId": "u-1",
         "name": "Ursula",
@@ -157,7 +156,7 @@ def test_authorizer_context_names_the_principal(posts: PostRecorder) -> None:
 
 
 def test_expired_authorizer_principal_is_closed_on_its_next_frame(
-    posts: PostRecorder, deletes: list[str]
+    posts: ManagementApiStandIn, deletes: list[str]
 ) -> None:
     authorizer = {
         "principalId": "old",
@@ -187,7 +186,7 @@ def test_an_authorizer_context_without_read_is_refused() -> None:
     assert table_items() == []
 
 
-def test_binary_frame_gets_an_error_line(posts: PostRecorder) -> None:
+def test_binary_frame_gets_an_error_line(posts: ManagementApiStandIn) -> None:
     connect("A", "foo", "t")
     raw = event(
         "message",
@@ -209,7 +208,7 @@ def test_binary_frame_gets_an_error_line(posts: PostRecorder) -> None:
         (websocket.default, "not even an object"),
         (websocket.connect, {"requestContext": "nope"}),
         (websocket.disconnect, {}),
-        (websocket.welcome, {"endpoint": ENDPOINT}),
+        (websocket.welcome, {"endpoint": "https://abc.execute-api.us-east-1.amazonaws.com/prod"}),
     ],
 )
 def test_malformed_events_get_400_and_a_log_line(
@@ -239,7 +238,9 @@ def test_json_connect_schedules_an_async_welcome(monkeypatch: pytest.MonkeyPatch
         stub.assert_no_pending_responses()
 
 
-def test_a_publisher_paused_mid_append_leaves_no_gap_at_the_seam(posts: PostRecorder) -> None:
+def test_a_publisher_paused_mid_append_leaves_no_gap_at_the_seam(
+    posts: ManagementApiStandIn,
+) -> None:
     """Concurrent publishers on Lambda: A takes its id, stalls before writing; B publishes; a
     newcomer's welcome runs; then A finishes. The newcomer must end up with both messages."""
     import threading
@@ -248,7 +249,7 @@ def test_a_publisher_paused_mid_append_leaves_no_gap_at_the_seam(posts: PostReco
     from handler.chat.core import ConnectParams
     from handler.chat.ports import Dialect
 
-    core = runtime().core(ENDPOINT)
+    core = runtime().core(posts.endpoint)
     reached, release = threading.Event(), threading.Event()
     publisher_a: list[threading.Thread] = []
 
