@@ -1,13 +1,23 @@
 """`wschat emulate`'s wiring: the project's Lambda handlers and HTTP function behind the
-generic API Gateway emulator (infra/emulator.py), on a local DynamoDB."""
+generic API Gateway emulator (infra/emulator.py), on a local DynamoDB, with big rooms fanned
+out through a local SQS queue to the fanout handler, as an event source mapping would."""
 
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable
 
+import boto3
+
 from infra.emulator import Emulator, EmulatorConfig
-from infra.local_dynamodb import start_dynamodb
+from infra.fanout import create_fanout_queues
+from infra.local_dynamodb import serialized_moto_server, start_dynamodb
+from infra.sqs_source import SqsEventSource
+
+# How long a failed fan-out job stays invisible before it is received again: seconds here,
+# not the deployed six minutes, so a developer sees a retry while watching.
+FANOUT_VISIBILITY_SECONDS = 5
 
 
 def build_emulator(
@@ -24,20 +34,35 @@ def build_emulator(
         os.environ.setdefault(key, value)
     base = f"http://{host}:{port}"
     table = os.environ.setdefault("WSCHAT_TABLE", "wschat-emulator")
-    endpoint, stop = start_dynamodb(dynamodb_endpoint, table)
+    endpoint, stop_dynamodb = start_dynamodb(dynamodb_endpoint, table)
+    sqs_endpoint, stop_sqs = serialized_moto_server("sqs")
+    sqs = boto3.client("sqs", endpoint_url=sqs_endpoint)
+    queue_url, _ = create_fanout_queues(sqs, f"{table}-fanout", FANOUT_VISIBILITY_SECONDS)
     os.environ.update(
         {
             "WSCHAT_DYNAMODB_ENDPOINT": endpoint,
             "WSCHAT_APIGW_ENDPOINT": f"{base}/{config.stage}",
             "WSCHAT_LAMBDA_ENDPOINT": base,
             "WSCHAT_WELCOME_FUNCTION": "welcome",
+            "WSCHAT_SQS_ENDPOINT": sqs_endpoint,
+            "WSCHAT_FANOUT_QUEUE_URL": queue_url,
         }
     )
-    from handler.aws import authorizer, websocket
+    from handler.aws import authorizer, fanout, websocket
     from handler.aws.runtime import reset_runtime, runtime
     from handler.web.app import page_html
 
     reset_runtime()  # the environment changed: read it afresh
+    # The fanout function, fed by the queue in a thread of its own, as Lambda's poller would.
+    polling = threading.Event()
+    source = SqsEventSource(sqs, queue_url, fanout.handler, batch_size=2)
+    threading.Thread(target=source.run, args=(polling,), name="fanout", daemon=True).start()
+
+    def stop() -> None:
+        polling.set()
+        stop_sqs()
+        stop_dynamodb()
+
     emulator = Emulator(
         config,
         routes={

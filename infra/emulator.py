@@ -3,7 +3,7 @@
 One loopback port serves what API Gateway would: WebSocket clients at `/{stage}`, each turned
 into `$connect` / `$default` / `$disconnect` Lambda events for the project's handlers (run
 in-process, in worker threads, as Lambda would run them), and the Management API at
-`/{stage}/@connections/{id}` that those handlers' real boto3 client calls over HTTP. It also
+`/{stage}/@connections/{id}` that those handlers' real client calls over HTTP. It also
 answers the Lambda Invoke API for the asynchronous welcome, and serves the chat page. DynamoDB
 is moto's server, started in-process, unless a real endpoint is given.
 """

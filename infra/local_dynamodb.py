@@ -1,18 +1,18 @@
-"""A DynamoDB for local runs (`wschat emulate`, `serverless offline`): moto's server on a free
-loopback port, one request at a time, with the chat table."""
+"""AWS services for local runs (`wschat emulate`, `serverless offline`): moto's server on a free
+loopback port, one request at a time: DynamoDB with the chat table, and SQS for big rooms."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 from infra import lean_moto
 from infra.dynamodb import create_chat_table
 
 
-def serialized_moto_server() -> tuple[str, Callable[[], None]]:
-    """moto's server on a free loopback port, one request at a time.
+def serialized_moto_server(service: Literal["dynamodb", "sqs"] = "dynamodb") -> tuple[str, Callable[[], None]]:
+    """moto's server for `service` on a free loopback port, one request at a time.
 
     DynamoDB makes each request atomic, a transaction included; moto's backend does not when
     requests run in parallel threads, and the welcome's seam relies on it. A lock around
@@ -25,7 +25,7 @@ def serialized_moto_server() -> tuple[str, Callable[[], None]]:
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per DynamoDB call
     lean_moto.install()
-    app = create_backend_app("dynamodb")  # this server is DynamoDB only: no per-request lookup
+    app = create_backend_app(service)  # one service per server: no per-request lookup
     lock = threading.Lock()
 
     def one_at_a_time(environ: dict[str, Any], start_response: Any) -> list[bytes]:

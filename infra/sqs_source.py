@@ -58,11 +58,14 @@ class SqsEventSource:
             )
         return len(received)
 
-    def run(self, stop: threading.Event) -> None:
-        """Poll until `stop` is set (long polls of 1 s, so it stops within about a second)."""
+    def run(self, stop: threading.Event, idle: float = 0.1) -> None:
+        """Poll until `stop` is set, waiting `idle` seconds after an empty receive. (Short
+        polls: moto's server, one request at a time, would hold every other call for the
+        length of a long poll.)"""
         while not stop.is_set():
             try:
-                self.poll(wait_seconds=1)
+                if self.poll() == 0:
+                    stop.wait(idle)
             except Exception:
                 log.exception("polling the fan-out queue failed; trying again")
                 stop.wait(1)

@@ -62,3 +62,38 @@ async def dev_loop(server: Server) -> None:
         await ws.close()
     # moto as it is kept every copy of every item it ever made: 7x here (bench/emulator_soak.py).
     assert grown < 1.5, f"RSS grew {grown:.2f}x over the loop"
+
+
+async def test_a_room_above_the_inline_size_gets_its_messages_through_the_queue(
+    tmp_path: Path,
+) -> None:
+    # Three members per fan-out job, rooms of more than two through the queue: seven real
+    # sockets, text and JSON, and every message reaches each once, through the fanout
+    # handler that the emulator feeds from its SQS queue.
+    env = {**FAST, "WSCHAT_FANOUT_INLINE_MAX": "2", "WSCHAT_FANOUT_CHUNK": "3"}
+    with running_server(tmp_path, env, "emulate") as server:
+        url = server.ws("/local?room=big&token={token}{query}")
+        members = []
+        for i in range(7):
+            query = "&format=json" if i % 2 else ""
+            ws = await websockets.connect(url.format(token=f"m{i}", query=query))
+            if query:
+                await welcomed(ws)
+            members.append(ws)
+        sender = members[1]
+        for text in ("one", "two"):
+            await sender.send(json.dumps({"action": "sendmessage", "text": text}))
+        for i, ws in enumerate(members):
+            if i % 2:
+                texts = []
+                while len(texts) < 2:
+                    frame = json.loads(await asyncio.wait_for(ws.recv(), 30))
+                    if frame["type"] == "message":  # (not a presence frame)
+                        texts.append(frame["text"])
+                assert texts == ["one", "two"]
+            else:
+                lines = [await asyncio.wait_for(ws.recv(), 30) for _ in range(2)]
+                assert [line.split(": ", 1)[1] for line in lines] == ["one", "two"]
+        assert "fan-out job(s)" in server.log()
+        for ws in members:
+            await ws.close()
