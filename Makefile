@@ -68,6 +68,7 @@ bench: $(VENV)/.installed-bench
 	$(BIN)/python bench/cold_start.py
 	$(BIN)/python bench/warm_path.py
 	$(BIN)/python bench/lambda_fanout.py
+	$(BIN)/python bench/lambda_big_room.py
 	$(BIN)/python bench/artifact_size.py
 	$(BIN)/python bench/emulator_soak.py
 	$(BIN)/python bench/redis_fanout.py

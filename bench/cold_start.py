@@ -37,7 +37,7 @@ FIRST_CALL = {
         "import boto3; boto3.client('dynamodb');"
         f" boto3.client('apigatewaymanagementapi', endpoint_url='{ENDPOINT}')"
     ),
-    "handler.aws.websocket: import + runtime core (the same two clients)": (
+    "handler.aws.websocket: import + runtime core (its DynamoDB and Management API clients)": (
         "import handler.aws.websocket; from handler.aws.runtime import runtime;"
         f" runtime().core('{ENDPOINT}')"
     ),

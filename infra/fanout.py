@@ -253,7 +253,9 @@ class FanoutWorker:
             members, rest = self._connections.room_slice(
                 job.room, job.after, job.through, self._chunk
             )
-            if rest is not None:  # the slice grew since it was cut: the rest is a job of its own
+            # A full page ends where the slice does, or the slice grew since it was cut (the
+            # rest is then a job of its own).
+            if rest is not None and rest != job.through:
                 self._queue.send([replace(job, after=rest)])
         core.fan_out(message, job.sender_id, members)
         if not job_delivery.unreached:

@@ -11,7 +11,9 @@ from infra import lean_moto
 from infra.dynamodb import create_chat_table
 
 
-def serialized_moto_server(service: Literal["dynamodb", "sqs"] = "dynamodb") -> tuple[str, Callable[[], None]]:
+def serialized_moto_server(
+    service: Literal["dynamodb", "sqs"] = "dynamodb",
+) -> tuple[str, Callable[[], None]]:
     """moto's server for `service` on a free loopback port, one request at a time.
 
     DynamoDB makes each request atomic, a transaction included; moto's backend does not when

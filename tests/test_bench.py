@@ -49,3 +49,19 @@ def test_local_fanout_and_report(tmp_path: Path) -> None:
     run("report.py", tmp_path, "--no-doc")
     assert "### 1. Local room fan-out (uvicorn)" in (tmp_path / "results.md").read_text()
     assert (tmp_path / "chart.png").read_bytes().startswith(b"\x89PNG")
+
+
+@pytest.mark.timeout(180)
+def test_lambda_benchmarks_run_and_count_every_post(tmp_path: Path) -> None:
+    require("taskset", "pin the benchmark's stand-ins and client to cores")
+    run("lambda_fanout.py", tmp_path, "--connections", "100", "--posts", "100")
+    rows = json.loads((tmp_path / "lambda_fanout.json").read_text())["rows"]
+    clients = [row for row in rows if "client" in row]
+    assert len(clients) == 2 and all(row["cpu_us_per_post"] > 0 for row in clients)
+    assert all(row["peak"] <= 32 for row in rows if "peak" in row)
+
+    # The script asserts that the jobs posted to every member exactly as often as the room
+    # has members, and that no job left work behind.
+    run("lambda_big_room.py", tmp_path, "--members", "600", "--chunk", "250")
+    (row,) = json.loads((tmp_path / "lambda_big_room.json").read_text())["rows"]
+    assert row["jobs"] == 3 and row["posts_per_job_max"] == 250

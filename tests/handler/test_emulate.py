@@ -85,14 +85,14 @@ async def test_a_room_above_the_inline_size_gets_its_messages_through_the_queue(
             await sender.send(json.dumps({"action": "sendmessage", "text": text}))
         for i, ws in enumerate(members):
             if i % 2:
-                texts = []
+                texts: list[str] = []
                 while len(texts) < 2:
                     frame = json.loads(await asyncio.wait_for(ws.recv(), 30))
                     if frame["type"] == "message":  # (not a presence frame)
                         texts.append(frame["text"])
                 assert texts == ["one", "two"]
             else:
-                lines = [await asyncio.wait_for(ws.recv(), 30) for _ in range(2)]
+                lines = [str(await asyncio.wait_for(ws.recv(), 30)) for _ in range(2)]
                 assert [line.split(": ", 1)[1] for line in lines] == ["one", "two"]
         assert "fan-out job(s)" in server.log()
         for ws in members:
