@@ -2,8 +2,9 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-HOST ?= 127.0.0.1
-PORT ?= 8000
+# `make run HOST=0.0.0.0 PORT=9000` binds elsewhere; without them, wschat's own defaults hold
+# (WSCHAT_HOST and WSCHAT_PORT, then 127.0.0.1:8000; 3001 for `make emulate`).
+ADDRESS = $(if $(HOST),--host $(HOST)) $(if $(PORT),--port $(PORT))
 
 .PHONY: run run-redis emulate test lint typecheck unit clean lambda-zip package node_modules bench
 
@@ -21,7 +22,7 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	touch $@ $(VENV)/.installed-run $(VENV)/.installed-emulate
 
 run: $(VENV)/.installed-run
-	$(BIN)/wschat serve --host $(HOST) --port $(PORT)
+	$(BIN)/wschat serve $(ADDRESS)
 
 # Two workers sharing rooms through a Redis of their own (Debian: apt install redis-server),
 # started here and stopped with them.
@@ -31,16 +32,16 @@ run-redis: $(VENV)/.installed-run
 	redis-server --port $(REDIS_PORT) --bind 127.0.0.1 --save "" --appendonly no & \
 	redis=$$!; trap 'kill $$redis' EXIT INT TERM; \
 	WSCHAT_REDIS_URL=redis://127.0.0.1:$(REDIS_PORT)/0 \
-	$(BIN)/wschat serve --host $(HOST) --port $(PORT) --workers 2
+	$(BIN)/wschat serve $(ADDRESS) --workers 2
 
 $(VENV)/.installed-emulate: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[emulate]'
 	touch $@ $(VENV)/.installed-run
 
 # The Lambda handlers behind a local API Gateway WebSocket emulator, DynamoDB from moto.
-EMULATOR_PORT ?= 3001
+# (EMULATOR_PORT, the older name for its PORT, still works.)
 emulate: $(VENV)/.installed-emulate
-	$(BIN)/wschat emulate --host $(HOST) --port $(EMULATOR_PORT)
+	$(BIN)/wschat emulate $(ADDRESS) $(if $(EMULATOR_PORT),--port $(EMULATOR_PORT))
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
@@ -88,4 +89,5 @@ package: lambda-zip node_modules
 	npx osls package --stage $(STAGE)
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache build .serverless node_modules
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache build .serverless .serverless-offline \
+		node_modules

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -72,7 +73,7 @@ def _emulate(args: argparse.Namespace) -> int:
     _allow_long_request_lines()
     from handler.emulate import build_emulator
     from handler.local.protocols import ChatServerConfig, serve
-    from infra.emulator import MAX_FRAME_BYTES
+    from infra.emulator import MAX_FRAME_BYTES, QuietPlumbing
     from infra.log_redaction import log_config
 
     settings = get_settings()
@@ -83,6 +84,7 @@ def _emulate(args: argparse.Namespace) -> int:
         max_duration=args.max_duration,
     )
     emulator, stop = build_emulator(config, args.host, args.port, args.dynamodb_endpoint)
+    logging.getLogger("uvicorn.access").addFilter(QuietPlumbing(config.stage))
     print(
         f"API Gateway emulator: ws://{args.host}:{args.port}/{args.stage}?room=...&token=...",
         file=sys.stderr,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -101,6 +102,8 @@ def offline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
                 process.wait(15)
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
+            # The plugin unpacks the artifact per function (about 17 MB) on every start.
+            shutil.rmtree(ROOT / ".serverless-offline", ignore_errors=True)
 
 
 @pytest.mark.timeout(180)
