@@ -6,10 +6,12 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 from infra.emulator import EmulatorConfig
-from infra.settings import SettingsError, get_settings
+from infra.settings import Settings, SettingsError, get_settings
 
 H11_MAX_HEAD = 16 * 1024
 WS_MAX_LINE = 1024 * 1024
@@ -19,8 +21,6 @@ def _serve(args: argparse.Namespace) -> int:
     _allow_long_request_lines()
     from auth.errors import AuthConfigError
     from auth.factory import build_authenticator
-    from handler.local.protocols import ChatServerConfig, serve
-    from infra.log_redaction import log_config
 
     settings = get_settings()
     if args.workers > 1 and not settings.redis_url:
@@ -36,6 +36,34 @@ def _serve(args: argparse.Namespace) -> int:
     except AuthConfigError as error:
         print(f"wschat: {error}", file=sys.stderr)
         return 2
+    with _shared_metrics(args.workers):
+        _serve_app(args, settings)
+    return 0
+
+
+@contextmanager
+def _shared_metrics(workers: int) -> Iterator[None]:
+    """With several workers, each writes its metrics to files in one directory, which any
+    worker's /metrics adds up (prometheus-client's multiprocess mode). The directory must be
+    set before the workers import prometheus-client, and start empty: a fresh one per run,
+    removed after it. A directory the user set is used as it is."""
+    from infra.metrics import MULTIPROCESS_DIR
+
+    if workers <= 1 or os.environ.get(MULTIPROCESS_DIR):
+        yield
+        return
+    with tempfile.TemporaryDirectory(prefix="wschat-metrics-") as directory:
+        os.environ[MULTIPROCESS_DIR] = directory
+        try:
+            yield
+        finally:
+            del os.environ[MULTIPROCESS_DIR]
+
+
+def _serve_app(args: argparse.Namespace, settings: Settings) -> None:
+    from handler.local.protocols import ChatServerConfig, serve
+    from infra.log_redaction import log_config
+
     serve(
         ChatServerConfig(
             "handler.local.service:create_local_app",
@@ -59,7 +87,6 @@ def _serve(args: argparse.Namespace) -> int:
             ws_ping_timeout=settings.ws_ping_timeout,
         )
     )
-    return 0
 
 
 def _allow_long_request_lines() -> None:

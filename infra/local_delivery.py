@@ -48,8 +48,12 @@ class Outbox:
         close: Callable[[int, str], Awaitable[None]],
         capacity: int,
         close_grace: float = 10.0,
+        on_overflow: Callable[[], None] = lambda: None,
     ) -> None:
+        """`on_overflow` is called when the queue overflows and the client is closed."""
         self._send = send
+        self._on_overflow = on_overflow
+        self.close_code: int | None = None  # the close this side asked for, if any
         self._close = close
         # A deque and one wake-up future rather than an asyncio.Queue: every delivery passes
         # through here, and the queue's bookkeeping was a measurable share of its CPU.
@@ -74,6 +78,7 @@ class Outbox:
             return
         if len(self._frames) >= self._capacity:
             log.warning("send queue full (%d frames); closing slow consumer", self._capacity)
+            self._on_overflow()
             self._frames.clear()
             self.request_close(CloseCode.TRY_AGAIN_LATER, "slow consumer: send queue full")
             return
@@ -84,6 +89,7 @@ class Outbox:
         if self.state is not OutboxState.OPEN:
             return
         self.state = OutboxState.CLOSING
+        self.close_code = code
         if len(self._frames) >= self._capacity:
             self._frames.clear()
         self._push(_Close(code, reason))
@@ -127,8 +133,10 @@ class LocalDelivery:
     """The delivery port over the outboxes of this process's connections. Outboxes live on
     the event loop, and so does every caller (the core runs there, in memory and on Redis)."""
 
-    def __init__(self) -> None:
+    def __init__(self, delivered: Callable[[int], None] = lambda frames: None) -> None:
+        """`delivered` is told how many frames each send queued."""
         self._outboxes: dict[str, Outbox] = {}
+        self._delivered = delivered
 
     def register(self, connection_id: str, outbox: Outbox) -> None:
         """Called when a socket is accepted."""
@@ -148,6 +156,7 @@ class LocalDelivery:
                 gone.append(connection_id)
             else:
                 outbox.offer(payload)
+        self._delivered(len(connection_ids) - len(gone))
         return gone
 
     def close(self, connection_id: str, code: int, reason: str) -> None:

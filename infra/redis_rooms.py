@@ -81,11 +81,20 @@ class RoomFeed:
     reaches them from a greenlet there: infra/greenbridge.py). A plain method runs without
     interruption, so members, gates and `delivered` change atomically."""
 
-    def __init__(self, redis: Any, history: RedisHistory, core: Callable[[], ChatCore]) -> None:
+    def __init__(
+        self,
+        redis: Any,
+        history: RedisHistory,
+        core: Callable[[], ChatCore],
+        lag: Callable[[float], None] = lambda seconds: None,
+    ) -> None:
+        """`lag` is told, for each message that arrives live, how long after its publication
+        it reached this worker."""
         self.worker = secrets.token_hex(6)
         self._redis = redis
         self._history = history
         self._core = core
+        self._lag = lag
         self._connections: dict[str, Connection] = {}
         self._rooms: dict[str, _Room] = {}
         self._pubsub: Any = None
@@ -316,6 +325,7 @@ class RoomFeed:
             return  # delivered already (a catch-up got here first)
         if message.id > behind + 1:  # a gap: a message lost on the way, fill it first
             await self._catch_up(room, message.id - 1)
+        self._lag(max(0.0, time.time() - message.ts))
         self._fan_out(message, sender_id)
 
     def _fan_out(self, message: ChatMessage, sender_id: str | None = None) -> None:

@@ -25,6 +25,8 @@ from handler.chat.ports import (
     Delivery,
     Dialect,
     MessageLog,
+    Metrics,
+    NoMetrics,
     StoreBusy,
 )
 from handler.chat.ratelimit import TokenBucket
@@ -88,6 +90,7 @@ class ChatCore:
         policy: RoomPolicy | None = None,
         credentials: CredentialCheck | None = None,
         broadcast: Callable[[ChatCore], Broadcast] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.connections = connections
         self.messages = messages
@@ -97,6 +100,7 @@ class ChatCore:
         self._credentials = credentials  # None: in-band refresh is not offered
         # How what concerns a whole room reaches its members: by default, straight from here.
         self.broadcast = broadcast(self) if broadcast is not None else DirectBroadcast(self)
+        self.metrics = metrics or NoMetrics()
         self._clock = clock
         self._wall_clock = wall_clock
         # Rate state lives with the process: exact locally, per warm container on Lambda.
@@ -156,6 +160,7 @@ class ChatCore:
             # A `since` beyond the room's latest id: the room's history started over (an
             # in-memory server restarted), so all it holds now is new to the client.
             recovered = since <= latest and epoch in (None, current)
+            self.metrics.resumed(recovered)
             history = self._page(room, since if recovered else 0)
         through = history[-1].id if history else latest  # what the client will have
         behind = through < latest  # more than a page after `since`
@@ -280,6 +285,7 @@ class ChatCore:
                 ErrorCode.MESSAGE_TOO_LARGE,
                 f"message is over {wire.MAX_SEND_BYTES} bytes as a frame (JSON escapes it)",
             )
+        started = self._clock()
         message, created = self.messages.append(
             room=room,
             user_id=user_id,
@@ -293,6 +299,7 @@ class ChatCore:
                 self._deliver([sender.id], wire.message_frame(message))
             return message, False
         self.broadcast.message(message, sender.id if sender is not None else None)
+        self.metrics.published(self._clock() - started)
         return message, True
 
     def fan_out(

@@ -154,3 +154,25 @@ class Broadcast(Protocol):
     def presence(self, event: str, connection: Connection) -> None:
         """`connection` joined or left (it is already in, or already out of, the store)."""
         ...
+
+
+class Metrics(Protocol):
+    """What the core reports about itself, for an operator (infra/metrics.py)."""
+
+    def published(self, seconds: float) -> None:
+        """A message was stored and handed to its room, in `seconds`."""
+        ...
+
+    def resumed(self, recovered: bool) -> None:
+        """A JSON client came back with `since`: its gap could be filled, or not."""
+        ...
+
+
+class NoMetrics:
+    """The default: nothing is counted."""
+
+    def published(self, seconds: float) -> None:
+        pass
+
+    def resumed(self, recovered: bool) -> None:
+        pass

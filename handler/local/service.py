@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Response
 
 from auth.base import Authenticator
 from auth.factory import build_authenticator
@@ -20,6 +20,8 @@ from handler.web.app import create_app
 from infra import greenbridge
 from infra.local_delivery import LocalDelivery
 from infra.memory import MemoryConnections, MemoryMessageLog
+from infra.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from infra.metrics import ChatMetrics
 from infra.redis_history import RedisHistory
 from infra.redis_ports import (
     CALL_TIMEOUT,
@@ -45,6 +47,7 @@ class LocalChat:
     # network, so it runs in a greenlet that the loop's task resumes (infra/greenbridge.py).
     bridged: bool = False
     engine: RedisEngine | None = None
+    metrics: ChatMetrics = field(default_factory=ChatMetrics)
 
     async def call(self, function: Callable[..., T], *args: Any) -> T:
         """Run a core call where the core runs."""
@@ -87,11 +90,12 @@ class RedisEngine:
 
 
 def build_local_chat(settings: Settings) -> LocalChat:
-    delivery = LocalDelivery()
+    metrics = ChatMetrics()
+    delivery = LocalDelivery(metrics.messages_delivered.inc)
     authenticator = build_authenticator(settings)
     policy = build_room_policy(settings.room_policy, settings)
     if settings.redis_url:
-        return _on_redis(settings, delivery, authenticator, policy)
+        return _on_redis(settings, delivery, authenticator, policy, metrics)
     messages = MemoryMessageLog(
         size=settings.history_size,
         max_bytes=settings.history_max_bytes,
@@ -104,12 +108,17 @@ def build_local_chat(settings: Settings) -> LocalChat:
         settings.limits(),
         policy=policy,
         credentials=ThreadedCheck(authenticator),
+        metrics=metrics,
     )
-    return LocalChat(settings, core, delivery, authenticator)
+    return LocalChat(settings, core, delivery, authenticator, metrics=metrics)
 
 
 def _on_redis(
-    settings: Settings, delivery: LocalDelivery, authenticator: Authenticator, policy: RoomPolicy
+    settings: Settings,
+    delivery: LocalDelivery,
+    authenticator: Authenticator,
+    policy: RoomPolicy,
+    metrics: ChatMetrics,
 ) -> LocalChat:
     import redis.asyncio
     from redis.asyncio.retry import Retry
@@ -132,7 +141,7 @@ def _on_redis(
     history = RedisHistory(client, settings.history_size, settings.history_ttl_seconds)
     bridge = LoopBridge()
     cores: list[ChatCore] = []  # the feed delivers through the core it serves
-    feed = RoomFeed(client, history, lambda: cores[0])
+    feed = RoomFeed(client, history, lambda: cores[0], metrics.pubsub_lag.observe)
     core = ChatCore(
         RedisConnections(feed, bridge),
         RedisMessageLog(history, bridge),
@@ -141,10 +150,13 @@ def _on_redis(
         policy=policy,
         credentials=ThreadedCheck(authenticator),
         broadcast=lambda _: RedisBroadcast(feed, bridge),
+        metrics=metrics,
     )
     cores.append(core)
     engine = RedisEngine(client, feed)
-    return LocalChat(settings, core, delivery, authenticator, bridged=True, engine=engine)
+    return LocalChat(
+        settings, core, delivery, authenticator, bridged=True, engine=engine, metrics=metrics
+    )
 
 
 def create_local_app(settings: Settings | None = None) -> FastAPI:
@@ -154,6 +166,12 @@ def create_local_app(settings: Settings | None = None) -> FastAPI:
     app = create_app(settings, rest=lambda: chat, health=chat.health)
     app.state.chat = chat
     app.add_api_websocket_route("/items/{item_id}/ws", chat_socket)
+
+    async def metrics() -> Response:
+        """Prometheus' scrape: every worker's figures when there are several."""
+        return Response(chat.metrics.exposition(), media_type=METRICS_CONTENT_TYPE)
+
+    app.add_api_route("/metrics", metrics, methods=["GET"], include_in_schema=False)
     engine = chat.engine
     if engine is not None:
 

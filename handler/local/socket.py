@@ -35,6 +35,7 @@ async def chat_socket(websocket: WebSocket, item_id: str) -> None:
     )
     if isinstance(asked, Refused):
         log.info("handshake refused (%d): %s", asked.status, asked.reason)
+        chat.metrics.refused(asked.status)
         # The seed's answer: a policy-violation close before accept, which is HTTP 403.
         raise WebSocketException(CloseCode.POLICY_VIOLATION, asked.reason)
     try:
@@ -44,6 +45,7 @@ async def chat_socket(websocket: WebSocket, item_id: str) -> None:
             raise AuthError("this credential does not open the room", status=403)
     except AuthError as error:
         log.info("handshake refused (%d): %s", error.status, error.reason)
+        chat.metrics.refused(error.status)
         if error.status == 403:
             raise WebSocketException(CloseCode.POLICY_VIOLATION, error.reason) from None
         await websocket.send_denial_response(
@@ -53,10 +55,18 @@ async def chat_socket(websocket: WebSocket, item_id: str) -> None:
     await websocket.accept(subprotocol=asked.subprotocol)
 
     connection_id = secrets.token_urlsafe(9)
-    outbox = Outbox(websocket.send_text, websocket.close, chat.settings.send_queue_frames)
+    metrics = chat.metrics
+    outbox = Outbox(
+        websocket.send_text,
+        websocket.close,
+        chat.settings.send_queue_frames,
+        on_overflow=metrics.slow_consumer_closes.inc,
+    )
     chat.delivery.register(connection_id, outbox)
     writer = outbox.start()
     expiry = _ExpiryTimer(chat, connection_id)
+    metrics.joined(asked.room)
+    reader: asyncio.Task[int] | None = None
     try:
         params = ConnectParams(asked.dialect, asked.q, rights)
         try:
@@ -81,6 +91,16 @@ async def chat_socket(websocket: WebSocket, item_id: str) -> None:
         finally:
             chat.delivery.unregister(connection_id)
             writer.cancel()
+            metrics.left(asked.room, _close_code(reader, outbox))
+
+
+def _close_code(reader: asyncio.Task[int] | None, outbox: Outbox) -> int:
+    """How the connection ended: the close this side sent, else the client's, else 1006."""
+    if outbox.close_code is not None:
+        return outbox.close_code
+    if reader is not None and reader.done() and not reader.cancelled() and not reader.exception():
+        return reader.result()
+    return CloseCode.ABNORMAL
 
 
 class _ExpiryTimer:
@@ -105,11 +125,12 @@ class _ExpiryTimer:
         self.arm(self._chat.core.expire_if_due(self._connection_id))
 
 
-async def _read(websocket: WebSocket, chat: LocalChat, connection_id: str, outbox: Outbox) -> None:
+async def _read(websocket: WebSocket, chat: LocalChat, connection_id: str, outbox: Outbox) -> int:
+    """Hand the client's frames to the core until it goes; returns its close code."""
     while True:
         message = await websocket.receive()
         if message["type"] == "websocket.disconnect":
-            return
+            return int(message.get("code", CloseCode.NO_STATUS))
         if outbox.closing:
             continue  # a close is on its way; what the client says now is moot
         text = message.get("text")

@@ -265,6 +265,12 @@ async def test_slow_consumer_is_closed_1013_and_never_delays_others(
                 got += json.loads(await asyncio.wait_for(slow.recv(), TIMEOUT))["type"] == "message"
         assert closed.value.rcvd is not None and closed.value.rcvd.code == 1013
         assert got < total
+    if transport.name != "emulator":  # `wschat serve` counts it (API Gateway has no /metrics)
+        from tests.handler.local.test_metrics import scrape, value
+
+        servers = (transport.server, *transport.peers)
+        closes = sum(value(scrape(s), "wschat_slow_consumer_closes_total") for s in servers)
+        assert closes == 1
 
 
 async def test_client_killed_mid_broadcast_leaves_the_rest_intact(

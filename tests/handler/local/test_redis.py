@@ -23,6 +23,7 @@ import pytest
 import websockets
 
 from tests.clients import ResumePoint, recv_json
+from tests.handler.local.test_metrics import scrape, value
 from tests.redis_server import RedisServer, running_redis
 from tests.servers import WSCHAT, Server, free_port, running_server
 
@@ -251,6 +252,10 @@ async def test_two_workers_share_their_rooms(tmp_path: Path, redis: RedisServer)
         for ws, inbox in zip(members, inboxes, strict=True):
             await read_until(ws, inbox, 1)
             assert list(inbox.texts.values()) == ["to everyone"]
+        # Either worker's /metrics covers both (prometheus-client's multiprocess mode).
+        samples = scrape(server)
+        assert value(samples, "wschat_connections") == len(members)
+        assert value(samples, "wschat_messages_received_total") == 1
         for ws in members:
             await ws.close()
     finally:
