@@ -30,6 +30,7 @@ LOCAL_ONLY = (
     "infra/local_dynamodb.py",
     "infra/log_redaction.py",
     "infra/memory.py",
+    "infra/metrics.py",
     "infra/redis_history.py",
     "infra/redis_ports.py",
     "infra/redis_rooms.py",
