@@ -75,6 +75,7 @@ def _serve_app(args: argparse.Namespace, settings: Settings) -> None:
             h11_max_incomplete_event_size=H11_MAX_HEAD,
             handshake_timeout=settings.handshake_timeout,
             max_pending_handshakes=settings.max_pending_handshakes,
+            timeout_graceful_shutdown=settings.shutdown_timeout,
             log_config=log_config(settings.log_level),
             log_level=settings.log_level,
             # WebSocket safety: frames over our own limit are refused by the protocol layer

@@ -163,3 +163,8 @@ class LocalDelivery:
         outbox = self._outboxes.get(connection_id)
         if outbox is not None:
             outbox.request_close(code, reason)
+
+    def close_all(self, code: int, reason: str) -> None:
+        """Close every connection after the frames already queued for it."""
+        for outbox in list(self._outboxes.values()):
+            outbox.request_close(code, reason)

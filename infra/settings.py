@@ -154,6 +154,9 @@ class Settings:
     # Bounds on requests in progress, against clients that open connections and stall.
     handshake_timeout: float = _bounded(10.0, gt=0)
     max_pending_handshakes: int = _bounded(1024, ge=1)
+    # On SIGTERM, `wschat serve` gives its sockets this long to take what is queued for them
+    # and the 1012 close; then it closes what is left and exits.
+    shutdown_timeout: float = _bounded(10.0, gt=0)
 
     # Set by the platform: Lambda's region, and `serverless offline`.
     aws_region: str = _platform("", "AWS_REGION", "AWS_DEFAULT_REGION")

@@ -31,6 +31,7 @@ class CloseCode(IntEnum):
     INVALID_PAYLOAD = 1007  # a text frame that is not UTF-8
     POLICY_VIOLATION = 1008
     MESSAGE_TOO_BIG = 1009
+    SERVICE_RESTART = 1012  # the server is stopping: reconnect (and resume with `since`)
     TRY_AGAIN_LATER = 1013
     TOKEN_EXPIRED = 4401
     FORBIDDEN = 4403  # a refreshed credential no longer opens the room

@@ -35,6 +35,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# The app's lifespan state holds, under this key, what closes every socket after what is queued
+# for it (handler/local/service.py); a stopping server calls it (ChatWebSocketProtocol).
+DRAIN = "wschat.drain"
+
 # A request is complete, or beyond our concern, in any of these states of the client's side.
 _REQUEST_OVER = frozenset({h11.DONE, h11.MUST_CLOSE, h11.CLOSED, h11.ERROR})
 
@@ -148,8 +152,26 @@ class GuardedH11Protocol(H11Protocol):
 
 
 class ChatWebSocketProtocol(WebSocketsSansIOProtocol):
-    """uvicorn's websockets-sansio protocol: a denial response completes the handshake, and a
-    text frame with invalid UTF-8 gets 1007 and one log line."""
+    """uvicorn's websockets-sansio protocol: a denial response completes the handshake, a
+    text frame with invalid UTF-8 gets 1007 and one log line, and a stopping server lets the
+    app flush each socket before its 1012 close."""
+
+    def shutdown(self) -> None:
+        """uvicorn closes each socket with 1012 at once, dropping what the app still had
+        queued for it. An app that can drain does so instead: every socket gets its queued
+        frames, then 1012; what has not closed after most of the graceful-shutdown time is
+        closed here as uvicorn would (uvicorn stops waiting at the full time)."""
+        drain = self.app_state.get(DRAIN)
+        if drain is None or not self.handshake_complete or self.close_sent:
+            super().shutdown()
+            return
+        drain()
+        grace = (self.config.timeout_graceful_shutdown or 10.0) * 0.8
+        self.loop.call_later(grace, self._close_now)
+
+    def _close_now(self) -> None:
+        if not self.transport.is_closing():
+            super().shutdown()
 
     async def send(self, message: ASGISendEvent) -> None:
         await super().send(message)

@@ -15,6 +15,8 @@ from auth.factory import build_authenticator
 from auth.refresh import ThreadedCheck
 from auth.rooms import RoomPolicy, build_room_policy
 from handler.chat.core import ChatCore
+from handler.chat.wire import CloseCode
+from handler.local.protocols import DRAIN
 from handler.local.socket import chat_socket
 from handler.web.app import create_app
 from infra import greenbridge
@@ -54,6 +56,11 @@ class LocalChat:
         if self.bridged:
             return await greenbridge.call(function, *args)
         return function(*args)
+
+    def drain(self) -> None:
+        """The server is stopping: each socket gets what is queued for it, then 1012, and its
+        client reconnects (a JSON one resumes with `since`, losing nothing)."""
+        self.delivery.close_all(CloseCode.SERVICE_RESTART, "server restarting")
 
     def health(self) -> dict[str, object]:
         health: dict[str, object] = {
@@ -173,13 +180,16 @@ def create_local_app(settings: Settings | None = None) -> FastAPI:
 
     app.add_api_route("/metrics", metrics, methods=["GET"], include_in_schema=False)
     engine = chat.engine
-    if engine is not None:
 
-        @asynccontextmanager
-        async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+        if engine is not None:
             await engine.start()
-            yield
-            await engine.stop()
+        try:
+            yield {DRAIN: chat.drain}
+        finally:
+            if engine is not None:
+                await engine.stop()
 
-        app.router.lifespan_context = lifespan
+    app.router.lifespan_context = lifespan
     return app
