@@ -76,7 +76,7 @@ def _serve_app(args: argparse.Namespace, settings: Settings) -> None:
             handshake_timeout=settings.handshake_timeout,
             max_pending_handshakes=settings.max_pending_handshakes,
             timeout_graceful_shutdown=settings.shutdown_timeout,
-            log_config=log_config(settings.log_level),
+            log_config=log_config(settings.log_level, settings.log_format),
             log_level=settings.log_level,
             # WebSocket safety: frames over our own limit are refused by the protocol layer
             # (close 1009) before they are buffered, the inbound queue is bounded, and
@@ -126,7 +126,7 @@ def _emulate(args: argparse.Namespace) -> int:
                 h11_max_incomplete_event_size=H11_MAX_HEAD,
                 handshake_timeout=settings.handshake_timeout,
                 max_pending_handshakes=settings.max_pending_handshakes,
-                log_config=log_config(settings.log_level),
+                log_config=log_config(settings.log_level, settings.log_format),
                 ws_max_size=MAX_FRAME_BYTES,
                 ws_per_message_deflate=False,
             )

@@ -66,12 +66,17 @@ class RedactCredentials(logging.Filter):
         return True
 
 
-def log_config(level: str = "info") -> dict[str, Any]:
+def log_config(level: str = "info", form: str = "text") -> dict[str, Any]:
     """uvicorn's logging config with the redaction filter on every handler, and the root
-    logger (where wschat's own loggers propagate) sent to the same handler."""
+    logger (where wschat's own loggers propagate) sent to the same handler. `form` is
+    WSCHAT_LOG_FORMAT: `text` (uvicorn's lines) or `json` (infra/log_json.py)."""
     config: dict[str, Any] = copy.deepcopy(LOGGING_CONFIG)
     config["filters"] = {"redact": {"()": RedactCredentials}}
     for handler in config["handlers"].values():
         handler["filters"] = ["redact"]
+    if form == "json":
+        config["formatters"] = {
+            name: {"()": "infra.log_json.JsonFormatter"} for name in config["formatters"]
+        }
     config["root"] = {"handlers": ["default"], "level": level.upper()}
     return config

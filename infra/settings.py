@@ -59,6 +59,12 @@ def _platform(default: Any, *names: str) -> Any:
     return field(default=default, metadata={"env": names})
 
 
+def _one_of(default: str, *others: str) -> str:
+    """A text field that takes one of a few values, the first being the default."""
+    result: str = field(default=default, metadata={"choices": (default, *others)})
+    return result
+
+
 def _bounded(
     default: _Number,
     *,
@@ -84,6 +90,7 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = _bounded(8000, ge=0, le=65535)
     log_level: str = "info"
+    log_format: str = _one_of("text", "json")
 
     # Authentication: `token` (the seed's check), `jwt`, or `package.module:factory`.
     auth: str = "token"
@@ -243,6 +250,9 @@ def _convert(spec: dataclasses.Field[Any], value: object) -> object:
 
 def _check_bounds(spec: dataclasses.Field[Any], value: Any) -> None:
     bounds = spec.metadata
+    if "choices" in bounds and value not in bounds["choices"]:
+        choices = ", ".join(bounds["choices"])
+        raise SettingsError(f"{_env_name(spec)} must be one of {choices}, got {value!r}")
     # `not (value >= bound)` rather than `value < bound`, so that NaN is refused too.
     if "ge" in bounds and not value >= bounds["ge"]:
         raise SettingsError(f"{_env_name(spec)} must be >= {bounds['ge']}, got {value!r}")

@@ -13,6 +13,7 @@ from typing import Any
 
 from handler.aws.runtime import runtime
 from infra.fanout import FanoutJob, FanoutWorker
+from infra.log_json import in_log_context
 
 log = logging.getLogger(__name__)
 
@@ -44,4 +45,4 @@ def make_handler(get_worker: Callable[[], FanoutWorker]) -> Callable[[Any, Any],
     return handle
 
 
-handler = make_handler(lambda: runtime().fanout_worker())
+handler = in_log_context(make_handler(lambda: runtime().fanout_worker()))

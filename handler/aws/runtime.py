@@ -23,6 +23,7 @@ from handler.chat.ports import Broadcast, Delivery
 from infra.apigw import ManagementApiDelivery, management_endpoint
 from infra.dynamodb import DynamoConnections, DynamoMessageLog
 from infra.fanout import ChunkedBroadcast, FanoutQueue, FanoutWorker, Pacer
+from infra.log_json import JsonFormatter
 from infra.management_api import ManagementApi
 from infra.settings import Settings, get_settings
 
@@ -95,7 +96,11 @@ class AwsRuntime:
         self._policy: RoomPolicy | None = None
         self._web: Any = None
         self._http: Any = None
-        logging.getLogger().setLevel(settings.log_level.upper())  # Lambda's root logger
+        root = logging.getLogger()  # Lambda's, with its own handler
+        root.setLevel(settings.log_level.upper())
+        if settings.log_format == "json":
+            for handler in root.handlers:
+                handler.setFormatter(JsonFormatter())
 
     def endpoint_for(self, domain_name: str, stage: str, api_id: str) -> str:
         """The Management API endpoint of the API an event came from."""

@@ -22,6 +22,7 @@ from handler.aws.runtime import AwsRuntime, runtime
 from handler.chat.core import ChatCore, ConnectParams
 from handler.chat.handshake import Refused, negotiate
 from handler.chat.ports import Dialect
+from infra.log_json import in_log_context
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +149,7 @@ class WebSocketHandlers:
 
 # The entry points serverless.yml names, on this container's runtime.
 _handlers = WebSocketHandlers(runtime)
-connect = _handlers.connect
-default = _handlers.default
-disconnect = _handlers.disconnect
-welcome = _handlers.welcome
+connect = in_log_context(_handlers.connect)
+default = in_log_context(_handlers.default)
+disconnect = in_log_context(_handlers.disconnect)
+welcome = in_log_context(_handlers.welcome)

@@ -14,11 +14,13 @@ from starlette.responses import PlainTextResponse
 
 from auth.errors import AuthError
 from auth.handshake import Handshake
-from auth.rooms import Right
+from auth.principal import Principal
+from auth.rooms import Right, Rights
 from handler.chat.core import ConnectParams
-from handler.chat.handshake import Refused, negotiate
+from handler.chat.handshake import Accepted, Refused, negotiate
 from handler.chat.wire import CloseCode
 from infra.local_delivery import Outbox
+from infra.log_json import log_context
 
 if TYPE_CHECKING:
     from handler.local.service import LocalChat
@@ -55,6 +57,18 @@ async def chat_socket(websocket: WebSocket, item_id: str) -> None:
     await websocket.accept(subprotocol=asked.subprotocol)
 
     connection_id = secrets.token_urlsafe(9)
+    with log_context(connection_id=connection_id, room=asked.room, user_id=principal.id):
+        await _serve_socket(websocket, chat, connection_id, asked, principal, rights)
+
+
+async def _serve_socket(
+    websocket: WebSocket,
+    chat: LocalChat,
+    connection_id: str,
+    asked: Accepted,
+    principal: Principal,
+    rights: Rights,
+) -> None:
     metrics = chat.metrics
     outbox = Outbox(
         websocket.send_text,

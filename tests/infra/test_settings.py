@@ -94,6 +94,7 @@ def test_booleans(raw: str, expected: bool) -> None:
         ({"WSCHAT_RATE_PER_SECOND": "nan"}, "WSCHAT_RATE_PER_SECOND must be > 0"),
         ({"WSCHAT_FANOUT_CONCURRENCY": "257"}, "WSCHAT_FANOUT_CONCURRENCY must be <= 256"),
         ({"WSCHAT_CONNECTION_TTL_SECONDS": "59"}, "WSCHAT_CONNECTION_TTL_SECONDS must be >= 60"),
+        ({"WSCHAT_LOG_FORMAT": "xml"}, "WSCHAT_LOG_FORMAT must be one of text, json, got 'xml'"),
     ],
 )
 def test_bad_values_are_refused_naming_the_variable(env: dict[str, str], message: str) -> None:

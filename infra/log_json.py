@@ -1,0 +1,68 @@
+"""`WSCHAT_LOG_FORMAT=json`: one JSON object per log line, uvicorn's lines included.
+
+Each object has `time` (UTC, ISO 8601, milliseconds), `level`, `logger` and `message`, plus what
+is known of the work the line belongs to: `connection_id`, `room` and `user_id` on a socket,
+`request_id` in a Lambda invocation (`log_context`). Credentials are redacted before any
+formatter sees the line (infra/log_redaction.py); a field never carries one: a user id is the
+verified subject, never the token.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+# Fields as (name, value) pairs: a context's default must not be shared and mutable.
+_CONTEXT: ContextVar[tuple[tuple[str, str], ...]] = ContextVar("wschat_log_context", default=())
+
+
+@contextmanager
+def log_context(**fields: str) -> Iterator[None]:
+    """Add `fields` to every line logged inside the block, in this task and those it starts
+    (contextvars follow tasks, threads run with `run_in_threadpool`, and greenlets here)."""
+    token = _CONTEXT.set((*_CONTEXT.get(), *fields.items()))
+    try:
+        yield
+    finally:
+        _CONTEXT.reset(token)
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        seconds = time.gmtime(record.created)
+        entry: dict[str, object] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", seconds) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+            **dict(_CONTEXT.get()),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False, default=str)
+
+
+def in_log_context(handle: Callable[[Any, Any], T]) -> Callable[..., T]:
+    """A Lambda entry point whose log lines carry the invocation's request id and, on a
+    WebSocket route, the connection id."""
+
+    def logged(event: Any, context: Any = None) -> T:
+        fields = {}
+        request_id = getattr(context, "aws_request_id", None)
+        if isinstance(request_id, str):
+            fields["request_id"] = request_id
+        request = event.get("requestContext") if isinstance(event, Mapping) else None
+        connection_id = request.get("connectionId") if isinstance(request, Mapping) else None
+        if isinstance(connection_id, str):
+            fields["connection_id"] = connection_id
+        with log_context(**fields):
+            return handle(event, context)
+
+    return logged
