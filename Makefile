@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # (WSCHAT_HOST and WSCHAT_PORT, then 127.0.0.1:8000; 3001 for `make emulate`).
 ADDRESS = $(if $(HOST),--host $(HOST)) $(if $(PORT),--port $(PORT))
 
-.PHONY: run run-redis emulate test lint typecheck unit clean lambda-zip package node_modules bench
+.PHONY: run run-redis emulate smoke test lint typecheck unit clean lambda-zip package node_modules bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,11 @@ $(VENV)/.installed-emulate: pyproject.toml | $(BIN)/python
 # (EMULATOR_PORT, the older name for its PORT, still works.)
 emulate: $(VENV)/.installed-emulate
 	$(BIN)/wschat emulate $(ADDRESS) $(if $(EMULATOR_PORT),--port $(EMULATOR_PORT))
+
+# The contract's essentials against any deployment: make smoke URL=wss://... [TOKEN=...]
+smoke: $(VENV)/.installed-run
+	@test -n "$(URL)" || { echo "make smoke needs URL=ws://... (see wschat check --help)"; exit 2; }
+	$(BIN)/wschat check "$(URL)" $(if $(TOKEN),--token "$(TOKEN)")
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .

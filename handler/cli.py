@@ -145,6 +145,14 @@ def parse_duration(text: str) -> int:
     return int(number) * units[unit]
 
 
+def _check(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from handler.check import run
+
+    return asyncio.run(run(args.url, args.token))
+
+
 def _token(args: argparse.Namespace) -> int:
     import time
 
@@ -233,6 +241,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--max-duration", type=float, default=EmulatorConfig.max_duration, help="seconds (2 h)"
     )
     emulate.set_defaults(run=_emulate)
+
+    check = commands.add_parser(
+        "check",
+        help="run the contract's essentials against a deployment; exit 0 if all pass",
+        description="URL: ws://127.0.0.1:8000 (wschat serve), ws://127.0.0.1:3001/local "
+        "(wschat emulate), ws://127.0.0.1:3001 (serverless offline), or "
+        "wss://API.execute-api.REGION.amazonaws.com/STAGE",
+    )
+    check.add_argument("url", help="where clients connect")
+    check.add_argument("--token", help="a credential the deployment accepts (JWT mode)")
+    check.set_defaults(run=_check)
 
     token = commands.add_parser("token", help="mint an HS256 token with WSCHAT_JWT_SECRET")
     token.add_argument("--sub", required=True, help="subject: the user's stable id")

@@ -135,3 +135,11 @@ async def test_the_authorizer_refuses_a_missing_token(offline: int) -> None:
             pass
     # API Gateway answers 401 for a missing identity source; serverless-offline answers 403.
     assert refused.value.response.status_code in (401, 403)
+
+
+@pytest.mark.timeout(120)
+async def test_wschat_check_passes_against_serverless_offline(offline: int) -> None:
+    from handler.check import run
+
+    lines: list[str] = []
+    assert await run(f"ws://127.0.0.1:{offline}", None, lines.append) == 0, lines
