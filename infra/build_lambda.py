@@ -19,6 +19,7 @@ PACKAGES = ("handler", "auth", "infra")
 # the emulator, and the build itself.
 LOCAL_ONLY = (
     "handler/local",
+    "handler/check.py",
     "handler/cli.py",
     "handler/emulate.py",
     "infra/build_lambda.py",
