@@ -208,3 +208,28 @@ def test_clean_python312_imports_and_invokes_every_handler(
     assert report["message"] == report["disconnect"] == {"statusCode": 200}
     assert report["malformed"] == 400
     assert report["http"] == {"status": 200, "body": {"status": "ok", "transport": "lambda"}}
+
+
+def test_osls_package_builds_a_missing_or_stale_artifact_itself(packaged: None) -> None:
+    # A fresh clone has no zip: `osls package` (and deploy, and offline start) must build it,
+    # and build it again when what goes into it changed, so that a stale zip never ships.
+    stamp = ARTIFACT.with_name("lambda.zip.fingerprint")
+
+    def package() -> str:
+        done = subprocess.run(
+            ["npx", "osls", "package", "--stage", "ci"],
+            cwd=ROOT,
+            env={**os.environ, "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x"},
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout + done.stderr
+
+    ARTIFACT.unlink()
+    stamp.unlink()
+    assert "MB zipped" in package() and ARTIFACT.exists()
+    assert "up to date" in package()
+    stamp.write_text("what an older tree would have had")
+    assert "MB zipped" in package()

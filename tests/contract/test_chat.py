@@ -213,14 +213,17 @@ async def test_flood_is_rate_limited_then_closed(
                 if frame["type"] == "message":
                     delivered.append(frame["id"])
         assert "rate_limited" in kinds
-        assert 10 <= len(delivered) < 40  # the burst got through, the flood did not
-        # calm got exactly those messages, then still answers.
+        # calm got what was stored: the burst got through, the flood did not; then it still
+        # answers.
         await send_json(calm, action="ping")
         seen: list[int] = []
         while (frame := await recv_json(calm))["type"] != "pong":
             if frame["type"] == "message":
                 seen.append(frame["id"])
-        assert seen == delivered
+        assert 10 <= len(seen) < 40
+        # The flooder's own copies end where its close cut them: all of them in one process;
+        # on Redis the copies come back through pub/sub and the close may overtake the last.
+        assert delivered == seen[: len(delivered)] and len(delivered) >= len(seen) - 5
 
 
 @pytest.mark.timeout(180)  # the emulator runs every message through the Lambda handlers
