@@ -31,6 +31,10 @@ IMPORTS = {
     "handler.aws.websocket (WebSocket handlers)": "handler.aws.websocket",
     "handler.aws.authorizer (authorizer)": "handler.aws.authorizer",
     "handler.aws.http (HTTP function, module only)": "handler.aws.http",
+    # Metrics on Lambda (issue 16): the plain line writer the handlers use, and the library
+    # it was weighed against, each alone.
+    "infra.emf (EMF line writer, in the handlers)": "infra.emf",
+    "aws_lambda_powertools.metrics (not used)": "aws_lambda_powertools.metrics",
 }
 FIRST_CALL = {
     "boto3: DynamoDB + Management API clients (baseline)": (

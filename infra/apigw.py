@@ -66,11 +66,14 @@ class ManagementApiDelivery:
         gone_attempts: int = 1,
         sleep: Callable[[float], None] = time.sleep,
         pace: Callable[[], None] | None = None,
+        delivered: Callable[[int], None] = lambda posts: None,
     ) -> None:
         """`pace`, if given, is called before every request (a Pacer's `wait`: the fanout
-        function's share of the rate budget)."""
+        function's share of the rate budget); `delivered` is told how many posts of each
+        batch arrived."""
         self._api = api
         self._pace = pace
+        self._delivered = delivered
         self._concurrency = concurrency
         self._attempts = attempts
         self._backoff = backoff
@@ -96,6 +99,7 @@ class ManagementApiDelivery:
                 self._pool = ThreadPoolExecutor(self._concurrency, thread_name_prefix="fanout")
             outcomes = list(self._pool.map(lambda cid: self._post(cid, data), connection_ids))
         paired = list(zip(connection_ids, outcomes, strict=True))
+        self._delivered(sum(1 for outcome in outcomes if outcome is Outcome.DELIVERED))
         return (
             [cid for cid, outcome in paired if outcome is Outcome.GONE],
             [cid for cid, outcome in paired if outcome is Outcome.UNREACHED],

@@ -34,8 +34,8 @@ class ChatMetrics:
 
     def __init__(self) -> None:
         # Multiprocess mode keeps values in files, not a registry: scrapes collect the files.
-        self._registry = None if multiprocess() else CollectorRegistry()
-        registry = self._registry
+        self.registry = None if multiprocess() else CollectorRegistry()
+        registry = self.registry
         self.connections = Gauge(
             "wschat_connections",
             "Open WebSocket connections.",
@@ -119,8 +119,8 @@ class ChatMetrics:
 
     def exposition(self) -> bytes:
         """Every metric in Prometheus' text format: this process's, or every worker's."""
-        if self._registry is not None:
-            return generate_latest(self._registry)
+        if self.registry is not None:
+            return generate_latest(self.registry)
         registry = CollectorRegistry()
         MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         return generate_latest(registry)

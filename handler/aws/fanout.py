@@ -11,9 +11,8 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from handler.aws.runtime import runtime
+from handler.aws.runtime import entry_point, runtime
 from infra.fanout import FanoutJob, FanoutWorker
-from infra.log_json import in_log_context
 
 log = logging.getLogger(__name__)
 
@@ -45,4 +44,4 @@ def make_handler(get_worker: Callable[[], FanoutWorker]) -> Callable[[Any, Any],
     return handle
 
 
-handler = in_log_context(make_handler(lambda: runtime().fanout_worker()))
+handler = entry_point(make_handler(lambda: runtime().fanout_worker()))

@@ -22,8 +22,9 @@ from handler.chat.core import ChatCore
 from handler.chat.ports import Broadcast, Delivery
 from infra.apigw import ManagementApiDelivery, management_endpoint
 from infra.dynamodb import DynamoConnections, DynamoMessageLog
+from infra.emf import EmfMetrics
 from infra.fanout import ChunkedBroadcast, FanoutQueue, FanoutWorker, Pacer
-from infra.log_json import JsonFormatter
+from infra.log_json import JsonFormatter, in_log_context
 from infra.management_api import ManagementApi
 from infra.settings import Settings, get_settings
 
@@ -66,6 +67,7 @@ def dynamodb_core(runtime: AwsRuntime, endpoint: str, welcome: bool) -> ChatCore
         runtime.management_api(endpoint),
         settings.fanout_concurrency,
         gone_attempts=WELCOME_GONE_ATTEMPTS if welcome else 1,
+        delivered=runtime.metrics.delivered,
     )
     connections = runtime.connections()
     broadcast: Callable[[ChatCore], Broadcast] | None = None
@@ -89,6 +91,7 @@ class AwsRuntime:
         self._dynamodb: Any = None
         self._lambda: Any = None
         self._management: dict[str, ManagementApi] = {}
+        self.metrics = EmfMetrics()  # flushed at the end of each invocation
         self._fanout_queue: FanoutQueue | None = None
         self._fanout_worker: FanoutWorker | None = None
         self._cores: dict[tuple[str, bool], ChatCore] = {}
@@ -146,6 +149,7 @@ class AwsRuntime:
             policy=self.policy(),
             credentials=BlockingCheck(self.authenticator),
             broadcast=broadcast,
+            metrics=self.metrics,
         )
 
     def fanout_queue(self) -> FanoutQueue:
@@ -177,6 +181,7 @@ class AwsRuntime:
                     attempts=FANOUT_ATTEMPTS,
                     backoff=FANOUT_BACKOFF,
                     pace=pacer.wait,
+                    delivered=self.metrics.delivered,
                 )
                 self._fanout_worker = FanoutWorker(
                     self.connections(),
@@ -281,3 +286,17 @@ def reset_runtime() -> None:
     """Forget the runtime and the settings, as a cold start would."""
     runtime.cache_clear()
     get_settings.cache_clear()
+
+
+def entry_point(handle: Callable[[Any, Any], T]) -> Callable[..., T]:
+    """A Lambda entry point: its log lines carry the invocation's ids, and what it counted is
+    written out as metrics when it returns (infra/emf.py)."""
+    logged = in_log_context(handle)
+
+    def invoked(event: Any, context: Any = None) -> T:
+        try:
+            return logged(event, context)
+        finally:
+            runtime().metrics.flush()
+
+    return invoked

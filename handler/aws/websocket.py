@@ -18,11 +18,11 @@ from auth.lambda_authorizer import principal_from_context
 from auth.principal import Principal
 from auth.rooms import Right, Rights
 from handler.aws.event import MalformedEvent, WebSocketEvent
-from handler.aws.runtime import AwsRuntime, runtime
+from handler.aws.runtime import AwsRuntime, entry_point, runtime
 from handler.chat.core import ChatCore, ConnectParams
 from handler.chat.handshake import Refused, negotiate
 from handler.chat.ports import Dialect
-from infra.log_json import in_log_context
+from handler.chat.wire import CloseCode
 
 log = logging.getLogger(__name__)
 
@@ -48,15 +48,18 @@ class WebSocketHandlers:
         rt = self._runtime()
         asked = negotiate(None, ws.query, handshake.subprotocols, rt.settings.max_room_length)
         if isinstance(asked, Refused):
+            rt.metrics.count("handshakes_refused", status=str(asked.status))
             return _respond(asked.status, asked.reason)
         core = self._core(ws)
         try:
             principal, rights = self._principal(ws, handshake, core, asked.room)
         except AuthError as error:
             log.info("$connect refused (%d): %s", error.status, error.reason)
+            rt.metrics.count("handshakes_refused", status=str(error.status))
             return _respond(error.status, error.reason)
         params = ConnectParams(asked.dialect, asked.q, rights)
         core.connect(ws.connection_id, asked.room, principal, params)
+        rt.metrics.count("connects")
         if asked.dialect is Dialect.JSON:
             self._schedule_welcome(ws, asked.since, asked.epoch)
         response = _respond(200)
@@ -80,6 +83,8 @@ class WebSocketHandlers:
             return ws
         log.info("%s disconnected (status %s)", ws.connection_id, ws.disconnect_status)
         self._core(ws).disconnect(ws.connection_id)
+        code = ws.disconnect_status or CloseCode.NO_STATUS
+        self._runtime().metrics.count("disconnects", code=str(code))
         return _respond(200)
 
     def welcome(self, event: Any, context: Any = None) -> Response:
@@ -149,7 +154,7 @@ class WebSocketHandlers:
 
 # The entry points serverless.yml names, on this container's runtime.
 _handlers = WebSocketHandlers(runtime)
-connect = in_log_context(_handlers.connect)
-default = in_log_context(_handlers.default)
-disconnect = in_log_context(_handlers.disconnect)
-welcome = in_log_context(_handlers.welcome)
+connect = entry_point(_handlers.connect)
+default = entry_point(_handlers.default)
+disconnect = entry_point(_handlers.disconnect)
+welcome = entry_point(_handlers.welcome)
