@@ -128,6 +128,9 @@ class ManagementApiDelivery:
                 failure = f"HTTP {status}"
             except NoAnswer as error:  # a post that timed out may have arrived: see below
                 status, failure = None, f"no answer ({error})"
+            except Exception as error:  # no credentials, say: this recipient only
+                log.error("posting to %s failed: %s", connection_id, type(error).__name__)
+                return Outcome.REFUSED
             if status is not None and status < 300:
                 return Outcome.DELIVERED
             if status == GONE:

@@ -14,14 +14,11 @@ Answers are returned as HTTP statuses; what each means is the caller's policy
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
 
-import urllib3
-from botocore.auth import SigV4Auth
-from botocore.awsrequest import AWSRequest
-from botocore.credentials import Credentials
-from urllib3.exceptions import HTTPError
+if TYPE_CHECKING:  # imported when the first client is made: not on the handlers' cold import
+    from botocore.credentials import Credentials
 
 USER_AGENT = "wschat/0.1 (Management API fan-out)"
 # The signing name of the Management API (what boto3's client signs for as well).
@@ -45,18 +42,12 @@ class ManagementApi:
         connect_timeout: float = 2.0,
         read_timeout: float = 5.0,
     ) -> None:
-        if credentials is None:
-            import botocore.session
-            from botocore.exceptions import NoCredentialsError
-
-            # The same chain boto3 follows: Lambda's environment, a profile, a role.
-            credentials = botocore.session.get_session().get_credentials()
-            if credentials is None:
-                raise NoCredentialsError()
         self.endpoint = endpoint.rstrip("/")
         self._credentials = credentials
         self._region = region or _region_of(self.endpoint)
         self._path = urlsplit(self.endpoint).path
+        import urllib3
+
         self._pool = urllib3.connection_from_url(
             self.endpoint,
             maxsize=pool_size,
@@ -73,13 +64,29 @@ class ManagementApi:
     def delete(self, connection_id: str) -> int:
         return self._request("DELETE", connection_id, b"")
 
+    def _signing_credentials(self) -> Credentials:
+        """Found on first use, as boto3's clients do, through the same chain: Lambda's
+        environment, a profile, a role."""
+        if self._credentials is None:
+            import botocore.session
+            from botocore.exceptions import NoCredentialsError
+
+            self._credentials = botocore.session.get_session().get_credentials()
+            if self._credentials is None:
+                raise NoCredentialsError()
+        return self._credentials
+
     def _request(self, method: str, connection_id: str, body: bytes) -> int:
+        from botocore.auth import SigV4Auth
+        from botocore.awsrequest import AWSRequest
+        from urllib3.exceptions import HTTPError
+
         # A connection id is opaque (API Gateway's end in "="): every byte of it is encoded.
         resource = f"/@connections/{quote(connection_id, safe='')}"
         request = AWSRequest(method=method, url=self.endpoint + resource, data=body)
         request.headers["User-Agent"] = USER_AGENT
         # Frozen per request: refreshable credentials (an assumed role) renew themselves here.
-        frozen: Any = self._credentials.get_frozen_credentials()
+        frozen: Any = self._signing_credentials().get_frozen_credentials()
         SigV4Auth(frozen, SERVICE, self._region).add_auth(request)
         try:
             response = self._pool.urlopen(

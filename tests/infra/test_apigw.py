@@ -115,12 +115,13 @@ def test_forbidden_is_logged_loudly_and_not_retried(
 
 
 def test_a_wrong_secret_is_refused_by_the_signature_check(
-    api: ManagementApiStandIn, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    api: ManagementApiStandIn, caplog: pytest.LogCaptureFixture
 ) -> None:
     # The stand-in's check is what makes the tests below mean something: prove it bites.
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-accounts")
-    forged = delivery(api)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    from botocore.credentials import Credentials
+
+    wrong = Credentials("testing", "not-the-accounts")
+    forged = ManagementApiDelivery(ManagementApi(api.endpoint, "us-east-1", 1, wrong))
     assert forged.send(["a"], "hi") == []
     assert api.forged == 1 and api.take("a") == []
     assert "forbidden (403)" in caplog.text
@@ -237,3 +238,18 @@ def test_the_runtime_reads_the_platforms_variables(monkeypatch: pytest.MonkeyPat
     )
     offline = AwsRuntime(load_settings({"IS_OFFLINE": "true", "WSCHAT_OFFLINE_WS_PORT": "4001"}))
     assert offline.endpoint_for("d", "prod", "abc") == "http://localhost:4001"
+
+
+def test_an_unexpected_error_is_that_recipients_alone(
+    api: ManagementApiStandIn, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # No credentials anywhere: found out at the first post, logged, and the batch goes on.
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    lost = ManagementApiDelivery(ManagementApi(api.endpoint, "us-east-1", pool_size=2))
+    assert lost.send(["a", "b"], "hi") == []
+    assert "posting to a failed: NoCredentialsError" in caplog.text
+    assert "posting to b failed: NoCredentialsError" in caplog.text

@@ -9,7 +9,18 @@ import sys
 
 import pytest
 
-HEAVY = ("asyncio", "pydantic", "pydantic_core", "fastapi", "starlette", "jwt", "cryptography")
+HEAVY = (
+    "asyncio",
+    "pydantic",
+    "pydantic_core",
+    "fastapi",
+    "starlette",
+    "jwt",
+    "cryptography",
+    # The Management API client's signer and pool come with the first client, as boto3 does.
+    "botocore",
+    "urllib3",
+)
 
 
 def heavy_modules_loaded(code: str, env: dict[str, str] | None = None) -> list[str]:
