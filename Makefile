@@ -79,6 +79,7 @@ bench: $(VENV)/.installed-bench
 	$(BIN)/python bench/emulator_soak.py
 	$(BIN)/python bench/redis_fanout.py
 	$(BIN)/python bench/report.py
+	$(BIN)/python bench/dashboard.py
 
 # The Lambda artifact: our packages + dependencies built for the Lambda runtime (3.12, x86_64).
 lambda-zip: $(VENV)/.installed-run

@@ -1,6 +1,6 @@
 """docs/dashboard.png: the panels of docs/grafana-dashboard.json, drawn from real scrapes.
 
-    .venv/bin/python bench/dashboard.py [--seconds 90]
+    .venv/bin/python bench/dashboard.py [--seconds 90] [--out docs/dashboard.png]
 
 Starts a redis-server and `wschat serve` on it (so the pub/sub lag panel has data), drives a
 few minutes' worth of chat in `--seconds`: members joining and leaving rooms, messages, JSON
@@ -137,7 +137,10 @@ def series(scrapes: list[tuple[float, Scrape]], expr: str) -> dict[str, list[flo
     name = expr.split("wschat_", 1)[1].split("[")[0].split(")")[0]
     name = "wschat_" + name
     by = expr.split("by (", 1)[1].split(")")[0] if "by (" in expr else None
+    first = scrapes[0][1]
     for (t0, a), (t1, b) in itertools.pairwise(scrapes):
+        if "increase(" in expr:  # over the window: here, since the run began (under 5 min)
+            a = first
         if expr.startswith("sum(wschat_"):
             out[""].append(sum(v for (n, _), v in b.items() if n == name))
         elif "histogram_quantile" in expr:
@@ -160,7 +163,7 @@ def series(scrapes: list[tuple[float, Scrape]], expr: str) -> dict[str, list[flo
     return out
 
 
-def draw(scrapes: list[tuple[float, Scrape]]) -> None:
+def draw(scrapes: list[tuple[float, Scrape]], out: Path) -> None:
     panels = json.loads(DASHBOARD.read_text())["panels"]
     rows = math.ceil(len(panels) / 2)
     figure, axes = plt.subplots(rows, 2, figsize=(12, 2.4 * rows))
@@ -179,9 +182,11 @@ def draw(scrapes: list[tuple[float, Scrape]]) -> None:
         ax.legend(fontsize=6, loc="upper left")
     for ax in axes.flat[len(panels) :]:
         ax.axis("off")
+    for ax in axes.flat[-2:]:
+        ax.set_xlabel("seconds into the run", fontsize=7)
     figure.suptitle("wschat: the Grafana dashboard's panels, from real scrapes", fontsize=11)
     figure.tight_layout()
-    figure.savefig(PICTURE, dpi=80)
+    figure.savefig(out, dpi=80)
 
 
 async def collect(port: int, seconds: float) -> list[tuple[float, Scrape]]:
@@ -197,6 +202,7 @@ async def collect(port: int, seconds: float) -> list[tuple[float, Scrape]]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--seconds", type=float, default=90)
+    parser.add_argument("--out", type=Path, default=PICTURE)
     args = parser.parse_args()
     redis_port = free_port()
     with tempfile.TemporaryDirectory() as data:
@@ -233,8 +239,8 @@ def main() -> int:
         finally:
             redis.terminate()
             redis.wait()
-    draw(scrapes)
-    print(f"{PICTURE}: {len(scrapes)} scrapes")
+    draw(scrapes, args.out)
+    print(f"{args.out}: {len(scrapes)} scrapes")
     return 0
 
 

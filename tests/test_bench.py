@@ -65,3 +65,11 @@ def test_lambda_benchmarks_run_and_count_every_post(tmp_path: Path) -> None:
     run("lambda_big_room.py", tmp_path, "--members", "600", "--chunk", "250")
     (row,) = json.loads((tmp_path / "lambda_big_room.json").read_text())["rows"]
     assert row["jobs"] == 3 and row["posts_per_job_max"] == 250
+
+
+@pytest.mark.timeout(120)
+def test_the_dashboard_picture_is_drawn_from_scrapes(tmp_path: Path) -> None:
+    require("redis-server", "the picture's server runs on Redis, for the pub/sub lag panel")
+    picture = tmp_path / "dashboard.png"
+    said = run("dashboard.py", tmp_path, "--seconds", "8", "--out", str(picture))
+    assert picture.read_bytes().startswith(b"\x89PNG") and "scrapes" in said
