@@ -13,9 +13,12 @@ from tests.servers import ROOT
 
 def planned(*args: str, **env: str) -> str:
     """The last command `make -n` would run (the wschat one; installs, if due, come first)."""
-    clean = {k: v for k, v in os.environ.items() if k not in {"HOST", "PORT", "EMULATOR_PORT"}}
+    # Not the variables of a make this runs under (`make test`), which would also make it
+    # print "Entering directory" lines.
+    ours = {"HOST", "PORT", "EMULATOR_PORT", "MAKEFLAGS", "MFLAGS", "MAKELEVEL"}
+    clean = {k: v for k, v in os.environ.items() if k not in ours}
     result = subprocess.run(
-        ["make", "-n", *args],
+        ["make", "-n", "--no-print-directory", *args],
         cwd=ROOT,
         env={**clean, **env},
         capture_output=True,
