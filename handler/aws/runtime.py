@@ -169,11 +169,7 @@ class AwsRuntime:
         with self._lock:
             if self._fanout_worker is None:
                 settings = self.settings
-                endpoint = settings.apigw_endpoint.rstrip("/")
-                if not endpoint:
-                    raise RuntimeError(
-                        "WSCHAT_APIGW_ENDPOINT must name the WebSocket API's endpoint"
-                    )
+                endpoint = self.configured_endpoint()
                 pacer = Pacer(settings.fanout_rate / settings.fanout_workers)
                 delivery = ManagementApiDelivery(
                     self.management_api(endpoint),
@@ -245,12 +241,17 @@ class AwsRuntime:
                 self._policy = build_room_policy(self.settings.room_policy, self.settings)
             return self._policy
 
-    def rest(self) -> ServerlessRest:
-        """The REST backend of the HTTP function."""
-        endpoint = self.settings.apigw_endpoint
+    def configured_endpoint(self) -> str:
+        """WSCHAT_APIGW_ENDPOINT: where the functions that post outside a WebSocket event
+        (the HTTP function's REST, the fanout function) reach the sockets."""
+        endpoint = self.settings.apigw_endpoint.rstrip("/")
         if not endpoint:
             raise RuntimeError("WSCHAT_APIGW_ENDPOINT must name the WebSocket API's endpoint")
-        return ServerlessRest(self.core(endpoint.rstrip("/")), self.authenticator())
+        return endpoint
+
+    def rest(self) -> ServerlessRest:
+        """The REST backend of the HTTP function."""
+        return ServerlessRest(self.core(self.configured_endpoint()), self.authenticator())
 
     def web_app(self) -> Any:
         """The HTTP function's app: page, health and REST (FastAPI)."""
