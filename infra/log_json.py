@@ -12,12 +12,9 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Any, TypeVar
-
-T = TypeVar("T")
 
 # Fields as (name, value) pairs: a context's default must not be shared and mutable.
 _CONTEXT: ContextVar[tuple[tuple[str, str], ...]] = ContextVar("wschat_log_context", default=())
@@ -47,22 +44,3 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False, default=str)
-
-
-def in_log_context(handle: Callable[[Any, Any], T]) -> Callable[..., T]:
-    """A Lambda entry point whose log lines carry the invocation's request id and, on a
-    WebSocket route, the connection id."""
-
-    def logged(event: Any, context: Any = None) -> T:
-        fields = {}
-        request_id = getattr(context, "aws_request_id", None)
-        if isinstance(request_id, str):
-            fields["request_id"] = request_id
-        request = event.get("requestContext") if isinstance(event, Mapping) else None
-        connection_id = request.get("connectionId") if isinstance(request, Mapping) else None
-        if isinstance(connection_id, str):
-            fields["connection_id"] = connection_id
-        with log_context(**fields):
-            return handle(event, context)
-
-    return logged

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cache
 from typing import Any, TypeVar
@@ -24,7 +24,7 @@ from infra.apigw import ManagementApiDelivery, management_endpoint
 from infra.dynamodb import DynamoConnections, DynamoMessageLog
 from infra.emf import EmfMetrics
 from infra.fanout import ChunkedBroadcast, FanoutQueue, FanoutWorker, Pacer
-from infra.log_json import JsonFormatter, in_log_context
+from infra.log_json import JsonFormatter, log_context
 from infra.management_api import ManagementApi
 from infra.settings import Settings, get_settings
 
@@ -290,14 +290,27 @@ def reset_runtime() -> None:
 
 
 def entry_point(handle: Callable[[Any, Any], T]) -> Callable[..., T]:
-    """A Lambda entry point: its log lines carry the invocation's ids, and what it counted is
-    written out as metrics when it returns (infra/emf.py)."""
-    logged = in_log_context(handle)
+    """A Lambda entry point: its log lines carry the invocation's request id and, on a
+    WebSocket route, the connection id (infra/log_json.py), and what it counted is written
+    out as metrics when it returns (infra/emf.py)."""
 
     def invoked(event: Any, context: Any = None) -> T:
         try:
-            return logged(event, context)
+            with log_context(**_invocation_fields(event, context)):
+                return handle(event, context)
         finally:
             runtime().metrics.flush()
 
     return invoked
+
+
+def _invocation_fields(event: Any, context: Any) -> dict[str, str]:
+    fields = {}
+    request_id = getattr(context, "aws_request_id", None)
+    if isinstance(request_id, str):
+        fields["request_id"] = request_id
+    request = event.get("requestContext") if isinstance(event, Mapping) else None
+    connection_id = request.get("connectionId") if isinstance(request, Mapping) else None
+    if isinstance(connection_id, str):
+        fields["connection_id"] = connection_id
+    return fields
