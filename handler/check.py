@@ -41,17 +41,19 @@ class Target:
 
     def socket(self, who: str, **query: str) -> str:
         token = self.token or f"wschat-check-{who}"
-        if self.items_style:
-            base = self.url.split("/items/")[0].rstrip("/")
-            path = f"/items/{quote(self.room, safe='')}/ws"
-            return f"{base}{path}?{urlencode({'token': token, **query})}"
-        return f"{self.url}?{urlencode({'room': self.room, 'token': token, **query})}"
+        return self._room_url({"token": token, **query})
 
     def bare(self) -> str:
         """The room's address with no credential at all."""
+        return self._room_url({})
+
+    def _room_url(self, query: dict[str, str]) -> str:
         if self.items_style:
-            return self.socket("x").split("?")[0]
-        return f"{self.url}?{urlencode({'room': self.room})}"
+            base = self.url.split("/items/")[0].rstrip("/")
+            path = f"{base}/items/{quote(self.room, safe='')}/ws"
+        else:
+            path, query = self.url, {"room": self.room, **query}
+        return f"{path}?{urlencode(query)}" if query else path
 
 
 def shape_of(url: str) -> bool:
