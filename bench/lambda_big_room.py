@@ -114,7 +114,7 @@ def configure(args: argparse.Namespace, api_endpoint: str, dynamodb: str, sqs: s
     import boto3
 
     from infra.dynamodb import create_chat_table
-    from infra.fanout import create_fanout_queues
+    from infra.local_dynamodb import create_fanout_queues
 
     os.environ.update(
         {

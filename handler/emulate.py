@@ -11,8 +11,7 @@ from collections.abc import Callable
 import boto3
 
 from infra.emulator import Emulator, EmulatorConfig
-from infra.fanout import create_fanout_queues
-from infra.local_dynamodb import serialized_moto_server, start_dynamodb
+from infra.local_dynamodb import create_fanout_queues, serialized_moto_server, start_dynamodb
 from infra.sqs_source import SqsEventSource
 
 # How long a failed fan-out job stays invisible before it is received again: seconds here,

@@ -102,35 +102,6 @@ class FanoutQueue:
                 raise RuntimeError(f"SQS refused {len(entries)} fan-out job(s): {failed}")
 
 
-def create_fanout_queues(
-    sqs: Any, name: str, visibility_timeout: int | None = None
-) -> tuple[str, str]:
-    """Create the fan-out queue and its dead-letter queue as infra/resources.yml (which
-    serverless.yml deploys) defines them: the redrive policy's maxReceiveCount, the visibility
-    timeout (unless given: a local run need not wait six minutes to see a failure again).
-    Returns the two queue URLs."""
-    from pathlib import Path
-
-    import yaml
-
-    resources = yaml.safe_load((Path(__file__).parent / "resources.yml").read_text())
-    queue = resources["Resources"]["FanoutQueue"]["Properties"]
-    dlq_url = sqs.create_queue(QueueName=f"{name}-dlq")["QueueUrl"]
-    dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"][
-        "QueueArn"
-    ]
-    redrive = {
-        "deadLetterTargetArn": dlq_arn,
-        "maxReceiveCount": queue["RedrivePolicy"]["maxReceiveCount"],
-    }
-    timeout = queue["VisibilityTimeout"] if visibility_timeout is None else visibility_timeout
-    url = sqs.create_queue(
-        QueueName=name,
-        Attributes={"VisibilityTimeout": str(timeout), "RedrivePolicy": json.dumps(redrive)},
-    )["QueueUrl"]
-    return url, dlq_url
-
-
 class ChunkedBroadcast:
     """The serverless Broadcast with a fan-out queue: small rooms inline, as DirectBroadcast
     does; a room above `inline_max` members as jobs of at most `chunk` members each."""

@@ -3,12 +3,15 @@ loopback port, one request at a time: DynamoDB with the chat table, and SQS for 
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Literal
 
 from infra import lean_moto
 from infra.dynamodb import create_chat_table
+from infra.sqs_source import queue_arn
 
 
 def serialized_moto_server(
@@ -56,3 +59,27 @@ def start_dynamodb(endpoint: str | None, table: str) -> tuple[str, Callable[[], 
     if table not in client.list_tables().get("TableNames", []):
         create_chat_table(client, table)
     return endpoint, stop
+
+
+def create_fanout_queues(
+    sqs: Any, name: str, visibility_timeout: int | None = None
+) -> tuple[str, str]:
+    """Create the fan-out queue and its dead-letter queue as infra/resources.yml (which
+    serverless.yml deploys) defines them: the redrive policy's maxReceiveCount, the visibility
+    timeout (unless given: a local run need not wait six minutes to see a failure again).
+    Returns the two queue URLs."""
+    import yaml
+
+    resources = yaml.safe_load((Path(__file__).parent / "resources.yml").read_text())
+    queue = resources["Resources"]["FanoutQueue"]["Properties"]
+    dlq_url = sqs.create_queue(QueueName=f"{name}-dlq")["QueueUrl"]
+    redrive = {
+        "deadLetterTargetArn": queue_arn(sqs, dlq_url),
+        "maxReceiveCount": queue["RedrivePolicy"]["maxReceiveCount"],
+    }
+    timeout = queue["VisibilityTimeout"] if visibility_timeout is None else visibility_timeout
+    url = sqs.create_queue(
+        QueueName=name,
+        Attributes={"VisibilityTimeout": str(timeout), "RedrivePolicy": json.dumps(redrive)},
+    )["QueueUrl"]
+    return url, dlq_url

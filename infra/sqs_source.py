@@ -20,15 +20,20 @@ log = logging.getLogger(__name__)
 SqsHandler = Callable[[dict[str, Any], Any], dict[str, Any]]
 
 
+def queue_arn(sqs: Any, queue_url: str) -> str:
+    arn: str = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])[
+        "Attributes"
+    ]["QueueArn"]
+    return arn
+
+
 class SqsEventSource:
     def __init__(self, sqs: Any, queue_url: str, handler: SqsHandler, batch_size: int = 5) -> None:
         self._sqs = sqs
         self._url = queue_url
         self._handler = handler
         self._batch_size = batch_size
-        self._arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])[
-            "Attributes"
-        ]["QueueArn"]
+        self._arn = queue_arn(sqs, queue_url)
 
     def poll(self, wait_seconds: int = 0) -> int:
         """Receive one batch and hand it to the handler. Returns how many records it had."""

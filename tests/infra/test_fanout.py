@@ -25,8 +25,8 @@ from infra.fanout import (
     FanoutQueue,
     FanoutWorker,
     Pacer,
-    create_fanout_queues,
 )
+from infra.local_dynamodb import create_fanout_queues
 from infra.sqs_source import SqsEventSource
 from tests.aws import event, reset_caches
 from tests.management_api import ManagementApiStandIn
