@@ -54,7 +54,6 @@ async def chat_socket(websocket: WebSocket, item_id: str) -> None:
             PlainTextResponse(error.reason, status_code=error.status)
         )
         return
-    await websocket.accept(subprotocol=asked.subprotocol)
 
     connection_id = secrets.token_urlsafe(9)
     with log_context(connection_id=connection_id, room=asked.room, user_id=principal.id):
@@ -77,14 +76,22 @@ async def _serve_socket(
         on_overflow=metrics.slow_consumer_closes.inc,
     )
     chat.delivery.register(connection_id, outbox)
-    writer = outbox.start()
     expiry = _ExpiryTimer(chat, connection_id)
     metrics.joined(asked.room)
     reader: asyncio.Task[int] | None = None
+    writer: asyncio.Task[None] | None = None
     try:
         params = ConnectParams(asked.dialect, asked.q, rights)
         try:
+            # A member before the handshake completes, as on API Gateway: whatever the room
+            # says once the client has its socket reaches it. (On Redis, joining takes round
+            # trips; a message published meanwhile went to another worker's members only.)
             await chat.call(chat.core.connect, connection_id, asked.room, principal, params)
+        except Exception:
+            _unavailable(outbox)
+        await websocket.accept(subprotocol=asked.subprotocol)
+        writer = outbox.start()  # what was queued before the accept goes first
+        try:
             await chat.call(chat.core.welcome, connection_id, asked.since, asked.epoch)
         except Exception:
             _unavailable(outbox)
@@ -104,7 +111,8 @@ async def _serve_socket(
             log.warning("could not record that %s left (store unavailable)", connection_id)
         finally:
             chat.delivery.unregister(connection_id)
-            writer.cancel()
+            if writer is not None:
+                writer.cancel()
             metrics.left(asked.room, _close_code(reader, outbox))
 
 

@@ -381,3 +381,15 @@ async def test_a_repeated_credential_the_last_one_counts(
             async with websockets.connect(url, additional_headers=headers):
                 pass
         assert refused.value.response.status_code == 401
+
+
+async def test_a_member_gets_what_is_said_right_after_its_handshake(transport: Transport) -> None:
+    # The bug this catches: on Redis, `wschat serve` accepted the socket before the member had
+    # joined the room (a few round trips), and a message sent at once by a member on another
+    # worker reached nobody on this one. The text dialect has no history to make up for it.
+    for round_ in range(5):
+        room = f"at-once-{round_}"
+        async with transport.connect(room, token="a") as a, transport.connect(room, token="b") as b:
+            await a.send("right away")
+            [await recv(a) for _ in range(2)]
+            assert (await recv(b)).endswith(": right away")
