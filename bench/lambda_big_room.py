@@ -78,7 +78,7 @@ class AwsClock:
 def start_aws() -> tuple[subprocess.Popen[bytes], str, str]:
     """moto's DynamoDB and SQS servers, as `wschat emulate` runs them, in their own process."""
     code = (
-        "from infra.local_dynamodb import serialized_moto_server as s; import time;"
+        "from infra.local_dynamodb import moto_server as s; import time;"
         "print(s('dynamodb')[0]); print(s('sqs')[0], flush=True); time.sleep(3600)"
     )
     command = ["taskset", "-c", str(SERVER_CORE), sys.executable, "-c", code]

@@ -11,7 +11,7 @@ from collections.abc import Callable
 import boto3
 
 from infra.emulator import Emulator, EmulatorConfig
-from infra.local_dynamodb import create_fanout_queues, serialized_moto_server, start_dynamodb
+from infra.local_dynamodb import create_fanout_queues, moto_server, start_dynamodb
 from infra.sqs_source import SqsEventSource
 
 # How long a failed fan-out job stays invisible before it is received again: seconds here,
@@ -34,7 +34,7 @@ def build_emulator(
     base = f"http://{host}:{port}"
     table = os.environ.setdefault("WSCHAT_TABLE", "wschat-emulator")
     endpoint, stop_dynamodb = start_dynamodb(dynamodb_endpoint, table)
-    sqs_endpoint, stop_sqs = serialized_moto_server("sqs")
+    sqs_endpoint, stop_sqs = moto_server("sqs")
     sqs = boto3.client("sqs", endpoint_url=sqs_endpoint)
     queue_url, _ = create_fanout_queues(sqs, f"{table}-fanout", FANOUT_VISIBILITY_SECONDS)
     os.environ.update(

@@ -1,8 +1,9 @@
-"""AWS services for local runs (`wschat emulate`, `serverless offline`): moto's server on a free
-loopback port, one request at a time: DynamoDB with the chat table, and SQS for big rooms."""
+"""AWS services for local runs (`wschat emulate`, `serverless offline`): moto's servers on free
+loopback ports: DynamoDB with the chat table, and SQS for big rooms."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections.abc import Callable
@@ -14,35 +15,34 @@ from infra.dynamodb import create_chat_table
 from infra.sqs_source import queue_arn
 
 
-def serialized_moto_server(
-    service: Literal["dynamodb", "sqs"] = "dynamodb",
-) -> tuple[str, Callable[[], None]]:
-    """moto's server for `service` on a free loopback port, one request at a time.
+def moto_server(service: Literal["dynamodb", "sqs"] = "dynamodb") -> tuple[str, Callable[[], None]]:
+    """moto's server for `service` on a free loopback port.
 
-    DynamoDB makes each request atomic, a transaction included; moto's backend does not when
-    requests run in parallel threads, and the welcome's seam relies on it. A lock around
-    each request restores the guarantee. moto is kept lean for hours of use (infra/lean_moto.py).
+    DynamoDB requests run one at a time. DynamoDB makes each request atomic, a transaction
+    included; moto's backend does not when requests run in parallel threads, and the
+    welcome's seam relies on it. A lock around each request restores the guarantee.
+    SQS requests run side by side: a receive long-polls inside its request (moto wakes it
+    when a message arrives), and a lock would hold every send for as long.
+    moto is kept lean for hours of use (infra/lean_moto.py).
     """
     import threading
 
     from moto.moto_server.werkzeug_app import MotoRequestHandler, create_backend_app
     from werkzeug.serving import make_server
 
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per DynamoDB call
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per AWS call
     lean_moto.install()
     app = create_backend_app(service)  # one service per server: no per-request lookup
-    lock = threading.Lock()
+    lock = threading.Lock() if service == "dynamodb" else contextlib.nullcontext()
 
-    def one_at_a_time(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    def serve(environ: dict[str, Any], start_response: Any) -> list[bytes]:
         with lock:
             try:
                 return list(app(environ, start_response))
             finally:
                 lean_moto.forget_tracked_models()
 
-    server = make_server(
-        "127.0.0.1", 0, one_at_a_time, threaded=True, request_handler=MotoRequestHandler
-    )
+    server = make_server("127.0.0.1", 0, serve, threaded=True, request_handler=MotoRequestHandler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return f"http://127.0.0.1:{server.server_address[1]}", server.shutdown
 
@@ -54,7 +54,7 @@ def start_dynamodb(endpoint: str | None, table: str) -> tuple[str, Callable[[], 
 
     stop: Callable[[], None] = lambda: None  # noqa: E731
     if not endpoint:
-        endpoint, stop = serialized_moto_server()
+        endpoint, stop = moto_server()
     client = boto3.client("dynamodb", endpoint_url=endpoint)
     if table not in client.list_tables().get("TableNames", []):
         create_chat_table(client, table)

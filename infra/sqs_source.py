@@ -63,14 +63,12 @@ class SqsEventSource:
             )
         return len(received)
 
-    def run(self, stop: threading.Event, idle: float = 0.1) -> None:
-        """Poll until `stop` is set, waiting `idle` seconds after an empty receive. (Short
-        polls: moto's server, one request at a time, would hold every other call for the
-        length of a long poll.)"""
+    def run(self, stop: threading.Event, wait_seconds: int = 20) -> None:
+        """Poll until `stop` is set, with long polls as Lambda's poller makes: an idle queue
+        costs a request every `wait_seconds`, and a job starts as soon as it is sent."""
         while not stop.is_set():
             try:
-                if self.poll() == 0:
-                    stop.wait(idle)
+                self.poll(wait_seconds)
             except Exception:
                 log.exception("polling the fan-out queue failed; trying again")
                 stop.wait(1)
