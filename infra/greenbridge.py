@@ -58,5 +58,12 @@ def wait(coroutine: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         raise RuntimeError("wait() outside greenbridge.call() would block the event loop")
     task = current.parent
     assert task is not None  # set by `call`
-    awaitable = coroutine if timeout is None else asyncio.wait_for(coroutine, timeout)
+    awaitable = coroutine if timeout is None else _within(coroutine, timeout)
     return cast(T, task.switch(awaitable))
+
+
+async def _within(coroutine: Coroutine[Any, Any, T], timeout: float) -> T:
+    # Not asyncio.wait_for: before Python 3.12 it runs the coroutine in a task of its own,
+    # one more task per Redis call (4.7% of a Redis worker's CPU in py-spy).
+    async with asyncio.timeout(timeout):
+        return await coroutine
