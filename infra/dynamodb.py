@@ -20,7 +20,15 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from auth.rooms import ALL, rights_from_text, rights_text
-from handler.chat.ports import ChatMessage, Connection, Dialect, StoreBusy
+from handler.chat.ports import (
+    ChatMessage,
+    Connection,
+    Dialect,
+    Draft,
+    StoreBusy,
+    Stored,
+    append_each,
+)
 from infra.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -442,6 +450,9 @@ class DynamoMessageLog:
             ConsistentRead=True,
         ).get("Item")
         return _message_from(stored) if stored is not None else None
+
+    def append_many(self, drafts: Sequence[Draft]) -> Sequence[Stored]:
+        return append_each(self, drafts)
 
     def after(self, room: str, after_id: int, limit: int) -> Sequence[ChatMessage]:
         return self._messages(room, _message_key(after_id + 1), limit, forward=True)

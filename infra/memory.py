@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from itertools import islice
 
-from handler.chat.ports import ChatMessage, Connection
+from handler.chat.ports import ChatMessage, Connection, Draft, Stored, append_each
 from infra.settings import Settings
 
 
@@ -142,6 +142,9 @@ class MemoryMessageLog:
             self._next_sweep = message.ts + 1.0
             self._sweep(message.ts - self._ttl)
         return message, True
+
+    def append_many(self, drafts: Sequence[Draft]) -> Sequence[Stored]:
+        return append_each(self, drafts)
 
     def after(self, room: str, after_id: int, limit: int) -> Sequence[ChatMessage]:
         state = self._use(room)

@@ -24,7 +24,9 @@ import secrets
 from collections.abc import Sequence
 from typing import Any
 
-from handler.chat.ports import ChatMessage
+from redis.exceptions import NoScriptError
+
+from handler.chat.ports import ChatMessage, Draft
 
 # KEYS: seq hash, stream, dedup key (or ""), channel. ARGV: epoch if new, message JSON without
 # its id, stream cap, ttl seconds, dedup ttl seconds, the sending connection's id (or "").
@@ -88,6 +90,23 @@ def _from_fields(fields: dict[str, Any]) -> ChatMessage:
     )
 
 
+def _stored(draft: Draft, ts: float, reply: list[Any]) -> tuple[ChatMessage, bool]:
+    """What the publish script's `reply` says became of `draft`."""
+    created, message_id, _, body = reply
+    if created or not body:  # new; or a retry of one that has left the stream: its id
+        message = ChatMessage(
+            int(message_id),
+            draft.room,
+            draft.user_id,
+            draft.user_name,
+            draft.text,
+            ts,
+            draft.client_msg_id,
+        )
+        return message, bool(created)
+    return _message(body), False  # a retry: the message as first stored
+
+
 def message_of(fields: dict[str, Any]) -> tuple[str, ChatMessage, str | None]:
     """The epoch, the message and the sending connection of a payload the script published
     (decoded)."""
@@ -105,44 +124,59 @@ class RedisHistory:
         self._publish = redis.register_script(PUBLISH)
         self._latest = redis.register_script(LATEST)
 
-    async def append(
-        self,
-        *,
-        room: str,
-        user_id: str,
-        user_name: str,
-        text: str,
-        client_msg_id: str | None,
-        ts: float,
-        sender_id: str | None = None,
-    ) -> tuple[ChatMessage, bool]:
+    async def append(self, draft: Draft, ts: float) -> tuple[ChatMessage, bool]:
+        keys, args = self._publication(draft, ts)
+        return _stored(draft, ts, await self._publish(keys=keys, args=args))
+
+    async def append_many(
+        self, drafts: Sequence[Draft], ts: float
+    ) -> list[tuple[ChatMessage, bool]]:
+        """Publish `drafts` in order in one round trip: a pipeline of script calls on one
+        connection, which Redis runs one after another, so their ids follow their order."""
+        calls = [self._publication(draft, ts) for draft in drafts]
+        replies = await self._pipeline(calls)
+        if all(isinstance(reply, NoScriptError) for reply in replies):
+            # Redis lost its scripts (restarted, or SCRIPT FLUSH): nothing ran, so load the
+            # script and send them again.
+            await self._redis.script_load(PUBLISH)
+            replies = await self._pipeline(calls)
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply  # part ran: the caller closes the socket and its client resends
+        return [_stored(draft, ts, reply) for draft, reply in zip(drafts, replies, strict=True)]
+
+    async def _pipeline(self, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
+        # Not `Script` objects in the pipeline: redis-py then asks SCRIPT EXISTS first, one
+        # more round trip for every batch.
+        pipe = self._redis.pipeline(transaction=False)
+        for keys, args in calls:
+            pipe.evalsha(self._publish.sha, len(keys), *keys, *args)
+        replies: list[Any] = await pipe.execute(raise_on_error=False)
+        return replies
+
+    def _publication(self, draft: Draft, ts: float) -> tuple[list[str], list[Any]]:
+        """The publish script's keys and arguments for `draft`."""
         fields: dict[str, Any] = {
-            "room": room,
-            "user_id": user_id,
-            "user_name": user_name,
-            "text": text,
+            "room": draft.room,
+            "user_id": draft.user_id,
+            "user_name": draft.user_name,
+            "text": draft.text,
             "ts": ts,
         }
+        room, client_msg_id = draft.room, draft.client_msg_id
         if client_msg_id is not None:
             fields["client_msg_id"] = client_msg_id
-        dedup = _key(room, f"dedup:{user_id}:{client_msg_id}") if client_msg_id else ""
-        created, message_id, _, body = await self._publish(
-            keys=[_key(room, "seq"), _key(room, "log"), dedup, channel(room)],
-            args=[
-                secrets.token_hex(8),
-                json.dumps(fields),
-                self._size,
-                self._ttl,
-                self._ttl,
-                sender_id or "",
-            ],
-        )
-        if created or not body:  # new; or a retry of one that has left the stream: its id
-            message = ChatMessage(
-                int(message_id), room, user_id, user_name, text, ts, client_msg_id
-            )
-            return message, bool(created)
-        return _message(body), False  # a retry: the message as first stored
+        dedup = _key(room, f"dedup:{draft.user_id}:{client_msg_id}") if client_msg_id else ""
+        keys = [_key(room, "seq"), _key(room, "log"), dedup, channel(room)]
+        args = [
+            secrets.token_hex(8),
+            json.dumps(fields),
+            self._size,
+            self._ttl,
+            self._ttl,
+            draft.sender_id or "",
+        ]
+        return keys, args
 
     async def after(self, room: str, after_id: int, limit: int) -> Sequence[ChatMessage]:
         entries = await self._redis.xrange(

@@ -12,7 +12,7 @@ import time
 from collections.abc import Coroutine, Sequence
 from typing import Any, TypeVar
 
-from handler.chat.ports import ChatMessage, Connection
+from handler.chat.ports import ChatMessage, Connection, Draft, Stored
 from infra import greenbridge
 from infra.redis_history import RedisHistory
 from infra.redis_rooms import RoomFeed
@@ -94,17 +94,11 @@ class RedisMessageLog:
         client_msg_id: str | None,
         sender_id: str | None = None,
     ) -> tuple[ChatMessage, bool]:
-        return self._bridge.run(
-            self._history.append(
-                room=room,
-                user_id=user_id,
-                user_name=user_name,
-                text=text,
-                client_msg_id=client_msg_id,
-                ts=time.time(),
-                sender_id=sender_id,
-            )
-        )
+        draft = Draft(room, user_id, user_name, text, client_msg_id, sender_id)
+        return self._bridge.run(self._history.append(draft, time.time()))
+
+    def append_many(self, drafts: Sequence[Draft]) -> Sequence[Stored]:
+        return self._bridge.run(self._history.append_many(drafts, time.time()))
 
     def after(self, room: str, after_id: int, limit: int) -> Sequence[ChatMessage]:
         return self._bridge.run(self._history.after(room, after_id, limit))

@@ -32,6 +32,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from redis.asyncio.client import PubSub
+
 from handler.chat.core import ChatCore
 from handler.chat.ports import ChatMessage, Connection, Dialect
 from infra.redis_history import RedisHistory, channel, message_of
@@ -59,6 +61,20 @@ redis.call('DEL', KEYS[1])
 redis.call('SREM', KEYS[3], ARGV[1])
 return redis.call('SREM', KEYS[2], ARGV[1])
 """
+
+
+class _Subscription(PubSub):
+    """redis-py reconnects a lost subscription by itself and subscribes again, but what was
+    published in between never arrives, and the canary soon flies again: nothing would catch
+    up until the room's next message showed the gap. This one tells the feed instead."""
+
+    def __init__(self, redis: Any, reconnected: Callable[[], None]) -> None:
+        super().__init__(redis.connection_pool)
+        self._reconnected = reconnected
+
+    async def on_connect(self, connection: Any) -> None:
+        await super().on_connect(connection)  # redis-py calls this on reconnects only
+        self._reconnected()
 
 
 def members_key(room: str) -> str:
@@ -111,7 +127,7 @@ class RoomFeed:
     async def start(self) -> None:
         await self._redis.sadd("wschat:workers", self.worker)
         await self._beat()
-        self._pubsub = self._redis.pubsub()
+        self._pubsub = _Subscription(self._redis, self._reconnected)
         await self._pubsub.ssubscribe(self._canary_channel)
         self._tasks = [
             asyncio.create_task(self._listen(), name="redis-listen"),
@@ -362,7 +378,7 @@ class RoomFeed:
             await self._pubsub.aclose()
         while True:
             try:
-                self._pubsub = self._redis.pubsub()
+                self._pubsub = _Subscription(self._redis, self._reconnected)
                 rooms = list(self._rooms)
                 await self._pubsub.ssubscribe(self._canary_channel, *map(channel, rooms))
                 for room in rooms:
@@ -375,6 +391,10 @@ class RoomFeed:
                 self.linked = False
                 log.warning("redis subscription not restored (%r); retrying", error)
                 await asyncio.sleep(1)
+
+    def _reconnected(self) -> None:
+        log.warning("redis subscription reconnected; catching up on what it missed")
+        self._renew.set()  # the listener resubscribes (afresh) and catches up
 
     async def _watch_canary(self) -> None:
         while True:

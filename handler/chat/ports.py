@@ -59,6 +59,22 @@ class StoreBusy(Exception):
     the sender may retry, with the same `client_msg_id`."""
 
 
+@dataclass(frozen=True, slots=True)
+class Draft:
+    """A chat message on its way to the log: all but its id and time, which the log gives.
+    `sender_id` is the connection that sent it, if any."""
+
+    room: str
+    user_id: str
+    user_name: str
+    text: str
+    client_msg_id: str | None = None
+    sender_id: str | None = None
+
+
+Stored = tuple[ChatMessage, bool] | StoreBusy  # what became of one draft: see MessageLog
+
+
 class ConnectionStore(Protocol):
     def add(self, connection: Connection) -> None: ...
 
@@ -101,6 +117,12 @@ class MessageLog(Protocol):
         message: every id up to `latest_id` is stored (or has expired). Raises StoreBusy
         when the message could not be stored now. `sender_id` is the connection that sent it,
         if any: a log that also broadcasts (Redis) spares that text socket the copy."""
+        ...
+
+    def append_many(self, drafts: Sequence[Draft]) -> Sequence[Stored]:
+        """Store drafts in order, as `append` would one after another, and say what became
+        of each: (message, created), or the StoreBusy that one raised (the next is still
+        tried). One round trip on Redis, where the chat core's frames arrived together."""
         ...
 
     def after(self, room: str, after_id: int, limit: int) -> Sequence[ChatMessage]:
@@ -176,3 +198,23 @@ class NoMetrics:
 
     def resumed(self, recovered: bool) -> None:
         pass
+
+
+def append_each(log: MessageLog, drafts: Sequence[Draft]) -> list[Stored]:
+    """`append_many` for a log whose appends cost nothing to make one at a time."""
+    stored: list[Stored] = []
+    for draft in drafts:
+        try:
+            stored.append(
+                log.append(
+                    room=draft.room,
+                    user_id=draft.user_id,
+                    user_name=draft.user_name,
+                    text=draft.text,
+                    client_msg_id=draft.client_msg_id,
+                    sender_id=draft.sender_id,
+                )
+            )
+        except StoreBusy as busy:
+            stored.append(busy)
+    return stored

@@ -11,9 +11,10 @@ import pytest
 
 from auth.principal import Principal
 from handler.chat.core import ConnectParams
+from handler.chat.ports import Draft
 from handler.local.service import LocalChat, build_local_chat
 from infra.local_delivery import Outbox
-from infra.redis_history import RedisHistory, channel
+from infra.redis_history import PUBLISH, RedisHistory, channel
 from infra.redis_rooms import CANARY_SECONDS, DEAF_AFTER
 from infra.settings import Settings
 from tests.redis_server import RedisServer
@@ -60,9 +61,7 @@ async def join(chat: LocalChat, room: str) -> Member:
 
 
 async def post(history: RedisHistory, room: str, text: str) -> None:
-    await history.append(
-        room=room, user_id="u2", user_name="u2", text=text, client_msg_id=None, ts=0.0
-    )
+    await history.append(Draft(room, "u2", "u2", text), ts=0.0)
 
 
 @pytest.mark.timeout(30)
@@ -105,6 +104,31 @@ async def test_a_silently_deaf_subscription_is_found_by_its_canary_and_caught_up
     assert time.monotonic() - silent > DEAF_AFTER - CANARY_SECONDS  # the canary found it
     assert "the subscription is deaf" in caplog.text
     assert engine.link() == "linked"
+    member.writer.cancel()
+
+
+@pytest.mark.timeout(30)
+async def test_what_is_published_while_redis_py_reconnects_the_subscription_is_caught_up(
+    chat: LocalChat, caplog: pytest.LogCaptureFixture
+) -> None:
+    """redis-py reconnects a killed subscription by itself and subscribes again; what was
+    published in between never comes on it, and the canary flies again at once. The worker
+    must catch up all the same, without waiting for the room's next message to show the gap
+    (a burst of messages sent right after `CLIENT KILL TYPE pubsub` stayed undelivered)."""
+    engine = chat.engine
+    assert engine is not None
+    member = await join(chat, "killed")
+    history = engine.feed._history
+    keys, args = history._publication(Draft("killed", "u2", "u2", "in the gap"), 0.0)
+    sha = await engine.client.script_load(PUBLISH)
+    # One pipeline: Redis drops the subscriptions and then publishes, before any reconnect.
+    pipe = engine.client.pipeline(transaction=False)
+    pipe.client_kill_filter(_type="pubsub")
+    pipe.evalsha(sha, len(keys), *keys, *args)
+    killed, _ = await pipe.execute()
+    assert killed >= 1
+    await member.wait_for("in the gap", DEAF_AFTER - CANARY_SECONDS)  # not by the canary
+    assert "reconnected; catching up" in caplog.text
     member.writer.cancel()
 
 
