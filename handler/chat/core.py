@@ -1,8 +1,8 @@
 """The chat itself, independent of any transport.
 
 A transport drives it with three calls, `connect`, `message` and `disconnect` (plus `expire`
-when a credential runs out), and it answers only through the ports it was given. It never
-waits on a client: delivery queues and returns.
+when a credential runs out, and `receive` for frames that arrived together), and it answers
+only through the ports it was given. It never waits on a client: delivery queues and returns.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from handler.chat.ports import (
     CredentialCheck,
     Delivery,
     Dialect,
+    Draft,
     MessageLog,
     Metrics,
     NoMetrics,
@@ -226,6 +227,32 @@ class ChatCore:
         else:
             self._json(connection, frame)
 
+    def receive(self, connection_id: str, frames: Sequence[str | bytes]) -> int:
+        """Handle frames that arrived together, in order, as `message` would one at a time;
+        returns how many it handled. The chat messages at their head are stored together (on
+        Redis, in one round trip); failing those, the first frame is handled alone. The
+        transport calls again with the rest, unless the connection is closing by then."""
+        connection = self.connections.get(connection_id)
+        if connection is None:
+            self.message(connection_id, frames[0])  # which closes it
+            return 1
+        drafts: list[Draft] = []
+        for frame in frames:
+            draft = self._draft(connection, frame)
+            if draft is None:
+                break
+            drafts.append(draft)
+        if not drafts:
+            self.message(connection_id, frames[0])
+            return 1
+        started = self._clock()
+        for stored in self.messages.append_many(drafts):
+            if isinstance(stored, StoreBusy):
+                self._busy(connection)
+            else:
+                self._stored(*stored, connection, started)
+        return len(drafts)
+
     def disconnect(self, connection_id: str) -> None:
         """Forget a connection and tell the room. Safe to call twice."""
         self._rates.pop(connection_id, None)
@@ -271,6 +298,23 @@ class ChatCore:
         excepted: it already got the seed's echo). A repeated `client_msg_id` is stored and
         delivered once; the repeat is acknowledged to the JSON sender only. Raises FrameError
         for text that is empty or too large, by itself or as a frame; nothing is stored."""
+        self._check(room, user_id, user_name, text, client_msg_id)
+        started = self._clock()
+        message, created = self.messages.append(
+            room=room,
+            user_id=user_id,
+            user_name=user_name,
+            text=text,
+            client_msg_id=client_msg_id,
+            sender_id=sender.id if sender is not None else None,
+        )
+        self._stored(message, created, sender, started)
+        return message, created
+
+    def _check(
+        self, room: str, user_id: str, user_name: str, text: str, client_msg_id: str | None
+    ) -> None:
+        """Raises FrameError for text that is empty or too large, by itself or as a frame."""
         if not text.strip():
             raise FrameError(ErrorCode.EMPTY_MESSAGE, "`text` must not be empty")
         try:
@@ -285,22 +329,18 @@ class ChatCore:
                 ErrorCode.MESSAGE_TOO_LARGE,
                 f"message is over {wire.MAX_SEND_BYTES} bytes as a frame (JSON escapes it)",
             )
-        started = self._clock()
-        message, created = self.messages.append(
-            room=room,
-            user_id=user_id,
-            user_name=user_name,
-            text=text,
-            client_msg_id=client_msg_id,
-            sender_id=sender.id if sender is not None else None,
-        )
+
+    def _stored(
+        self, message: ChatMessage, created: bool, sender: Connection | None, started: float
+    ) -> None:
+        """Deliver a message the log took (`created`), or acknowledge a repeat to its JSON
+        sender only."""
         if not created:
             if sender is not None and sender.dialect is Dialect.JSON:
                 self._deliver([sender.id], wire.message_frame(message))
-            return message, False
+            return
         self.broadcast.message(message, sender.id if sender is not None else None)
         self.metrics.published(self._clock() - started)
-        return message, True
 
     def fan_out(
         self, message: ChatMessage, sender_id: str | None, members: Sequence[Connection]
@@ -420,8 +460,45 @@ class ChatCore:
         except FrameError as error:
             self._refuse(connection, error.code, error.detail)
         except StoreBusy:
-            log.warning("room %s is too busy to store a message now", connection.room)
-            self._refuse(connection, ErrorCode.BUSY, "the room is busy; send it again")
+            self._busy(connection)
+
+    def _busy(self, connection: Connection) -> None:
+        log.warning("room %s is too busy to store a message now", connection.room)
+        self._refuse(connection, ErrorCode.BUSY, "the room is busy; send it again")
+
+    def _draft(self, connection: Connection, frame: str | bytes) -> Draft | None:
+        """`frame` as a message to store, if it is a plain one: a JSON `send` within every
+        limit, from a connection that may write, within its rate (a token is then taken).
+        None, having changed nothing, for any other frame: `message` handles those."""
+        if (
+            not isinstance(frame, str)
+            or connection.dialect is not Dialect.JSON
+            or Right.WRITE not in connection.rights
+            or not is_text(frame)
+            or len(frame.encode()) > self.limits.max_message_bytes
+            or (connection.expires_at is not None and self._wall_clock() >= connection.expires_at)
+        ):
+            return None
+        try:
+            action = wire.parse_action(frame)
+            if not isinstance(action, wire.SendMessage):
+                return None
+            text, client_msg_id = action.text, action.client_msg_id
+            self._check(
+                connection.room, connection.user_id, connection.user_name, text, client_msg_id
+            )
+        except FrameError:
+            return None
+        if not self._take_token(connection):
+            return None
+        return Draft(
+            connection.room,
+            connection.user_id,
+            connection.user_name,
+            text,
+            client_msg_id,
+            connection.id,
+        )
 
     def _page(self, room: str, after_id: int) -> list[ChatMessage]:
         """A page of the messages after `after_id`: at most `history_page` of them, and at
@@ -438,15 +515,9 @@ class ChatCore:
             self._deliver(connection_ids, frame)
 
     def _within_rate(self, connection: Connection) -> bool:
-        state = self._rates.get(connection.id)
-        if state is None:
-            bucket = TokenBucket(self.limits.rate_per_second, self.limits.rate_burst, self._clock)
-            state = self._rates[connection.id] = _RateState(bucket)
-        if state.bucket.take():
-            # Strikes decay with good behaviour instead of resetting, so a flood that is only
-            # partly over the rate (a slow transport refilling the bucket) still adds up.
-            state.strikes = max(0, state.strikes - 1)
+        if self._take_token(connection):
             return True
+        state = self._rates[connection.id]
         state.strikes += 1
         if state.strikes >= self.limits.rate_abuse_strikes:
             log.warning("closing %s: sustained flood over the rate limit", connection.id)
@@ -455,6 +526,19 @@ class ChatCore:
             detail = f"over {self.limits.rate_per_second:g} messages/s; message dropped"
             self._refuse(connection, ErrorCode.RATE_LIMITED, detail)
         return False
+
+    def _take_token(self, connection: Connection) -> bool:
+        """Spend one of the connection's rate tokens, if it has one."""
+        state = self._rates.get(connection.id)
+        if state is None:
+            bucket = TokenBucket(self.limits.rate_per_second, self.limits.rate_burst, self._clock)
+            state = self._rates[connection.id] = _RateState(bucket)
+        if not state.bucket.take():
+            return False
+        # Strikes decay with good behaviour instead of resetting, so a flood that is only
+        # partly over the rate (a slow transport refilling the bucket) still adds up.
+        state.strikes = max(0, state.strikes - 1)
+        return True
 
     def _refuse(self, connection: Connection, code: str, detail: str) -> None:
         if connection.dialect is Dialect.JSON:

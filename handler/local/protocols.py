@@ -39,6 +39,10 @@ log = logging.getLogger(__name__)
 # for it (handler/local/service.py); a stopping server calls it (ChatWebSocketProtocol).
 DRAIN = "wschat.drain"
 
+# The scope's extension under this key counts the frames a socket has received that the app
+# has not taken yet (ChatWebSocketProtocol): the app takes them together (handler/local/socket.py).
+QUEUED_FRAMES = "wschat.queued_frames"
+
 # A request is complete, or beyond our concern, in any of these states of the client's side.
 _REQUEST_OVER = frozenset({h11.DONE, h11.MUST_CLOSE, h11.CLOSED, h11.ERROR})
 
@@ -153,8 +157,14 @@ class GuardedH11Protocol(H11Protocol):
 
 class ChatWebSocketProtocol(WebSocketsSansIOProtocol):
     """uvicorn's websockets-sansio protocol: a denial response completes the handshake, a
-    text frame with invalid UTF-8 gets 1007 and one log line, and a stopping server lets the
-    app flush each socket before its 1012 close."""
+    text frame with invalid UTF-8 gets 1007 and one log line, a stopping server lets the
+    app flush each socket before its 1012 close, and the app can see how many frames wait."""
+
+    def handle_connect(self, event: Any) -> None:
+        super().handle_connect(event)
+        if self.handshake_initiated and not self.handshake_complete:  # the app runs
+            # An ASGI extension is a dict; this one holds the count's function.
+            self.scope["extensions"][QUEUED_FRAMES] = {"count": self.queue.qsize}
 
     def shutdown(self) -> None:
         """uvicorn closes each socket with 1012 at once, dropping what the app still had

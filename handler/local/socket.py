@@ -6,6 +6,7 @@ import asyncio
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from fastapi import WebSocket, WebSocketException
@@ -19,6 +20,7 @@ from auth.rooms import Right, Rights
 from handler.chat.core import ConnectParams
 from handler.chat.handshake import Accepted, Refused, negotiate
 from handler.chat.wire import CloseCode
+from handler.local.protocols import QUEUED_FRAMES
 from infra.local_delivery import Outbox
 from infra.log_json import log_context
 
@@ -26,6 +28,9 @@ if TYPE_CHECKING:
     from handler.local.service import LocalChat
 
 log = logging.getLogger(__name__)
+
+# At most this many frames go to the core in one call (one Redis pipeline).
+BATCH_FRAMES = 64
 
 
 async def chat_socket(websocket: WebSocket, item_id: str) -> None:
@@ -148,19 +153,29 @@ class _ExpiryTimer:
 
 
 async def _read(websocket: WebSocket, chat: LocalChat, connection_id: str, outbox: Outbox) -> int:
-    """Hand the client's frames to the core until it goes; returns its close code."""
+    """Hand the client's frames to the core until it goes; returns its close code. Frames that
+    arrived while the core was busy with earlier ones go to it together: on Redis, their
+    messages are then stored in one round trip instead of one each."""
+    extension = (websocket.scope.get("extensions") or {}).get(QUEUED_FRAMES, {})
+    waiting: Callable[[], int] = extension.get("count", lambda: 0)
     while True:
         message = await websocket.receive()
+        frames: list[str | bytes] = []
+        while message["type"] != "websocket.disconnect":
+            text = message.get("text")
+            frames.append(text if text is not None else message.get("bytes", b""))
+            if len(frames) == BATCH_FRAMES or not waiting():
+                break
+            message = await websocket.receive()  # already queued: no wait
+        while frames and not outbox.closing:  # once closing, what the client says is moot
+            try:
+                handled = await chat.call(chat.core.receive, connection_id, frames)
+            except Exception:
+                _unavailable(outbox)
+                break
+            frames = frames[handled:]
         if message["type"] == "websocket.disconnect":
             return int(message.get("code", CloseCode.NO_STATUS))
-        if outbox.closing:
-            continue  # a close is on its way; what the client says now is moot
-        text = message.get("text")
-        frame = text if text is not None else message.get("bytes", b"")
-        try:
-            await chat.call(chat.core.message, connection_id, frame)
-        except Exception:
-            _unavailable(outbox)
 
 
 def _unavailable(outbox: Outbox) -> None:
