@@ -372,6 +372,15 @@ class RoomFeed:
             for message in missed:
                 self._fan_out(message)
 
+    async def _start_over_if_lost(self, room: str) -> None:
+        """While the subscription was down, Redis may have lost the room (restarted without
+        persistence, flushed): its ids then start over under a new epoch, below what this
+        worker delivered, and a catch-up from there would find nothing."""
+        _, epoch = await self._history.latest(room)
+        state = self._rooms.get(room)
+        if state is not None and state.ready.is_set() and epoch != state.epoch:
+            state.epoch, state.delivered = epoch, 0
+
     async def _resubscribe(self) -> None:
         """A fresh subscription to every room with members here, then a catch-up of each."""
         with contextlib.suppress(Exception):
@@ -382,6 +391,7 @@ class RoomFeed:
                 rooms = list(self._rooms)
                 await self._pubsub.ssubscribe(self._canary_channel, *map(channel, rooms))
                 for room in rooms:
+                    await self._start_over_if_lost(room)
                     await self._catch_up(room)
                 self._canary_seen = time.monotonic()
                 self.linked = True
