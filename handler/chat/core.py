@@ -246,7 +246,9 @@ class ChatCore:
             self.message(connection_id, frames[0])
             return 1
         started = self._clock()
-        for stored in self.messages.append_many(drafts):
+        for draft, stored in zip(drafts, self.messages.append_many(drafts), strict=True):
+            if connection.dialect is Dialect.TEXT:
+                self._echo(connection, draft.text)  # the seed's lines, then what became of it
             if isinstance(stored, StoreBusy):
                 self._busy(connection)
             else:
@@ -388,11 +390,14 @@ class ChatCore:
     # --- dialects -------------------------------------------------------------------------
 
     def _text(self, connection: Connection, data: str) -> None:
-        for line in wire.seed_lines(connection, data):
-            self._deliver([connection.id], line)
+        self._echo(connection, data)
         # An empty line gets the seed's echo but is not worth storing or broadcasting.
         if data.strip():
             self._publish_from(connection, data, None)
+
+    def _echo(self, connection: Connection, data: str) -> None:
+        for line in wire.seed_lines(connection, data):
+            self._deliver([connection.id], line)
 
     def _json(self, connection: Connection, frame: str) -> None:
         try:
@@ -467,12 +472,12 @@ class ChatCore:
         self._refuse(connection, ErrorCode.BUSY, "the room is busy; send it again")
 
     def _draft(self, connection: Connection, frame: str | bytes) -> Draft | None:
-        """`frame` as a message to store, if it is a plain one: a JSON `send` within every
-        limit, from a connection that may write, within its rate (a token is then taken).
-        None, having changed nothing, for any other frame: `message` handles those."""
+        """`frame` as a message to store, if it is a plain one: a line of text, or a JSON
+        `send`, within every limit, from a connection that may write, within its rate (a token
+        is then taken). None, having changed nothing, for any other frame: `message` handles
+        those."""
         if (
             not isinstance(frame, str)
-            or connection.dialect is not Dialect.JSON
             or Right.WRITE not in connection.rights
             or not is_text(frame)
             or len(frame.encode()) > self.limits.max_message_bytes
@@ -480,10 +485,13 @@ class ChatCore:
         ):
             return None
         try:
-            action = wire.parse_action(frame)
-            if not isinstance(action, wire.SendMessage):
-                return None
-            text, client_msg_id = action.text, action.client_msg_id
+            if connection.dialect is Dialect.TEXT:
+                text, client_msg_id = frame, None
+            else:
+                action = wire.parse_action(frame)
+                if not isinstance(action, wire.SendMessage):
+                    return None
+                text, client_msg_id = action.text, action.client_msg_id
             self._check(
                 connection.room, connection.user_id, connection.user_name, text, client_msg_id
             )

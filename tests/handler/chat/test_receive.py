@@ -17,6 +17,7 @@ from infra.memory import MemoryConnections, MemoryMessageLog
 from tests.handler.chat.recording import RecordingDelivery
 
 JSON = ConnectParams(Dialect.JSON)
+TEXT = ConnectParams(Dialect.TEXT)
 LIMITS = Limits(max_message_bytes=64, rate_per_second=2, rate_burst=5, rate_abuse_strikes=3)
 
 
@@ -46,16 +47,16 @@ class Log(MemoryMessageLog):
 
 
 class Room:
-    """A core with two JSON members, "j" (the sender) and "k"."""
+    """A core with two members: "j" (the sender, JSON unless said otherwise) and "k" (JSON)."""
 
-    def __init__(self) -> None:
+    def __init__(self, sender: ConnectParams = JSON) -> None:
         self.delivery = RecordingDelivery()
         self.log = Log()
         self.core = ChatCore(
             MemoryConnections(), self.log, self.delivery, LIMITS, lambda: 1000.0, lambda: 1000.0
         )
-        for cid in "jk":
-            self.core.connect(cid, "room", Principal(id=cid, name=cid, echo=cid), JSON)
+        for cid, params in (("j", sender), ("k", JSON)):
+            self.core.connect(cid, "room", Principal(id=cid, name=cid, echo=cid), params)
             self.core.welcome(cid)
         self.delivery.take("j")
         self.delivery.take("k")
@@ -103,11 +104,27 @@ SEQUENCES = {
 }
 
 
-@pytest.mark.parametrize("frames", SEQUENCES.values(), ids=SEQUENCES.keys())
+TEXT_SEQUENCES = {
+    "lines": ["one", "two", "three"],
+    "an empty line and a binary frame between lines": ["one", "  ", "two", b"bin", "three"],
+    "over the rate, then closed for abuse": [f"m{i}" for i in range(12)],
+    "an oversized line closes; what follows is not stored": ["one", "x" * 80, "two"],
+    "a refused store between two": ["one", "busy", "two"],
+}
+
+
+@pytest.mark.parametrize(
+    ("sender", "frames"),
+    [
+        *((JSON, frames) for frames in SEQUENCES.values()),
+        *((TEXT, frames) for frames in TEXT_SEQUENCES.values()),
+    ],
+    ids=[*(f"json: {n}" for n in SEQUENCES), *(f"text: {n}" for n in TEXT_SEQUENCES)],
+)
 def test_frames_together_do_exactly_what_they_do_one_at_a_time(
-    frames: list[str | bytes],
+    sender: ConnectParams, frames: list[str | bytes]
 ) -> None:
-    one, together = Room(), Room()
+    one, together = Room(sender), Room(sender)
     one.one_at_a_time(frames)
     together.together(frames)
     assert together.outcome() == one.outcome()
