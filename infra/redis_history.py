@@ -19,6 +19,7 @@ the old one is told its `since` could not be honoured (docs/welcome-seam.md).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 from collections.abc import Sequence
@@ -113,6 +114,10 @@ def message_of(fields: dict[str, Any]) -> tuple[str, ChatMessage, str | None]:
     return fields["e"], _from_fields(fields["m"]), fields["s"] or None
 
 
+_Call = tuple[list[str], list[Any]]  # the publish script's keys and arguments
+_Queued = tuple[list[_Call], "asyncio.Future[list[Any]]"]  # one caller's, and its answer
+
+
 class RedisHistory:
     """The message log on Redis, async (redis.asyncio). `size` caps each room's stream,
     `ttl` is how long a room's messages are kept after its latest."""
@@ -123,6 +128,8 @@ class RedisHistory:
         self._ttl = ttl
         self._publish = redis.register_script(PUBLISH)
         self._latest = redis.register_script(LATEST)
+        self._queued: list[_Queued] = []  # publications waiting for this turn's pipeline
+        self._sending: set[asyncio.Task[None]] = set()
 
     async def append(self, draft: Draft, ts: float) -> tuple[ChatMessage, bool]:
         keys, args = self._publication(draft, ts)
@@ -131,21 +138,48 @@ class RedisHistory:
     async def append_many(
         self, drafts: Sequence[Draft], ts: float
     ) -> list[tuple[ChatMessage, bool]]:
-        """Publish `drafts` in order in one round trip: a pipeline of script calls on one
-        connection, which Redis runs one after another, so their ids follow their order."""
+        """Publish `drafts` in order: a pipeline of script calls on one connection, which
+        Redis runs one after another, so their ids follow their order. Drafts that other
+        sockets hand over in the same turn of the event loop join the same pipeline (each
+        socket waits for its own before sending more, so its order holds)."""
         calls = [self._publication(draft, ts) for draft in drafts]
-        replies = await self._pipeline(calls)
-        if all(isinstance(reply, NoScriptError) for reply in replies):
-            # Redis lost its scripts (restarted, or SCRIPT FLUSH): nothing ran, so load the
-            # script and send them again.
-            await self._redis.script_load(PUBLISH)
-            replies = await self._pipeline(calls)
+        waiting = asyncio.get_running_loop().create_future()
+        self._queued.append((calls, waiting))
+        if len(self._queued) == 1:  # the first this turn: send once the others have queued
+            asyncio.get_running_loop().call_soon(self._send_queued)
+        replies: list[Any] = await waiting
         for reply in replies:
             if isinstance(reply, Exception):
                 raise reply  # part ran: the caller closes the socket and its client resends
         return [_stored(draft, ts, reply) for draft, reply in zip(drafts, replies, strict=True)]
 
-    async def _pipeline(self, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
+    def _send_queued(self) -> None:
+        queued, self._queued = self._queued, []
+        task = asyncio.get_running_loop().create_task(self._send(queued))
+        self._sending.add(task)  # a reference, so the task is not collected half-way
+        task.add_done_callback(self._sending.discard)
+
+    async def _send(self, queued: list[_Queued]) -> None:
+        calls = [call for batch, _ in queued for call in batch]
+        try:
+            replies = await self._pipeline(calls)
+            if all(isinstance(reply, NoScriptError) for reply in replies):
+                # Redis lost its scripts (restarted, or SCRIPT FLUSH): nothing ran, so load
+                # the script and send them again.
+                await self._redis.script_load(PUBLISH)
+                replies = await self._pipeline(calls)
+        except Exception as error:
+            for _, waiting in queued:
+                if not waiting.done():  # its caller may have given up (CALL_TIMEOUT)
+                    waiting.set_exception(error)
+            return
+        start = 0
+        for batch, waiting in queued:
+            if not waiting.done():
+                waiting.set_result(replies[start : start + len(batch)])
+            start += len(batch)
+
+    async def _pipeline(self, calls: list[_Call]) -> list[Any]:
         # Not `Script` objects in the pipeline: redis-py then asks SCRIPT EXISTS first, one
         # more round trip for every batch.
         pipe = self._redis.pipeline(transaction=False)
@@ -154,7 +188,7 @@ class RedisHistory:
         replies: list[Any] = await pipe.execute(raise_on_error=False)
         return replies
 
-    def _publication(self, draft: Draft, ts: float) -> tuple[list[str], list[Any]]:
+    def _publication(self, draft: Draft, ts: float) -> _Call:
         """The publish script's keys and arguments for `draft`."""
         fields: dict[str, Any] = {
             "room": draft.room,

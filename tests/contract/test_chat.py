@@ -221,9 +221,13 @@ async def test_flood_is_rate_limited_then_closed(
             if frame["type"] == "message":
                 seen.append(frame["id"])
         assert 10 <= len(seen) < 40
-        # The flooder's own copies end where its close cut them: all of them in one process;
-        # on Redis the copies come back through pub/sub and the close may overtake the last.
-        assert delivered == seen[: len(delivered)] and len(delivered) >= len(seen) - 5
+        # The flooder's own copies end where its close cut them, in order, none skipped. On
+        # Redis they come back through pub/sub after their batch is stored, while the rest of
+        # the flood is read and refused, so the abuse close can overtake any of them (they
+        # are stored: a client that reconnects resumes with `since`).
+        assert delivered == seen[: len(delivered)]
+        if transport.name != "redis":
+            assert len(delivered) >= len(seen) - 5
 
 
 @pytest.mark.timeout(180)  # the emulator runs every message through the Lambda handlers

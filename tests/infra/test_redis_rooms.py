@@ -248,3 +248,26 @@ async def test_append_many_stores_in_order_and_recovers_from_a_script_flush(
         (3, "three", True),
     ]
     assert [m.text for m in await history.after("batch", 0, 10)] == ["one", "two", "three"]
+
+
+@pytest.mark.timeout(30)
+async def test_publications_from_several_sockets_in_one_turn_share_a_pipeline(
+    chat: LocalChat,
+) -> None:
+    """Sixteen senders in a busy room each have a message in flight: what their sockets hand
+    over in the same turn of the event loop goes to Redis in one pipeline, in the order it
+    was handed over, instead of a round trip each. Redis counts the reads it made: eight
+    publications took eight before."""
+    assert chat.engine is not None
+    history: RedisHistory = chat.engine.feed._history
+    client = chat.engine.client
+    await history.append_many([Draft("turn", "u0", "u0", "warm-up")], ts=0.0)
+    before = (await client.info("stats"))["total_reads_processed"]
+    stored = await asyncio.gather(
+        *(history.append_many([Draft("turn", f"u{n}", f"u{n}", f"m{n}")], ts=0.0) for n in range(8))
+    )
+    reads = (await client.info("stats"))["total_reads_processed"] - before
+    assert [[(m.id, m.text) for m, _ in batch] for batch in stored] == [
+        [(n + 2, f"m{n}")] for n in range(8)
+    ]
+    assert reads <= 4, reads  # the pipeline, this INFO, and a canary or heartbeat perhaps
