@@ -71,6 +71,11 @@ def channel(room: str) -> str:
     return f"wschat:{{{room}}}"
 
 
+def seq_key(room: str) -> str:
+    """The room's counter and epoch."""
+    return _key(room, "seq")
+
+
 def _key(room: str, part: str) -> str:
     return f"wschat:{{{room}}}:{part}"
 

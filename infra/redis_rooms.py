@@ -36,7 +36,8 @@ from redis.asyncio.client import PubSub
 
 from handler.chat.core import ChatCore
 from handler.chat.ports import ChatMessage, Connection, Dialect
-from infra.redis_history import RedisHistory, channel, message_of
+from handler.chat.wire import CloseCode
+from infra.redis_history import RedisHistory, channel, message_of, seq_key
 
 log = logging.getLogger(__name__)
 
@@ -47,15 +48,18 @@ DEAF_AFTER = 5.0  # a canary unseen this long: resubscribe and catch up
 CATCH_UP_PAGE = 500
 
 
-# KEYS: connection hash, room members, worker's connections. ARGV: id, room, user id, name,
-# dialect, worker.
+# KEYS: connection hash, room members, worker's connections, the room's counter. ARGV: id,
+# room, user id, name, dialect, worker, an epoch should the room have none (as LATEST's).
+# Returns the room's epoch.
 JOIN = """
 redis.call('HSET', KEYS[1], 'room', ARGV[2], 'user_id', ARGV[3], 'user_name', ARGV[4],
   'dialect', ARGV[5], 'worker', ARGV[6])
 redis.call('SADD', KEYS[2], ARGV[1])
 redis.call('SADD', KEYS[3], ARGV[1])
+redis.call('HSETNX', KEYS[4], 'epoch', ARGV[7])
+return redis.call('HGET', KEYS[4], 'epoch')
 """
-# KEYS: as JOIN's. ARGV: id.
+# KEYS: JOIN's first three. ARGV: id.
 LEAVE = """
 redis.call('DEL', KEYS[1])
 redis.call('SREM', KEYS[3], ARGV[1])
@@ -168,15 +172,21 @@ class RoomFeed:
             await state.ready.wait()  # another member's join is subscribing the room
             if state.failed:
                 raise ConnectionError(f"could not subscribe to room {room!r}")
-        await self._register(connection)
+        epoch = await self._register(connection)
+        if epoch != state.epoch and state.ready.is_set():
+            # Redis lost the room since this worker last heard from it, and no message has
+            # said so yet: the members before this one have the old history's ids.
+            self._start_over(state, epoch, sparing=connection.id)
 
-    async def _register(self, connection: Connection) -> None:
-        """The member in Redis: its hash, its room's set and this worker's set."""
-        await self._join(
+    async def _register(self, connection: Connection) -> str:
+        """The member in Redis: its hash, its room's set and this worker's set. Returns the
+        room's epoch."""
+        epoch = await self._join(
             keys=[
                 f"wschat:conn:{connection.id}",
                 members_key(connection.room),
                 f"wschat:worker:{self.worker}:conns",
+                seq_key(connection.room),
             ],
             args=[
                 connection.id,
@@ -185,8 +195,10 @@ class RoomFeed:
                 connection.user_name,
                 connection.dialect.value,
                 self.worker,
+                secrets.token_hex(8),
             ],
         )
+        return epoch.decode() if isinstance(epoch, bytes) else str(epoch)
 
     def get(self, connection_id: str) -> Connection | None:
         return self._connections.get(connection_id)
@@ -335,7 +347,7 @@ class RoomFeed:
         if state is None or not state.ready.is_set():
             return  # not this worker's room, or not yet: its subscriber catches up
         if epoch != state.epoch:  # the room started over in Redis: so do we
-            state.epoch, state.delivered = epoch, 0
+            self._start_over(state, epoch)
         behind = state.delivered
         if message.id <= behind:
             return  # delivered already (a catch-up got here first)
@@ -379,7 +391,20 @@ class RoomFeed:
         _, epoch = await self._history.latest(room)
         state = self._rooms.get(room)
         if state is not None and state.ready.is_set() and epoch != state.epoch:
-            state.epoch, state.delivered = epoch, 0
+            self._start_over(state, epoch)
+
+    def _start_over(self, state: _Room, epoch: str, sparing: str | None = None) -> None:
+        """The room's history was lost, and its ids start over under `epoch`. A JSON member
+        here has ids of the old history, which the new ones repeat: its client would drop
+        them as seen, and its gate would hold back those up to where its welcome went. So it
+        is closed with 1012, and reconnects: its welcome says `recovered: false`. (Not
+        `sparing`, which is joining now, under the new epoch.)"""
+        state.epoch, state.delivered = epoch, 0
+        for member in list(state.members.values()):
+            if member.dialect is Dialect.JSON and member.id != sparing:
+                self._core().delivery.close(
+                    member.id, CloseCode.SERVICE_RESTART, "the room's history was lost"
+                )
 
     async def _resubscribe(self) -> None:
         """A fresh subscription to every room with members here, then a catch-up of each."""

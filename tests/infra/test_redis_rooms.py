@@ -11,7 +11,7 @@ import pytest
 
 from auth.principal import Principal
 from handler.chat.core import ConnectParams
-from handler.chat.ports import Draft
+from handler.chat.ports import Dialect, Draft
 from handler.local.service import LocalChat, build_local_chat
 from infra.local_delivery import Outbox
 from infra.redis_history import PUBLISH, RedisHistory, channel
@@ -21,10 +21,11 @@ from tests.redis_server import RedisServer
 
 
 class Member:
-    """A text-dialect connection through the core, its frames collected."""
+    """A connection through the core, its frames and closes collected."""
 
     def __init__(self, chat: LocalChat, connection_id: str) -> None:
         self.frames: list[str] = []
+        self.closes: list[int] = []
         self.outbox = Outbox(self._send, self._close, capacity=16)
         chat.delivery.register(connection_id, self.outbox)
         self.writer = self.outbox.start()
@@ -33,7 +34,7 @@ class Member:
         self.frames.append(text)
 
     async def _close(self, code: int, reason: str) -> None:
-        pass
+        self.closes.append(code)
 
     async def wait_for(self, text: str, seconds: float) -> float:
         """How long until a frame holds `text` (at most `seconds`)."""
@@ -155,6 +156,33 @@ async def test_a_room_redis_lost_while_the_subscription_was_down_is_caught_up_fr
     pipe.evalsha(sha, len(keys), *keys, *args)
     await pipe.execute()
     await member.wait_for("after the loss", DEAF_AFTER - CANARY_SECONDS)
+    member.writer.cancel()
+
+
+@pytest.mark.timeout(30)
+async def test_json_members_are_closed_to_resume_when_their_room_starts_over(
+    chat: LocalChat,
+) -> None:
+    """Redis loses a room (FLUSHALL, or a restart without persistence), and its ids start
+    over under a new epoch. A JSON member here would have the new ids held back by its gate
+    (up to where its welcome went) or dropped by its client as repeats: it is closed with
+    1012, to reconnect and be told `recovered: false` (it used to hear nothing)."""
+    assert chat.engine is not None
+    history = chat.engine.feed._history
+    await post(history, "epochs", "before it joined")
+    member = Member(chat, "j1")
+    principal = Principal(id="u1", name="u1", echo="u1")
+    await chat.call(chat.core.connect, "j1", "epochs", principal, ConnectParams(Dialect.JSON))
+    await chat.call(chat.core.welcome, "j1")
+    await post(history, "epochs", "after it joined")
+    await member.wait_for("after it joined", 5)
+    await chat.engine.client.flushall()
+    await post(history, "epochs", "after the loss")
+    deadline = time.monotonic() + 3
+    while not member.closes:
+        assert time.monotonic() < deadline, member.frames
+        await asyncio.sleep(0.05)
+    assert member.closes == [1012]
     member.writer.cancel()
 
 
