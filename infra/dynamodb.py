@@ -471,9 +471,9 @@ class DynamoMessageLog:
         ).get("Item")
         return int(item["last_id"]["N"]) if item else 0
 
-    def epoch(self, room: str) -> str:
+    def head(self, room: str) -> tuple[int, str]:
         """DynamoDB never loses a room's counter: one epoch, always."""
-        return "1"
+        return self.latest_id(room), "1"
 
     def _messages(self, room: str, bound: str, limit: int, forward: bool) -> list[ChatMessage]:
         bounds = {

@@ -165,8 +165,8 @@ class MemoryMessageLog:
         state = self._rooms.get(room)
         return state.last_id if state is not None else self._floor
 
-    def epoch(self, room: str) -> str:
-        return self._epoch
+    def head(self, room: str) -> tuple[int, str]:
+        return self.latest_id(room), self._epoch
 
     def _use(self, room: str, create: bool = False) -> _Room | None:
         """The room's state, marked as just used, with its expired messages gone."""

@@ -107,12 +107,11 @@ class RedisMessageLog:
         return self._bridge.run(self._history.recent(room, limit))
 
     def latest_id(self, room: str) -> int:
-        latest, _ = self._bridge.run(self._history.latest(room))
+        latest, _ = self.head(room)
         return latest
 
-    def epoch(self, room: str) -> str:
-        _, epoch = self._bridge.run(self._history.latest(room))
-        return epoch
+    def head(self, room: str) -> tuple[int, str]:
+        return self._bridge.run(self._history.latest(room))
 
 
 class RedisBroadcast:

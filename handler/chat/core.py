@@ -152,8 +152,7 @@ class ChatCore:
         room = connection.room
         # The latest id is read before the history: the store writes a message and its id
         # together, so every id up to `latest` that is not in the history has expired.
-        latest = self.messages.latest_id(room)
-        current = self.messages.epoch(room)
+        latest, current = self.messages.head(room)
         recovered: bool | None = None
         if since is None:
             history = list(self.messages.recent(room, self.limits.welcome_history))

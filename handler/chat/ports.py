@@ -135,10 +135,11 @@ class MessageLog(Protocol):
 
     def latest_id(self, room: str) -> int: ...
 
-    def epoch(self, room: str) -> str:
-        """Which history the room's ids belong to. It changes only when the history was lost
-        and ids started over (an in-memory server restarted, a Redis without persistence), so
-        a client resuming with an older epoch is told its `since` cannot be honoured."""
+    def head(self, room: str) -> tuple[int, str]:
+        """The room's latest id and its epoch, read together. The epoch says which history
+        the room's ids belong to. It changes only when the history was lost and ids started
+        over (an in-memory server restarted, a Redis without persistence), so a client
+        resuming with an older epoch is told its `since` cannot be honoured."""
         ...
 
 
