@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -65,6 +66,20 @@ async def post(history: RedisHistory, room: str, text: str) -> None:
     await history.append(Draft(room, "u2", "u2", text), ts=0.0)
 
 
+async def then_post(chat: LocalChat, room: str, text: str, *commands: tuple[str, ...]) -> Any:
+    """Run `commands`, then publish `text` to `room`, in one pipeline: Redis runs them back
+    to back, before the worker can react to the first. Returns their answers."""
+    assert chat.engine is not None
+    history = chat.engine.feed._history
+    keys, args = history._publication(Draft(room, "u2", "u2", text), 0.0)
+    sha = await chat.engine.client.script_load(PUBLISH)
+    pipe = chat.engine.client.pipeline(transaction=False)
+    for command in commands:
+        pipe.execute_command(*command)
+    pipe.evalsha(sha, len(keys), *keys, *args)
+    return await pipe.execute()
+
+
 @pytest.mark.timeout(30)
 async def test_a_message_that_reaches_the_subscription_before_its_room_is_set_up_is_delivered(
     chat: LocalChat,
@@ -119,14 +134,7 @@ async def test_what_is_published_while_redis_py_reconnects_the_subscription_is_c
     engine = chat.engine
     assert engine is not None
     member = await join(chat, "killed")
-    history = engine.feed._history
-    keys, args = history._publication(Draft("killed", "u2", "u2", "in the gap"), 0.0)
-    sha = await engine.client.script_load(PUBLISH)
-    # One pipeline: Redis drops the subscriptions and then publishes, before any reconnect.
-    pipe = engine.client.pipeline(transaction=False)
-    pipe.client_kill_filter(_type="pubsub")
-    pipe.evalsha(sha, len(keys), *keys, *args)
-    killed, _ = await pipe.execute()
+    killed, _ = await then_post(chat, "killed", "in the gap", ("CLIENT", "KILL", "TYPE", "pubsub"))
     assert killed >= 1
     await member.wait_for("in the gap", DEAF_AFTER - CANARY_SECONDS)  # not by the canary
     assert "reconnected; catching up" in caplog.text
@@ -148,13 +156,9 @@ async def test_a_room_redis_lost_while_the_subscription_was_down_is_caught_up_fr
     for text in ("one", "two", "three"):
         await post(history, "lost", text)
     await member.wait_for("three", 5)
-    keys, args = history._publication(Draft("lost", "u2", "u2", "after the loss"), 0.0)
-    sha = await engine.client.script_load(PUBLISH)
-    pipe = engine.client.pipeline(transaction=False)
-    pipe.flushall()
-    pipe.client_kill_filter(_type="pubsub")
-    pipe.evalsha(sha, len(keys), *keys, *args)
-    await pipe.execute()
+    await then_post(
+        chat, "lost", "after the loss", ("FLUSHALL",), ("CLIENT", "KILL", "TYPE", "pubsub")
+    )
     await member.wait_for("after the loss", DEAF_AFTER - CANARY_SECONDS)
     member.writer.cancel()
 
