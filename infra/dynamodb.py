@@ -224,15 +224,29 @@ class DynamoConnections:
 
     def in_room(self, room: str) -> Sequence[Connection]:
         # Strongly consistent: a client whose $connect just returned gets the next message.
-        query = _live_items_query(
-            self._table, room, "begins_with(sk, :conn)", {":conn": _s("CONN#")}, self._clock()
-        )
+        query = self._members_query(room)
         if self._page_size:
             query["Limit"] = self._page_size
         return [_connection_from(item) for item in _query(self._client, **query)]
 
     def count(self, room: str) -> int:
-        return len(self.in_room(room))
+        """Counted by DynamoDB (`Select=COUNT`): a big room's members are read there but
+        not sent here, page after page, for every welcome."""
+        query = {**self._members_query(room), "Select": "COUNT"}
+        if self._page_size:
+            query["Limit"] = self._page_size
+        total = 0
+        while True:
+            page = self._client.query(**query)
+            total += int(page["Count"])
+            if "LastEvaluatedKey" not in page:
+                return total
+            query["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    def _members_query(self, room: str) -> dict[str, Any]:
+        return _live_items_query(
+            self._table, room, "begins_with(sk, :conn)", {":conn": _s("CONN#")}, self._clock()
+        )
 
     # --- a big room, in slices (infra/fanout.py) ----------------------------------------------
 

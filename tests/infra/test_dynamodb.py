@@ -68,6 +68,27 @@ def test_room_members_are_paginated() -> None:
     assert scans == []
 
 
+def test_a_room_is_counted_by_dynamodb_page_by_page_without_its_members() -> None:
+    """A welcome's count used to read every member of the room (a big room's, page after
+    page) only to take the list's length."""
+    client = boto3.client("dynamodb")
+    queries: list[dict[str, Any]] = []
+    client.meta.events.register(
+        "provide-client-params.dynamodb.Query", lambda params, **_: queries.append(params)
+    )
+    clock = Clock()
+    store = DynamoConnections(client, TABLE, ttl_seconds=60, page_size=2, clock=clock)
+    store.add(conn("gone"))
+    clock.now += 61  # "gone" is past its TTL; DynamoDB may not have deleted it yet
+    for i in range(5):
+        store.add(conn(f"c{i}"))
+    store.add(conn("elsewhere", room="other"))
+    queries.clear()
+    assert store.count("r") == 5
+    assert len(queries) >= 3  # 6 items in the room, 2 per page
+    assert all(q["Select"] == "COUNT" and q["ConsistentRead"] for q in queries)
+
+
 def test_ids_increase_per_room_and_history_reads() -> None:
     log = DynamoMessageLog(boto3.client("dynamodb"), TABLE)
     ids = [
