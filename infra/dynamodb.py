@@ -123,9 +123,15 @@ def _live_items_query(
 
 def _query(client: Any, **kwargs: Any) -> Iterator[Item]:
     """Every item of a Query, page by page."""
-    while True:
-        page = client.query(**kwargs)
+    for page in _pages(client, **kwargs):
         yield from page.get("Items", [])
+
+
+def _pages(client: Any, **kwargs: Any) -> Iterator[dict[str, Any]]:
+    """Every page of a Query."""
+    while True:
+        page: dict[str, Any] = client.query(**kwargs)
+        yield page
         last = page.get("LastEvaluatedKey")
         if not last:
             return
@@ -235,13 +241,7 @@ class DynamoConnections:
         query = {**self._members_query(room), "Select": "COUNT"}
         if self._page_size:
             query["Limit"] = self._page_size
-        total = 0
-        while True:
-            page = self._client.query(**query)
-            total += int(page["Count"])
-            if "LastEvaluatedKey" not in page:
-                return total
-            query["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        return sum(int(page["Count"]) for page in _pages(self._client, **query))
 
     def _members_query(self, room: str) -> dict[str, Any]:
         return _live_items_query(
