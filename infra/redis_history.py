@@ -137,8 +137,8 @@ class RedisHistory:
         self._sending: set[asyncio.Task[None]] = set()
 
     async def append(self, draft: Draft, ts: float) -> tuple[ChatMessage, bool]:
-        keys, args = self._publication(draft, ts)
-        return _stored(draft, ts, await self._publish(keys=keys, args=args))
+        (stored,) = await self.append_many([draft], ts)
+        return stored
 
     async def append_many(
         self, drafts: Sequence[Draft], ts: float
