@@ -202,15 +202,14 @@ class ChatCore:
             # rather than store what no socket could send back.
             self._refuse(connection, ErrorCode.BAD_REQUEST, "frame is not Unicode text")
             return
-        size = len(frame) if isinstance(frame, bytes) else len(frame.encode())
-        if size > self.limits.max_message_bytes:
+        if self._too_big(frame):
             self.delivery.close(
                 connection_id,
                 CloseCode.MESSAGE_TOO_BIG,
                 f"message over {self.limits.max_message_bytes} bytes",
             )
             return
-        if connection.expires_at is not None and self._wall_clock() >= connection.expires_at:
+        if self._past_expiry(connection):
             self.expire(connection_id)  # where no timer fired (Lambda), the next frame notices
             return
         if not self._within_rate(connection):
@@ -479,8 +478,8 @@ class ChatCore:
             not isinstance(frame, str)
             or Right.WRITE not in connection.rights
             or not is_text(frame)
-            or len(frame.encode()) > self.limits.max_message_bytes
-            or (connection.expires_at is not None and self._wall_clock() >= connection.expires_at)
+            or self._too_big(frame)
+            or self._past_expiry(connection)
         ):
             return None
         try:
@@ -533,6 +532,13 @@ class ChatCore:
             detail = f"over {self.limits.rate_per_second:g} messages/s; message dropped"
             self._refuse(connection, ErrorCode.RATE_LIMITED, detail)
         return False
+
+    def _too_big(self, frame: str | bytes) -> bool:
+        size = len(frame) if isinstance(frame, bytes) else len(frame.encode())
+        return size > self.limits.max_message_bytes
+
+    def _past_expiry(self, connection: Connection) -> bool:
+        return connection.expires_at is not None and self._wall_clock() >= connection.expires_at
 
     def _take_token(self, connection: Connection) -> bool:
         """Spend one of the connection's rate tokens, if it has one."""
