@@ -71,6 +71,11 @@ def channel(room: str) -> str:
     return f"wschat:{{{room}}}"
 
 
+def new_epoch() -> str:
+    """An epoch for a room that has none: the scripts set it only if the room lacks one."""
+    return secrets.token_hex(8)
+
+
 def seq_key(room: str) -> str:
     """The room's counter and epoch."""
     return _key(room, "seq")
@@ -206,9 +211,9 @@ class RedisHistory:
         if client_msg_id is not None:
             fields["client_msg_id"] = client_msg_id
         dedup = _key(room, f"dedup:{draft.user_id}:{client_msg_id}") if client_msg_id else ""
-        keys = [_key(room, "seq"), _key(room, "log"), dedup, channel(room)]
+        keys = [seq_key(room), _key(room, "log"), dedup, channel(room)]
         args = [
-            secrets.token_hex(8),
+            new_epoch(),
             json.dumps(fields),
             self._size,
             self._ttl,
@@ -231,5 +236,5 @@ class RedisHistory:
 
     async def latest(self, room: str) -> tuple[int, str]:
         """The room's latest id and its epoch, which a room gets the first time it is read."""
-        latest, epoch = await self._latest(keys=[_key(room, "seq")], args=[secrets.token_hex(8)])
+        latest, epoch = await self._latest(keys=[seq_key(room)], args=[new_epoch()])
         return int(latest), epoch.decode() if isinstance(epoch, bytes) else str(epoch)

@@ -37,7 +37,7 @@ from redis.asyncio.client import PubSub
 from handler.chat.core import ChatCore
 from handler.chat.ports import ChatMessage, Connection, Dialect
 from handler.chat.wire import CloseCode
-from infra.redis_history import RedisHistory, channel, message_of, seq_key
+from infra.redis_history import RedisHistory, channel, message_of, new_epoch, seq_key
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +195,7 @@ class RoomFeed:
                 connection.user_name,
                 connection.dialect.value,
                 self.worker,
-                secrets.token_hex(8),
+                new_epoch(),
             ],
         )
         return epoch.decode() if isinstance(epoch, bytes) else str(epoch)
