@@ -5,11 +5,12 @@ Keys, all of a room under one hash tag (`{room}`), so a Redis Cluster keeps them
     wschat:{room}:seq       hash: `id` (the room's counter), `epoch` (its history's identity)
     wschat:{room}:log       stream: entry `<id>-0` per message, field `m` (the message's JSON)
     wschat:{room}:dedup:<user>:<client_msg_id>   the id a retried send already got
-    channel wschat:{room}   where the script publishes each message (sharded pub/sub)
+    channel wschat:{room}   where the script publishes new messages (sharded pub/sub)
 
-`publish` runs one server-side script: it honours `client_msg_id`, takes the room's next id,
-appends to the stream (capped at `size` entries, kept `ttl` seconds), and publishes the message
-with its id and the room's epoch. Nothing can come between those steps, on any worker, so ids
+A publication runs one server-side script for one or more drafts of a room: for each it
+honours `client_msg_id`, takes the room's next id and appends to the stream (capped at `size`
+entries, kept `ttl` seconds); then it publishes the new messages, with their ids and the room's
+epoch, as one payload. Nothing can come between those steps, on any worker, so ids
 are consecutive and visible only with their message (handler/chat/ports.py, MessageLog).
 
 The `epoch` is made when a room's counter is: if Redis loses the room (restarted without
@@ -23,39 +24,48 @@ import asyncio
 import json
 import secrets
 from collections.abc import Sequence
+from itertools import groupby
 from typing import Any
 
 from redis.exceptions import NoScriptError
 
 from handler.chat.ports import ChatMessage, Draft
 
-# KEYS: seq hash, stream, dedup key (or ""), channel. ARGV: epoch if new, message JSON without
-# its id, stream cap, ttl seconds, dedup ttl seconds, the sending connection's id (or "").
-# Returns {created, id, epoch, message}.
+# One room's drafts, in order. KEYS: seq hash, stream, channel, then the drafts' dedup keys.
+# ARGV: epoch if new, stream cap, ttl seconds, dedup ttl seconds, the sending connection's id
+# (or ""), then for each draft: the index of its dedup key among KEYS (0 for none) and its
+# message JSON without the id. Returns {epoch, {created, id, message} for each draft}.
 PUBLISH = """
-local seq, log, dedup, channel = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-if dedup ~= '' then
-  local before = redis.call('GET', dedup)
-  if before then
-    local entry = redis.call('XRANGE', log, before .. '-0', before .. '-0')
-    local body = entry[1] and entry[1][2][2] or ''
-    return {0, tonumber(before), redis.call('HGET', seq, 'epoch') or '', body}
-  end
-end
+local seq, log, channel = KEYS[1], KEYS[2], KEYS[3]
 if redis.call('HSETNX', seq, 'epoch', ARGV[1]) == 1 then
   redis.call('DEL', log)  -- a room that starts over starts empty
 end
 local epoch = redis.call('HGET', seq, 'epoch')
-local id = redis.call('HINCRBY', seq, 'id', 1)
-local body = string.sub(ARGV[2], 1, -2) .. ',"id":' .. id .. '}'
-redis.call('XADD', log, 'MAXLEN', ARGV[3], id .. '-0', 'm', body)
-redis.call('EXPIRE', log, ARGV[4])
-if dedup ~= '' then
-  redis.call('SET', dedup, id, 'EX', ARGV[5])
+local replies, bodies = {epoch}, {}
+for i = 6, #ARGV, 2 do
+  local dedup = ARGV[i] ~= '0' and KEYS[3 + tonumber(ARGV[i])]
+  local before = dedup and redis.call('GET', dedup)
+  if before then
+    local entry = redis.call('XRANGE', log, before .. '-0', before .. '-0')
+    replies[#replies + 1] = {0, tonumber(before), entry[1] and entry[1][2][2] or ''}
+  else
+    local id = redis.call('HINCRBY', seq, 'id', 1)
+    local body = string.sub(ARGV[i + 1], 1, -2) .. ',"id":' .. id .. '}'
+    redis.call('XADD', log, 'MAXLEN', ARGV[2], id .. '-0', 'm', body)
+    if dedup then
+      redis.call('SET', dedup, id, 'EX', ARGV[4])
+    end
+    replies[#replies + 1] = {1, id, body}
+    bodies[#bodies + 1] = body
+  end
 end
-redis.call('SPUBLISH', channel,
-  '{"e":' .. cjson.encode(epoch) .. ',"s":' .. cjson.encode(ARGV[6]) .. ',"m":' .. body .. '}')
-return {1, id, epoch, body}
+if #bodies > 0 then
+  redis.call('EXPIRE', log, ARGV[3])
+  -- One publication for the lot: each subscriber reads it once.
+  redis.call('SPUBLISH', channel, '{"e":' .. cjson.encode(epoch) .. ',"s":' ..
+    cjson.encode(ARGV[5]) .. ',"m":[' .. table.concat(bodies, ',') .. ']}')
+end
+return replies
 """
 
 
@@ -103,7 +113,7 @@ def _from_fields(fields: dict[str, Any]) -> ChatMessage:
 
 def _stored(draft: Draft, ts: float, reply: list[Any]) -> tuple[ChatMessage, bool]:
     """What the publish script's `reply` says became of `draft`."""
-    created, message_id, _, body = reply
+    created, message_id, body = reply
     if created or not body:  # new; or a retry of one that has left the stream: its id
         message = ChatMessage(
             int(message_id),
@@ -118,13 +128,13 @@ def _stored(draft: Draft, ts: float, reply: list[Any]) -> tuple[ChatMessage, boo
     return _message(body), False  # a retry: the message as first stored
 
 
-def message_of(fields: dict[str, Any]) -> tuple[str, ChatMessage, str | None]:
-    """The epoch, the message and the sending connection of a payload the script published
+def messages_of(fields: dict[str, Any]) -> tuple[str, list[ChatMessage], str | None]:
+    """The epoch, the messages and the sending connection of a payload the script published
     (decoded)."""
-    return fields["e"], _from_fields(fields["m"]), fields["s"] or None
+    return fields["e"], [_from_fields(message) for message in fields["m"]], fields["s"] or None
 
 
-_Call = tuple[list[str], list[Any]]  # the publish script's keys and arguments
+_Call = tuple[list[str], list[Any]]  # one run of the publish script: its keys and arguments
 _Queued = tuple[list[_Call], "asyncio.Future[list[Any]]"]  # one caller's, and its answer
 
 
@@ -152,16 +162,22 @@ class RedisHistory:
         Redis runs one after another, so their ids follow their order. Drafts that other
         sockets hand over in the same turn of the event loop join the same pipeline (each
         socket waits for its own before sending more, so its order holds)."""
-        calls = [self._publication(draft, ts) for draft in drafts]
+        # One script run per room and sender (a socket's drafts are all one run), so a batch
+        # is one publication, which each subscriber reads once.
+        runs = [list(run) for _, run in groupby(drafts, key=lambda d: (d.room, d.sender_id))]
+        calls = [self._publication(run, ts) for run in runs]
         waiting = asyncio.get_running_loop().create_future()
         self._queued.append((calls, waiting))
         if len(self._queued) == 1:  # the first this turn: send once the others have queued
             asyncio.get_running_loop().call_soon(self._send_queued)
         replies: list[Any] = await waiting
-        for reply in replies:
+        stored: list[tuple[ChatMessage, bool]] = []
+        for run, reply in zip(runs, replies, strict=True):
             if isinstance(reply, Exception):
                 raise reply  # part ran: the caller closes the socket and its client resends
-        return [_stored(draft, ts, reply) for draft, reply in zip(drafts, replies, strict=True)]
+            _, *answers = reply  # the epoch, then each draft's answer
+            stored += [_stored(d, ts, answer) for d, answer in zip(run, answers, strict=True)]
+        return stored
 
     def _send_queued(self) -> None:
         queued, self._queued = self._queued, []
@@ -198,28 +214,26 @@ class RedisHistory:
         replies: list[Any] = await pipe.execute(raise_on_error=False)
         return replies
 
-    def _publication(self, draft: Draft, ts: float) -> _Call:
-        """The publish script's keys and arguments for `draft`."""
-        fields: dict[str, Any] = {
-            "room": draft.room,
-            "user_id": draft.user_id,
-            "user_name": draft.user_name,
-            "text": draft.text,
-            "ts": ts,
-        }
-        room, client_msg_id = draft.room, draft.client_msg_id
-        if client_msg_id is not None:
-            fields["client_msg_id"] = client_msg_id
-        dedup = _key(room, f"dedup:{draft.user_id}:{client_msg_id}") if client_msg_id else ""
-        keys = [seq_key(room), _key(room, "log"), dedup, channel(room)]
-        args = [
-            new_epoch(),
-            json.dumps(fields),
-            self._size,
-            self._ttl,
-            self._ttl,
-            draft.sender_id or "",
-        ]
+    def _publication(self, run: Sequence[Draft], ts: float) -> _Call:
+        """The publish script's keys and arguments for `run`, drafts of one room and sender."""
+        room, sender_id = run[0].room, run[0].sender_id
+        keys = [seq_key(room), _key(room, "log"), channel(room)]
+        args: list[Any] = [new_epoch(), self._size, self._ttl, self._ttl, sender_id or ""]
+        for draft in run:
+            fields: dict[str, Any] = {
+                "room": room,
+                "user_id": draft.user_id,
+                "user_name": draft.user_name,
+                "text": draft.text,
+                "ts": ts,
+            }
+            dedup = 0  # none
+            if draft.client_msg_id is not None:
+                fields["client_msg_id"] = draft.client_msg_id
+                if draft.client_msg_id:
+                    keys.append(_key(room, f"dedup:{draft.user_id}:{draft.client_msg_id}"))
+                    dedup = len(keys) - 3  # its index among the dedup keys, from 1
+            args += [dedup, json.dumps(fields)]
         return keys, args
 
     async def after(self, room: str, after_id: int, limit: int) -> Sequence[ChatMessage]:

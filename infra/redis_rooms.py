@@ -37,7 +37,7 @@ from redis.asyncio.client import PubSub
 from handler.chat.core import ChatCore
 from handler.chat.ports import ChatMessage, Connection, Dialect
 from handler.chat.wire import CloseCode
-from infra.redis_history import RedisHistory, channel, message_of, new_epoch, seq_key
+from infra.redis_history import RedisHistory, channel, messages_of, new_epoch, seq_key
 
 log = logging.getLogger(__name__)
 
@@ -323,8 +323,9 @@ class RoomFeed:
         if "p" in fields:
             self._on_presence(fields)
             return
-        epoch, message, sender_id = message_of(fields)
-        await self._deliver_in_order(message, epoch, sender_id)
+        epoch, messages, sender_id = messages_of(fields)
+        for message in messages:  # a sender's batch, in id order
+            await self._deliver_in_order(message, epoch, sender_id)
 
     def _on_presence(self, fields: dict[str, Any]) -> None:
         conn = fields["c"]

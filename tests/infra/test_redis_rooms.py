@@ -71,7 +71,7 @@ async def then_post(chat: LocalChat, room: str, text: str, *commands: tuple[str,
     to back, before the worker can react to the first. Returns their answers."""
     assert chat.engine is not None
     history = chat.engine.feed._history
-    keys, args = history._publication(Draft(room, "u2", "u2", text), 0.0)
+    keys, args = history._publication([Draft(room, "u2", "u2", text)], 0.0)
     sha = await chat.engine.client.script_load(PUBLISH)
     pipe = chat.engine.client.pipeline(transaction=False)
     for command in commands:
