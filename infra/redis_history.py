@@ -24,7 +24,7 @@ import asyncio
 import json
 import secrets
 from collections.abc import Sequence
-from itertools import groupby
+from dataclasses import dataclass
 from typing import Any
 
 from redis.exceptions import NoScriptError
@@ -32,8 +32,8 @@ from redis.exceptions import NoScriptError
 from handler.chat.ports import ChatMessage, Draft
 
 # One room's drafts, in order. KEYS: seq hash, stream, channel, then the drafts' dedup keys.
-# ARGV: epoch if new, stream cap, ttl seconds, dedup ttl seconds, the sending connection's id
-# (or ""), then for each draft: the index of its dedup key among KEYS (0 for none) and its
+# ARGV: epoch if new, stream cap, ttl seconds, dedup ttl seconds, then for each draft: the
+# index of its dedup key among KEYS (0 for none), the sending connection's id (or ""), and its
 # message JSON without the id. Returns {epoch, {created, id, message} for each draft}.
 PUBLISH = """
 local seq, log, channel = KEYS[1], KEYS[2], KEYS[3]
@@ -41,8 +41,8 @@ if redis.call('HSETNX', seq, 'epoch', ARGV[1]) == 1 then
   redis.call('DEL', log)  -- a room that starts over starts empty
 end
 local epoch = redis.call('HGET', seq, 'epoch')
-local replies, bodies = {epoch}, {}
-for i = 6, #ARGV, 2 do
+local replies, bodies, senders = {epoch}, {}, {}
+for i = 5, #ARGV, 3 do
   local dedup = ARGV[i] ~= '0' and KEYS[3 + tonumber(ARGV[i])]
   local before = dedup and redis.call('GET', dedup)
   if before then
@@ -50,20 +50,21 @@ for i = 6, #ARGV, 2 do
     replies[#replies + 1] = {0, tonumber(before), entry[1] and entry[1][2][2] or ''}
   else
     local id = redis.call('HINCRBY', seq, 'id', 1)
-    local body = string.sub(ARGV[i + 1], 1, -2) .. ',"id":' .. id .. '}'
+    local body = string.sub(ARGV[i + 2], 1, -2) .. ',"id":' .. id .. '}'
     redis.call('XADD', log, 'MAXLEN', ARGV[2], id .. '-0', 'm', body)
     if dedup then
       redis.call('SET', dedup, id, 'EX', ARGV[4])
     end
     replies[#replies + 1] = {1, id, body}
     bodies[#bodies + 1] = body
+    senders[#senders + 1] = ARGV[i + 1]
   end
 end
 if #bodies > 0 then
   redis.call('EXPIRE', log, ARGV[3])
   -- One publication for the lot: each subscriber reads it once.
   redis.call('SPUBLISH', channel, '{"e":' .. cjson.encode(epoch) .. ',"s":' ..
-    cjson.encode(ARGV[5]) .. ',"m":[' .. table.concat(bodies, ',') .. ']}')
+    cjson.encode(senders) .. ',"m":[' .. table.concat(bodies, ',') .. ']}')
 end
 return replies
 """
@@ -128,14 +129,23 @@ def _stored(draft: Draft, ts: float, reply: list[Any]) -> tuple[ChatMessage, boo
     return _message(body), False  # a retry: the message as first stored
 
 
-def messages_of(fields: dict[str, Any]) -> tuple[str, list[ChatMessage], str | None]:
-    """The epoch, the messages and the sending connection of a payload the script published
-    (decoded)."""
-    return fields["e"], [_from_fields(message) for message in fields["m"]], fields["s"] or None
+def messages_of(fields: dict[str, Any]) -> tuple[str, list[tuple[ChatMessage, str | None]]]:
+    """The epoch, and each message with its sending connection, of a payload the script
+    published (decoded)."""
+    messages = zip(fields["m"], fields["s"], strict=True)
+    return fields["e"], [(_from_fields(message), sender or None) for message, sender in messages]
 
 
 _Call = tuple[list[str], list[Any]]  # one run of the publish script: its keys and arguments
-_Queued = tuple[list[_Call], "asyncio.Future[list[Any]]"]  # one caller's, and its answer
+
+
+@dataclass
+class _Queued:
+    """One caller's drafts, waiting for the turn's pipeline, and where their answer goes."""
+
+    drafts: Sequence[Draft]
+    ts: float
+    answer: asyncio.Future[list[tuple[ChatMessage, bool]]]
 
 
 class RedisHistory:
@@ -158,26 +168,17 @@ class RedisHistory:
     async def append_many(
         self, drafts: Sequence[Draft], ts: float
     ) -> list[tuple[ChatMessage, bool]]:
-        """Publish `drafts` in order: a pipeline of script calls on one connection, which
-        Redis runs one after another, so their ids follow their order. Drafts that other
-        sockets hand over in the same turn of the event loop join the same pipeline (each
-        socket waits for its own before sending more, so its order holds)."""
-        # One script run per room and sender (a socket's drafts are all one run), so a batch
-        # is one publication, which each subscriber reads once.
-        runs = [list(run) for _, run in groupby(drafts, key=lambda d: (d.room, d.sender_id))]
-        calls = [self._publication(run, ts) for run in runs]
-        waiting = asyncio.get_running_loop().create_future()
-        self._queued.append((calls, waiting))
+        """Publish `drafts` in order. What every socket hands over in one turn of the event
+        loop goes to Redis together: one script run per room, in the order handed over (each
+        socket waits for its answer before it sends more, so its order holds), all in one
+        pipeline. Each run publishes its new messages as one payload, which each subscriber
+        reads once."""
+        answer: asyncio.Future[list[tuple[ChatMessage, bool]]]
+        answer = asyncio.get_running_loop().create_future()
+        self._queued.append(_Queued(drafts, ts, answer))
         if len(self._queued) == 1:  # the first this turn: send once the others have queued
             asyncio.get_running_loop().call_soon(self._send_queued)
-        replies: list[Any] = await waiting
-        stored: list[tuple[ChatMessage, bool]] = []
-        for run, reply in zip(runs, replies, strict=True):
-            if isinstance(reply, Exception):
-                raise reply  # part ran: the caller closes the socket and its client resends
-            _, *answers = reply  # the epoch, then each draft's answer
-            stored += [_stored(d, ts, answer) for d, answer in zip(run, answers, strict=True)]
-        return stored
+        return await answer
 
     def _send_queued(self) -> None:
         queued, self._queued = self._queued, []
@@ -186,7 +187,11 @@ class RedisHistory:
         task.add_done_callback(self._sending.discard)
 
     async def _send(self, queued: list[_Queued]) -> None:
-        calls = [call for batch, _ in queued for call in batch]
+        runs: dict[str, list[tuple[Draft, float]]] = {}
+        for caller in queued:
+            for draft in caller.drafts:
+                runs.setdefault(draft.room, []).append((draft, caller.ts))
+        calls = [self._publication(run) for run in runs.values()]
         try:
             replies = await self._pipeline(calls)
             if all(isinstance(reply, NoScriptError) for reply in replies):
@@ -195,15 +200,29 @@ class RedisHistory:
                 await self._redis.script_load(PUBLISH)
                 replies = await self._pipeline(calls)
         except Exception as error:
-            for _, waiting in queued:
-                if not waiting.done():  # its caller may have given up (CALL_TIMEOUT)
-                    waiting.set_exception(error)
+            for caller in queued:
+                if not caller.answer.done():  # its caller may have given up (CALL_TIMEOUT)
+                    caller.answer.set_exception(error)
             return
-        start = 0
-        for batch, waiting in queued:
-            if not waiting.done():
-                waiting.set_result(replies[start : start + len(batch)])
-            start += len(batch)
+        by_room = dict(zip(runs, replies, strict=True))
+        # Each room's answers, past its epoch, in the order its drafts were queued.
+        answers = {
+            room: iter(reply[1:]) for room, reply in by_room.items() if isinstance(reply, list)
+        }
+        for caller in queued:
+            stored: list[tuple[ChatMessage, bool]] = []
+            failed: Exception | None = None
+            for draft in caller.drafts:
+                if isinstance(by_room[draft.room], Exception):
+                    failed = by_room[draft.room]
+                else:
+                    stored.append(_stored(draft, caller.ts, next(answers[draft.room])))
+            if caller.answer.done():
+                continue
+            if failed is not None:  # part ran: the caller closes the socket, its client resends
+                caller.answer.set_exception(failed)
+            else:
+                caller.answer.set_result(stored)
 
     async def _pipeline(self, calls: list[_Call]) -> list[Any]:
         # Not `Script` objects in the pipeline: redis-py then asks SCRIPT EXISTS first, one
@@ -214,12 +233,13 @@ class RedisHistory:
         replies: list[Any] = await pipe.execute(raise_on_error=False)
         return replies
 
-    def _publication(self, run: Sequence[Draft], ts: float) -> _Call:
-        """The publish script's keys and arguments for `run`, drafts of one room and sender."""
-        room, sender_id = run[0].room, run[0].sender_id
+    def _publication(self, run: Sequence[tuple[Draft, float]]) -> _Call:
+        """The publish script's keys and arguments for `run`: drafts of one room, with their
+        times."""
+        room = run[0][0].room
         keys = [seq_key(room), _key(room, "log"), channel(room)]
-        args: list[Any] = [new_epoch(), self._size, self._ttl, self._ttl, sender_id or ""]
-        for draft in run:
+        args: list[Any] = [new_epoch(), self._size, self._ttl, self._ttl]
+        for draft, ts in run:
             fields: dict[str, Any] = {
                 "room": room,
                 "user_id": draft.user_id,
@@ -233,7 +253,7 @@ class RedisHistory:
                 if draft.client_msg_id:
                     keys.append(_key(room, f"dedup:{draft.user_id}:{draft.client_msg_id}"))
                     dedup = len(keys) - 3  # its index among the dedup keys, from 1
-            args += [dedup, json.dumps(fields)]
+            args += [dedup, draft.sender_id or "", json.dumps(fields)]
         return keys, args
 
     async def after(self, room: str, after_id: int, limit: int) -> Sequence[ChatMessage]:

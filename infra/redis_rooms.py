@@ -323,8 +323,8 @@ class RoomFeed:
         if "p" in fields:
             self._on_presence(fields)
             return
-        epoch, messages, sender_id = messages_of(fields)
-        for message in messages:  # a sender's batch, in id order
+        epoch, messages = messages_of(fields)
+        for message, sender_id in messages:  # in id order
             await self._deliver_in_order(message, epoch, sender_id)
 
     def _on_presence(self, fields: dict[str, Any]) -> None:

@@ -71,7 +71,7 @@ async def then_post(chat: LocalChat, room: str, text: str, *commands: tuple[str,
     to back, before the worker can react to the first. Returns their answers."""
     assert chat.engine is not None
     history = chat.engine.feed._history
-    keys, args = history._publication([Draft(room, "u2", "u2", text)], 0.0)
+    keys, args = history._publication([(Draft(room, "u2", "u2", text), 0.0)])
     sha = await chat.engine.client.script_load(PUBLISH)
     pipe = chat.engine.client.pipeline(transaction=False)
     for command in commands:
@@ -288,18 +288,37 @@ async def test_publications_from_several_sockets_in_one_turn_share_a_pipeline(
 ) -> None:
     """Sixteen senders in a busy room each have a message in flight: what their sockets hand
     over in the same turn of the event loop goes to Redis in one pipeline, in the order it
-    was handed over, instead of a round trip each. Redis counts the reads it made: eight
-    publications took eight before."""
+    was handed over, as one script run per room, instead of a round trip each. Redis counts
+    the reads it made and the scripts it ran: eight publications in two rooms took eight of
+    each, then one read and eight scripts."""
     assert chat.engine is not None
     history: RedisHistory = chat.engine.feed._history
     client = chat.engine.client
-    await history.append_many([Draft("turn", "u0", "u0", "warm-up")], ts=0.0)
-    before = (await client.info("stats"))["total_reads_processed"]
+
+    async def counts() -> tuple[int, int]:
+        stats, commands = await client.info("stats"), await client.info("commandstats")
+        return stats["total_reads_processed"], commands["cmdstat_evalsha"]["calls"]
+
+    for room in ("turn-a", "turn-b"):
+        await history.append_many([Draft(room, "u0", "u0", "warm-up")], ts=0.0)
+    reads_before, runs_before = await counts()
     stored = await asyncio.gather(
-        *(history.append_many([Draft("turn", f"u{n}", f"u{n}", f"m{n}")], ts=0.0) for n in range(8))
+        *(
+            history.append_many(
+                [Draft(f"turn-{'ab'[n % 2]}", f"u{n}", f"u{n}", f"m{n}.{k}") for k in range(n % 3)],
+                ts=0.0,
+            )
+            for n in range(8)
+        )
     )
-    reads = (await client.info("stats"))["total_reads_processed"] - before
-    assert [[(m.id, m.text) for m, _ in batch] for batch in stored] == [
-        [(n + 2, f"m{n}")] for n in range(8)
-    ]
-    assert reads <= 4, reads  # the pipeline, this INFO, and a canary or heartbeat perhaps
+    reads_after, runs_after = await counts()
+    reads, runs = reads_after - reads_before, runs_after - runs_before
+    next_id = {"a": 2, "b": 2}
+    for n, batch in enumerate(stored):
+        room = "ab"[n % 2]
+        expected = [(next_id[room] + k, f"turn-{room}", f"m{n}.{k}") for k in range(n % 3)]
+        next_id[room] += n % 3
+        assert [(m.id, m.room, m.text) for m, _ in batch] == expected
+    # The pipeline, the first INFO, and a canary or heartbeat perhaps; one run per room.
+    assert reads <= 4, reads
+    assert runs == 2, runs
