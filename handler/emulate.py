@@ -11,7 +11,12 @@ from collections.abc import Callable
 import boto3
 
 from infra.emulator import Emulator, EmulatorConfig
-from infra.local_dynamodb import create_fanout_queues, moto_server, start_dynamodb
+from infra.local_dynamodb import (
+    create_fanout_queues,
+    moto_server,
+    send_in_process,
+    start_dynamodb,
+)
 from infra.sqs_source import SqsEventSource
 
 # How long a failed fan-out job stays invisible before it is received again: seconds here,
@@ -33,13 +38,13 @@ def build_emulator(
         os.environ.setdefault(key, value)
     base = f"http://{host}:{port}"
     table = os.environ.setdefault("WSCHAT_TABLE", "wschat-emulator")
-    endpoint, stop_dynamodb = start_dynamodb(dynamodb_endpoint, table)
+    dynamodb = start_dynamodb(dynamodb_endpoint, table)
     sqs_endpoint, stop_sqs = moto_server("sqs")
     sqs = boto3.client("sqs", endpoint_url=sqs_endpoint)
     queue_url, _ = create_fanout_queues(sqs, f"{table}-fanout", FANOUT_VISIBILITY_SECONDS)
     os.environ.update(
         {
-            "WSCHAT_DYNAMODB_ENDPOINT": endpoint,
+            "WSCHAT_DYNAMODB_ENDPOINT": dynamodb.endpoint,
             "WSCHAT_APIGW_ENDPOINT": f"{base}/{config.stage}",
             "WSCHAT_LAMBDA_ENDPOINT": base,
             "WSCHAT_WELCOME_FUNCTION": "welcome",
@@ -52,6 +57,7 @@ def build_emulator(
     from handler.web.app import page_html
 
     reset_runtime()  # the environment changed: read it afresh
+    send_in_process(runtime().dynamodb(), dynamodb)
     # The fanout function, fed by the queue in a thread of its own, as Lambda's poller would.
     polling = threading.Event()
     source = SqsEventSource(sqs, queue_url, fanout.handler, batch_size=2)
@@ -60,7 +66,7 @@ def build_emulator(
     def stop() -> None:
         polling.set()
         stop_sqs()
-        stop_dynamodb()
+        dynamodb.stop()
 
     emulator = Emulator(
         config,

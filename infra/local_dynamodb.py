@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -14,9 +15,17 @@ from infra import lean_moto
 from infra.dynamodb import create_chat_table
 from infra.sqs_source import queue_arn
 
+WSGIApp = Callable[[dict[str, Any], Any], list[bytes]]
+
 
 def moto_server(service: Literal["dynamodb", "sqs"] = "dynamodb") -> tuple[str, Callable[[], None]]:
-    """moto's server for `service` on a free loopback port.
+    """moto's server for `service` on a free loopback port (see `moto_app`)."""
+    server = _serve(moto_app(service))
+    return f"http://127.0.0.1:{server.server_address[1]}", _stopper(server)
+
+
+def moto_app(service: Literal["dynamodb", "sqs"]) -> WSGIApp:
+    """moto's backend for `service`, as a WSGI application.
 
     DynamoDB requests run one at a time. DynamoDB makes each request atomic, a transaction
     included; moto's backend does not when requests run in parallel threads, and the
@@ -27,10 +36,8 @@ def moto_server(service: Literal["dynamodb", "sqs"] = "dynamodb") -> tuple[str, 
     """
     import threading
 
-    from moto.moto_server.werkzeug_app import MotoRequestHandler, create_backend_app
-    from werkzeug.serving import make_server
+    from moto.moto_server.werkzeug_app import create_backend_app
 
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per AWS call
     lean_moto.install()
     app = create_backend_app(service)  # one service per server: no per-request lookup
     lock = threading.Lock() if service == "dynamodb" else contextlib.nullcontext()
@@ -42,23 +49,91 @@ def moto_server(service: Literal["dynamodb", "sqs"] = "dynamodb") -> tuple[str, 
             finally:
                 lean_moto.forget_tracked_models()
 
-    server = make_server("127.0.0.1", 0, serve, threaded=True, request_handler=MotoRequestHandler)
+    return serve
+
+
+def _serve(app: WSGIApp) -> Any:
+    import threading
+
+    from moto.moto_server.werkzeug_app import MotoRequestHandler
+    from werkzeug.serving import make_server
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per AWS call
+    server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=MotoRequestHandler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    return f"http://127.0.0.1:{server.server_address[1]}", server.shutdown
+    return server
 
 
-def start_dynamodb(endpoint: str | None, table: str) -> tuple[str, Callable[[], None]]:
+def _stopper(server: Any) -> Callable[[], None]:
+    def stop() -> None:
+        server.shutdown()
+        server.server_close()  # and free its port
+
+    return stop
+
+
+@dataclass
+class LocalDynamoDB:
+    """The DynamoDB a local run uses: its endpoint, how to stop what was started, and, when
+    it is moto in this process, its WSGI application (see `send_in_process`)."""
+
+    endpoint: str
+    stop: Callable[[], None]
+    app: WSGIApp | None = None
+
+
+def start_dynamodb(endpoint: str | None, table: str) -> LocalDynamoDB:
     """Use `endpoint`, or start moto's server on a free loopback port; make sure the table
-    exists. Returns the endpoint and a function that stops what was started."""
+    exists."""
     import boto3
 
-    stop: Callable[[], None] = lambda: None  # noqa: E731
-    if not endpoint:
-        endpoint, stop = moto_server()
-    client = boto3.client("dynamodb", endpoint_url=endpoint)
+    if endpoint:
+        local = LocalDynamoDB(endpoint, lambda: None)
+    else:
+        app = moto_app("dynamodb")
+        server = _serve(app)
+        local = LocalDynamoDB(f"http://127.0.0.1:{server.server_address[1]}", _stopper(server), app)
+    client = boto3.client("dynamodb", endpoint_url=local.endpoint)
     if table not in client.list_tables().get("TableNames", []):
         create_chat_table(client, table)
-    return endpoint, stop
+    return local
+
+
+def send_in_process(client: Any, dynamodb: LocalDynamoDB) -> None:
+    """Hand `client`'s requests to moto's application in this process instead of over
+    loopback HTTP: the same request, the same backend and the same lock, without a TCP
+    connection, a thread and two HTTP parsers per call (werkzeug's server closes every
+    connection). A connect makes seven DynamoDB calls: this is most of what `wschat emulate`
+    spends on one (docs/performance.md, section 8). moto's own `mock_aws` works this way."""
+    from urllib.parse import urlsplit
+
+    from botocore.awsrequest import AWSResponse
+    from moto.core.botocore_stubber import MockRawResponse
+    from werkzeug.test import EnvironBuilder, run_wsgi_app
+
+    app = dynamodb.app
+    if app is None:
+        return  # not moto in this process: over HTTP, as on AWS
+
+    def send(request: Any, **_: Any) -> AWSResponse | None:
+        if not request.url.startswith(dynamodb.endpoint):
+            return None
+        url = urlsplit(request.url)
+        environ = EnvironBuilder(
+            path=url.path,
+            base_url=dynamodb.endpoint,
+            query_string=url.query,
+            method=request.method,
+            headers=[
+                (k, v.decode() if isinstance(v, bytes) else v) for k, v in request.headers.items()
+            ],
+            data=request.body,
+        ).get_environ()
+        body, status, headers = run_wsgi_app(app, environ, buffered=True)
+        raw = MockRawResponse(b"".join(body))
+        return AWSResponse(request.url, int(status.split()[0]), dict(headers), raw)
+
+    client.meta.events.register("before-send.dynamodb", send)
 
 
 def create_fanout_queues(

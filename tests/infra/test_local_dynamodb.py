@@ -1,0 +1,45 @@
+"""The DynamoDB of local runs (infra/local_dynamodb.py): moto, over HTTP or in process."""
+
+from __future__ import annotations
+
+import secrets
+
+import boto3
+import pytest
+from botocore.config import Config
+from botocore.exceptions import EndpointConnectionError
+
+from infra.local_dynamodb import send_in_process, start_dynamodb
+
+CREDENTIALS = {
+    "region_name": "us-east-1",
+    "aws_access_key_id": "local",
+    "aws_secret_access_key": "local",
+    "config": Config(retries={"max_attempts": 1}),
+}
+
+
+def test_a_client_sent_in_process_needs_no_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`wschat emulate` hands its handlers' DynamoDB calls to moto in its own process: the
+    answers, errors included, are those of the server, which the calls no longer need."""
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.setenv(name, "local")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    table = f"local-{secrets.token_hex(4)}"
+    dynamodb = start_dynamodb(None, table)
+    client = boto3.client("dynamodb", endpoint_url=dynamodb.endpoint, **CREDENTIALS)
+    over_http = boto3.client("dynamodb", endpoint_url=dynamodb.endpoint, **CREDENTIALS)
+    send_in_process(client, dynamodb)
+    item = {"pk": {"S": "room#a"}, "sk": {"S": "caf\u00e9 \u2615"}, "n": {"N": "1"}}
+    client.put_item(TableName=table, Item=item)
+    key = {"pk": item["pk"], "sk": item["sk"]}
+    assert over_http.get_item(TableName=table, Key=key)["Item"] == item
+    dynamodb.stop()
+
+    assert client.get_item(TableName=table, Key=key)["Item"] == item
+    with pytest.raises(client.exceptions.ConditionalCheckFailedException):
+        client.put_item(TableName=table, Item=item, ConditionExpression="attribute_not_exists(pk)")
+    with pytest.raises(client.exceptions.ResourceNotFoundException):
+        client.get_item(TableName=f"{table}-missing", Key=key)
+    with pytest.raises(EndpointConnectionError):  # the server is gone
+        over_http.get_item(TableName=table, Key=key)
