@@ -194,7 +194,7 @@ class RedisHistory:
         calls = [self._publication(run) for run in runs.values()]
         try:
             replies = await self._pipeline(calls)
-            if all(isinstance(reply, NoScriptError) for reply in replies):
+            if replies and all(isinstance(reply, NoScriptError) for reply in replies):
                 # Redis lost its scripts (restarted, or SCRIPT FLUSH): nothing ran, so load
                 # the script and send them again.
                 await self._redis.script_load(PUBLISH)
