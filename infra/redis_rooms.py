@@ -81,6 +81,10 @@ class _Subscription(PubSub):
         self._reconnected()
 
 
+def _text(name: str | bytes) -> str:
+    return name.decode() if isinstance(name, bytes) else name
+
+
 def members_key(room: str) -> str:
     return f"wschat:{{{room}}}:members"
 
@@ -475,11 +479,19 @@ class RoomFeed:
                 await self._reap(name)
 
     async def _drop_idle_rooms(self) -> None:
+        """Unsubscribe from the rooms without members here, and from any channel held for no
+        room: a join whose subscription was made but whose room could not be set up (its
+        `latest` failed) leaves one behind, which would bring its room's traffic for ever."""
         idle = [room for room, state in self._rooms.items() if not state.members]
         for room in idle:
             del self._rooms[room]
+        wanted = {channel(room) for room in self._rooms} | {self._canary_channel}
+        pubsub = self._pubsub
+        held = set(pubsub.shard_channels) - pubsub.pending_unsubscribe_shard_channels
+        unwanted = [name for name in held if _text(name) not in wanted]
+        if unwanted:
+            await pubsub.sunsubscribe(*unwanted)
         for room in idle:
-            await self._pubsub.sunsubscribe(channel(room))
             joined = self._rooms.get(room)
             if joined is not None:  # someone joined meanwhile: its subscription must stand
                 await self._pubsub.ssubscribe(channel(room))

@@ -239,6 +239,43 @@ async def test_a_room_joined_while_the_worker_resubscribes_is_in_the_new_subscri
 
 
 @pytest.mark.timeout(30)
+async def test_a_subscription_left_by_a_failed_join_is_dropped(chat: LocalChat) -> None:
+    """A join subscribes to its room, then reads the room's latest id. When that read fails,
+    the join fails, and the room is not set up here: the heartbeat's sweep must not leave the
+    channel subscribed, bringing the room's traffic to a worker with no member in it."""
+    engine = chat.engine
+    assert engine is not None
+    feed = engine.feed
+    history: RedisHistory = feed._history
+
+    async def unreachable(room: str) -> tuple[int, str]:
+        raise ConnectionError("Redis went away")
+
+    history.latest = unreachable  # type: ignore[method-assign]
+    with pytest.raises(ConnectionError):
+        await join(chat, "orphan")
+    del history.latest  # the class's again
+    room = channel("orphan")
+
+    async def subscribers() -> int:
+        answer = await engine.client.execute_command("PUBSUB", "SHARDNUMSUB", room)
+        return int(answer[1])
+
+    assert await subscribers() == 1
+    await feed._heartbeat_once()
+    for _ in range(50):  # the listener reads the confirmation
+        if await subscribers() == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert await subscribers() == 0
+    await chat.call(chat.core.disconnect, "c1")  # as the socket does after a failed connect
+    member = await join(chat, "orphan")  # and the room works once Redis answers
+    await post(history, "orphan", "hello")
+    await member.wait_for("hello", 5)
+    member.writer.cancel()
+
+
+@pytest.mark.timeout(30)
 async def test_a_worker_reaped_while_cut_off_registers_its_members_again(
     chat: LocalChat,
 ) -> None:
