@@ -15,6 +15,8 @@ from infra import lean_moto
 from infra.dynamodb import create_chat_table
 from infra.sqs_source import queue_arn
 
+log = logging.getLogger(__name__)
+
 WSGIApp = Callable[[dict[str, Any], Any], list[bytes]]
 
 
@@ -131,7 +133,11 @@ def send_in_process(client: Any, dynamodb: LocalDynamoDB) -> None:
             ],
             data=request.body,
         ).get_environ()
-        body, status, headers = run_wsgi_app(app, environ, buffered=True)
+        try:
+            body, status, headers = run_wsgi_app(app, environ, buffered=True)
+        except Exception:  # what moto's server answers for a fault of moto's own
+            log.exception("moto failed on a DynamoDB request")
+            return AWSResponse(request.url, 500, {}, MockRawResponse(b""))
         raw = MockRawResponse(b"".join(body))
         return AWSResponse(request.url, int(status.split()[0]), dict(headers), raw)
 

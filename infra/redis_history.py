@@ -7,6 +7,10 @@ Keys, all of a room under one hash tag (`{room}`), so a Redis Cluster keeps them
     wschat:{room}:dedup:<user>:<client_msg_id>   the id a retried send already got
     channel wschat:{room}   where the script publishes new messages (sharded pub/sub)
 
+In a key, `room`, `user` and `client_msg_id` have `%`, `{`, `}` and `:` percent-encoded: a room
+name may hold any of them, and unescaped, room `a}:dedup:u:x` would have its stream under room
+`a`'s tag, at the key of one of room `a`'s dedup entries.
+
 A publication runs one server-side script for one or more drafts of a room: for each it
 honours `client_msg_id`, takes the room's next id and appends to the stream (capped at `size`
 entries, kept `ttl` seconds); then it publishes the new messages, with their ids and the room's
@@ -78,8 +82,20 @@ return {tonumber(seq[1]) or 0, seq[2]}
 """
 
 
+_ESCAPES = str.maketrans({"%": "%25", "{": "%7B", "}": "%7D", ":": "%3A"})
+
+
+def _escaped(name: str) -> str:
+    return name.translate(_ESCAPES)
+
+
 def channel(room: str) -> str:
-    return f"wschat:{{{room}}}"
+    return f"wschat:{{{_escaped(room)}}}"
+
+
+def room_key(room: str, part: str) -> str:
+    """One of the room's keys, under its hash tag."""
+    return f"{channel(room)}:{part}"
 
 
 def new_epoch() -> str:
@@ -89,11 +105,7 @@ def new_epoch() -> str:
 
 def seq_key(room: str) -> str:
     """The room's counter and epoch."""
-    return _key(room, "seq")
-
-
-def _key(room: str, part: str) -> str:
-    return f"wschat:{{{room}}}:{part}"
+    return room_key(room, "seq")
 
 
 def _message(body: str | bytes) -> ChatMessage:
@@ -132,11 +144,14 @@ def _stored(draft: Draft, ts: float, reply: list[Any]) -> tuple[ChatMessage, boo
 def messages_of(fields: dict[str, Any]) -> tuple[str, list[tuple[ChatMessage, str | None]]]:
     """The epoch, and each message with its sending connection, of a payload the script
     published (decoded)."""
+    if isinstance(fields["m"], dict):  # one message, as a worker before batching published
+        return fields["e"], [(_from_fields(fields["m"]), fields["s"] or None)]
     messages = zip(fields["m"], fields["s"], strict=True)
     return fields["e"], [(_from_fields(message), sender or None) for message, sender in messages]
 
 
 _Call = tuple[list[str], list[Any]]  # one run of the publish script: its keys and arguments
+PUBLICATION_TEXT = 256 * 1024  # characters of message text per script call, about (_chunks)
 
 
 @dataclass
@@ -187,11 +202,16 @@ class RedisHistory:
         task.add_done_callback(self._sending.discard)
 
     async def _send(self, queued: list[_Queued]) -> None:
-        runs: dict[str, list[tuple[Draft, float]]] = {}
-        for caller in queued:
-            for draft in caller.drafts:
-                runs.setdefault(draft.room, []).append((draft, caller.ts))
-        calls = [self._publication(run) for run in runs.values()]
+        # The turn's drafts by room, in the order handed over; each as (caller, place).
+        runs: dict[str, list[tuple[int, int]]] = {}
+        for n, caller in enumerate(queued):
+            for place, draft in enumerate(caller.drafts):
+                runs.setdefault(draft.room, []).append((n, place))
+        carried = [chunk for run in runs.values() for chunk in self._chunks(queued, run)]
+        calls = [
+            self._publication([(queued[n].drafts[place], queued[n].ts) for n, place in chunk])
+            for chunk in carried
+        ]
         try:
             replies = await self._pipeline(calls)
             if replies and all(isinstance(reply, NoScriptError) for reply in replies):
@@ -199,30 +219,42 @@ class RedisHistory:
                 # the script and send them again.
                 await self._redis.script_load(PUBLISH)
                 replies = await self._pipeline(calls)
-        except Exception as error:
-            for caller in queued:
-                if not caller.answer.done():  # its caller may have given up (CALL_TIMEOUT)
-                    caller.answer.set_exception(error)
-            return
-        by_room = dict(zip(runs, replies, strict=True))
-        # Each room's answers, past its epoch, in the order its drafts were queued.
-        answers = {
-            room: iter(reply[1:]) for room, reply in by_room.items() if isinstance(reply, list)
-        }
-        for caller in queued:
-            stored: list[tuple[ChatMessage, bool]] = []
-            failed: Exception | None = None
-            for draft in caller.drafts:
-                if isinstance(by_room[draft.room], Exception):
-                    failed = by_room[draft.room]
-                else:
-                    stored.append(_stored(draft, caller.ts, next(answers[draft.room])))
-            if caller.answer.done():
+            answers: list[list[Any]] = [[None] * len(caller.drafts) for caller in queued]
+            failed: dict[int, Exception] = {}
+            for chunk, reply in zip(carried, replies, strict=True):
+                if isinstance(reply, Exception):  # part may have run: the caller closes the
+                    failed.update(dict.fromkeys((n for n, _ in chunk), reply))  # socket
+                    continue
+                _, *each = reply  # the epoch, then each draft's answer
+                for (n, place), answer in zip(chunk, each, strict=True):
+                    caller = queued[n]
+                    answers[n][place] = _stored(caller.drafts[place], caller.ts, answer)
+        except Exception as error:  # not one caller may wait for an answer that cannot come
+            answers, failed = [], dict.fromkeys(range(len(queued)), error)
+        for n, caller in enumerate(queued):
+            if caller.answer.done():  # its caller gave up (CALL_TIMEOUT)
                 continue
-            if failed is not None:  # part ran: the caller closes the socket, its client resends
-                caller.answer.set_exception(failed)
+            if n in failed:
+                caller.answer.set_exception(failed[n])
             else:
-                caller.answer.set_result(stored)
+                caller.answer.set_result(answers[n])
+
+    @staticmethod
+    def _chunks(queued: list[_Queued], run: list[tuple[int, int]]) -> list[list[tuple[int, int]]]:
+        """A room's run in script calls of at most PUBLICATION_TEXT characters of text (or one
+        draft): each call is one publication, which Redis queues whole to every subscriber,
+        and a subscriber whose queue passes its output-buffer limit (32 MB by default) is
+        dropped, with every room it hears."""
+        chunks: list[list[tuple[int, int]]] = [[]]
+        size = 0
+        for n, place in run:
+            text = len(queued[n].drafts[place].text)
+            if chunks[-1] and size + text > PUBLICATION_TEXT:
+                chunks.append([])
+                size = 0
+            chunks[-1].append((n, place))
+            size += text
+        return chunks
 
     async def _pipeline(self, calls: list[_Call]) -> list[Any]:
         # Not `Script` objects in the pipeline: redis-py then asks SCRIPT EXISTS first, one
@@ -237,7 +269,7 @@ class RedisHistory:
         """The publish script's keys and arguments for `run`: drafts of one room, with their
         times."""
         room = run[0][0].room
-        keys = [seq_key(room), _key(room, "log"), channel(room)]
+        keys = [seq_key(room), room_key(room, "log"), channel(room)]
         args: list[Any] = [new_epoch(), self._size, self._ttl, self._ttl]
         for draft, ts in run:
             fields: dict[str, Any] = {
@@ -251,21 +283,22 @@ class RedisHistory:
             if draft.client_msg_id is not None:
                 fields["client_msg_id"] = draft.client_msg_id
                 if draft.client_msg_id:
-                    keys.append(_key(room, f"dedup:{draft.user_id}:{draft.client_msg_id}"))
+                    who = f"{_escaped(draft.user_id)}:{_escaped(draft.client_msg_id)}"
+                    keys.append(room_key(room, f"dedup:{who}"))
                     dedup = len(keys) - 3  # its index among the dedup keys, from 1
             args += [dedup, draft.sender_id or "", json.dumps(fields)]
         return keys, args
 
     async def after(self, room: str, after_id: int, limit: int) -> Sequence[ChatMessage]:
         entries = await self._redis.xrange(
-            _key(room, "log"), min=f"{after_id + 1}-0", max="+", count=limit
+            room_key(room, "log"), min=f"{after_id + 1}-0", max="+", count=limit
         )
         return [_message(entry[b"m"]) for _, entry in entries]
 
     async def recent(self, room: str, limit: int) -> Sequence[ChatMessage]:
         if limit <= 0:
             return []
-        entries = await self._redis.xrevrange(_key(room, "log"), count=limit)
+        entries = await self._redis.xrevrange(room_key(room, "log"), count=limit)
         return [_message(entry[b"m"]) for _, entry in reversed(entries)]
 
     async def latest(self, room: str) -> tuple[int, str]:

@@ -37,7 +37,14 @@ from redis.asyncio.client import PubSub
 from handler.chat.core import ChatCore
 from handler.chat.ports import ChatMessage, Connection, Dialect
 from handler.chat.wire import CloseCode
-from infra.redis_history import RedisHistory, channel, messages_of, new_epoch, seq_key
+from infra.redis_history import (
+    RedisHistory,
+    channel,
+    messages_of,
+    new_epoch,
+    room_key,
+    seq_key,
+)
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +93,7 @@ def _text(name: str | bytes) -> str:
 
 
 def members_key(room: str) -> str:
-    return f"wschat:{{{room}}}:members"
+    return room_key(room, "members")
 
 
 @dataclass
@@ -158,7 +165,7 @@ class RoomFeed:
 
     @property
     def _canary_channel(self) -> str:
-        return f"wschat:{{canary-{self.worker}}}"
+        return f"wschat:canary:{{{self.worker}}}"  # not `wschat:{...}`: no room's channel
 
     # --- members (from the core, through infra/redis_ports.py) ---------------------------
 

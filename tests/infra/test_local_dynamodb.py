@@ -7,7 +7,7 @@ import secrets
 import boto3
 import pytest
 from botocore.config import Config
-from botocore.exceptions import EndpointConnectionError
+from botocore.exceptions import ClientError, EndpointConnectionError
 
 from infra.local_dynamodb import send_in_process, start_dynamodb
 
@@ -43,3 +43,26 @@ def test_a_client_sent_in_process_needs_no_server(monkeypatch: pytest.MonkeyPatc
         client.get_item(TableName=f"{table}-missing", Key=key)
     with pytest.raises(EndpointConnectionError):  # the server is gone
         over_http.get_item(TableName=table, Key=key)
+
+
+def test_a_fault_of_moto_in_process_is_a_server_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """moto's own bugs reach a client over HTTP as a 500 (retried, then a ClientError): the
+    same in process, not moto's exception inside the handler."""
+    from moto.dynamodb.models import DynamoDBBackend
+
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.setenv(name, "local")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    table = f"local-{secrets.token_hex(4)}"
+    dynamodb = start_dynamodb(None, table)
+    client = boto3.client("dynamodb", endpoint_url=dynamodb.endpoint, **CREDENTIALS)
+    send_in_process(client, dynamodb)
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise KeyError("a bug in moto")
+
+    monkeypatch.setattr(DynamoDBBackend, "get_item", broken)
+    with pytest.raises(ClientError) as raised:
+        client.get_item(TableName=table, Key={"pk": {"S": "a"}, "sk": {"S": "b"}})
+    assert raised.value.response["ResponseMetadata"]["HTTPStatusCode"] == 500
+    dynamodb.stop()

@@ -4,6 +4,7 @@ be staged exactly (the fault tests with whole servers are in tests/handler/local
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -359,3 +360,70 @@ async def test_publications_from_several_sockets_in_one_turn_share_a_pipeline(
     # The pipeline, the first INFO, and a canary or heartbeat perhaps; one run per room.
     assert reads <= 4, reads
     assert runs == 2, runs
+
+
+@pytest.mark.timeout(30)
+async def test_no_room_name_reaches_another_rooms_keys(chat: LocalChat) -> None:
+    """Room names may hold `}` and `:`. Unescaped, room `a}:dedup:u1:x` had its stream under
+    room `a`'s hash tag, at the key of user u1's dedup entry for client_msg_id `x}:log` in
+    room `a`: that send then failed with WRONGTYPE, and so did everything published to room
+    `a` in the same script call."""
+    assert chat.engine is not None
+    history: RedisHistory = chat.engine.feed._history
+    await history.append_many([Draft("a}:dedup:u1:x", "u2", "u2", "in the odd room")], ts=0.0)
+    stored = await history.append_many(
+        [Draft("a", "u9", "u9", "first"), Draft("a", "u1", "u1", "keyed", "x}:log")], ts=0.0
+    )
+    assert [(m.id, m.text, created) for m, created in stored] == [
+        (1, "first", True),
+        (2, "keyed", True),
+    ]
+    assert [m.text for m in await history.after("a}:dedup:u1:x", 0, 10)] == ["in the odd room"]
+    assert len({channel(room) for room in ("a", "a}", "a%7D", "a:", "canary")}) == 5
+
+
+@pytest.mark.timeout(30)
+async def test_a_big_turn_is_published_in_several_script_calls(chat: LocalChat) -> None:
+    """Redis queues a publication whole to every subscriber, and drops a subscriber whose
+    queue passes its output-buffer limit (32 MB), with every room it hears: sixteen sockets'
+    bursts of 30 KB texts in one script call passed it. A room's turn is cut into calls of
+    about 256 K characters of text, still in order."""
+    engine = chat.engine
+    assert engine is not None
+    history: RedisHistory = engine.feed._history
+    member = await join(chat, "big")
+
+    async def script_runs() -> int:
+        return int((await engine.client.info("commandstats"))["cmdstat_evalsha"]["calls"])
+
+    await post(history, "big", "warm-up")
+    before = await script_runs()
+    texts = [f"{n}:" + "x" * 100_000 for n in range(5)]
+    stored = await asyncio.gather(
+        history.append_many([Draft("big", "u1", "u1", t) for t in texts[:3]], ts=0.0),
+        history.append_many([Draft("big", "u2", "u2", t) for t in texts[3:]], ts=0.0),
+    )
+    assert [(m.id, m.text) for batch in stored for m, _ in batch] == [
+        (n + 2, t) for n, t in enumerate(texts)
+    ]
+    assert await script_runs() - before == 3  # 200 K, 200 K and 100 K characters
+    await member.wait_for("4:x", 5)
+    member.writer.cancel()
+
+
+@pytest.mark.timeout(30)
+async def test_a_message_published_before_batching_is_still_delivered(chat: LocalChat) -> None:
+    """While workers of two versions share a Redis (a rolling deploy), one that published a
+    message alone (`"m"` an object, `"s"` a string) is still heard."""
+    engine = chat.engine
+    assert engine is not None
+    member = await join(chat, "mixed")
+    await post(engine.feed._history, "mixed", "one")
+    await member.wait_for("one", 5)
+    epoch = (await engine.feed._history.latest("mixed"))[1]
+    await engine.client.hset(f"{channel('mixed')}:seq", "id", 2)
+    message = {"room": "mixed", "user_id": "u", "user_name": "u", "text": "two", "ts": 0.0}
+    payload = {"e": epoch, "s": "", "m": {**message, "id": 2}}
+    await engine.client.spublish(channel("mixed"), json.dumps(payload))
+    await member.wait_for("two", 5)
+    member.writer.cancel()
