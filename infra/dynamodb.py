@@ -13,6 +13,7 @@ Room members and history are read with Query on the room's partition, never Scan
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import time
@@ -21,6 +22,7 @@ from typing import Any
 
 from auth.rooms import ALL, rights_from_text, rights_text
 from handler.chat.ports import (
+    DEFERRED_PRESENCE,
     ChatMessage,
     Connection,
     Dialect,
@@ -335,6 +337,48 @@ class DynamoConnections:
         except self._client.exceptions.TransactionCanceledException:
             return self.get(connection_id) is None  # gone: nothing to wait for
         return True
+
+    def defer_presence(self, member: Connection, frame: str) -> bool:
+        """On the room's copy of the record, the one `in_room` reads and `mark_welcomed` sets
+        in the same transaction as the other: either this lands before the gate opens, and
+        `take_deferred` (which reads after) finds it, or it fails, and the frame goes now."""
+        key = {"pk": _s(_room_key(member.room)), "sk": _s(f"CONN#{member.id}")}
+        try:
+            self._client.update_item(
+                TableName=self._table,
+                Key=key,
+                UpdateExpression="SET kept_presence = "
+                "list_append(if_not_exists(kept_presence, :none), :f)",
+                ConditionExpression="attribute_exists(pk) AND attribute_not_exists("
+                "welcomed_through) AND (attribute_not_exists(kept_presence) "
+                "OR size(kept_presence) < :cap)",
+                ExpressionAttributeValues={
+                    ":none": {"L": []},
+                    ":f": {"L": [_s(frame)]},
+                    ":cap": _n(DEFERRED_PRESENCE),
+                },
+            )
+        except self._client.exceptions.ConditionalCheckFailedException:
+            item = self._client.get_item(TableName=self._table, Key=key, ConsistentRead=True)
+            return "welcomed_through" not in item.get("Item", {})  # else: open, send it now
+        return True
+
+    def take_deferred(self, connection: Connection) -> Sequence[str]:
+        key = {"pk": _s(_room_key(connection.room)), "sk": _s(f"CONN#{connection.id}")}
+        item = self._client.get_item(TableName=self._table, Key=key, ConsistentRead=True)
+        deferred = item.get("Item", {}).get("kept_presence")
+        if deferred is None:
+            return []
+        # The gate is open: nothing is added any more. Off the record that every fan-out
+        # reads.
+        with contextlib.suppress(self._client.exceptions.ConditionalCheckFailedException):
+            self._client.update_item(
+                TableName=self._table,
+                Key=key,
+                UpdateExpression="REMOVE kept_presence",
+                ConditionExpression="attribute_exists(pk)",  # unless gone meanwhile
+            )
+        return [frame["S"] for frame in deferred["L"]]
 
     def _expired(self, item: Item) -> bool:
         return "ttl" in item and int(item["ttl"]["N"]) <= self._clock()

@@ -10,7 +10,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from itertools import islice
 
-from handler.chat.ports import ChatMessage, Connection, Draft, Stored, append_each
+from handler.chat.ports import (
+    DEFERRED_PRESENCE,
+    ChatMessage,
+    Connection,
+    Draft,
+    Stored,
+    append_each,
+)
 from infra.settings import Settings
 
 
@@ -20,9 +27,10 @@ class MemoryConnections:
     def __init__(self) -> None:
         self._by_id: dict[str, Connection] = {}
         self._rooms: dict[str, dict[str, Connection]] = {}
+        self._deferred: dict[str, list[str]] = {}
 
     def add(self, connection: Connection) -> None:
-        self.remove(connection.id)
+        self._unindex(connection.id)  # a refresh: presence kept for it stays
         self._by_id[connection.id] = connection
         self._rooms.setdefault(connection.room, {})[connection.id] = connection
 
@@ -30,6 +38,10 @@ class MemoryConnections:
         return self._by_id.get(connection_id)
 
     def remove(self, connection_id: str) -> Connection | None:
+        self._deferred.pop(connection_id, None)
+        return self._unindex(connection_id)
+
+    def _unindex(self, connection_id: str) -> Connection | None:
         connection = self._by_id.pop(connection_id, None)
         if connection is not None:
             members = self._rooms[connection.room]
@@ -53,6 +65,19 @@ class MemoryConnections:
         if connection is not None:
             self.add(replace(connection, welcomed_through=through_id))
         return True
+
+    def defer_presence(self, member: Connection, frame: str) -> bool:
+        stored = self._by_id.get(member.id)
+        if stored is not None and stored.welcomed_through is not None:
+            return False
+        if stored is not None:
+            frames = self._deferred.setdefault(member.id, [])
+            if len(frames) < DEFERRED_PRESENCE:
+                frames.append(frame)
+        return True
+
+    def take_deferred(self, connection: Connection) -> Sequence[str]:
+        return self._deferred.pop(connection.id, [])
 
     def __len__(self) -> int:
         return len(self._by_id)

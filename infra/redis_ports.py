@@ -76,6 +76,12 @@ class RedisConnections:
     ) -> bool:
         return self._feed.mark_welcomed(connection_id, through_id, force)
 
+    def defer_presence(self, member: Connection, frame: str) -> bool:
+        return self._feed.defer_presence(member, frame)
+
+    def take_deferred(self, connection: Connection) -> Sequence[str]:
+        return self._feed.take_deferred(connection.id)
+
 
 class RedisMessageLog:
     """The message log: a stream per room, appended to by the atomic publish script."""

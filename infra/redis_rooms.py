@@ -35,7 +35,7 @@ from typing import Any
 from redis.asyncio.client import PubSub
 
 from handler.chat.core import ChatCore
-from handler.chat.ports import ChatMessage, Connection, Dialect
+from handler.chat.ports import DEFERRED_PRESENCE, ChatMessage, Connection, Dialect
 from handler.chat.wire import CloseCode
 from infra.redis_history import (
     RedisHistory,
@@ -127,6 +127,7 @@ class RoomFeed:
         self._core = core
         self._lag = lag
         self._connections: dict[str, Connection] = {}
+        self._deferred: dict[str, list[str]] = {}  # presence for members not yet welcomed
         self._rooms: dict[str, _Room] = {}
         self._pubsub: Any = None
         self._renew = asyncio.Event()  # set by the canary's watcher, for the listener
@@ -224,6 +225,7 @@ class RoomFeed:
     def forget(self, connection_id: str) -> Connection | None:
         """Drop a member here at once; `leave` then tells Redis."""
         connection = self._connections.pop(connection_id, None)
+        self._deferred.pop(connection_id, None)
         if connection is not None:
             state = self._rooms.get(connection.room)
             if state is not None:
@@ -264,6 +266,20 @@ class RoomFeed:
         if state is not None:
             state.members[connection_id] = gated
         return True
+
+    def defer_presence(self, member: Connection, frame: str) -> bool:
+        """See ConnectionStore.defer_presence: here, in this worker's memory."""
+        stored = self._connections.get(member.id)
+        if stored is not None and stored.welcomed_through is not None:
+            return False
+        if stored is not None:
+            frames = self._deferred.setdefault(member.id, [])
+            if len(frames) < DEFERRED_PRESENCE:
+                frames.append(frame)
+        return True
+
+    def take_deferred(self, connection_id: str) -> list[str]:
+        return self._deferred.pop(connection_id, [])
 
     async def publish_presence(self, event: str, connection: Connection) -> None:
         count = await self.count(connection.room)

@@ -172,10 +172,10 @@ class ChatCore:
         if behind:
             # The client pages on from here (its resume point is below `latest_id`), and live
             # messages start above `through`; whatever lies between is in the store.
-            self.connections.mark_welcomed(connection_id, room, through, force=True)
+            self._open(connection, through, force=True)
             return
         for _ in range(self.limits.welcome_attempts):
-            if self.connections.mark_welcomed(connection_id, room, through):
+            if self._open(connection, through):
                 return  # nothing was stored since: live from here
             # Stored while the welcome was sent: catch up, then confirm again.
             latest = self.messages.latest_id(room)
@@ -187,8 +187,16 @@ class ChatCore:
         # arrived since: a message may then come twice (clients drop repeated ids), never
         # not at all.
         log.warning("room %s is too busy to confirm %s's seam; opening it", room, connection_id)
-        self.connections.mark_welcomed(connection_id, room, through, force=True)
+        self._open(connection, through, force=True)
         self._deliver_messages(connection_id, self._page(room, through))
+
+    def _open(self, connection: Connection, through: int, force: bool = False) -> bool:
+        """Open a welcomed connection to live messages above `through` (unless the room moved
+        on: False), and send it the presence events kept for it meanwhile."""
+        if not self.connections.mark_welcomed(connection.id, connection.room, through, force):
+            return False
+        self._deliver_all([connection.id], self.connections.take_deferred(connection))
+        return True
 
     def message(self, connection_id: str, frame: str | bytes) -> None:
         """Handle one inbound frame from a connected client."""
@@ -365,17 +373,18 @@ class ChatCore:
     def fan_out_presence(
         self, event: str, connection: Connection, count: int, members: Sequence[Connection]
     ) -> None:
-        """Tell the JSON `members` (but `connection` itself) that it joined or left. Not one
-        still waiting for its welcome: the welcome comes first, and its count is current."""
-        others = [
-            m.id
-            for m in members
-            if m.dialect is Dialect.JSON
-            and m.welcomed_through is not None
-            and m.id != connection.id
-        ]
-        if others:
-            self._deliver(others, wire.presence_frame(event, connection, count))
+        """Tell the JSON `members` (but `connection` itself) that it joined or left. One
+        still waiting for its welcome gets it after the welcome, once its gate opens: the
+        welcome comes first, and its count may predate the event (`_open`)."""
+        frame = wire.presence_frame(event, connection, count)
+        now = []
+        for m in members:
+            if m.dialect is not Dialect.JSON or m.id == connection.id:
+                continue
+            if m.welcomed_through is not None or not self.connections.defer_presence(m, frame):
+                now.append(m.id)
+        if now:
+            self._deliver(now, frame)
 
     def read(self, room: str, after_id: int, limit: int) -> tuple[list[ChatMessage], int]:
         """A page of the room's messages after `after_id` (at most `limit`), and the room's

@@ -72,6 +72,10 @@ class Draft:
     sender_id: str | None = None
 
 
+# Presence frames kept for a member whose welcome is on its way (ConnectionStore): a welcome
+# that never completes must not grow its record without bound.
+DEFERRED_PRESENCE = 20
+
 Stored = tuple[ChatMessage, bool] | StoreBusy  # what became of one draft: see MessageLog
 
 
@@ -96,6 +100,19 @@ class ConnectionStore(Protocol):
         """Record that the connection has every message of `room` up to `through_id`, but only
         if that is still the room's latest id (unless `force`). False: the room moved on; send
         what is new and try again. (True when the connection is gone: nothing left to do.)"""
+        ...
+
+    def defer_presence(self, member: Connection, frame: str) -> bool:
+        """Keep a presence `frame` for `member`, whose welcome is on its way, until its gate
+        opens (`take_deferred`): the count in its welcome may predate the event, and the
+        event must not come before the welcome. False if the gate is open already: send it
+        now. At most DEFERRED_PRESENCE frames are kept; beyond them, and for a member that is
+        gone, the frame is dropped (True)."""
+        ...
+
+    def take_deferred(self, connection: Connection) -> Sequence[str]:
+        """The presence frames kept for `connection` while its gate was shut (after
+        `mark_welcomed` returned True, none can be added)."""
         ...
 
 

@@ -7,7 +7,7 @@ from typing import Any
 import boto3
 import pytest
 
-from handler.chat.ports import Connection, Dialect
+from handler.chat.ports import DEFERRED_PRESENCE, Connection, Dialect
 from infra.dynamodb import DynamoConnections, DynamoMessageLog
 
 pytestmark = pytest.mark.usefixtures("aws")
@@ -146,6 +146,30 @@ def test_mark_welcomed_only_while_the_room_is_unchanged() -> None:
     assert {c.id: c.welcomed_through for c in store.in_room("r")} == {"early": 0, "late": 1}
     assert store.get("late") == conn("late", welcomed_through=1)
     assert store.mark_welcomed("gone", "r", 0)  # nothing to wait for
+
+
+def test_presence_is_kept_for_a_member_until_its_gate_opens() -> None:
+    """A presence event for a member whose welcome is on its way is kept on its record until
+    `mark_welcomed` opens its gate, and then handed over once, in order; once the gate is
+    open, the caller sends it itself. A member whose welcome never completes keeps at most
+    DEFERRED_PRESENCE; one that is gone keeps none."""
+    store = DynamoConnections(boto3.client("dynamodb"), TABLE)
+    member = conn("m")
+    store.add(member)
+    assert store.defer_presence(member, "one") and store.defer_presence(member, "two")
+    assert store.in_room("r") == [member]  # the record still reads as it was
+    assert store.mark_welcomed("m", "r", 0)
+    assert store.take_deferred(member) == ["one", "two"]
+    assert store.take_deferred(member) == []
+    assert not store.defer_presence(member, "three")  # open: the caller sends it now
+    stuck = conn("stuck")
+    store.add(stuck)
+    for n in range(DEFERRED_PRESENCE + 5):
+        assert store.defer_presence(stuck, f"p{n}")
+    assert store.mark_welcomed("stuck", "r", 0)
+    assert store.take_deferred(stuck) == [f"p{n}" for n in range(DEFERRED_PRESENCE)]
+    assert store.defer_presence(conn("gone"), "four")  # nothing to keep, nothing to send
+    assert store.take_deferred(conn("gone")) == []
 
 
 def test_a_welcome_over_expired_history_opens_at_once(caplog: pytest.LogCaptureFixture) -> None:

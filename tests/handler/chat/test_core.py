@@ -374,6 +374,34 @@ def test_message_published_between_history_read_and_welcome_arrives_once(
     assert [f["text"] for f in delivery.take_json("j")] == ["live"]
 
 
+def test_presence_announced_while_a_welcome_is_on_its_way_follows_the_welcome(
+    delivery: RecordingDelivery, clock: FakeClock
+) -> None:
+    """On DynamoDB or Redis, the welcome counts the room, sends its frames, and only then
+    opens the gate. A member joining in between was announced to everyone but the newcomer,
+    whose welcome had counted the room without it: it never heard of the join."""
+
+    class RacingConnections(MemoryConnections):
+        def mark_welcomed(
+            self, connection_id: str, room: str, through_id: int, force: bool = False
+        ) -> bool:
+            if connection_id == "j" and self.count(room) == 1:  # someone joins meanwhile
+                racing_core.connect("k", room, principal("kim"), JSON)
+            return super().mark_welcomed(connection_id, room, through_id, force)
+
+    racing_core = ChatCore(
+        RacingConnections(), MemoryMessageLog(), delivery, Limits(), clock, clock
+    )
+    racing_core.connect("j", "foo", principal("jo"), JSON)
+    racing_core.welcome("j")
+    frames = delivery.take_json("j")
+    assert [f["type"] for f in frames] == ["welcome", "presence"]
+    assert frames[0]["count"] == 1
+    assert (frames[1]["event"], frames[1]["user"]["name"], frames[1]["count"]) == ("join", "kim", 2)
+    racing_core.disconnect("k")  # and, the gate open, the next one comes at once
+    assert [(f["event"], f["count"]) for f in delivery.take_json("j")] == [("leave", 1)]
+
+
 def test_a_room_that_never_stands_still_gets_repeats_not_gaps(
     delivery: RecordingDelivery, clock: FakeClock
 ) -> None:
