@@ -105,7 +105,7 @@ def send_in_process(client: Any, dynamodb: LocalDynamoDB) -> None:
     """Hand `client`'s requests to moto's application in this process instead of over
     loopback HTTP: the same request, the same backend and the same lock, without a TCP
     connection, a thread and two HTTP parsers per call (werkzeug's server closes every
-    connection). A connect makes seven DynamoDB calls, and their HTTP was a fifth of the
+    connection). A connect makes eight DynamoDB calls, and their HTTP was a fifth of the
     emulator's CPU per connect (docs/performance.md, section 8). moto's own `mock_aws` works
     this way."""
     from urllib.parse import urlsplit
