@@ -11,12 +11,12 @@ from dataclasses import dataclass, field, replace
 from itertools import islice
 
 from handler.chat.ports import (
-    DEFERRED_PRESENCE,
     ChatMessage,
     Connection,
     Draft,
     Stored,
     append_each,
+    keep_presence,
 )
 from infra.settings import Settings
 
@@ -67,14 +67,7 @@ class MemoryConnections:
         return True
 
     def defer_presence(self, member: Connection, frame: str) -> bool:
-        stored = self._by_id.get(member.id)
-        if stored is not None and stored.welcomed_through is not None:
-            return False
-        if stored is not None:
-            frames = self._deferred.setdefault(member.id, [])
-            if len(frames) < DEFERRED_PRESENCE:
-                frames.append(frame)
-        return True
+        return keep_presence(self._deferred, self._by_id.get(member.id), frame)
 
     def take_deferred(self, connection: Connection) -> Sequence[str]:
         return self._deferred.pop(connection.id, [])

@@ -35,7 +35,7 @@ from typing import Any
 from redis.asyncio.client import PubSub
 
 from handler.chat.core import ChatCore
-from handler.chat.ports import DEFERRED_PRESENCE, ChatMessage, Connection, Dialect
+from handler.chat.ports import ChatMessage, Connection, Dialect, keep_presence
 from handler.chat.wire import CloseCode
 from infra.redis_history import (
     RedisHistory,
@@ -269,14 +269,7 @@ class RoomFeed:
 
     def defer_presence(self, member: Connection, frame: str) -> bool:
         """See ConnectionStore.defer_presence: here, in this worker's memory."""
-        stored = self._connections.get(member.id)
-        if stored is not None and stored.welcomed_through is not None:
-            return False
-        if stored is not None:
-            frames = self._deferred.setdefault(member.id, [])
-            if len(frames) < DEFERRED_PRESENCE:
-                frames.append(frame)
-        return True
+        return keep_presence(self._deferred, self._connections.get(member.id), frame)
 
     def take_deferred(self, connection_id: str) -> list[str]:
         return self._deferred.pop(connection_id, [])

@@ -236,3 +236,16 @@ def append_each(log: MessageLog, drafts: Sequence[Draft]) -> list[Stored]:
         except StoreBusy as busy:
             stored.append(busy)
     return stored
+
+
+def keep_presence(kept: dict[str, list[str]], stored: Connection | None, frame: str) -> bool:
+    """`ConnectionStore.defer_presence` for a store that holds its members in this process:
+    `stored` is the member's record there (None: gone), `kept` the frames kept by member."""
+    if stored is None:
+        return True
+    if stored.welcomed_through is not None:
+        return False
+    frames = kept.setdefault(stored.id, [])
+    if len(frames) < DEFERRED_PRESENCE:
+        frames.append(frame)
+    return True

@@ -19,12 +19,17 @@ CREDENTIALS = {
 }
 
 
-def test_a_client_sent_in_process_needs_no_server(monkeypatch: pytest.MonkeyPatch) -> None:
-    """`wschat emulate` hands its handlers' DynamoDB calls to moto in its own process: the
-    answers, errors included, are those of the server, which the calls no longer need."""
+@pytest.fixture(autouse=True)
+def credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    """For the client `start_dynamodb` makes the table with."""
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         monkeypatch.setenv(name, "local")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+
+
+def test_a_client_sent_in_process_needs_no_server() -> None:
+    """`wschat emulate` hands its handlers' DynamoDB calls to moto in its own process: the
+    answers, errors included, are those of the server, which the calls no longer need."""
     table = f"local-{secrets.token_hex(4)}"
     dynamodb = start_dynamodb(None, table)
     client = boto3.client("dynamodb", endpoint_url=dynamodb.endpoint, **CREDENTIALS)
@@ -50,9 +55,6 @@ def test_a_fault_of_moto_in_process_is_a_server_error(monkeypatch: pytest.Monkey
     same in process, not moto's exception inside the handler."""
     from moto.dynamodb.models import DynamoDBBackend
 
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-        monkeypatch.setenv(name, "local")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     table = f"local-{secrets.token_hex(4)}"
     dynamodb = start_dynamodb(None, table)
     client = boto3.client("dynamodb", endpoint_url=dynamodb.endpoint, **CREDENTIALS)
