@@ -159,9 +159,12 @@ async def test_deep_json_is_a_bad_frame_and_disconnect_still_runs(
     transport: Transport, dialect: str
 ) -> None:
     deep = "[" * 16000 + "]" * 16000  # under the 32 KiB frame limit
-    async with transport.connect("deep", token="watcher", format="json") as watcher:
+    # A room of its own per dialect: the other run's leaves, still on their way, would reach
+    # this watcher (after its welcome, docs/welcome-seam.md) before the join it waits for.
+    room = f"deep-{dialect}"
+    async with transport.connect(room, token="watcher", format="json") as watcher:
         await until(watcher, "welcome")
-        async with transport.connect("deep", token="hostile", format=dialect) as hostile:
+        async with transport.connect(room, token="hostile", format=dialect) as hostile:
             assert (await until(watcher, "presence"))["event"] == "join"
             if dialect == "json":
                 await until(hostile, "welcome")
