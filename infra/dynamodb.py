@@ -52,6 +52,11 @@ def _room_key(room: str) -> str:
     return f"ROOM#{room}"
 
 
+def _member_key(room: str, connection_id: str) -> dict[str, dict[str, str]]:
+    """The key of a connection's record in its room's partition (what `in_room` reads)."""
+    return {"pk": _s(_room_key(room)), "sk": _s(f"CONN#{connection_id}")}
+
+
 def _message_key(message_id: int) -> str:
     return f"MSG#{message_id:0{MESSAGE_ID_WIDTH}d}"
 
@@ -226,7 +231,7 @@ class DynamoConnections:
         connection = _connection_from(item)
         self._client.delete_item(
             TableName=self._table,
-            Key={"pk": _s(_room_key(connection.room)), "sk": _s(f"CONN#{connection_id}")},
+            Key=_member_key(connection.room, connection_id),
         )
         return None if self._expired(item) else connection
 
@@ -268,7 +273,7 @@ class DynamoConnections:
         )
         query["Limit"] = limit
         if after is not None:
-            query["ExclusiveStartKey"] = {"pk": _s(_room_key(room)), "sk": _s(f"CONN#{after}")}
+            query["ExclusiveStartKey"] = _member_key(room, after)
         page = self._client.query(**query)
         last = page.get("LastEvaluatedKey")
         members = [_connection_from(item) for item in page.get("Items", [])]
@@ -328,7 +333,7 @@ class DynamoConnections:
             )
         keys = [
             {"pk": _s(f"CONN#{connection_id}"), "sk": _s("CONN")},
-            {"pk": _s(_room_key(room)), "sk": _s(f"CONN#{connection_id}")},
+            _member_key(room, connection_id),
         ]
         try:
             self._client.transact_write_items(
@@ -342,7 +347,7 @@ class DynamoConnections:
         """On the room's copy of the record, the one `in_room` reads and `mark_welcomed` sets
         in the same transaction as the other: either this lands before the gate opens, and
         `take_deferred` (which reads after) finds it, or it fails, and the frame goes now."""
-        key = {"pk": _s(_room_key(member.room)), "sk": _s(f"CONN#{member.id}")}
+        key = _member_key(member.room, member.id)
         try:
             self._client.update_item(
                 TableName=self._table,
@@ -364,7 +369,7 @@ class DynamoConnections:
         return True
 
     def take_deferred(self, connection: Connection) -> Sequence[str]:
-        key = {"pk": _s(_room_key(connection.room)), "sk": _s(f"CONN#{connection.id}")}
+        key = _member_key(connection.room, connection.id)
         item = self._client.get_item(TableName=self._table, Key=key, ConsistentRead=True)
         deferred = item.get("Item", {}).get("kept_presence")
         if deferred is None:

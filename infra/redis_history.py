@@ -98,6 +98,11 @@ def room_key(room: str, part: str) -> str:
     return f"{channel(room)}:{part}"
 
 
+def text(value: str | bytes) -> str:
+    """A reply or channel name as text, whether the client decodes responses or not."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def new_epoch() -> str:
     """An epoch for a room that has none: the scripts set it only if the room lacks one."""
     return secrets.token_hex(8)
@@ -304,4 +309,4 @@ class RedisHistory:
     async def latest(self, room: str) -> tuple[int, str]:
         """The room's latest id and its epoch, which a room gets the first time it is read."""
         latest, epoch = await self._latest(keys=[seq_key(room)], args=[new_epoch()])
-        return int(latest), epoch.decode() if isinstance(epoch, bytes) else str(epoch)
+        return int(latest), text(epoch)

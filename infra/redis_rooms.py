@@ -44,6 +44,7 @@ from infra.redis_history import (
     new_epoch,
     room_key,
     seq_key,
+    text,
 )
 
 log = logging.getLogger(__name__)
@@ -86,10 +87,6 @@ class _Subscription(PubSub):
     async def on_connect(self, connection: Any) -> None:
         await super().on_connect(connection)  # redis-py calls this on reconnects only
         self._reconnected()
-
-
-def _text(name: str | bytes) -> str:
-    return name.decode() if isinstance(name, bytes) else name
 
 
 def members_key(room: str) -> str:
@@ -210,7 +207,7 @@ class RoomFeed:
                 new_epoch(),
             ],
         )
-        return epoch.decode() if isinstance(epoch, bytes) else str(epoch)
+        return text(epoch)
 
     def get(self, connection_id: str) -> Connection | None:
         return self._connections.get(connection_id)
@@ -504,7 +501,7 @@ class RoomFeed:
         wanted = {channel(room) for room in self._rooms} | {self._canary_channel}
         pubsub = self._pubsub
         held = set(pubsub.shard_channels) - pubsub.pending_unsubscribe_shard_channels
-        unwanted = [name for name in held if _text(name) not in wanted]
+        unwanted = [name for name in held if text(name) not in wanted]
         if unwanted:
             await pubsub.sunsubscribe(*unwanted)
         for room in idle:
