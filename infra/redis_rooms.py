@@ -127,6 +127,10 @@ class RoomFeed:
         self._deferred: dict[str, list[str]] = {}  # presence for members not yet welcomed
         self._rooms: dict[str, _Room] = {}
         self._pubsub: Any = None
+        # Held by whatever changes the subscription. A fresh PubSub fetches its connection on
+        # its first call: two first calls at once (a renewal's and a join's) would fetch two
+        # and keep one, losing the other from the pool for good.
+        self._subscribing = asyncio.Lock()
         self._renew = asyncio.Event()  # set by the canary's watcher, for the listener
         self._canary_seen = time.monotonic()
         self._tasks: list[asyncio.Task[None]] = []
@@ -290,7 +294,8 @@ class RoomFeed:
 
     async def _subscribe(self, room: str, state: _Room) -> None:
         try:
-            await self._pubsub.ssubscribe(channel(room))
+            async with self._subscribing:
+                await self._pubsub.ssubscribe(channel(room))
             # Subscribed first, then the latest id: whatever is published from here on
             # arrives, and whatever is older than `latest` is not this room's news here.
             state.delivered, state.epoch = await self._history.latest(room)
@@ -426,13 +431,14 @@ class RoomFeed:
 
     async def _resubscribe(self) -> None:
         """A fresh subscription to every room with members here, then a catch-up of each."""
-        with contextlib.suppress(Exception):
-            await self._pubsub.aclose()
         while True:
             try:
-                self._pubsub = _Subscription(self._redis, self._reconnected)
-                rooms = list(self._rooms)
-                await self._pubsub.ssubscribe(self._canary_channel, *map(channel, rooms))
+                async with self._subscribing:
+                    with contextlib.suppress(Exception):
+                        await self._pubsub.aclose()
+                    self._pubsub = _Subscription(self._redis, self._reconnected)
+                    rooms = list(self._rooms)
+                    await self._pubsub.ssubscribe(self._canary_channel, *map(channel, rooms))
                 for room in rooms:
                     await self._start_over_if_lost(room)
                     await self._catch_up(room)
@@ -498,16 +504,18 @@ class RoomFeed:
         idle = [room for room, state in self._rooms.items() if not state.members]
         for room in idle:
             del self._rooms[room]
-        wanted = {channel(room) for room in self._rooms} | {self._canary_channel}
-        pubsub = self._pubsub
-        held = set(pubsub.shard_channels) - pubsub.pending_unsubscribe_shard_channels
-        unwanted = [name for name in held if text(name) not in wanted]
-        if unwanted:
-            await pubsub.sunsubscribe(*unwanted)
+        async with self._subscribing:
+            wanted = {channel(room) for room in self._rooms} | {self._canary_channel}
+            pubsub = self._pubsub
+            held = set(pubsub.shard_channels) - pubsub.pending_unsubscribe_shard_channels
+            unwanted = [name for name in held if text(name) not in wanted]
+            if unwanted:
+                await pubsub.sunsubscribe(*unwanted)
         for room in idle:
             joined = self._rooms.get(room)
             if joined is not None:  # someone joined meanwhile: its subscription must stand
-                await self._pubsub.ssubscribe(channel(room))
+                async with self._subscribing:
+                    await self._pubsub.ssubscribe(channel(room))
                 await joined.ready.wait()  # then what the gap let pass is in the stream
                 await self._catch_up(room)
 

@@ -240,6 +240,40 @@ async def test_a_room_joined_while_the_worker_resubscribes_is_in_the_new_subscri
 
 
 @pytest.mark.timeout(30)
+async def test_a_join_during_a_renewal_takes_no_connection_from_the_pool_for_good(
+    chat: LocalChat,
+) -> None:
+    """A renewed subscription fetches its connection from the pool on its first call. A
+    join's first call on it, made while the renewal's is still connecting, must not fetch a
+    second one: only one can be kept, and the other was lost to the pool (64 in all) for
+    good, one per renewal."""
+    engine = chat.engine
+    assert engine is not None
+    feed = engine.feed
+    pool = engine.client.connection_pool
+    in_use = len(pool._in_use_connections)
+    fetch = pool.get_connection
+
+    async def slow_fetch(*args: Any, **kwargs: Any) -> Any:
+        await asyncio.sleep(0.3)  # the renewal's connect, still under way when the join comes
+        return await fetch(*args, **kwargs)
+
+    pool.get_connection = slow_fetch
+    renewed = feed._pubsub
+    feed._renew.set()  # as the canary's watcher does
+    while feed._pubsub is renewed:
+        await asyncio.sleep(0.01)
+    member = await join(chat, "joined-meanwhile")
+    while feed._renew.is_set():
+        await asyncio.sleep(0.05)
+    del pool.get_connection  # the class's again
+    assert len(pool._in_use_connections) == in_use  # the old subscription's was handed back
+    await post(feed._history, "joined-meanwhile", "heard")
+    await member.wait_for("heard", 3)
+    member.writer.cancel()
+
+
+@pytest.mark.timeout(30)
 async def test_a_subscription_left_by_a_failed_join_is_dropped(chat: LocalChat) -> None:
     """A join subscribes to its room, then reads the room's latest id. When that read fails,
     the join fails, and the room is not set up here: the heartbeat's sweep must not leave the
