@@ -28,6 +28,7 @@ import json
 import logging
 import secrets
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -54,6 +55,7 @@ HEARTBEAT_TTL = 15  # a worker silent this long is reaped: no ghost outlives 20 
 CANARY_SECONDS = 1.0
 DEAF_AFTER = 5.0  # a canary unseen this long: resubscribe and catch up
 CATCH_UP_PAGE = 500
+REAP_PAGE = 500  # a dead worker's members removed per few round trips
 
 
 # KEYS: connection hash, room members, worker's connections, the room's counter. ARGV: id,
@@ -91,6 +93,20 @@ class _Subscription(PubSub):
 
 def members_key(room: str) -> str:
     return room_key(room, "members")
+
+
+def conn_key(connection_id: str) -> str:
+    return f"wschat:conn:{connection_id}"
+
+
+def beat_key(worker: str) -> str:
+    """A worker's heartbeat: gone once the worker stops beating for HEARTBEAT_TTL."""
+    return f"wschat:worker:{worker}"
+
+
+def conns_key(worker: str) -> str:
+    """The connection ids a worker registered."""
+    return f"wschat:worker:{worker}:conns"
 
 
 @dataclass
@@ -196,9 +212,9 @@ class RoomFeed:
         room's epoch."""
         epoch = await self._join(
             keys=[
-                f"wschat:conn:{connection.id}",
+                conn_key(connection.id),
                 members_key(connection.room),
-                f"wschat:worker:{self.worker}:conns",
+                conns_key(self.worker),
                 seq_key(connection.room),
             ],
             args=[
@@ -236,9 +252,9 @@ class RoomFeed:
     async def leave(self, connection: Connection) -> None:
         await self._leave(
             keys=[
-                f"wschat:conn:{connection.id}",
+                conn_key(connection.id),
                 members_key(connection.room),
-                f"wschat:worker:{self.worker}:conns",
+                conns_key(self.worker),
             ],
             args=[connection.id],
         )
@@ -277,18 +293,7 @@ class RoomFeed:
 
     async def publish_presence(self, event: str, connection: Connection) -> None:
         count = await self.count(connection.room)
-        payload = {
-            "p": event,
-            "c": {
-                "id": connection.id,
-                "room": connection.room,
-                "user_id": connection.user_id,
-                "user_name": connection.user_name,
-                "dialect": connection.dialect.value,
-            },
-            "n": count,
-        }
-        await self._redis.spublish(channel(connection.room), json.dumps(payload))
+        await self._redis.spublish(channel(connection.room), _presence(event, connection, count))
 
     # --- the subscription ---------------------------------------------------------------
 
@@ -471,7 +476,7 @@ class RoomFeed:
     # --- heartbeat and reaping ----------------------------------------------------------
 
     async def _beat(self) -> None:
-        await self._redis.set(f"wschat:worker:{self.worker}", "1", ex=HEARTBEAT_TTL)
+        await self._redis.set(beat_key(self.worker), "1", ex=HEARTBEAT_TTL)
 
     async def _heartbeat(self) -> None:
         while True:
@@ -492,10 +497,13 @@ class RoomFeed:
             for connection in list(self._connections.values()):
                 await self._register(connection)
                 await self.publish_presence("join", connection)
-        for worker in await self._redis.smembers("wschat:workers"):
-            name = worker.decode()
-            if not await self._redis.exists(f"wschat:worker:{name}"):
-                await self._reap(name)
+        workers = [raw.decode() for raw in await self._redis.smembers("wschat:workers")]
+        pipe = self._redis.pipeline(transaction=False)
+        for worker in workers:
+            pipe.exists(beat_key(worker))
+        for worker, beating in zip(workers, await pipe.execute(), strict=True):
+            if not beating:
+                await self._reap(worker)
 
     async def _drop_idle_rooms(self) -> None:
         """Unsubscribe from the rooms without members here, and from any channel held for no
@@ -521,26 +529,65 @@ class RoomFeed:
 
     async def _reap(self, worker: str) -> None:
         """Remove a dead worker's members and tell their rooms they left; only the worker
-        that takes it off the list does it, so each leave is announced once."""
+        that takes it off the list does it, so each leave is announced once. A few round
+        trips per REAP_PAGE members: one per member would outlast the reaper's own heartbeat
+        TTL for a big worker, and get the reaper reaped in turn."""
         if not await self._redis.srem("wschat:workers", worker):
             return
-        conns = f"wschat:worker:{worker}:conns"
-        for raw in await self._redis.smembers(conns):
-            connection_id = raw.decode()
-            fields = await self._redis.hgetall(f"wschat:conn:{connection_id}")
-            await self._redis.delete(f"wschat:conn:{connection_id}")
-            if not fields:
-                continue
-            connection = Connection(
-                id=connection_id,
-                room=fields[b"room"].decode(),
-                user_id=fields[b"user_id"].decode(),
-                user_name=fields[b"user_name"].decode(),
-                dialect=Dialect(fields[b"dialect"].decode()),
-                echo="",
-            )
-            if await self._redis.srem(members_key(connection.room), connection_id):
-                await self.publish_presence("leave", connection)
-        await self._redis.delete(conns)
+        ids = [raw.decode() for raw in await self._redis.smembers(conns_key(worker))]
+        for start in range(0, len(ids), REAP_PAGE):
+            await self._remove_members(ids[start : start + REAP_PAGE])
+        await self._redis.delete(conns_key(worker))
         if worker != self.worker:
-            log.info("reaped worker %s, which stopped beating", worker)
+            log.info("reaped worker %s (%d members), which stopped beating", worker, len(ids))
+
+    async def _remove_members(self, ids: list[str]) -> None:
+        """Take `ids` out of Redis, and announce each that was still in its room, with the
+        count it leaves behind, as one by one would have: four round trips in all."""
+        pipe = self._redis.pipeline(transaction=False)
+        for connection_id in ids:
+            pipe.hgetall(conn_key(connection_id))
+        records = await pipe.execute()
+        gone = [_member_of(i, fields) for i, fields in zip(ids, records, strict=True) if fields]
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.delete(*map(conn_key, ids))
+        for member in gone:
+            pipe.srem(members_key(member.room), member.id)
+        _, *removed = await pipe.execute()
+        left = [member for member, out in zip(gone, removed, strict=True) if out]
+        rooms = list(dict.fromkeys(member.room for member in left))
+        pipe = self._redis.pipeline(transaction=False)
+        for room in rooms:
+            pipe.scard(members_key(room))
+        counts = dict(zip(rooms, await pipe.execute(), strict=True))
+        behind = Counter(member.room for member in left)  # leaves yet to announce, by room
+        pipe = self._redis.pipeline(transaction=False)
+        for member in left:
+            behind[member.room] -= 1
+            count = int(counts[member.room]) + behind[member.room]
+            pipe.spublish(channel(member.room), _presence("leave", member, count))
+        await pipe.execute()
+
+
+def _member_of(connection_id: str, fields: dict[bytes, bytes]) -> Connection:
+    """A member as its `wschat:conn:` hash holds it."""
+    return Connection(
+        id=connection_id,
+        room=fields[b"room"].decode(),
+        user_id=fields[b"user_id"].decode(),
+        user_name=fields[b"user_name"].decode(),
+        dialect=Dialect(fields[b"dialect"].decode()),
+        echo="",
+    )
+
+
+def _presence(event: str, connection: Connection, count: int) -> str:
+    """A presence event on a room's channel: `RoomFeed._on_presence` reads it."""
+    member = {
+        "id": connection.id,
+        "room": connection.room,
+        "user_id": connection.user_id,
+        "user_name": connection.user_name,
+        "dialect": connection.dialect.value,
+    }
+    return json.dumps({"p": event, "c": member, "n": count})

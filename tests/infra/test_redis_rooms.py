@@ -10,14 +10,21 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from redis.asyncio.connection import AbstractConnection
 
 from auth.principal import Principal
 from handler.chat.core import ConnectParams
 from handler.chat.ports import Dialect, Draft
 from handler.local.service import LocalChat, build_local_chat
 from infra.local_delivery import Outbox
-from infra.redis_history import PUBLISH, RedisHistory, channel
-from infra.redis_rooms import CANARY_SECONDS, DEAF_AFTER
+from infra.redis_history import PUBLISH, RedisHistory, channel, seq_key
+from infra.redis_rooms import (
+    CANARY_SECONDS,
+    DEAF_AFTER,
+    conn_key,
+    conns_key,
+    members_key,
+)
 from infra.settings import Settings
 from tests.redis_server import RedisServer
 
@@ -326,6 +333,57 @@ async def test_a_worker_reaped_while_cut_off_registers_its_members_again(
     assert await feed.count("counted") == 0
     await feed._heartbeat_once()
     assert await feed.count("counted") == 1
+
+
+@pytest.mark.timeout(60)
+async def test_a_big_dead_worker_is_reaped_in_a_few_round_trips_with_every_leave_told(
+    chat: LocalChat, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker killed with 1,200 members is reaped by another. One by one, that took five
+    round trips a member, 6,000 here: reaping a big worker could outlast the reaper's own
+    heartbeat TTL (15 s) and get it reaped too. Every member must go, and every leave be told
+    with the count it leaves behind, as one by one."""
+    engine = chat.engine
+    assert engine is not None
+    feed = engine.feed
+    watcher = Member(chat, "j1")
+    principal = Principal(id="u1", name="u1", echo="u1")
+    await chat.call(chat.core.connect, "j1", "watched", principal, ConnectParams(Dialect.JSON))
+    await chat.call(chat.core.welcome, "j1")
+    dead = {f"d{i}": "watched" if i < 5 else f"crowd-{i % 3}" for i in range(1200)}
+    pipe = engine.client.pipeline(transaction=False)
+    for connection_id, room in dead.items():
+        keys = [conn_key(connection_id), members_key(room), conns_key("dead"), seq_key(room)]
+        args = [connection_id, room, f"user-{connection_id}", "someone", "json", "dead", "e"]
+        await feed._join(keys=keys, args=args, client=pipe)
+    pipe.sadd("wschat:workers", "dead")
+    await pipe.execute()
+    assert await feed.count("watched") == 6
+
+    sends = 0
+    send = AbstractConnection.send_packed_command
+
+    async def counted(self: AbstractConnection, *args: Any, **kwargs: Any) -> None:
+        nonlocal sends
+        sends += 1
+        await send(self, *args, **kwargs)
+
+    monkeypatch.setattr(AbstractConnection, "send_packed_command", counted)
+    await feed._heartbeat_once()  # it finds "dead" without a heartbeat
+    monkeypatch.undo()
+    assert sends < 30  # 19 here, a few of them the canary's; 6,014 one by one
+    assert await engine.client.exists(*map(conn_key, dead), conns_key("dead")) == 0
+    assert [await feed.count(room) for room in ("watched", "crowd-0", "crowd-1")] == [1, 0, 0]
+    for _ in range(100):
+        leaves = [json.loads(f) for f in watcher.frames if '"presence"' in f]
+        if len(leaves) == 5:
+            break
+        await asyncio.sleep(0.05)
+    assert [(leave["event"], leave["count"]) for leave in leaves] == [
+        ("leave", count) for count in (5, 4, 3, 2, 1)
+    ]
+    assert {leave["user"]["id"] for leave in leaves} == {f"user-d{i}" for i in range(5)}
+    watcher.writer.cancel()
 
 
 @pytest.mark.timeout(30)
