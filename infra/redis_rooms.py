@@ -210,24 +210,27 @@ class RoomFeed:
     async def _register(self, connection: Connection) -> str:
         """The member in Redis: its hash, its room's set and this worker's set. Returns the
         room's epoch."""
-        epoch = await self._join(
-            keys=[
-                conn_key(connection.id),
-                members_key(connection.room),
-                conns_key(self.worker),
-                seq_key(connection.room),
-            ],
-            args=[
-                connection.id,
-                connection.room,
-                connection.user_id,
-                connection.user_name,
-                connection.dialect.value,
-                self.worker,
-                new_epoch(),
-            ],
-        )
-        return text(epoch)
+        keys, args = self._membership(connection)
+        return text(await self._join(keys=keys, args=args))
+
+    def _membership(self, connection: Connection) -> tuple[list[str], list[str]]:
+        """JOIN's keys and arguments for `connection`."""
+        keys = [
+            conn_key(connection.id),
+            members_key(connection.room),
+            conns_key(self.worker),
+            seq_key(connection.room),
+        ]
+        args = [
+            connection.id,
+            connection.room,
+            connection.user_id,
+            connection.user_name,
+            connection.dialect.value,
+            self.worker,
+            new_epoch(),
+        ]
+        return keys, args
 
     def get(self, connection_id: str) -> Connection | None:
         return self._connections.get(connection_id)
@@ -494,9 +497,7 @@ class RoomFeed:
             # reach Redis, our members removed and their leave announced. They are still
             # here, so they join again.
             log.warning("this worker was reaped; registering its members again")
-            for connection in list(self._connections.values()):
-                await self._register(connection)
-                await self.publish_presence("join", connection)
+            await self._register_again(list(self._connections.values()))
         workers = [raw.decode() for raw in await self._redis.smembers("wschat:workers")]
         pipe = self._redis.pipeline(transaction=False)
         for worker in workers:
@@ -542,8 +543,8 @@ class RoomFeed:
             log.info("reaped worker %s (%d members), which stopped beating", worker, len(ids))
 
     async def _remove_members(self, ids: list[str]) -> None:
-        """Take `ids` out of Redis, and announce each that was still in its room, with the
-        count it leaves behind, as one by one would have: four round trips in all."""
+        """Take `ids` out of Redis, and announce each that was still in its room: four round
+        trips in all."""
         pipe = self._redis.pipeline(transaction=False)
         for connection_id in ids:
             pipe.hgetall(conn_key(connection_id))
@@ -554,18 +555,36 @@ class RoomFeed:
         for member in gone:
             pipe.srem(members_key(member.room), member.id)
         _, *removed = await pipe.execute()
-        left = [member for member, out in zip(gone, removed, strict=True) if out]
-        rooms = list(dict.fromkeys(member.room for member in left))
+        await self._announce("leave", [m for m, out in zip(gone, removed, strict=True) if out])
+
+    async def _register_again(self, members: list[Connection]) -> None:
+        """Register `members` in Redis again, and announce that they joined: three round
+        trips per REAP_PAGE members. One by one, a big worker back from a long cut-off could
+        take longer than its heartbeat's TTL, and be reaped again."""
+        for start in range(0, len(members), REAP_PAGE):
+            page = members[start : start + REAP_PAGE]
+            pipe = self._redis.pipeline(transaction=False)
+            for member in page:
+                keys, args = self._membership(member)
+                await self._join(keys=keys, args=args, client=pipe)
+            await pipe.execute()
+            await self._announce("join", page)
+
+    async def _announce(self, event: str, members: list[Connection]) -> None:
+        """Tell the rooms of `members`, just registered or removed, that each joined (or
+        left), with the count one by one would have shown: two round trips in all."""
+        rooms = list(dict.fromkeys(member.room for member in members))
         pipe = self._redis.pipeline(transaction=False)
         for room in rooms:
             pipe.scard(members_key(room))
         counts = dict(zip(rooms, await pipe.execute(), strict=True))
-        behind = Counter(member.room for member in left)  # leaves yet to announce, by room
+        later = Counter(member.room for member in members)  # announced after this one
+        sign = 1 if event == "leave" else -1  # a later leave was in the room at this one's
         pipe = self._redis.pipeline(transaction=False)
-        for member in left:
-            behind[member.room] -= 1
-            count = int(counts[member.room]) + behind[member.room]
-            pipe.spublish(channel(member.room), _presence("leave", member, count))
+        for member in members:
+            later[member.room] -= 1
+            count = int(counts[member.room]) + sign * later[member.room]
+            pipe.spublish(channel(member.room), _presence(event, member, count))
         await pipe.execute()
 
 

@@ -4,9 +4,10 @@ be staged exactly (the fault tests with whole servers are in tests/handler/local
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -72,6 +73,22 @@ async def join(chat: LocalChat, room: str) -> Member:
 
 async def post(history: RedisHistory, room: str, text: str) -> None:
     await history.append(Draft(room, "u2", "u2", text), ts=0.0)
+
+
+@contextlib.contextmanager
+def round_trips(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
+    """Counts what this process sends to Redis meanwhile: a command, or a whole pipeline, is
+    one send (and one round trip)."""
+    sends = [0]
+    send = AbstractConnection.send_packed_command
+
+    async def counted(self: AbstractConnection, *args: Any, **kwargs: Any) -> None:
+        sends[0] += 1
+        await send(self, *args, **kwargs)
+
+    monkeypatch.setattr(AbstractConnection, "send_packed_command", counted)
+    yield sends
+    monkeypatch.undo()
 
 
 async def then_post(chat: LocalChat, room: str, text: str, *commands: tuple[str, ...]) -> Any:
@@ -360,18 +377,9 @@ async def test_a_big_dead_worker_is_reaped_in_a_few_round_trips_with_every_leave
     await pipe.execute()
     assert await feed.count("watched") == 6
 
-    sends = 0
-    send = AbstractConnection.send_packed_command
-
-    async def counted(self: AbstractConnection, *args: Any, **kwargs: Any) -> None:
-        nonlocal sends
-        sends += 1
-        await send(self, *args, **kwargs)
-
-    monkeypatch.setattr(AbstractConnection, "send_packed_command", counted)
-    await feed._heartbeat_once()  # it finds "dead" without a heartbeat
-    monkeypatch.undo()
-    assert sends < 30  # 19 here, a few of them the canary's; 6,014 one by one
+    with round_trips(monkeypatch) as sends:
+        await feed._heartbeat_once()  # it finds "dead" without a heartbeat
+    assert sends[0] < 30  # 19 here, a few of them the canary's; 6,014 one by one
     assert await engine.client.exists(*map(conn_key, dead), conns_key("dead")) == 0
     assert [await feed.count(room) for room in ("watched", "crowd-0", "crowd-1")] == [1, 0, 0]
     for _ in range(100):
@@ -383,6 +391,45 @@ async def test_a_big_dead_worker_is_reaped_in_a_few_round_trips_with_every_leave
         ("leave", count) for count in (5, 4, 3, 2, 1)
     ]
     assert {leave["user"]["id"] for leave in leaves} == {f"user-d{i}" for i in range(5)}
+    watcher.writer.cancel()
+
+
+@pytest.mark.timeout(60)
+async def test_a_big_worker_reaped_while_cut_off_registers_again_in_a_few_round_trips(
+    chat: LocalChat, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker with 600 members, reaped while cut off, registers them again when Redis
+    answers. One by one, that took three round trips a member (1,800 here), inside the
+    heartbeat: a slow link could make it outlast the TTL, and the worker be reaped again.
+    Every join must be told, with the count one by one would have shown."""
+    engine = chat.engine
+    assert engine is not None
+    feed = engine.feed
+    watcher = Member(chat, "j1")
+    principal = Principal(id="u1", name="u1", echo="u1")
+    await chat.call(chat.core.connect, "j1", "watched", principal, ConnectParams(Dialect.JSON))
+    await chat.call(chat.core.welcome, "j1")
+    for i in range(599):
+        room = "watched" if i < 5 else f"crowd-{i % 3}"
+        member = Principal(id=f"u-{i}", name="someone", echo="someone")
+        await chat.call(chat.core.connect, f"c{i}", room, member, ConnectParams())
+    await feed._reap(feed.worker)  # what another worker does to one that stopped beating
+    assert await feed.count("watched") == 0
+    watcher.frames.clear()
+
+    with round_trips(monkeypatch) as sends:
+        await feed._heartbeat_once()
+    assert sends[0] < 30  # 1,800 one by one
+    counts = [await feed.count(room) for room in ("watched", "crowd-0", "crowd-1", "crowd-2")]
+    assert counts == [6, 198, 198, 198]
+    for _ in range(100):
+        joins = [json.loads(f) for f in watcher.frames if '"presence"' in f]
+        if len(joins) == 5:
+            break
+        await asyncio.sleep(0.05)
+    assert [(frame["event"], frame["count"]) for frame in joins] == [
+        ("join", count) for count in (2, 3, 4, 5, 6)
+    ]
     watcher.writer.cancel()
 
 
