@@ -76,7 +76,7 @@ async def post(history: RedisHistory, room: str, text: str) -> None:
 
 
 @contextlib.contextmanager
-def round_trips(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
+def round_trips() -> Iterator[list[int]]:
     """Counts what this process sends to Redis meanwhile: a command, or a whole pipeline, is
     one send (and one round trip)."""
     sends = [0]
@@ -86,9 +86,11 @@ def round_trips(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
         sends[0] += 1
         await send(self, *args, **kwargs)
 
-    monkeypatch.setattr(AbstractConnection, "send_packed_command", counted)
-    yield sends
-    monkeypatch.undo()
+    AbstractConnection.send_packed_command = counted  # type: ignore[method-assign]
+    try:
+        yield sends
+    finally:
+        AbstractConnection.send_packed_command = send  # type: ignore[method-assign]
 
 
 async def then_post(chat: LocalChat, room: str, text: str, *commands: tuple[str, ...]) -> Any:
@@ -354,7 +356,7 @@ async def test_a_worker_reaped_while_cut_off_registers_its_members_again(
 
 @pytest.mark.timeout(60)
 async def test_a_big_dead_worker_is_reaped_in_a_few_round_trips_with_every_leave_told(
-    chat: LocalChat, monkeypatch: pytest.MonkeyPatch
+    chat: LocalChat,
 ) -> None:
     """A worker killed with 1,200 members is reaped by another. One by one, that took five
     round trips a member, 6,000 here: reaping a big worker could outlast the reaper's own
@@ -377,7 +379,7 @@ async def test_a_big_dead_worker_is_reaped_in_a_few_round_trips_with_every_leave
     await pipe.execute()
     assert await feed.count("watched") == 6
 
-    with round_trips(monkeypatch) as sends:
+    with round_trips() as sends:
         await feed._heartbeat_once()  # it finds "dead" without a heartbeat
     assert sends[0] < 30  # 19 here, a few of them the canary's; 6,014 one by one
     assert await engine.client.exists(*map(conn_key, dead), conns_key("dead")) == 0
@@ -396,7 +398,7 @@ async def test_a_big_dead_worker_is_reaped_in_a_few_round_trips_with_every_leave
 
 @pytest.mark.timeout(60)
 async def test_a_big_worker_reaped_while_cut_off_registers_again_in_a_few_round_trips(
-    chat: LocalChat, monkeypatch: pytest.MonkeyPatch
+    chat: LocalChat,
 ) -> None:
     """A worker with 600 members, reaped while cut off, registers them again when Redis
     answers. One by one, that took three round trips a member (1,800 here), inside the
@@ -417,7 +419,7 @@ async def test_a_big_worker_reaped_while_cut_off_registers_again_in_a_few_round_
     assert await feed.count("watched") == 0
     watcher.frames.clear()
 
-    with round_trips(monkeypatch) as sends:
+    with round_trips() as sends:
         await feed._heartbeat_once()
     assert sends[0] < 30  # 1,800 one by one
     counts = [await feed.count(room) for room in ("watched", "crowd-0", "crowd-1", "crowd-2")]
