@@ -5,6 +5,7 @@ Keys, all of a room under one hash tag (`{room}`), so a Redis Cluster keeps them
     wschat:{room}:seq       hash: `id` (the room's counter), `epoch` (its history's identity)
     wschat:{room}:log       stream: entry `<id>-0` per message, field `m` (the message's JSON)
     wschat:{room}:dedup:<user>:<client_msg_id>   the id a retried send already got
+    wschat:{room}:call:<token>   what one script call answered, should redis-py send it again
     channel wschat:{room}   where the script publishes new messages (sharded pub/sub)
 
 In a key, `room`, `user` and `client_msg_id` have `%`, `{`, `}` and `:` percent-encoded: a room
@@ -35,23 +36,32 @@ from redis.exceptions import NoScriptError
 
 from handler.chat.ports import ChatMessage, Draft
 
-# One room's drafts, in order. KEYS: seq hash, stream, channel, then the drafts' dedup keys.
-# ARGV: epoch if new, stream cap, ttl seconds, dedup ttl seconds, then for each draft: the
-# index of its dedup key among KEYS (0 for none), the sending connection's id (or ""), and its
-# message JSON without the id. Returns {epoch, {created, id, message} for each draft}.
+# One room's drafts, in order. KEYS: seq hash, stream, channel, this call's key, then the
+# drafts' dedup keys. ARGV: epoch if new, stream cap, ttl seconds, dedup ttl seconds, the
+# call's ttl seconds, then for each draft: the index of its dedup key among the dedup keys (0
+# for none), the sending connection's id (or ""), and its message JSON without the id.
+# Returns {epoch, {created, id, message} for each draft}. The call's key keeps that answer
+# (without a new message's JSON, which the caller has) for CALL_KEPT seconds: redis-py sends
+# a pipeline again when its answer is late or its connection breaks, and by then the script
+# may have run; run again, it would store every message twice.
 PUBLISH = """
-local seq, log, channel = KEYS[1], KEYS[2], KEYS[3]
+local seq, log, channel, call = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local ran = redis.call('GET', call)
+if ran then
+  return cjson.decode(ran)
+end
 if redis.call('HSETNX', seq, 'epoch', ARGV[1]) == 1 then
   redis.call('DEL', log)  -- a room that starts over starts empty
 end
 local epoch = redis.call('HGET', seq, 'epoch')
-local replies, bodies, senders = {epoch}, {}, {}
-for i = 5, #ARGV, 3 do
-  local dedup = ARGV[i] ~= '0' and KEYS[3 + tonumber(ARGV[i])]
+local replies, kept, bodies, senders = {epoch}, {epoch}, {}, {}
+for i = 6, #ARGV, 3 do
+  local dedup = ARGV[i] ~= '0' and KEYS[4 + tonumber(ARGV[i])]
   local before = dedup and redis.call('GET', dedup)
   if before then
     local entry = redis.call('XRANGE', log, before .. '-0', before .. '-0')
     replies[#replies + 1] = {0, tonumber(before), entry[1] and entry[1][2][2] or ''}
+    kept[#kept + 1] = replies[#replies]
   else
     local id = redis.call('HINCRBY', seq, 'id', 1)
     local body = string.sub(ARGV[i + 2], 1, -2) .. ',"id":' .. id .. '}'
@@ -60,6 +70,7 @@ for i = 5, #ARGV, 3 do
       redis.call('SET', dedup, id, 'EX', ARGV[4])
     end
     replies[#replies + 1] = {1, id, body}
+    kept[#kept + 1] = {1, id, ''}
     bodies[#bodies + 1] = body
     senders[#senders + 1] = ARGV[i + 1]
   end
@@ -70,8 +81,10 @@ if #bodies > 0 then
   redis.call('SPUBLISH', channel, '{"e":' .. cjson.encode(epoch) .. ',"s":' ..
     cjson.encode(senders) .. ',"m":[' .. table.concat(bodies, ',') .. ']}')
 end
+redis.call('SET', call, cjson.encode(kept), 'EX', ARGV[5])
 return replies
 """
+CALL_KEPT = 120  # seconds: longer than redis-py's retries of one pipeline can take
 
 
 # KEYS: seq hash. ARGV: an epoch, should the room have none. Returns {latest id, epoch}.
@@ -274,8 +287,9 @@ class RedisHistory:
         """The publish script's keys and arguments for `run`: drafts of one room, with their
         times."""
         room = run[0][0].room
-        keys = [seq_key(room), room_key(room, "log"), channel(room)]
-        args: list[Any] = [new_epoch(), self._size, self._ttl, self._ttl]
+        call = room_key(room, f"call:{secrets.token_hex(8)}")
+        keys = [seq_key(room), room_key(room, "log"), channel(room), call]
+        args: list[Any] = [new_epoch(), self._size, self._ttl, self._ttl, CALL_KEPT]
         for draft, ts in run:
             fields: dict[str, Any] = {
                 "room": room,
@@ -290,7 +304,7 @@ class RedisHistory:
                 if draft.client_msg_id:
                     who = f"{_escaped(draft.user_id)}:{_escaped(draft.client_msg_id)}"
                     keys.append(room_key(room, f"dedup:{who}"))
-                    dedup = len(keys) - 3  # its index among the dedup keys, from 1
+                    dedup = len(keys) - 4  # its index among the dedup keys, from 1
             args += [dedup, draft.sender_id or "", json.dumps(fields)]
         return keys, args
 

@@ -34,6 +34,7 @@ class RedisServer:
             "--bind", "127.0.0.1",
             "--dir", str(self.directory),
             "--save", "",
+            "--enable-debug-command", "local",  # DEBUG SLEEP: a Redis that stalls
             *(persistence if self.persistent else ["--appendonly", "no"]),
         ]  # fmt: skip
         with (self.directory / "redis.log").open("ab") as log:

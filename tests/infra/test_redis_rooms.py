@@ -435,6 +435,37 @@ async def test_a_big_worker_reaped_while_cut_off_registers_again_in_a_few_round_
     watcher.writer.cancel()
 
 
+@pytest.mark.timeout(60)
+async def test_a_publication_redis_py_sends_again_is_stored_once(
+    chat: LocalChat, redis: RedisServer
+) -> None:
+    """redis-py sends a pipeline again when its answer is later than the socket timeout (5 s)
+    or its connection breaks, and by then the publish script may have run. A Redis that
+    stalled for 6 s (a slow command, a fork for a snapshot) made one frame two messages,
+    under two ids, for every member."""
+    assert chat.engine is not None
+    history = chat.engine.feed._history
+    await join(chat, "stalled")  # c1, a text client
+    reader = Member(chat, "j1")
+    principal = Principal(id="u3", name="u3", echo="u3")
+    await chat.call(chat.core.connect, "j1", "stalled", principal, ConnectParams(Dialect.JSON))
+    await chat.call(chat.core.welcome, "j1")
+    await chat.call(chat.core.receive, "c1", ["before"])  # the script is loaded
+    _, stall = await asyncio.open_connection("127.0.0.1", redis.port)
+    stall.write(b"DEBUG SLEEP 6\r\n")
+    await stall.drain()
+    await asyncio.sleep(0.2)  # Redis is asleep
+    await chat.call(chat.core.receive, "c1", ["sent once"])
+    stall.close()
+    stored = [(m.id, m.text) for m in await history.after("stalled", 0, 10)]
+    assert stored == [(1, "before"), (2, "sent once")]
+    await reader.wait_for("sent once", 3)
+    await asyncio.sleep(0.5)  # a second copy would follow at once
+    messages = [json.loads(f) for f in reader.frames if '"type":"message"' in f]
+    assert [m["id"] for m in messages] == [1, 2]
+    reader.writer.cancel()
+
+
 @pytest.mark.timeout(30)
 async def test_append_many_stores_in_order_and_recovers_from_a_script_flush(
     chat: LocalChat,
