@@ -87,9 +87,12 @@ return replies
 CALL_KEPT = 120  # seconds: longer than redis-py's retries of one pipeline can take
 
 
-# KEYS: seq hash. ARGV: an epoch, should the room have none. Returns {latest id, epoch}.
+# KEYS: seq hash, stream. ARGV: an epoch, should the room have none. Returns {latest id,
+# epoch}.
 LATEST = """
-redis.call('HSETNX', KEYS[1], 'epoch', ARGV[1])
+if redis.call('HSETNX', KEYS[1], 'epoch', ARGV[1]) == 1 then
+  redis.call('DEL', KEYS[2])  -- a room that starts over starts empty (as PUBLISH says)
+end
 local seq = redis.call('HMGET', KEYS[1], 'id', 'epoch')
 return {tonumber(seq[1]) or 0, seq[2]}
 """
@@ -124,6 +127,11 @@ def new_epoch() -> str:
 def seq_key(room: str) -> str:
     """The room's counter and epoch."""
     return room_key(room, "seq")
+
+
+def log_key(room: str) -> str:
+    """The room's stream."""
+    return room_key(room, "log")
 
 
 def _message(body: str | bytes) -> ChatMessage:
@@ -288,7 +296,7 @@ class RedisHistory:
         times."""
         room = run[0][0].room
         call = room_key(room, f"call:{secrets.token_hex(8)}")
-        keys = [seq_key(room), room_key(room, "log"), channel(room), call]
+        keys = [seq_key(room), log_key(room), channel(room), call]
         args: list[Any] = [new_epoch(), self._size, self._ttl, self._ttl, CALL_KEPT]
         for draft, ts in run:
             fields: dict[str, Any] = {
@@ -310,17 +318,17 @@ class RedisHistory:
 
     async def after(self, room: str, after_id: int, limit: int) -> Sequence[ChatMessage]:
         entries = await self._redis.xrange(
-            room_key(room, "log"), min=f"{after_id + 1}-0", max="+", count=limit
+            log_key(room), min=f"{after_id + 1}-0", max="+", count=limit
         )
         return [_message(entry[b"m"]) for _, entry in entries]
 
     async def recent(self, room: str, limit: int) -> Sequence[ChatMessage]:
         if limit <= 0:
             return []
-        entries = await self._redis.xrevrange(room_key(room, "log"), count=limit)
+        entries = await self._redis.xrevrange(log_key(room), count=limit)
         return [_message(entry[b"m"]) for _, entry in reversed(entries)]
 
     async def latest(self, room: str) -> tuple[int, str]:
         """The room's latest id and its epoch, which a room gets the first time it is read."""
-        latest, epoch = await self._latest(keys=[seq_key(room)], args=[new_epoch()])
+        latest, epoch = await self._latest(keys=[seq_key(room), log_key(room)], args=[new_epoch()])
         return int(latest), text(epoch)

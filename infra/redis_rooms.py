@@ -29,7 +29,7 @@ import logging
 import secrets
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -41,6 +41,7 @@ from handler.chat.wire import CloseCode
 from infra.redis_history import (
     RedisHistory,
     channel,
+    log_key,
     messages_of,
     new_epoch,
     room_key,
@@ -58,22 +59,50 @@ CATCH_UP_PAGE = 500
 REAP_PAGE = 500  # a dead worker's members removed per few round trips
 
 
-# KEYS: connection hash, room members, worker's connections, the room's counter. ARGV: id,
-# room, user id, name, dialect, worker, an epoch should the room have none (as LATEST's).
-# Returns the room's epoch.
+# KEYS: connection hash, room members, worker's connections, the room's counter, its stream.
+# ARGV: id, room, user id, name, dialect, worker, an epoch should the room have none (as
+# LATEST's). Returns the room's epoch, and 1 if the member was not in the room already.
 JOIN = """
 redis.call('HSET', KEYS[1], 'room', ARGV[2], 'user_id', ARGV[3], 'user_name', ARGV[4],
   'dialect', ARGV[5], 'worker', ARGV[6])
-redis.call('SADD', KEYS[2], ARGV[1])
+local added = redis.call('SADD', KEYS[2], ARGV[1])
 redis.call('SADD', KEYS[3], ARGV[1])
-redis.call('HSETNX', KEYS[4], 'epoch', ARGV[7])
-return redis.call('HGET', KEYS[4], 'epoch')
+if redis.call('HSETNX', KEYS[4], 'epoch', ARGV[7]) == 1 then
+  redis.call('DEL', KEYS[5])  -- a room that starts over starts empty (as PUBLISH says)
+end
+return {redis.call('HGET', KEYS[4], 'epoch'), added}
 """
 # KEYS: JOIN's first three. ARGV: id.
 LEAVE = """
 redis.call('DEL', KEYS[1])
 redis.call('SREM', KEYS[3], ARGV[1])
 return redis.call('SREM', KEYS[2], ARGV[1])
+"""
+# A worker's members that are gone: a dead worker's, or ones whose LEAVE failed. KEYS: the
+# worker's heartbeat, its connections, then each member's hash and its room's members (the
+# hash again for a member whose hash is gone). ARGV: 1 to stop if the worker beats again, then
+# the ids. Returns the places (from 1) of those taken out of their rooms, or nil if it beats:
+# then it came back, and registers its members again itself.
+REMOVE = """
+if ARGV[1] == '1' and redis.call('EXISTS', KEYS[1]) == 1 then
+  return false
+end
+local left = {}
+for i = 2, #ARGV do
+  redis.call('DEL', KEYS[2 * i - 1])
+  redis.call('SREM', KEYS[2], ARGV[i])
+  if redis.call('SREM', KEYS[2 * i], ARGV[i]) == 1 then
+    left[#left + 1] = i - 1
+  end
+end
+return left
+"""
+# KEYS: the room's members, its channel. ARGV: a presence payload without its count and
+# closing brace. The count and the event go together: read apart, two joins could publish
+# their counts in the wrong order, and leave the room showing the older.
+PRESENCE = """
+local count = redis.call('SCARD', KEYS[1])
+redis.call('SPUBLISH', KEYS[2], ARGV[1] .. count .. '}')
 """
 
 
@@ -141,6 +170,9 @@ class RoomFeed:
         self._lag = lag
         self._connections: dict[str, Connection] = {}
         self._deferred: dict[str, list[str]] = {}  # presence for members not yet welcomed
+        # Gone from here but maybe not from Redis (their LEAVE failed): the heartbeat
+        # removes them, or they would count in their rooms for as long as this worker lives.
+        self._strays: dict[str, Connection] = {}
         self._rooms: dict[str, _Room] = {}
         self._pubsub: Any = None
         # Held by whatever changes the subscription. A fresh PubSub fetches its connection on
@@ -154,12 +186,14 @@ class RoomFeed:
         # Each is one atomic round trip.
         self._join = redis.register_script(JOIN)
         self._leave = redis.register_script(LEAVE)
+        self._remove = redis.register_script(REMOVE)
+        self._presence = redis.register_script(PRESENCE)
 
     # --- lifecycle ----------------------------------------------------------------------
 
     async def start(self) -> None:
+        await self._beat()  # first: a worker listed without a beat is reaped
         await self._redis.sadd("wschat:workers", self.worker)
-        await self._beat()
         self._pubsub = _Subscription(self._redis, self._reconnected)
         await self._pubsub.ssubscribe(self._canary_channel)
         self._tasks = [
@@ -173,6 +207,7 @@ class RoomFeed:
         for task in self._tasks:
             task.cancel()
         with contextlib.suppress(Exception):
+            await self._redis.delete(beat_key(self.worker))
             await self._reap(self.worker)  # our members are gone with us
             await self._pubsub.aclose()
 
@@ -211,7 +246,8 @@ class RoomFeed:
         """The member in Redis: its hash, its room's set and this worker's set. Returns the
         room's epoch."""
         keys, args = self._membership(connection)
-        return text(await self._join(keys=keys, args=args))
+        epoch, _ = await self._join(keys=keys, args=args)
+        return text(epoch)
 
     def _membership(self, connection: Connection) -> tuple[list[str], list[str]]:
         """JOIN's keys and arguments for `connection`."""
@@ -220,6 +256,7 @@ class RoomFeed:
             members_key(connection.room),
             conns_key(self.worker),
             seq_key(connection.room),
+            log_key(connection.room),
         ]
         args = [
             connection.id,
@@ -253,14 +290,20 @@ class RoomFeed:
         return connection
 
     async def leave(self, connection: Connection) -> None:
-        await self._leave(
-            keys=[
-                conn_key(connection.id),
-                members_key(connection.room),
-                conns_key(self.worker),
-            ],
-            args=[connection.id],
-        )
+        """Take a member out of Redis. If Redis cannot be told, the heartbeat tries again,
+        and announces the leave then."""
+        try:
+            await self._leave(
+                keys=[
+                    conn_key(connection.id),
+                    members_key(connection.room),
+                    conns_key(self.worker),
+                ],
+                args=[connection.id],
+            )
+        except BaseException:
+            self._strays[connection.id] = connection
+            raise
         # The room's subscription stays a while (the heartbeat drops idle ones): a member
         # coming back finds it in place.
 
@@ -295,8 +338,9 @@ class RoomFeed:
         return self._deferred.pop(connection_id, [])
 
     async def publish_presence(self, event: str, connection: Connection) -> None:
-        count = await self.count(connection.room)
-        await self._redis.spublish(channel(connection.room), _presence(event, connection, count))
+        room = connection.room
+        head = _presence_head(event, connection)
+        await self._presence(keys=[members_key(room), channel(room)], args=[head])
 
     # --- the subscription ---------------------------------------------------------------
 
@@ -383,7 +427,14 @@ class RoomFeed:
         if message.id <= behind:
             return  # delivered already (a catch-up got here first)
         if message.id > behind + 1:  # a gap: a message lost on the way, fill it first
-            await self._catch_up(room, message.id - 1)
+            try:
+                await self._catch_up(room, message.id - 1)
+            except Exception as error:
+                # Not this one before the gap: a renewal catches up on both from the stream
+                # (else it would wait for the room's next message, maybe for ever).
+                log.warning("could not fill a gap in %r (%r); renewing", room, error)
+                self._renew.set()
+                return
         self._lag(max(0.0, time.time() - message.ts))
         self._fan_out(message, sender_id)
 
@@ -492,6 +543,7 @@ class RoomFeed:
     async def _heartbeat_once(self) -> None:
         await self._beat()
         await self._drop_idle_rooms()
+        await self._remove_strays()
         if await self._redis.sadd("wschat:workers", self.worker) and self._connections:
             # We were off the list: reaped by another worker while our heartbeat could not
             # reach Redis, our members removed and their leave announced. They are still
@@ -530,45 +582,81 @@ class RoomFeed:
 
     async def _reap(self, worker: str) -> None:
         """Remove a dead worker's members and tell their rooms they left; only the worker
-        that takes it off the list does it, so each leave is announced once. A few round
+        that takes it off the list does it, so each leave is announced once. Three round
         trips per REAP_PAGE members: one per member would outlast the reaper's own heartbeat
-        TTL for a big worker, and get the reaper reaped in turn."""
+        TTL for a big worker, and get the reaper reaped in turn. A worker that beats again
+        meanwhile (it was only cut off) keeps the members not yet removed, and registers the
+        others again itself."""
         if not await self._redis.srem("wschat:workers", worker):
             return
         ids = [raw.decode() for raw in await self._redis.smembers(conns_key(worker))]
         for start in range(0, len(ids), REAP_PAGE):
-            await self._remove_members(ids[start : start + REAP_PAGE])
-        await self._redis.delete(conns_key(worker))
+            page = ids[start : start + REAP_PAGE]
+            pipe = self._redis.pipeline(transaction=False)
+            for connection_id in page:
+                pipe.hgetall(conn_key(connection_id))
+            records = await pipe.execute()
+            found = [_member_of(i, fields) for i, fields in zip(page, records, strict=True)]
+            left = await self._take_out(worker, page, found, beating_stops=True)
+            if left is None:
+                log.info("worker %s beats again; it keeps its members", worker)
+                return
+            await self._announce("leave", [member for member in left if member is not None])
         if worker != self.worker:
             log.info("reaped worker %s (%d members), which stopped beating", worker, len(ids))
 
-    async def _remove_members(self, ids: list[str]) -> None:
-        """Take `ids` out of Redis, and announce each that was still in its room: four round
-        trips in all."""
-        pipe = self._redis.pipeline(transaction=False)
+    async def _take_out(
+        self,
+        worker: str,
+        ids: Sequence[str],
+        members: Sequence[Connection | None],
+        beating_stops: bool,
+    ) -> list[Connection | None] | None:
+        """Take `worker`'s `ids` out of Redis in one step (`members` are what their hashes
+        held, if anything). Returns those that were still in their rooms; None if `worker`
+        beats again and `beating_stops`."""
+        keys = [beat_key(worker), conns_key(worker)]
+        for connection_id, member in zip(ids, members, strict=True):
+            # Without a hash, no room: REMOVE deletes the hash first, so SREM finds nothing.
+            room = members_key(member.room) if member else conn_key(connection_id)
+            keys += [conn_key(connection_id), room]
+        places = await self._remove(keys=keys, args=["1" if beating_stops else "0", *ids])
+        if places is None:
+            return None
+        return [members[int(place) - 1] for place in places]
+
+    async def _remove_strays(self) -> None:
+        """Take out of Redis the members whose LEAVE failed, and announce the leave of those
+        still in their rooms (which the core could not: the failure stopped it)."""
+        strays = list(self._strays.values())
+        if not strays:
+            return
+        ids = [member.id for member in strays]
+        left = await self._take_out(self.worker, ids, strays, beating_stops=False)
         for connection_id in ids:
-            pipe.hgetall(conn_key(connection_id))
-        records = await pipe.execute()
-        gone = [_member_of(i, fields) for i, fields in zip(ids, records, strict=True) if fields]
-        pipe = self._redis.pipeline(transaction=False)
-        pipe.delete(*map(conn_key, ids))
-        for member in gone:
-            pipe.srem(members_key(member.room), member.id)
-        _, *removed = await pipe.execute()
-        await self._announce("leave", [m for m, out in zip(gone, removed, strict=True) if out])
+            del self._strays[connection_id]
+        await self._announce("leave", [member for member in left or [] if member is not None])
 
     async def _register_again(self, members: list[Connection]) -> None:
-        """Register `members` in Redis again, and announce that they joined: three round
-        trips per REAP_PAGE members. One by one, a big worker back from a long cut-off could
-        take longer than its heartbeat's TTL, and be reaped again."""
+        """Register `members` in Redis again, and announce those that were not there (all
+        but the ones a reaper had yet to reach): three round trips per REAP_PAGE members. One
+        by one, a big worker back from a long cut-off could take longer than its heartbeat's
+        TTL, and be reaped again."""
         for start in range(0, len(members), REAP_PAGE):
             page = members[start : start + REAP_PAGE]
             pipe = self._redis.pipeline(transaction=False)
             for member in page:
                 keys, args = self._membership(member)
                 await self._join(keys=keys, args=args, client=pipe)
-            await pipe.execute()
-            await self._announce("join", page)
+            answers = await pipe.execute()
+            added = [member for member, (_, new) in zip(page, answers, strict=True) if new]
+            # A member that left meanwhile, its LEAVE run before this JOIN, is back in
+            # Redis: out again, unannounced (its leave was).
+            gone = [member for member in added if member.id not in self._connections]
+            if gone:
+                ids = [member.id for member in gone]
+                await self._take_out(self.worker, ids, gone, beating_stops=False)
+            await self._announce("join", [m for m in added if m.id in self._connections])
 
     async def _announce(self, event: str, members: list[Connection]) -> None:
         """Tell the rooms of `members`, just registered or removed, that each joined (or
@@ -588,8 +676,10 @@ class RoomFeed:
         await pipe.execute()
 
 
-def _member_of(connection_id: str, fields: dict[bytes, bytes]) -> Connection:
-    """A member as its `wschat:conn:` hash holds it."""
+def _member_of(connection_id: str, fields: dict[bytes, bytes]) -> Connection | None:
+    """A member as its `wschat:conn:` hash holds it (None for no hash)."""
+    if not fields:
+        return None
     return Connection(
         id=connection_id,
         room=fields[b"room"].decode(),
@@ -602,6 +692,11 @@ def _member_of(connection_id: str, fields: dict[bytes, bytes]) -> Connection:
 
 def _presence(event: str, connection: Connection, count: int) -> str:
     """A presence event on a room's channel: `RoomFeed._on_presence` reads it."""
+    return f"{_presence_head(event, connection)}{count}}}"
+
+
+def _presence_head(event: str, connection: Connection) -> str:
+    """A presence event without its count and closing brace (the PRESENCE script's)."""
     member = {
         "id": connection.id,
         "room": connection.room,
@@ -609,4 +704,4 @@ def _presence(event: str, connection: Connection, count: int) -> str:
         "user_name": connection.user_name,
         "dialect": connection.dialect.value,
     }
-    return json.dumps({"p": event, "c": member, "n": count})
+    return json.dumps({"p": event, "c": member})[:-1] + ', "n": '

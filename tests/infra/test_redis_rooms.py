@@ -12,16 +12,19 @@ from typing import Any
 
 import pytest
 from redis.asyncio.connection import AbstractConnection
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from auth.principal import Principal
 from handler.chat.core import ConnectParams
 from handler.chat.ports import Dialect, Draft
 from handler.local.service import LocalChat, build_local_chat
 from infra.local_delivery import Outbox
-from infra.redis_history import PUBLISH, RedisHistory, channel, seq_key
+from infra.redis_history import PUBLISH, RedisHistory, channel, log_key, seq_key
 from infra.redis_rooms import (
     CANARY_SECONDS,
     DEAF_AFTER,
+    RoomFeed,
+    beat_key,
     conn_key,
     conns_key,
     members_key,
@@ -64,11 +67,46 @@ async def chat(redis: RedisServer) -> AsyncIterator[LocalChat]:
     await chat.engine.stop()
 
 
-async def join(chat: LocalChat, room: str) -> Member:
-    member = Member(chat, "c1")
-    principal = Principal(id="u1", name="u1", echo="u1")
-    await chat.call(chat.core.connect, "c1", room, principal, ConnectParams())
+async def join(chat: LocalChat, room: str, connection_id: str = "c1") -> Member:
+    """A text-dialect member."""
+    member = Member(chat, connection_id)
+    principal = Principal(id=f"u-{connection_id}", name="u1", echo="u1")
+    await chat.call(chat.core.connect, connection_id, room, principal, ConnectParams())
     return member
+
+
+async def watch(chat: LocalChat, room: str) -> Member:
+    """A JSON member, `j1`, past its welcome: it hears presence."""
+    member = Member(chat, "j1")
+    principal = Principal(id="u-j1", name="u-j1", echo="u-j1")
+    await chat.call(chat.core.connect, "j1", room, principal, ConnectParams(Dialect.JSON))
+    await chat.call(chat.core.welcome, "j1")
+    return member
+
+
+async def heard(member: Member, events: int) -> list[tuple[str, str, int]]:
+    """The presence events `member` heard (event, user id, count), once there are `events`
+    of them (at most 5 s), and 0.3 s more for any that should not come."""
+    for _ in range(100):
+        if sum('"presence"' in frame for frame in member.frames) >= events:
+            break
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.3)
+    frames = [json.loads(frame) for frame in member.frames if '"presence"' in frame]
+    return [(frame["event"], frame["user"]["id"], frame["count"]) for frame in frames]
+
+
+async def register_dead_worker(feed: RoomFeed, members: dict[str, str]) -> None:
+    """Register `members` (id: room) in Redis as a worker `dead` did, listed but no longer
+    beating."""
+    pipe = feed._redis.pipeline(transaction=False)
+    for connection_id, room in members.items():
+        keys = [conn_key(connection_id), members_key(room), conns_key("dead"), seq_key(room)]
+        keys.append(log_key(room))
+        args = [connection_id, room, f"user-{connection_id}", "someone", "json", "dead", "e"]
+        await feed._join(keys=keys, args=args, client=pipe)
+    pipe.sadd("wschat:workers", "dead")
+    await pipe.execute()
 
 
 async def post(history: RedisHistory, room: str, text: str) -> None:
@@ -91,6 +129,14 @@ def round_trips() -> Iterator[list[int]]:
         yield sends
     finally:
         AbstractConnection.send_packed_command = send  # type: ignore[method-assign]
+
+
+async def cut_off(feed: RoomFeed) -> None:
+    """As for a worker that cannot reach Redis: its heartbeat stops, and its beat expires."""
+    for task in feed._tasks:
+        if task.get_name() == "redis-heartbeat":
+            task.cancel()
+    await feed._redis.delete(beat_key(feed.worker))
 
 
 async def then_post(chat: LocalChat, room: str, text: str, *commands: tuple[str, ...]) -> Any:
@@ -201,10 +247,7 @@ async def test_json_members_are_closed_to_resume_when_their_room_starts_over(
     assert chat.engine is not None
     history = chat.engine.feed._history
     await post(history, "epochs", "before it joined")
-    member = Member(chat, "j1")
-    principal = Principal(id="u1", name="u1", echo="u1")
-    await chat.call(chat.core.connect, "j1", "epochs", principal, ConnectParams(Dialect.JSON))
-    await chat.call(chat.core.welcome, "j1")
+    member = await watch(chat, "epochs")
     await post(history, "epochs", "after it joined")
     await member.wait_for("after it joined", 5)
     await chat.engine.client.flushall()
@@ -348,6 +391,7 @@ async def test_a_worker_reaped_while_cut_off_registers_its_members_again(
     feed = engine.feed
     await join(chat, "counted")
     assert await feed.count("counted") == 1
+    await cut_off(feed)
     await feed._reap(feed.worker)  # what another worker does to one that stopped beating
     assert await feed.count("counted") == 0
     await feed._heartbeat_once()
@@ -365,18 +409,9 @@ async def test_a_big_dead_worker_is_reaped_in_a_few_round_trips_with_every_leave
     engine = chat.engine
     assert engine is not None
     feed = engine.feed
-    watcher = Member(chat, "j1")
-    principal = Principal(id="u1", name="u1", echo="u1")
-    await chat.call(chat.core.connect, "j1", "watched", principal, ConnectParams(Dialect.JSON))
-    await chat.call(chat.core.welcome, "j1")
+    watcher = await watch(chat, "watched")
     dead = {f"d{i}": "watched" if i < 5 else f"crowd-{i % 3}" for i in range(1200)}
-    pipe = engine.client.pipeline(transaction=False)
-    for connection_id, room in dead.items():
-        keys = [conn_key(connection_id), members_key(room), conns_key("dead"), seq_key(room)]
-        args = [connection_id, room, f"user-{connection_id}", "someone", "json", "dead", "e"]
-        await feed._join(keys=keys, args=args, client=pipe)
-    pipe.sadd("wschat:workers", "dead")
-    await pipe.execute()
+    await register_dead_worker(feed, dead)
     assert await feed.count("watched") == 6
 
     with round_trips() as sends:
@@ -384,15 +419,11 @@ async def test_a_big_dead_worker_is_reaped_in_a_few_round_trips_with_every_leave
     assert sends[0] < 30  # 19 here, a few of them the canary's; 6,014 one by one
     assert await engine.client.exists(*map(conn_key, dead), conns_key("dead")) == 0
     assert [await feed.count(room) for room in ("watched", "crowd-0", "crowd-1")] == [1, 0, 0]
-    for _ in range(100):
-        leaves = [json.loads(f) for f in watcher.frames if '"presence"' in f]
-        if len(leaves) == 5:
-            break
-        await asyncio.sleep(0.05)
-    assert [(leave["event"], leave["count"]) for leave in leaves] == [
+    leaves = await heard(watcher, 5)
+    assert [(event, count) for event, _, count in leaves] == [
         ("leave", count) for count in (5, 4, 3, 2, 1)
     ]
-    assert {leave["user"]["id"] for leave in leaves} == {f"user-d{i}" for i in range(5)}
+    assert {user for _, user, _ in leaves} == {f"user-d{i}" for i in range(5)}
     watcher.writer.cancel()
 
 
@@ -407,14 +438,12 @@ async def test_a_big_worker_reaped_while_cut_off_registers_again_in_a_few_round_
     engine = chat.engine
     assert engine is not None
     feed = engine.feed
-    watcher = Member(chat, "j1")
-    principal = Principal(id="u1", name="u1", echo="u1")
-    await chat.call(chat.core.connect, "j1", "watched", principal, ConnectParams(Dialect.JSON))
-    await chat.call(chat.core.welcome, "j1")
+    watcher = await watch(chat, "watched")
     for i in range(599):
         room = "watched" if i < 5 else f"crowd-{i % 3}"
         member = Principal(id=f"u-{i}", name="someone", echo="someone")
         await chat.call(chat.core.connect, f"c{i}", room, member, ConnectParams())
+    await cut_off(feed)
     await feed._reap(feed.worker)  # what another worker does to one that stopped beating
     assert await feed.count("watched") == 0
     watcher.frames.clear()
@@ -424,12 +453,8 @@ async def test_a_big_worker_reaped_while_cut_off_registers_again_in_a_few_round_
     assert sends[0] < 30  # 1,800 one by one
     counts = [await feed.count(room) for room in ("watched", "crowd-0", "crowd-1", "crowd-2")]
     assert counts == [6, 198, 198, 198]
-    for _ in range(100):
-        joins = [json.loads(f) for f in watcher.frames if '"presence"' in f]
-        if len(joins) == 5:
-            break
-        await asyncio.sleep(0.05)
-    assert [(frame["event"], frame["count"]) for frame in joins] == [
+    joins = await heard(watcher, 5)
+    assert [(event, count) for event, _, count in joins] == [
         ("join", count) for count in (2, 3, 4, 5, 6)
     ]
     watcher.writer.cancel()
@@ -446,10 +471,7 @@ async def test_a_publication_redis_py_sends_again_is_stored_once(
     assert chat.engine is not None
     history = chat.engine.feed._history
     await join(chat, "stalled")  # c1, a text client
-    reader = Member(chat, "j1")
-    principal = Principal(id="u3", name="u3", echo="u3")
-    await chat.call(chat.core.connect, "j1", "stalled", principal, ConnectParams(Dialect.JSON))
-    await chat.call(chat.core.welcome, "j1")
+    reader = await watch(chat, "stalled")
     await chat.call(chat.core.receive, "c1", ["before"])  # the script is loaded
     _, stall = await asyncio.open_connection("127.0.0.1", redis.port)
     stall.write(b"DEBUG SLEEP 6\r\n")
@@ -464,6 +486,179 @@ async def test_a_publication_redis_py_sends_again_is_stored_once(
     messages = [json.loads(f) for f in reader.frames if '"type":"message"' in f]
     assert [m["id"] for m in messages] == [1, 2]
     reader.writer.cancel()
+
+
+@pytest.mark.timeout(30)
+async def test_a_member_whose_leave_redis_missed_is_taken_out_by_the_heartbeat(
+    chat: LocalChat,
+) -> None:
+    """A socket closes while Redis cannot be told (paused for a failover, the pool busy for
+    10 s): its LEAVE fails, after the member is gone here. It stayed in its room's count for
+    as long as the worker lived, and nobody heard it leave."""
+    assert chat.engine is not None
+    feed = chat.engine.feed
+    watcher = await watch(chat, "strays")
+    await join(chat, "strays")  # c1
+    leave = feed._leave
+
+    async def unreachable(*args: Any, **kwargs: Any) -> None:
+        raise RedisConnectionError("Redis went away")
+
+    feed._leave = unreachable
+    with pytest.raises(RedisConnectionError):
+        await chat.call(chat.core.disconnect, "c1")
+    feed._leave = leave
+    assert await feed.count("strays") == 2
+    await feed._heartbeat_once()
+    assert await feed.count("strays") == 1
+    assert await heard(watcher, 2) == [("join", "u-c1", 2), ("leave", "u-c1", 1)]
+    watcher.writer.cancel()
+
+
+@pytest.mark.timeout(30)
+async def test_a_worker_that_beats_again_while_it_is_reaped_keeps_its_members(
+    chat: LocalChat,
+) -> None:
+    """A worker cut off for longer than its TTL comes back just as another reaps it: after
+    the reaper read its members, before it removed them. They were removed, and announced as
+    gone, while still connected to it; and its next heartbeat found itself listed again, so
+    it never registered them again."""
+    assert chat.engine is not None
+    feed = chat.engine.feed
+    watcher = await watch(chat, "comeback")
+    await register_dead_worker(feed, {"d1": "comeback", "d2": "comeback"})
+    remove = feed._remove
+
+    async def back_meanwhile(*args: Any, **kwargs: Any) -> Any:
+        await feed._redis.set(beat_key("dead"), "1", ex=15)
+        return await remove(*args, **kwargs)
+
+    feed._remove = back_meanwhile
+    await feed._reap("dead")
+    assert await feed.count("comeback") == 3
+    assert await heard(watcher, 0) == []
+    watcher.writer.cancel()
+
+
+@pytest.mark.timeout(30)
+async def test_a_member_registered_again_while_its_worker_is_reaped_stays_reapable(
+    chat: LocalChat,
+) -> None:
+    """A worker comes back, and registers a member again, after the reaper removed its
+    members but before it was done with the worker: the reaper then deleted the worker's
+    whole list, and the member, in its room but on no worker's list, was never reaped when
+    its worker died for good."""
+    assert chat.engine is not None
+    feed = chat.engine.feed
+    await register_dead_worker(feed, {"d1": "comeback"})
+    remove = feed._remove
+
+    async def back_after(*args: Any, **kwargs: Any) -> Any:
+        places = await remove(*args, **kwargs)
+        await register_dead_worker(feed, {"d1": "comeback"})  # ignoring its SADD's answer
+        return places
+
+    feed._remove = back_after
+    await feed._reap("dead")
+    assert await feed._redis.smembers(conns_key("dead")) == {b"d1"}
+
+
+@pytest.mark.timeout(30)
+async def test_a_member_that_leaves_while_its_worker_registers_again_is_not_left_behind(
+    chat: LocalChat,
+) -> None:
+    """A worker reaped while cut off registers its members again from a list taken first.
+    One that left meanwhile (its LEAVE run before the JOIN) was registered again, for good,
+    and announced as joining."""
+    assert chat.engine is not None
+    feed = chat.engine.feed
+    watcher = await watch(chat, "back")
+    await join(chat, "back")  # c1
+    listed = [feed.get("j1"), feed.get("c1")]
+    await cut_off(feed)
+    await feed._reap(feed.worker)
+    await chat.call(chat.core.disconnect, "c1")
+    await heard(watcher, 3)  # c1 joined, was reaped, and left
+    watcher.frames.clear()
+    await feed._register_again([member for member in listed if member is not None])
+    assert await feed.count("back") == 1
+    assert await heard(watcher, 0) == []
+    watcher.writer.cancel()
+
+
+@pytest.mark.timeout(30)
+async def test_the_last_presence_a_room_hears_has_its_count(chat: LocalChat) -> None:
+    """Two members join at once. Each join's count was read, then published, apart: the
+    first to read could publish last, and the room showed 2 members while 3 were in it."""
+    assert chat.engine is not None
+    feed = chat.engine.feed
+    watcher = await watch(chat, "busy")
+    count = feed.count
+    first = True
+
+    async def slow_first(room: str) -> int:
+        nonlocal first
+        answer = await count(room)
+        if first:
+            first = False
+            await asyncio.sleep(0.3)
+        return answer
+
+    feed.count = slow_first  # type: ignore[method-assign]
+    await asyncio.gather(join(chat, "busy", "c1"), join(chat, "busy", "c2"))
+    feed.count = count  # type: ignore[method-assign]
+    events = await heard(watcher, 2)
+    assert [counted for _, _, counted in events][-1] == await feed.count("busy") == 3
+    watcher.writer.cancel()
+
+
+@pytest.mark.timeout(30)
+async def test_a_gap_that_cannot_be_filled_at_once_is_filled_by_a_renewal(
+    chat: LocalChat,
+) -> None:
+    """A message arrives after a gap (one lost on the way), and reading the gap from the
+    stream fails (Redis busy). The message was dropped, and the gap's too, until the room's
+    next message: in a quiet room, never."""
+    assert chat.engine is not None
+    history = chat.engine.feed._history
+    member = await join(chat, "gappy")
+    await post(history, "gappy", "one")
+    await member.wait_for("one", 3)
+    keys, args = history._publication([(Draft("gappy", "u2", "u2", "two"), 0.0)])
+    keys[2] = "wschat:{gappy}:nowhere"  # stored, but lost on the way here
+    client = chat.engine.client
+    await client.evalsha(await client.script_load(PUBLISH), len(keys), *keys, *args)
+    after = history.after
+    busy = True
+
+    async def busy_once(room: str, after_id: int, limit: int) -> Any:
+        nonlocal busy
+        if busy:
+            busy = False
+            raise RedisConnectionError("Redis went away")
+        return await after(room, after_id, limit)
+
+    history.after = busy_once  # type: ignore[method-assign]
+    await post(history, "gappy", "three")
+    await member.wait_for("three", 5)
+    lines = [frame for frame in member.frames if "two" in frame or "three" in frame]
+    assert ["two" in line for line in lines] == [True, False]
+    member.writer.cancel()
+
+
+@pytest.mark.timeout(30)
+async def test_a_room_whose_counter_is_lost_starts_over_empty(chat: LocalChat) -> None:
+    """A room's counter evicted (an `allkeys-*` policy) or deleted by hand, its stream kept:
+    the join made a new epoch, but the stream still held ids 1 and 2, and every send failed
+    until the counter passed them."""
+    assert chat.engine is not None
+    history = chat.engine.feed._history
+    await post(history, "evicted", "old one")
+    await post(history, "evicted", "old two")
+    await chat.engine.client.delete(seq_key("evicted"))
+    await join(chat, "evicted")
+    await post(history, "evicted", "new")
+    assert [(m.id, m.text) for m in await history.after("evicted", 0, 10)] == [(1, "new")]
 
 
 @pytest.mark.timeout(30)
