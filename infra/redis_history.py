@@ -3,7 +3,8 @@
 Keys, all of a room under one hash tag (`{room}`), so a Redis Cluster keeps them together:
 
     wschat:{room}:seq       hash: `id` (the room's counter), `epoch` (its history's identity)
-    wschat:{room}:log       stream: entry `<id>-0` per message, field `m` (the message's JSON)
+    wschat:{room}:log       stream: entry `<id>-0` per message, fields `m` (the message's
+                            JSON) and `s` (the sending connection's id, or "")
     wschat:{room}:dedup:<user>:<client_msg_id>   the id a retried send already got
     wschat:{room}:call:<token>   what one script call answered, should redis-py send it again
     channel wschat:{room}   where the script publishes new messages (sharded pub/sub)
@@ -65,7 +66,7 @@ for i = 6, #ARGV, 3 do
   else
     local id = redis.call('HINCRBY', seq, 'id', 1)
     local body = string.sub(ARGV[i + 2], 1, -2) .. ',"id":' .. id .. '}'
-    redis.call('XADD', log, 'MAXLEN', ARGV[2], id .. '-0', 'm', body)
+    redis.call('XADD', log, 'MAXLEN', ARGV[2], id .. '-0', 'm', body, 's', ARGV[i + 1])
     if dedup then
       redis.call('SET', dedup, id, 'EX', ARGV[4])
     end
@@ -317,10 +318,18 @@ class RedisHistory:
         return keys, args
 
     async def after(self, room: str, after_id: int, limit: int) -> Sequence[ChatMessage]:
+        return [message for message, _ in await self.sent_after(room, after_id, limit)]
+
+    async def sent_after(
+        self, room: str, after_id: int, limit: int
+    ) -> list[tuple[ChatMessage, str | None]]:
+        """As `after`, with each message's sending connection: None for none (REST), or if
+        a worker from before 2026-11-26 stored it. A catch-up must not send a text-dialect
+        client's line back to it."""
         entries = await self._redis.xrange(
             log_key(room), min=f"{after_id + 1}-0", max="+", count=limit
         )
-        return [_message(entry[b"m"]) for _, entry in entries]
+        return [(_message(entry[b"m"]), text(entry.get(b"s", b"")) or None) for _, entry in entries]
 
     async def recent(self, room: str, limit: int) -> Sequence[ChatMessage]:
         if limit <= 0:

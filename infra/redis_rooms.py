@@ -457,14 +457,14 @@ class RoomFeed:
             after = state.delivered
             if through is not None and after >= through:
                 return
-            missed = await self._history.after(room, after, CATCH_UP_PAGE)
+            missed = await self._history.sent_after(room, after, CATCH_UP_PAGE)
             if not missed:
                 # Expired, or the stream started over: nothing to wait for.
                 if through is not None and state.delivered < through:
                     state.delivered = through
                 return
-            for message in missed:
-                self._fan_out(message)
+            for message, sender_id in missed:
+                self._fan_out(message, sender_id)
 
     async def _start_over_if_lost(self, room: str) -> None:
         """While the subscription was down, Redis may have lost the room (restarted without

@@ -139,12 +139,16 @@ async def cut_off(feed: RoomFeed) -> None:
     await feed._redis.delete(beat_key(feed.worker))
 
 
-async def then_post(chat: LocalChat, room: str, text: str, *commands: tuple[str, ...]) -> Any:
-    """Run `commands`, then publish `text` to `room`, in one pipeline: Redis runs them back
-    to back, before the worker can react to the first. Returns their answers."""
+async def then_post(
+    chat: LocalChat, room: str, text: str, *commands: tuple[str, ...], sender: str | None = None
+) -> Any:
+    """Run `commands`, then publish `text` to `room` (from the connection `sender`), in one
+    pipeline: Redis runs them back to back, before the worker can react to the first.
+    Returns their answers."""
     assert chat.engine is not None
     history = chat.engine.feed._history
-    keys, args = history._publication([(Draft(room, "u2", "u2", text), 0.0)])
+    draft = Draft(room, "u2", "u2", text, sender_id=sender)
+    keys, args = history._publication([(draft, 0.0)])
     sha = await chat.engine.client.script_load(PUBLISH)
     pipe = chat.engine.client.pipeline(transaction=False)
     for command in commands:
@@ -212,6 +216,23 @@ async def test_what_is_published_while_redis_py_reconnects_the_subscription_is_c
     await member.wait_for("in the gap", DEAF_AFTER - CANARY_SECONDS)  # not by the canary
     assert "reconnected; catching up" in caplog.text
     member.writer.cancel()
+
+
+@pytest.mark.timeout(30)
+async def test_a_text_senders_line_that_is_caught_up_is_not_sent_back_to_it(
+    chat: LocalChat,
+) -> None:
+    """A catch-up delivers from the stream, which did not keep who sent a message: a
+    text-dialect sender, which has the seed's echo of its line, got it again as a room
+    line."""
+    sender = await join(chat, "caught", "c1")
+    other = await join(chat, "caught", "c2")
+    await then_post(chat, "caught", "mine", ("CLIENT", "KILL", "TYPE", "pubsub"), sender="c1")
+    await other.wait_for("mine", DEAF_AFTER)
+    await asyncio.sleep(0.3)
+    assert not any("mine" in frame for frame in sender.frames)
+    sender.writer.cancel()
+    other.writer.cancel()
 
 
 @pytest.mark.timeout(30)
@@ -628,7 +649,7 @@ async def test_a_gap_that_cannot_be_filled_at_once_is_filled_by_a_renewal(
     keys[2] = "wschat:{gappy}:nowhere"  # stored, but lost on the way here
     client = chat.engine.client
     await client.evalsha(await client.script_load(PUBLISH), len(keys), *keys, *args)
-    after = history.after
+    read = history.sent_after
     busy = True
 
     async def busy_once(room: str, after_id: int, limit: int) -> Any:
@@ -636,9 +657,9 @@ async def test_a_gap_that_cannot_be_filled_at_once_is_filled_by_a_renewal(
         if busy:
             busy = False
             raise RedisConnectionError("Redis went away")
-        return await after(room, after_id, limit)
+        return await read(room, after_id, limit)
 
-    history.after = busy_once  # type: ignore[method-assign]
+    history.sent_after = busy_once  # type: ignore[method-assign]
     await post(history, "gappy", "three")
     await member.wait_for("three", 5)
     lines = [frame for frame in member.frames if "two" in frame or "three" in frame]
