@@ -3,6 +3,7 @@
 Keys, all of a room under one hash tag (`{room}`), so a Redis Cluster keeps them together:
 
     wschat:{room}:seq       hash: `id` (the room's counter), `epoch` (its history's identity)
+    wschat:{room}:members   set: the ids of the room's connections, on every worker
     wschat:{room}:log       stream: entry `<id>-0` per message, fields `m` (the message's
                             JSON) and `s` (the sending connection's id, or "")
     wschat:{room}:dedup:<user>:<client_msg_id>   the id a retried send already got
@@ -21,7 +22,10 @@ are consecutive and visible only with their message (handler/chat/ports.py, Mess
 
 The `epoch` is made when a room's counter is: if Redis loses the room (restarted without
 persistence, flushed), the counter starts over under a new epoch, and a client resuming with
-the old one is told its `since` could not be honoured (docs/welcome-seam.md).
+the old one is told its `since` could not be honoured (docs/welcome-seam.md). A room without
+members keeps its counter as long as its history (`ttl` after the later of its last message
+and its last leave), then starts over the same way: every room name anyone ever joined or
+read would otherwise stay in Redis for good.
 """
 
 from __future__ import annotations
@@ -37,8 +41,8 @@ from redis.exceptions import NoScriptError
 
 from handler.chat.ports import ChatMessage, Draft
 
-# One room's drafts, in order. KEYS: seq hash, stream, channel, this call's key, then the
-# drafts' dedup keys. ARGV: epoch if new, stream cap, ttl seconds, dedup ttl seconds, the
+# One room's drafts, in order. KEYS: seq hash, stream, channel, this call's key, members,
+# then the drafts' dedup keys. ARGV: epoch if new, stream cap, ttl seconds, dedup ttl seconds, the
 # call's ttl seconds, then for each draft: the index of its dedup key among the dedup keys (0
 # for none), the sending connection's id (or ""), and its message JSON without the id.
 # Returns {epoch, {created, id, message} for each draft}. The call's key keeps that answer
@@ -46,7 +50,7 @@ from handler.chat.ports import ChatMessage, Draft
 # a pipeline again when its answer is late or its connection breaks, and by then the script
 # may have run; run again, it would store every message twice.
 PUBLISH = """
-local seq, log, channel, call = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local seq, log, channel, call, members = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local ran = redis.call('GET', call)
 if ran then
   return cjson.decode(ran)
@@ -57,7 +61,7 @@ end
 local epoch = redis.call('HGET', seq, 'epoch')
 local replies, kept, bodies, senders = {epoch}, {epoch}, {}, {}
 for i = 6, #ARGV, 3 do
-  local dedup = ARGV[i] ~= '0' and KEYS[4 + tonumber(ARGV[i])]
+  local dedup = ARGV[i] ~= '0' and KEYS[5 + tonumber(ARGV[i])]
   local before = dedup and redis.call('GET', dedup)
   if before then
     local entry = redis.call('XRANGE', log, before .. '-0', before .. '-0')
@@ -78,6 +82,9 @@ for i = 6, #ARGV, 3 do
 end
 if #bodies > 0 then
   redis.call('EXPIRE', log, ARGV[3])
+  if redis.call('SCARD', members) == 0 then
+    redis.call('EXPIRE', seq, ARGV[3])  -- the counter goes with the history
+  end
   -- One publication for the lot: each subscriber reads it once.
   redis.call('SPUBLISH', channel, '{"e":' .. cjson.encode(epoch) .. ',"s":' ..
     cjson.encode(senders) .. ',"m":[' .. table.concat(bodies, ',') .. ']}')
@@ -88,11 +95,14 @@ return replies
 CALL_KEPT = 120  # seconds: longer than redis-py's retries of one pipeline can take
 
 
-# KEYS: seq hash, stream. ARGV: an epoch, should the room have none. Returns {latest id,
-# epoch}.
+# KEYS: seq hash, stream, members. ARGV: an epoch, should the room have none; the history's
+# ttl. Returns {latest id, epoch}.
 LATEST = """
 if redis.call('HSETNX', KEYS[1], 'epoch', ARGV[1]) == 1 then
   redis.call('DEL', KEYS[2])  -- a room that starts over starts empty (as PUBLISH says)
+  if redis.call('SCARD', KEYS[3]) == 0 then
+    redis.call('EXPIRE', KEYS[1], ARGV[2])  -- read, never joined: kept no longer
+  end
 end
 local seq = redis.call('HMGET', KEYS[1], 'id', 'epoch')
 return {tonumber(seq[1]) or 0, seq[2]}
@@ -128,6 +138,11 @@ def new_epoch() -> str:
 def seq_key(room: str) -> str:
     """The room's counter and epoch."""
     return room_key(room, "seq")
+
+
+def members_key(room: str) -> str:
+    """The room's members, on every worker."""
+    return room_key(room, "members")
 
 
 def log_key(room: str) -> str:
@@ -197,7 +212,7 @@ class RedisHistory:
     def __init__(self, redis: Any, size: int, ttl: int) -> None:
         self._redis = redis
         self._size = size
-        self._ttl = ttl
+        self.ttl = ttl
         self._publish = redis.register_script(PUBLISH)
         self._latest = redis.register_script(LATEST)
         self._queued: list[_Queued] = []  # publications waiting for this turn's pipeline
@@ -297,8 +312,8 @@ class RedisHistory:
         times."""
         room = run[0][0].room
         call = room_key(room, f"call:{secrets.token_hex(8)}")
-        keys = [seq_key(room), log_key(room), channel(room), call]
-        args: list[Any] = [new_epoch(), self._size, self._ttl, self._ttl, CALL_KEPT]
+        keys = [seq_key(room), log_key(room), channel(room), call, members_key(room)]
+        args: list[Any] = [new_epoch(), self._size, self.ttl, self.ttl, CALL_KEPT]
         for draft, ts in run:
             fields: dict[str, Any] = {
                 "room": room,
@@ -313,7 +328,7 @@ class RedisHistory:
                 if draft.client_msg_id:
                     who = f"{_escaped(draft.user_id)}:{_escaped(draft.client_msg_id)}"
                     keys.append(room_key(room, f"dedup:{who}"))
-                    dedup = len(keys) - 4  # its index among the dedup keys, from 1
+                    dedup = len(keys) - 5  # its index among the dedup keys, from 1
             args += [dedup, draft.sender_id or "", json.dumps(fields)]
         return keys, args
 
@@ -339,5 +354,6 @@ class RedisHistory:
 
     async def latest(self, room: str) -> tuple[int, str]:
         """The room's latest id and its epoch, which a room gets the first time it is read."""
-        latest, epoch = await self._latest(keys=[seq_key(room), log_key(room)], args=[new_epoch()])
+        keys = [seq_key(room), log_key(room), members_key(room)]
+        latest, epoch = await self._latest(keys=keys, args=[new_epoch(), self.ttl])
         return int(latest), text(epoch)

@@ -42,9 +42,9 @@ from infra.redis_history import (
     RedisHistory,
     channel,
     log_key,
+    members_key,
     messages_of,
     new_epoch,
-    room_key,
     seq_key,
     text,
 )
@@ -70,29 +70,39 @@ redis.call('SADD', KEYS[3], ARGV[1])
 if redis.call('HSETNX', KEYS[4], 'epoch', ARGV[7]) == 1 then
   redis.call('DEL', KEYS[5])  -- a room that starts over starts empty (as PUBLISH says)
 end
+redis.call('PERSIST', KEYS[4])  -- kept while the room has members
 return {redis.call('HGET', KEYS[4], 'epoch'), added}
 """
-# KEYS: JOIN's first three. ARGV: id.
+# KEYS: JOIN's first four. ARGV: id, the history's ttl.
 LEAVE = """
 redis.call('DEL', KEYS[1])
 redis.call('SREM', KEYS[3], ARGV[1])
-return redis.call('SREM', KEYS[2], ARGV[1])
+local left = redis.call('SREM', KEYS[2], ARGV[1])
+if redis.call('SCARD', KEYS[2]) == 0 then
+  redis.call('EXPIRE', KEYS[4], ARGV[2])  -- the counter goes with the history
+end
+return left
 """
 # A worker's members that are gone: a dead worker's, or ones whose LEAVE failed. KEYS: the
-# worker's heartbeat, its connections, then each member's hash and its room's members (the
-# hash again for a member whose hash is gone). ARGV: 1 to stop if the worker beats again, then
-# the ids. Returns the places (from 1) of those taken out of their rooms, or nil if it beats:
-# then it came back, and registers its members again itself.
+# worker's heartbeat, its connections, then for each member its hash, its room's members and
+# counter (the hash again for both, for a member whose hash is gone). ARGV: 1 to stop if the
+# worker beats again, the history's ttl, then the ids. Returns the places (from 1) of those
+# taken out of their rooms, or nil if it beats: then it came back, and registers its members
+# again itself.
 REMOVE = """
 if ARGV[1] == '1' and redis.call('EXISTS', KEYS[1]) == 1 then
   return false
 end
 local left = {}
-for i = 2, #ARGV do
-  redis.call('DEL', KEYS[2 * i - 1])
+for i = 3, #ARGV do
+  local conn, members, seq = KEYS[3 * i - 6], KEYS[3 * i - 5], KEYS[3 * i - 4]
+  redis.call('DEL', conn)
   redis.call('SREM', KEYS[2], ARGV[i])
-  if redis.call('SREM', KEYS[2 * i], ARGV[i]) == 1 then
-    left[#left + 1] = i - 1
+  if redis.call('SREM', members, ARGV[i]) == 1 then
+    left[#left + 1] = i - 2
+    if redis.call('SCARD', members) == 0 then
+      redis.call('EXPIRE', seq, ARGV[2])  -- the counter goes with the history
+    end
   end
 end
 return left
@@ -118,10 +128,6 @@ class _Subscription(PubSub):
     async def on_connect(self, connection: Any) -> None:
         await super().on_connect(connection)  # redis-py calls this on reconnects only
         self._reconnected()
-
-
-def members_key(room: str) -> str:
-    return room_key(room, "members")
 
 
 def conn_key(connection_id: str) -> str:
@@ -298,8 +304,9 @@ class RoomFeed:
                     conn_key(connection.id),
                     members_key(connection.room),
                     conns_key(self.worker),
+                    seq_key(connection.room),
                 ],
-                args=[connection.id],
+                args=[connection.id, self._history.ttl],
             )
         except BaseException:
             self._strays[connection.id] = connection
@@ -617,10 +624,13 @@ class RoomFeed:
         beats again and `beating_stops`."""
         keys = [beat_key(worker), conns_key(worker)]
         for connection_id, member in zip(ids, members, strict=True):
-            # Without a hash, no room: REMOVE deletes the hash first, so SREM finds nothing.
-            room = members_key(member.room) if member else conn_key(connection_id)
-            keys += [conn_key(connection_id), room]
-        places = await self._remove(keys=keys, args=["1" if beating_stops else "0", *ids])
+            hash_key = conn_key(connection_id)
+            if member is None:  # no hash, no room: REMOVE deletes the hash first, and finds
+                keys += [hash_key, hash_key, hash_key]  # nothing there to remove
+            else:
+                keys += [hash_key, members_key(member.room), seq_key(member.room)]
+        stop = "1" if beating_stops else "0"
+        places = await self._remove(keys=keys, args=[stop, self._history.ttl, *ids])
         if places is None:
             return None
         return [members[int(place) - 1] for place in places]

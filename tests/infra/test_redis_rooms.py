@@ -19,7 +19,7 @@ from handler.chat.core import ConnectParams
 from handler.chat.ports import Dialect, Draft
 from handler.local.service import LocalChat, build_local_chat
 from infra.local_delivery import Outbox
-from infra.redis_history import PUBLISH, RedisHistory, channel, log_key, seq_key
+from infra.redis_history import PUBLISH, RedisHistory, channel, log_key, members_key, seq_key
 from infra.redis_rooms import (
     CANARY_SECONDS,
     DEAF_AFTER,
@@ -27,7 +27,6 @@ from infra.redis_rooms import (
     beat_key,
     conn_key,
     conns_key,
-    members_key,
 )
 from infra.settings import Settings
 from tests.redis_server import RedisServer
@@ -680,6 +679,36 @@ async def test_a_room_whose_counter_is_lost_starts_over_empty(chat: LocalChat) -
     await join(chat, "evicted")
     await post(history, "evicted", "new")
     assert [(m.id, m.text) for m in await history.after("evicted", 0, 10)] == [(1, "new")]
+
+
+@pytest.mark.timeout(30)
+async def test_a_room_without_members_keeps_its_counter_only_as_long_as_its_history(
+    chat: LocalChat,
+) -> None:
+    """Joining or reading a room made its counter, kept for good: a client cycling through
+    room names (on a socket, or through REST history and publish) grew Redis without bound.
+    Now a room's counter expires with its history once it has no members."""
+    assert chat.engine is not None
+    feed = chat.engine.feed
+    client = chat.engine.client
+    ttl = feed._history.ttl
+
+    async def expiry(room: str) -> int:
+        return int(await client.ttl(seq_key(room)))
+
+    await join(chat, "joined")
+    assert await expiry("joined") == -1  # kept while it has members
+    await chat.call(chat.core.disconnect, "c1")
+    assert 0 < await expiry("joined") <= ttl
+    await join(chat, "joined", "c2")
+    assert await expiry("joined") == -1
+    await feed._history.latest("read-only")  # as a REST read does
+    assert 0 < await expiry("read-only") <= ttl
+    await post(feed._history, "posted", "through REST")
+    assert 0 < await expiry("posted") <= ttl
+    await register_dead_worker(feed, {"d1": "reaped"})
+    await feed._reap("dead")
+    assert 0 < await expiry("reaped") <= ttl
 
 
 @pytest.mark.timeout(30)
