@@ -589,7 +589,7 @@ class RoomFeed:
 
     async def _reap(self, worker: str) -> None:
         """Remove a dead worker's members and tell their rooms they left; only the worker
-        that takes it off the list does it, so each leave is announced once. Three round
+        that takes it off the list does it, so each leave is announced once. Four round
         trips per REAP_PAGE members: one per member would outlast the reaper's own heartbeat
         TTL for a big worker, and get the reaper reaped in turn. A worker that beats again
         meanwhile (it was only cut off) keeps the members not yet removed, and registers the
@@ -649,9 +649,9 @@ class RoomFeed:
 
     async def _register_again(self, members: list[Connection]) -> None:
         """Register `members` in Redis again, and announce those that were not there (all
-        but the ones a reaper had yet to reach): three round trips per REAP_PAGE members. One
-        by one, a big worker back from a long cut-off could take longer than its heartbeat's
-        TTL, and be reaped again."""
+        but the ones a reaper had yet to reach): three or four round trips per REAP_PAGE
+        members. One by one, a big worker back from a long cut-off could take longer than its
+        heartbeat's TTL, and be reaped again."""
         for start in range(0, len(members), REAP_PAGE):
             page = members[start : start + REAP_PAGE]
             pipe = self._redis.pipeline(transaction=False)
