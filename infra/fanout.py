@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from handler.chat.core import ChatCore
-from handler.chat.ports import ChatMessage, Connection, Delivery
+from handler.chat.ports import Broadcast, ChatMessage, Connection, Delivery
 from infra.apigw import ManagementApiDelivery
 from infra.dynamodb import DynamoConnections
 
@@ -188,13 +188,25 @@ class _JobDelivery:
         self.delivery.close(connection_id, code, reason)
 
 
+class _Unannounced:
+    """A fan-out job's broadcast. Jobs are for rooms above the inline size, where joins and
+    leaves are not announced (README, "Big rooms on Lambda"): a job that finds members gone
+    forgets them without a word, where the core would announce each one to the room."""
+
+    def message(self, message: ChatMessage, sender_id: str | None) -> None:
+        raise RuntimeError("a fan-out job stores no messages")
+
+    def presence(self, event: str, connection: Connection) -> None:
+        """Nothing, as above."""
+
+
 class FanoutWorker:
     """Runs fan-out jobs: what the fanout function does with each record it receives."""
 
     def __init__(
         self,
         connections: DynamoConnections,
-        build_core: Callable[[Delivery], ChatCore],
+        build_core: Callable[[Delivery, Callable[[ChatCore], Broadcast]], ChatCore],
         delivery: ManagementApiDelivery,
         queue: FanoutQueue,
         chunk: int,
@@ -212,7 +224,7 @@ class FanoutWorker:
         """Post the job's message to its recipients. Raises when the job should be received
         again (it has failed `MAX_TRIES` rounds, or a store could not be read)."""
         job_delivery = _JobDelivery(self._delivery, job.sender_id)
-        core = self._build_core(job_delivery)
+        core = self._build_core(job_delivery, lambda _: _Unannounced())
         message = next(iter(core.messages.after(job.room, job.message_id - 1, 1)), None)
         if message is None or message.id != job.message_id:
             log.warning("fan-out of %s #%d: the message has expired", job.room, job.message_id)

@@ -575,15 +575,21 @@ class ChatCore:
         checked = wire.writable(payload)
         if checked is not payload:
             log.warning("a frame had text UTF-8 cannot carry; sent with U+FFFD in its place")
-        for gone in self.delivery.send(connection_ids, checked):
-            self._forget_gone(gone)
+        gone = [self._forget_gone(cid) for cid in self.delivery.send(connection_ids, checked)]
+        # Announced here, since its disconnect (if one ever comes) will find it forgotten; and
+        # only now, once every gone one is out of the room the announcement goes to.
+        for connection in gone:
+            if connection is not None:
+                self._announce("leave", connection)
 
-    def _forget_gone(self, connection_id: str) -> None:
+    def _forget_gone(self, connection_id: str) -> Connection | None:
+        """Forget a connection the delivery found gone; returns it, unless it was not here
+        or is still completing its handshake."""
         connection = self.connections.get(connection_id)
         age = self._wall_clock() - connection.connected_at if connection else None
         if age is not None and age < self.limits.connect_grace_seconds:
             # Still completing its handshake; the welcome will bring it what it missed.
             log.info("connection %s is not open yet; not forgetting it", connection_id)
-            return
+            return None
         log.info("connection %s is gone; forgetting it", connection_id)
-        self.connections.remove(connection_id)
+        return self.connections.remove(connection_id)

@@ -255,6 +255,24 @@ def test_gone_recipient_is_forgotten_and_others_still_receive(
     assert connections.get("a") is not None
 
 
+def test_a_gone_recipient_is_announced_as_leaving_once(
+    core: ChatCore, delivery: RecordingDelivery, clock: FakeClock
+) -> None:
+    """A connection a fan-out finds gone (API Gateway's 410, before its `$disconnect`, which
+    is best effort) was forgotten silently: its `$disconnect` then found nothing to announce,
+    and the room never heard it leave."""
+    join(core, "a", "foo", principal("a"), TEXT)
+    join(core, "b", "foo", principal("b"), TEXT)
+    join(core, "w", "foo", principal("w"), JSON)
+    clock.now += 31  # past the handshake grace
+    delivery.take_json("w")
+    delivery.gone.add("b")
+    core.message("a", "hi")
+    core.disconnect("b")  # its $disconnect, later
+    events = [frame for frame in delivery.take_json("w") if frame["type"] == "presence"]
+    assert [(e["event"], e["user"]["id"], e["count"]) for e in events] == [("leave", "id-b", 2)]
+
+
 def test_gone_during_its_handshake_is_not_forgotten(
     core: ChatCore, delivery: RecordingDelivery, connections: MemoryConnections, clock: FakeClock
 ) -> None:
