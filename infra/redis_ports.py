@@ -132,4 +132,5 @@ class RedisBroadcast:
         """Nothing to do: the publish script that stored the message published it."""
 
     def presence(self, event: str, connection: Connection) -> None:
-        self._bridge.settle(self._feed.publish_presence(event, connection))
+        """Nothing to do: the script that made the change in Redis (JOIN, LEAVE, or a
+        reaper's REMOVE) announced it, once, with the room's count."""

@@ -28,7 +28,6 @@ import json
 import logging
 import secrets
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -59,9 +58,15 @@ CATCH_UP_PAGE = 500
 REAP_PAGE = 500  # a dead worker's members removed per few round trips
 
 
-# KEYS: connection hash, room members, worker's connections, the room's counter, its stream.
-# ARGV: id, room, user id, name, dialect, worker, an epoch should the room have none (as
-# LATEST's). Returns the room's epoch, and 1 if the member was not in the room already.
+# Each membership script announces the change it made, with the room's count, in the same
+# step: so a join or leave is announced once, by whichever call made it (a retried call, a
+# leave that races a reap, a stray's removal), and with the count it left. A presence head
+# is the event's JSON without its count and closing brace (`_presence_head`).
+
+# KEYS: connection hash, room members, worker's connections, the room's counter, its stream,
+# its channel. ARGV: id, room, user id, name, dialect, worker, an epoch should the room have
+# none (as LATEST's), the join's presence head. Returns the room's epoch, and 1 if the member
+# was not in the room already (then announced).
 JOIN = """
 redis.call('HSET', KEYS[1], 'room', ARGV[2], 'user_id', ARGV[3], 'user_name', ARGV[4],
   'dialect', ARGV[5], 'worker', ARGV[6])
@@ -71,48 +76,52 @@ if redis.call('HSETNX', KEYS[4], 'epoch', ARGV[7]) == 1 then
   redis.call('DEL', KEYS[5])  -- a room that starts over starts empty (as PUBLISH says)
 end
 redis.call('PERSIST', KEYS[4])  -- kept while the room has members
+if added == 1 then
+  redis.call('SPUBLISH', KEYS[6], ARGV[8] .. redis.call('SCARD', KEYS[2]) .. '}')
+end
 return {redis.call('HGET', KEYS[4], 'epoch'), added}
 """
-# KEYS: JOIN's first four. ARGV: id, the history's ttl.
+# KEYS: JOIN's first four, the room's channel. ARGV: id, the history's ttl, the leave's
+# presence head. Returns 1 if the member was in the room (then announced).
 LEAVE = """
 redis.call('DEL', KEYS[1])
 redis.call('SREM', KEYS[3], ARGV[1])
 local left = redis.call('SREM', KEYS[2], ARGV[1])
-if redis.call('SCARD', KEYS[2]) == 0 then
+local count = redis.call('SCARD', KEYS[2])
+if count == 0 then
   redis.call('EXPIRE', KEYS[4], ARGV[2])  -- the counter goes with the history
+end
+if left == 1 then
+  redis.call('SPUBLISH', KEYS[5], ARGV[3] .. count .. '}')
 end
 return left
 """
 # A worker's members that are gone: a dead worker's, or ones whose LEAVE failed. KEYS: the
-# worker's heartbeat, its connections, then for each member its hash, its room's members and
-# counter (the hash again for both, for a member whose hash is gone). ARGV: 1 to stop if the
-# worker beats again, the history's ttl, then the ids. Returns the places (from 1) of those
-# taken out of their rooms, or nil if it beats: then it came back, and registers its members
-# again itself.
+# worker's heartbeat, its connections, then for each member its hash, its room's members,
+# counter and channel (the hash again for all three, for a member whose hash is gone). ARGV:
+# 1 to stop if the worker beats again, the history's ttl, then for each member its id and its
+# leave's presence head. Returns how many it took out of their rooms (each announced), or nil
+# if the worker beats: then it came back, and registers its members again itself.
 REMOVE = """
 if ARGV[1] == '1' and redis.call('EXISTS', KEYS[1]) == 1 then
   return false
 end
-local left = {}
-for i = 3, #ARGV do
-  local conn, members, seq = KEYS[3 * i - 6], KEYS[3 * i - 5], KEYS[3 * i - 4]
-  redis.call('DEL', conn)
-  redis.call('SREM', KEYS[2], ARGV[i])
-  if redis.call('SREM', members, ARGV[i]) == 1 then
-    left[#left + 1] = i - 2
-    if redis.call('SCARD', members) == 0 then
+local left = 0
+for i = 3, #ARGV, 2 do
+  local at = 2 * i - 3
+  local id, members, seq, channel = ARGV[i], KEYS[at + 1], KEYS[at + 2], KEYS[at + 3]
+  redis.call('DEL', KEYS[at])
+  redis.call('SREM', KEYS[2], id)
+  if redis.call('SREM', members, id) == 1 then
+    left = left + 1
+    local count = redis.call('SCARD', members)
+    if count == 0 then
       redis.call('EXPIRE', seq, ARGV[2])  -- the counter goes with the history
     end
+    redis.call('SPUBLISH', channel, ARGV[i + 1] .. count .. '}')
   end
 end
 return left
-"""
-# KEYS: the room's members, its channel. ARGV: a presence payload without its count and
-# closing brace. The count and the event go together: read apart, two joins could publish
-# their counts in the wrong order, and leave the room showing the older.
-PRESENCE = """
-local count = redis.call('SCARD', KEYS[1])
-redis.call('SPUBLISH', KEYS[2], ARGV[1] .. count .. '}')
 """
 
 
@@ -193,7 +202,6 @@ class RoomFeed:
         self._join = redis.register_script(JOIN)
         self._leave = redis.register_script(LEAVE)
         self._remove = redis.register_script(REMOVE)
-        self._presence = redis.register_script(PRESENCE)
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -263,6 +271,7 @@ class RoomFeed:
             conns_key(self.worker),
             seq_key(connection.room),
             log_key(connection.room),
+            channel(connection.room),
         ]
         args = [
             connection.id,
@@ -272,6 +281,7 @@ class RoomFeed:
             connection.dialect.value,
             self.worker,
             new_epoch(),
+            _presence_head("join", connection),
         ]
         return keys, args
 
@@ -296,8 +306,8 @@ class RoomFeed:
         return connection
 
     async def leave(self, connection: Connection) -> None:
-        """Take a member out of Redis. If Redis cannot be told, the heartbeat tries again,
-        and announces the leave then."""
+        """Take a member out of Redis, and announce its leave, unless a reaper did both
+        already. If Redis cannot be told, the heartbeat tries again."""
         try:
             await self._leave(
                 keys=[
@@ -305,8 +315,9 @@ class RoomFeed:
                     members_key(connection.room),
                     conns_key(self.worker),
                     seq_key(connection.room),
+                    channel(connection.room),
                 ],
-                args=[connection.id, self._history.ttl],
+                args=[connection.id, self._history.ttl, _presence_head("leave", connection)],
             )
         except BaseException:
             self._strays[connection.id] = connection
@@ -343,11 +354,6 @@ class RoomFeed:
 
     def take_deferred(self, connection_id: str) -> list[str]:
         return self._deferred.pop(connection_id, [])
-
-    async def publish_presence(self, event: str, connection: Connection) -> None:
-        room = connection.room
-        head = _presence_head(event, connection)
-        await self._presence(keys=[members_key(room), channel(room)], args=[head])
 
     # --- the subscription ---------------------------------------------------------------
 
@@ -604,11 +610,9 @@ class RoomFeed:
                 pipe.hgetall(conn_key(connection_id))
             records = await pipe.execute()
             found = [_member_of(i, fields) for i, fields in zip(page, records, strict=True)]
-            left = await self._take_out(worker, page, found, beating_stops=True)
-            if left is None:
+            if await self._take_out(worker, page, found, beating_stops=True) is None:
                 log.info("worker %s beats again; it keeps its members", worker)
                 return
-            await self._announce("leave", [member for member in left if member is not None])
         if worker != self.worker:
             log.info("reaped worker %s (%d members), which stopped beating", worker, len(ids))
 
@@ -618,72 +622,59 @@ class RoomFeed:
         ids: Sequence[str],
         members: Sequence[Connection | None],
         beating_stops: bool,
-    ) -> list[Connection | None] | None:
-        """Take `worker`'s `ids` out of Redis in one step (`members` are what their hashes
-        held, if anything). Returns those that were still in their rooms; None if `worker`
-        beats again and `beating_stops`."""
+    ) -> int | None:
+        """Take `worker`'s `ids` out of Redis in one step, announcing the leave of each still
+        in its room (`members` are what their hashes held, if anything). Returns how many
+        were; None if `worker` beats again and `beating_stops`."""
         keys = [beat_key(worker), conns_key(worker)]
+        args: list[Any] = ["1" if beating_stops else "0", self._history.ttl]
         for connection_id, member in zip(ids, members, strict=True):
             hash_key = conn_key(connection_id)
             if member is None:  # no hash, no room: REMOVE deletes the hash first, and finds
-                keys += [hash_key, hash_key, hash_key]  # nothing there to remove
+                keys += [hash_key] * 4  # nothing there to remove or announce
+                args += [connection_id, ""]
             else:
-                keys += [hash_key, members_key(member.room), seq_key(member.room)]
-        stop = "1" if beating_stops else "0"
-        places = await self._remove(keys=keys, args=[stop, self._history.ttl, *ids])
-        if places is None:
-            return None
-        return [members[int(place) - 1] for place in places]
+                room = member.room
+                keys += [hash_key, members_key(room), seq_key(room), channel(room)]
+                args += [connection_id, _presence_head("leave", member)]
+        left = await self._remove(keys=keys, args=args)
+        return None if left is None else int(left)
 
     async def _remove_strays(self) -> None:
-        """Take out of Redis the members whose LEAVE failed, and announce the leave of those
-        still in their rooms (which the core could not: the failure stopped it)."""
+        """Take out of Redis the members whose LEAVE failed (announcing the leave of those
+        still in their rooms)."""
         strays = list(self._strays.values())
         if not strays:
             return
         ids = [member.id for member in strays]
-        left = await self._take_out(self.worker, ids, strays, beating_stops=False)
+        await self._take_out(self.worker, ids, strays, beating_stops=False)
         for connection_id in ids:
             del self._strays[connection_id]
-        await self._announce("leave", [member for member in left or [] if member is not None])
 
     async def _register_again(self, members: list[Connection]) -> None:
-        """Register `members` in Redis again, and announce those that were not there (all
-        but the ones a reaper had yet to reach): three or four round trips per REAP_PAGE
-        members. One by one, a big worker back from a long cut-off could take longer than its
+        """Register `members` in Redis again (JOIN announces those that were not there: all
+        but the ones a reaper had yet to reach), in two round trips per REAP_PAGE members or
+        so. One by one, a big worker back from a long cut-off could take longer than its
         heartbeat's TTL, and be reaped again."""
         for start in range(0, len(members), REAP_PAGE):
-            page = members[start : start + REAP_PAGE]
+            # Only those still here when the pipeline is made: one that left since the
+            # list was taken would be registered again, for good.
+            page = [m for m in members[start : start + REAP_PAGE] if m.id in self._connections]
             pipe = self._redis.pipeline(transaction=False)
             for member in page:
                 keys, args = self._membership(member)
                 await self._join(keys=keys, args=args, client=pipe)
             answers = await pipe.execute()
-            added = [member for member, (_, new) in zip(page, answers, strict=True) if new]
-            # A member that left meanwhile, its LEAVE run before this JOIN, is back in
-            # Redis: out again, unannounced (its leave was).
-            gone = [member for member in added if member.id not in self._connections]
+            # One that left while the pipeline was on its way, its LEAVE run before its JOIN,
+            # is back in Redis: out again.
+            gone = [
+                member
+                for member, (_, added) in zip(page, answers, strict=True)
+                if added and member.id not in self._connections
+            ]
             if gone:
                 ids = [member.id for member in gone]
                 await self._take_out(self.worker, ids, gone, beating_stops=False)
-            await self._announce("join", [m for m in added if m.id in self._connections])
-
-    async def _announce(self, event: str, members: list[Connection]) -> None:
-        """Tell the rooms of `members`, just registered or removed, that each joined (or
-        left), with the count one by one would have shown: two round trips in all."""
-        rooms = list(dict.fromkeys(member.room for member in members))
-        pipe = self._redis.pipeline(transaction=False)
-        for room in rooms:
-            pipe.scard(members_key(room))
-        counts = dict(zip(rooms, await pipe.execute(), strict=True))
-        later = Counter(member.room for member in members)  # announced after this one
-        sign = 1 if event == "leave" else -1  # a later leave was in the room at this one's
-        pipe = self._redis.pipeline(transaction=False)
-        for member in members:
-            later[member.room] -= 1
-            count = int(counts[member.room]) + sign * later[member.room]
-            pipe.spublish(channel(member.room), _presence(event, member, count))
-        await pipe.execute()
 
 
 def _member_of(connection_id: str, fields: dict[bytes, bytes]) -> Connection | None:
@@ -700,13 +691,9 @@ def _member_of(connection_id: str, fields: dict[bytes, bytes]) -> Connection | N
     )
 
 
-def _presence(event: str, connection: Connection, count: int) -> str:
-    """A presence event on a room's channel: `RoomFeed._on_presence` reads it."""
-    return f"{_presence_head(event, connection)}{count}}}"
-
-
 def _presence_head(event: str, connection: Connection) -> str:
-    """A presence event without its count and closing brace (the PRESENCE script's)."""
+    """A presence event on a room's channel (`RoomFeed._on_presence` reads it) without its
+    count and closing brace, which the membership scripts add."""
     member = {
         "id": connection.id,
         "room": connection.room,

@@ -575,11 +575,16 @@ class ChatCore:
         checked = wire.writable(payload)
         if checked is not payload:
             log.warning("a frame had text UTF-8 cannot carry; sent with U+FFFD in its place")
-        gone = [self._forget_gone(cid) for cid in self.delivery.send(connection_ids, checked)]
-        # Announced here, since its disconnect (if one ever comes) will find it forgotten; and
-        # only now, once every gone one is out of the room the announcement goes to.
-        for connection in gone:
-            if connection is not None:
+        forgotten: list[Connection] = []
+        try:
+            for gone in self.delivery.send(connection_ids, checked):
+                connection = self._forget_gone(gone)
+                if connection is not None:
+                    forgotten.append(connection)
+        finally:
+            # Announced here, since its disconnect (if one ever comes) will find it forgotten;
+            # and only now, once every gone one is out of the room the announcement goes to.
+            for connection in forgotten:
                 self._announce("leave", connection)
 
     def _forget_gone(self, connection_id: str) -> Connection | None:

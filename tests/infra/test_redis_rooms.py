@@ -8,6 +8,7 @@ import contextlib
 import json
 import time
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -16,10 +17,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from auth.principal import Principal
 from handler.chat.core import ConnectParams
-from handler.chat.ports import Dialect, Draft
+from handler.chat.ports import Connection, Dialect, Draft
 from handler.local.service import LocalChat, build_local_chat
 from infra.local_delivery import Outbox
-from infra.redis_history import PUBLISH, RedisHistory, channel, log_key, members_key, seq_key
+from infra.redis_history import PUBLISH, RedisHistory, channel, seq_key
 from infra.redis_rooms import (
     CANARY_SECONDS,
     DEAF_AFTER,
@@ -100,9 +101,11 @@ async def register_dead_worker(feed: RoomFeed, members: dict[str, str]) -> None:
     beating."""
     pipe = feed._redis.pipeline(transaction=False)
     for connection_id, room in members.items():
-        keys = [conn_key(connection_id), members_key(room), conns_key("dead"), seq_key(room)]
-        keys.append(log_key(room))
-        args = [connection_id, room, f"user-{connection_id}", "someone", "json", "dead", "e"]
+        member = Connection(
+            connection_id, room, f"user-{connection_id}", "someone", Dialect.JSON, ""
+        )
+        keys, args = feed._membership(member)
+        keys[2], args[5] = conns_key("dead"), "dead"  # another worker's
         await feed._join(keys=keys, args=args, client=pipe)
     pipe.sadd("wschat:workers", "dead")
     await pipe.execute()
@@ -433,6 +436,8 @@ async def test_a_big_dead_worker_is_reaped_in_a_few_round_trips_with_every_leave
     dead = {f"d{i}": "watched" if i < 5 else f"crowd-{i % 3}" for i in range(1200)}
     await register_dead_worker(feed, dead)
     assert await feed.count("watched") == 6
+    await heard(watcher, 5)  # their joins
+    watcher.frames.clear()
 
     with round_trips() as sends:
         await feed._heartbeat_once()  # it finds "dead" without a heartbeat
@@ -536,6 +541,79 @@ async def test_a_member_whose_leave_redis_missed_is_taken_out_by_the_heartbeat(
 
 
 @pytest.mark.timeout(30)
+async def test_a_member_a_fan_out_finds_gone_is_announced_once_though_its_leave_failed(
+    chat: LocalChat,
+) -> None:
+    """A fan-out finds a socket gone and forgets it: its LEAVE runs as a task, and fails.
+    The core announced the leave at once (before LEAVE, with a count that still held it),
+    and the heartbeat that removed the stray announced it again."""
+    assert chat.engine is not None
+    feed = chat.engine.feed
+    watcher = await watch(chat, "gone")
+    await join(chat, "gone")  # c1
+    await heard(watcher, 1)
+    member = feed.get("c1")
+    assert member is not None
+    feed.update(replace(member, connected_at=0.0))  # long past its handshake
+    chat.delivery.unregister("c1")  # its socket went away without a word
+    leave = feed._leave
+
+    async def unreachable(*args: Any, **kwargs: Any) -> None:
+        raise RedisConnectionError("Redis went away")
+
+    feed._leave = unreachable
+    await post(feed._history, "gone", "anyone there?")
+    await watcher.wait_for("anyone there?", 3)
+    feed._leave = leave
+    await feed._heartbeat_once()
+    assert await heard(watcher, 2) == [("join", "u-c1", 2), ("leave", "u-c1", 1)]
+    watcher.writer.cancel()
+
+
+@pytest.mark.timeout(30)
+async def test_a_leave_whose_answer_is_lost_is_announced_once(chat: LocalChat) -> None:
+    """LEAVE ran in Redis, but its answer never came (the link broke, or it came after
+    the 10 s a call may take). The core, seeing the error, announced nothing, and the
+    heartbeat found the member already out of its room: nobody heard it leave."""
+    assert chat.engine is not None
+    feed = chat.engine.feed
+    watcher = await watch(chat, "lost")
+    await join(chat, "lost")  # c1
+    leave = feed._leave
+
+    async def answer_lost(*args: Any, **kwargs: Any) -> None:
+        await leave(*args, **kwargs)
+        raise RedisConnectionError("Connection closed by server")
+
+    feed._leave = answer_lost
+    with pytest.raises(RedisConnectionError):
+        await chat.call(chat.core.disconnect, "c1")
+    feed._leave = leave
+    await feed._heartbeat_once()
+    assert await heard(watcher, 2) == [("join", "u-c1", 2), ("leave", "u-c1", 1)]
+    watcher.writer.cancel()
+
+
+@pytest.mark.timeout(30)
+async def test_a_member_that_leaves_after_a_reaper_removed_it_is_announced_once(
+    chat: LocalChat,
+) -> None:
+    """A worker cut off for longer than its TTL is reaped, and the room told its members
+    left. One of them disconnects before the worker registers them again: its LEAVE found
+    nothing to remove, but the core announced its leave a second time."""
+    assert chat.engine is not None
+    feed = chat.engine.feed
+    watcher = await watch(chat, "twice")
+    await join(chat, "twice")  # c1
+    await cut_off(feed)
+    await feed._reap(feed.worker)
+    await chat.call(chat.core.disconnect, "c1")
+    leaves = [(event, user) for event, user, _ in await heard(watcher, 2) if event == "leave"]
+    assert leaves == [("leave", "u-c1")]
+    watcher.writer.cancel()
+
+
+@pytest.mark.timeout(30)
 async def test_a_worker_that_beats_again_while_it_is_reaped_keeps_its_members(
     chat: LocalChat,
 ) -> None:
@@ -547,6 +625,8 @@ async def test_a_worker_that_beats_again_while_it_is_reaped_keeps_its_members(
     feed = chat.engine.feed
     watcher = await watch(chat, "comeback")
     await register_dead_worker(feed, {"d1": "comeback", "d2": "comeback"})
+    await heard(watcher, 2)  # their joins
+    watcher.frames.clear()
     remove = feed._remove
 
     async def back_meanwhile(*args: Any, **kwargs: Any) -> Any:
