@@ -81,22 +81,7 @@ if added == 1 then
 end
 return {redis.call('HGET', KEYS[4], 'epoch'), added}
 """
-# KEYS: JOIN's first four, the room's channel. ARGV: id, the history's ttl, the leave's
-# presence head. Returns 1 if the member was in the room (then announced).
-LEAVE = """
-redis.call('DEL', KEYS[1])
-redis.call('SREM', KEYS[3], ARGV[1])
-local left = redis.call('SREM', KEYS[2], ARGV[1])
-local count = redis.call('SCARD', KEYS[2])
-if count == 0 then
-  redis.call('EXPIRE', KEYS[4], ARGV[2])  -- the counter goes with the history
-end
-if left == 1 then
-  redis.call('SPUBLISH', KEYS[5], ARGV[3] .. count .. '}')
-end
-return left
-"""
-# A worker's members that are gone: a dead worker's, or ones whose LEAVE failed. KEYS: the
+# A worker's members that are gone: ones leaving, a dead worker's, strays. KEYS: the
 # worker's heartbeat, its connections, then for each member its hash, its room's members,
 # counter and channel (the hash again for all three, for a member whose hash is gone). ARGV:
 # 1 to stop if the worker beats again, the history's ttl, then for each member its id and its
@@ -185,7 +170,7 @@ class RoomFeed:
         self._lag = lag
         self._connections: dict[str, Connection] = {}
         self._deferred: dict[str, list[str]] = {}  # presence for members not yet welcomed
-        # Gone from here but maybe not from Redis (their LEAVE failed): the heartbeat
+        # Gone from here but maybe not from Redis (their removal failed): the heartbeat
         # removes them, or they would count in their rooms for as long as this worker lives.
         self._strays: dict[str, Connection] = {}
         self._rooms: dict[str, _Room] = {}
@@ -200,7 +185,6 @@ class RoomFeed:
         self.linked = False  # the last Redis call succeeded
         # Each is one atomic round trip.
         self._join = redis.register_script(JOIN)
-        self._leave = redis.register_script(LEAVE)
         self._remove = redis.register_script(REMOVE)
 
     # --- lifecycle ----------------------------------------------------------------------
@@ -309,16 +293,7 @@ class RoomFeed:
         """Take a member out of Redis, and announce its leave, unless a reaper did both
         already. If Redis cannot be told, the heartbeat tries again."""
         try:
-            await self._leave(
-                keys=[
-                    conn_key(connection.id),
-                    members_key(connection.room),
-                    conns_key(self.worker),
-                    seq_key(connection.room),
-                    channel(connection.room),
-                ],
-                args=[connection.id, self._history.ttl, _presence_head("leave", connection)],
-            )
+            await self._take_out(self.worker, [connection.id], [connection], beating_stops=False)
         except BaseException:
             self._strays[connection.id] = connection
             raise
@@ -641,7 +616,7 @@ class RoomFeed:
         return None if left is None else int(left)
 
     async def _remove_strays(self) -> None:
-        """Take out of Redis the members whose LEAVE failed (announcing the leave of those
+        """Take out of Redis the members whose `leave` failed (announcing the leave of those
         still in their rooms)."""
         strays = list(self._strays.values())
         if not strays:
@@ -665,7 +640,7 @@ class RoomFeed:
                 keys, args = self._membership(member)
                 await self._join(keys=keys, args=args, client=pipe)
             answers = await pipe.execute()
-            # One that left while the pipeline was on its way, its LEAVE run before its JOIN,
+            # One that left while the pipeline was on its way, its removal run before its JOIN,
             # is back in Redis: out again.
             gone = [
                 member

@@ -141,6 +141,24 @@ async def cut_off(feed: RoomFeed) -> None:
     await feed._redis.delete(beat_key(feed.worker))
 
 
+@contextlib.contextmanager
+def leave_fails(feed: RoomFeed, after_running: bool = False) -> Iterator[None]:
+    """Removing members from Redis fails meanwhile, as if the link broke: before the call
+    reached Redis, or `after_running` it there (its answer lost)."""
+    remove = feed._remove
+
+    async def broken(*args: Any, **kwargs: Any) -> Any:
+        if after_running:
+            await remove(*args, **kwargs)
+        raise RedisConnectionError("Redis went away")
+
+    feed._remove = broken
+    try:
+        yield
+    finally:
+        feed._remove = remove
+
+
 async def then_post(
     chat: LocalChat, room: str, text: str, *commands: tuple[str, ...], sender: str | None = None
 ) -> Any:
@@ -518,21 +536,14 @@ async def test_a_member_whose_leave_redis_missed_is_taken_out_by_the_heartbeat(
     chat: LocalChat,
 ) -> None:
     """A socket closes while Redis cannot be told (paused for a failover, the pool busy for
-    10 s): its LEAVE fails, after the member is gone here. It stayed in its room's count for
+    10 s): its removal fails, after the member is gone here. It stayed in its room's count for
     as long as the worker lived, and nobody heard it leave."""
     assert chat.engine is not None
     feed = chat.engine.feed
     watcher = await watch(chat, "strays")
     await join(chat, "strays")  # c1
-    leave = feed._leave
-
-    async def unreachable(*args: Any, **kwargs: Any) -> None:
-        raise RedisConnectionError("Redis went away")
-
-    feed._leave = unreachable
-    with pytest.raises(RedisConnectionError):
+    with leave_fails(feed), pytest.raises(RedisConnectionError):
         await chat.call(chat.core.disconnect, "c1")
-    feed._leave = leave
     assert await feed.count("strays") == 2
     await feed._heartbeat_once()
     assert await feed.count("strays") == 1
@@ -544,8 +555,8 @@ async def test_a_member_whose_leave_redis_missed_is_taken_out_by_the_heartbeat(
 async def test_a_member_a_fan_out_finds_gone_is_announced_once_though_its_leave_failed(
     chat: LocalChat,
 ) -> None:
-    """A fan-out finds a socket gone and forgets it: its LEAVE runs as a task, and fails.
-    The core announced the leave at once (before LEAVE, with a count that still held it),
+    """A fan-out finds a socket gone and forgets it: its removal runs as a task, and fails.
+    The core announced the leave at once (before the removal, with a count that still held it),
     and the heartbeat that removed the stray announced it again."""
     assert chat.engine is not None
     feed = chat.engine.feed
@@ -556,15 +567,9 @@ async def test_a_member_a_fan_out_finds_gone_is_announced_once_though_its_leave_
     assert member is not None
     feed.update(replace(member, connected_at=0.0))  # long past its handshake
     chat.delivery.unregister("c1")  # its socket went away without a word
-    leave = feed._leave
-
-    async def unreachable(*args: Any, **kwargs: Any) -> None:
-        raise RedisConnectionError("Redis went away")
-
-    feed._leave = unreachable
-    await post(feed._history, "gone", "anyone there?")
-    await watcher.wait_for("anyone there?", 3)
-    feed._leave = leave
+    with leave_fails(feed):
+        await post(feed._history, "gone", "anyone there?")
+        await watcher.wait_for("anyone there?", 3)
     await feed._heartbeat_once()
     assert await heard(watcher, 2) == [("join", "u-c1", 2), ("leave", "u-c1", 1)]
     watcher.writer.cancel()
@@ -572,23 +577,15 @@ async def test_a_member_a_fan_out_finds_gone_is_announced_once_though_its_leave_
 
 @pytest.mark.timeout(30)
 async def test_a_leave_whose_answer_is_lost_is_announced_once(chat: LocalChat) -> None:
-    """LEAVE ran in Redis, but its answer never came (the link broke, or it came after
+    """The removal ran in Redis, but its answer never came (the link broke, or it came after
     the 10 s a call may take). The core, seeing the error, announced nothing, and the
     heartbeat found the member already out of its room: nobody heard it leave."""
     assert chat.engine is not None
     feed = chat.engine.feed
     watcher = await watch(chat, "lost")
     await join(chat, "lost")  # c1
-    leave = feed._leave
-
-    async def answer_lost(*args: Any, **kwargs: Any) -> None:
-        await leave(*args, **kwargs)
-        raise RedisConnectionError("Connection closed by server")
-
-    feed._leave = answer_lost
-    with pytest.raises(RedisConnectionError):
+    with leave_fails(feed, after_running=True), pytest.raises(RedisConnectionError):
         await chat.call(chat.core.disconnect, "c1")
-    feed._leave = leave
     await feed._heartbeat_once()
     assert await heard(watcher, 2) == [("join", "u-c1", 2), ("leave", "u-c1", 1)]
     watcher.writer.cancel()
@@ -599,7 +596,7 @@ async def test_a_member_that_leaves_after_a_reaper_removed_it_is_announced_once(
     chat: LocalChat,
 ) -> None:
     """A worker cut off for longer than its TTL is reaped, and the room told its members
-    left. One of them disconnects before the worker registers them again: its LEAVE found
+    left. One of them disconnects before the worker registers them again: its removal found
     nothing to remove, but the core announced its leave a second time."""
     assert chat.engine is not None
     feed = chat.engine.feed
@@ -668,7 +665,7 @@ async def test_a_member_that_leaves_while_its_worker_registers_again_is_not_left
     chat: LocalChat,
 ) -> None:
     """A worker reaped while cut off registers its members again from a list taken first.
-    One that left meanwhile (its LEAVE run before the JOIN) was registered again, for good,
+    One that left meanwhile (its removal run before the JOIN) was registered again, for good,
     and announced as joining."""
     assert chat.engine is not None
     feed = chat.engine.feed
