@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from auth.rooms import ALL, rights_from_text, rights_text
+from auth.rooms import ALL, Rights, rights_from_text, rights_text
 from handler.chat.ports import (
     DEFERRED_PRESENCE,
     ChatMessage,
@@ -218,6 +218,38 @@ class DynamoConnections:
         if item is None or self._expired(item):
             return None
         return _connection_from(item)
+
+    def refresh(self, connection_id: str, expires_at: float | None, rights: Rights) -> bool:
+        """Update just these two attributes on both copies of the record, on condition that
+        it still exists: rewriting the whole record from a read would undo a welcome's mark
+        (the connection would get no more live messages) or bring back a record that
+        `$disconnect` deleted meanwhile (a ghost member until its TTL)."""
+        connection = self.get(connection_id)
+        if connection is None:
+            return False
+        values: Item = {":rights": _s(rights_text(rights))}
+        if expires_at is None:
+            expression = "SET rights = :rights REMOVE expires_at"
+        else:
+            expression = "SET rights = :rights, expires_at = :expires"
+            values[":expires"] = _n(expires_at)
+        keys = [
+            {"pk": _s(f"CONN#{connection_id}"), "sk": _s("CONN")},
+            _member_key(connection.room, connection_id),
+        ]
+        update = {
+            "TableName": self._table,
+            "UpdateExpression": expression,
+            "ConditionExpression": "attribute_exists(pk)",
+            "ExpressionAttributeValues": values,
+        }
+        try:
+            self._client.transact_write_items(
+                TransactItems=[{"Update": {**update, "Key": key}} for key in keys]
+            )
+        except self._client.exceptions.TransactionCanceledException:
+            return False  # gone meanwhile
+        return True
 
     def remove(self, connection_id: str) -> Connection | None:
         response = self._client.delete_item(

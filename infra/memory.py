@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from itertools import islice
 
+from auth.rooms import Rights
 from handler.chat.ports import (
     ChatMessage,
     Connection,
@@ -30,12 +31,18 @@ class MemoryConnections:
         self._deferred: dict[str, list[str]] = {}
 
     def add(self, connection: Connection) -> None:
-        self._unindex(connection.id)  # a refresh: presence kept for it stays
+        self._unindex(connection.id)  # a welcome's mark: presence kept for it stays
         self._by_id[connection.id] = connection
         self._rooms.setdefault(connection.room, {})[connection.id] = connection
 
     def get(self, connection_id: str) -> Connection | None:
         return self._by_id.get(connection_id)
+
+    def refresh(self, connection_id: str, expires_at: float | None, rights: Rights) -> bool:
+        connection = self._by_id.get(connection_id)
+        if connection is not None:
+            self.add(replace(connection, expires_at=expires_at, rights=rights))
+        return connection is not None
 
     def remove(self, connection_id: str) -> Connection | None:
         self._deferred.pop(connection_id, None)

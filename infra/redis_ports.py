@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Coroutine, Sequence
+from dataclasses import replace
 from typing import Any, TypeVar
 
+from auth.rooms import Rights
 from handler.chat.ports import ChatMessage, Connection, Draft, Stored
 from infra import greenbridge
 from infra.redis_history import RedisHistory
@@ -50,10 +52,13 @@ class RedisConnections:
         self._bridge = bridge
 
     def add(self, connection: Connection) -> None:
-        if self._feed.get(connection.id) is not None:
-            self._feed.update(connection)  # a refresh: new rights and expiry, same member
-        else:
-            self._bridge.run(self._feed.join(connection))
+        self._bridge.run(self._feed.join(connection))
+
+    def refresh(self, connection_id: str, expires_at: float | None, rights: Rights) -> bool:
+        connection = self._feed.get(connection_id)
+        if connection is not None:  # what Redis holds of a member does not change
+            self._feed.update(replace(connection, expires_at=expires_at, rights=rights))
+        return connection is not None
 
     def get(self, connection_id: str) -> Connection | None:
         return self._feed.get(connection_id)

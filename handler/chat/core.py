@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from auth.errors import AuthError
 from auth.principal import Principal, is_text
@@ -25,6 +25,7 @@ from handler.chat.ports import (
     Delivery,
     Dialect,
     Draft,
+    ExpiryTimers,
     MessageLog,
     Metrics,
     NoMetrics,
@@ -92,6 +93,7 @@ class ChatCore:
         credentials: CredentialCheck | None = None,
         broadcast: Callable[[ChatCore], Broadcast] | None = None,
         metrics: Metrics | None = None,
+        timers: ExpiryTimers | None = None,
     ) -> None:
         self.connections = connections
         self.messages = messages
@@ -102,6 +104,7 @@ class ChatCore:
         # How what concerns a whole room reaches its members: by default, straight from here.
         self.broadcast = broadcast(self) if broadcast is not None else DirectBroadcast(self)
         self.metrics = metrics or NoMetrics()
+        self._timers = timers  # None: expiry is noticed at the next frame
         self._clock = clock
         self._wall_clock = wall_clock
         # Rate state lives with the process: exact locally, per warm container on Lambda.
@@ -130,6 +133,7 @@ class ChatCore:
             rights=params.rights,
         )
         self.connections.add(connection)
+        self._expire_at(connection_id, connection.expires_at)
         self._announce("join", connection)
         return connection
 
@@ -264,6 +268,7 @@ class ChatCore:
     def disconnect(self, connection_id: str) -> None:
         """Forget a connection and tell the room. Safe to call twice."""
         self._rates.pop(connection_id, None)
+        self._expire_at(connection_id, None)
         connection = self.connections.remove(connection_id)
         if connection is not None:
             self._announce("leave", connection)
@@ -275,8 +280,8 @@ class ChatCore:
         return self.policy.rights(principal, room)
 
     def expire_if_due(self, connection_id: str) -> float | None:
-        """For a transport's expiry timer: expire the connection if its credential has run
-        out, or return when it now runs out (a refresh moved it), for the timer to wait on."""
+        """For the expiry timers: expire the connection if its credential has run out, or
+        return when it now runs out, for the timer to wait on."""
         connection = self.connections.get(connection_id)
         if connection is None or connection.expires_at is None:
             return None
@@ -355,11 +360,15 @@ class ChatCore:
     ) -> None:
         """Deliver a stored message to `members` of its room: JSON connections above the id
         their welcome went up to (none before it), text connections but the sender's (it had
-        the seed's echo). How a Broadcast reaches a room's members."""
+        the seed's echo). How a Broadcast reaches a room's members. A member whose credential
+        has run out gets no more: it is expired instead (where no timer did it, on Lambda)."""
         text_ids: list[str] = []
         json_ids: list[str] = []
+        now = self._wall_clock()
         for member in members:
-            if member.dialect is Dialect.JSON:
+            if member.expires_at is not None and now >= member.expires_at:
+                self.expire(member.id)
+            elif member.dialect is Dialect.JSON:
                 if member.welcomed_through is not None and message.id > member.welcomed_through:
                     json_ids.append(member.id)
             elif member.id != sender_id:
@@ -451,10 +460,15 @@ class ChatCore:
             self._refuse(connection, ErrorCode.FORBIDDEN, "this credential does not open the room")
             self.delivery.close(connection_id, CloseCode.FORBIDDEN, "forbidden")
             return
-        self.connections.add(replace(connection, expires_at=outcome.expires_at, rights=rights))
-        self._deliver([connection_id], wire.refreshed_frame(outcome.expires_at))
+        if self.connections.refresh(connection_id, outcome.expires_at, rights):
+            self._expire_at(connection_id, outcome.expires_at)  # sooner or later than before
+            self._deliver([connection_id], wire.refreshed_frame(outcome.expires_at))
 
     # --- helpers --------------------------------------------------------------------------
+
+    def _expire_at(self, connection_id: str, at: float | None) -> None:
+        if self._timers is not None:
+            self._timers.expire_at(connection_id, at, self.expire_if_due)
 
     def _publish_from(self, connection: Connection, text: str, client_msg_id: str | None) -> None:
         if Right.WRITE not in connection.rights:

@@ -84,6 +84,12 @@ class ConnectionStore(Protocol):
 
     def get(self, connection_id: str) -> Connection | None: ...
 
+    def refresh(self, connection_id: str, expires_at: float | None, rights: Rights) -> bool:
+        """Set a connection's expiry and rights (an in-band refresh), leaving the rest of its
+        record as it stands now: a welcome or a leave landing meanwhile must not be undone.
+        False if the connection is gone."""
+        ...
+
     def remove(self, connection_id: str) -> Connection | None:
         """Forget a connection; return what was stored, or None if it was unknown."""
         ...
@@ -179,6 +185,20 @@ class CredentialCheck(Protocol):
         """Verify `token` as a bearer credential and call `done` with the principal, or the
         AuthError, on the thread the core runs on: at once, or later (a verification may
         block on a key fetch, which must not stall an event loop)."""
+        ...
+
+
+class ExpiryTimers(Protocol):
+    """Where a transport can act at a given time (uvicorn), the core has it expire each
+    connection when its credential runs out. Without one (Lambda, where nothing runs between
+    events), a connection's next frame notices instead."""
+
+    def expire_at(
+        self, connection_id: str, at: float | None, due: Callable[[str], float | None]
+    ) -> None:
+        """At `at` (epoch seconds) call `due(connection_id)`, and if it answers a time, wait
+        for that one. Replaces whatever time was set for the connection before, earlier or
+        later (a refresh moves it either way); None: no time."""
         ...
 
 

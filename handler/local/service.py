@@ -16,6 +16,7 @@ from auth.refresh import ThreadedCheck
 from auth.rooms import RoomPolicy, build_room_policy
 from handler.chat.core import ChatCore
 from handler.chat.wire import CloseCode
+from handler.local.expiry import LoopExpiryTimers
 from handler.local.protocols import DRAIN
 from handler.local.socket import chat_socket
 from handler.web.app import create_app
@@ -116,6 +117,7 @@ def build_local_chat(settings: Settings) -> LocalChat:
         policy=policy,
         credentials=ThreadedCheck(authenticator),
         metrics=metrics,
+        timers=LoopExpiryTimers(),
     )
     return LocalChat(settings, core, delivery, authenticator, metrics=metrics)
 
@@ -158,6 +160,7 @@ def _on_redis(
         credentials=ThreadedCheck(authenticator),
         broadcast=lambda _: RedisBroadcast(feed, bridge),
         metrics=metrics,
+        timers=LoopExpiryTimers(),
     )
     cores.append(core)
     engine = RedisEngine(client, feed)

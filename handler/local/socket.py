@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -81,7 +80,6 @@ async def _serve_socket(
         on_overflow=metrics.slow_consumer_closes.inc,
     )
     chat.delivery.register(connection_id, outbox)
-    expiry = _ExpiryTimer(chat, connection_id)
     metrics.joined(asked.room)
     reader: asyncio.Task[int] | None = None
     writer: asyncio.Task[None] | None = None
@@ -100,7 +98,6 @@ async def _serve_socket(
             await chat.call(chat.core.welcome, connection_id, asked.since, asked.epoch)
         except Exception:
             _unavailable(outbox)
-        expiry.arm(principal.expires_at)
         reader = asyncio.create_task(_read(websocket, chat, connection_id, outbox))
         # Whichever side ends first ends the connection: the client hanging up, or the
         # writer finishing a close (slow consumer, oversize frame, expiry, abuse).
@@ -109,7 +106,6 @@ async def _serve_socket(
         finally:
             reader.cancel()
     finally:
-        expiry.cancel()
         try:
             await chat.call(chat.core.disconnect, connection_id)
         except Exception:  # the store is down: the socket's own resources go all the same
@@ -128,28 +124,6 @@ def _close_code(reader: asyncio.Task[int] | None, outbox: Outbox) -> int:
     if reader is not None and reader.done() and not reader.cancelled() and not reader.exception():
         return reader.result()
     return CloseCode.ABNORMAL
-
-
-class _ExpiryTimer:
-    """Closes the connection with 4401 when its credential runs out. When it fires early
-    because a refresh moved the expiry, it waits again for the new one."""
-
-    def __init__(self, chat: LocalChat, connection_id: str) -> None:
-        self._chat = chat
-        self._connection_id = connection_id
-        self._handle: asyncio.TimerHandle | None = None
-
-    def arm(self, expires_at: float | None) -> None:
-        if expires_at is not None:
-            delay = max(0.0, expires_at - time.time())
-            self._handle = asyncio.get_running_loop().call_later(delay, self._fire)
-
-    def cancel(self) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-
-    def _fire(self) -> None:
-        self.arm(self._chat.core.expire_if_due(self._connection_id))
 
 
 async def _read(websocket: WebSocket, chat: LocalChat, connection_id: str, outbox: Outbox) -> int:

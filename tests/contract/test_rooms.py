@@ -142,3 +142,29 @@ async def test_a_refresh_that_loses_the_room_closes_the_connection(rooms: Transp
                 await recv_json(ws, TIMEOUT)
         if rooms.name != "emulator":  # API Gateway closes with a code of its own
             assert closed.value.rcvd is not None and closed.value.rcvd.code == 4403
+
+
+async def test_a_refresh_to_a_shorter_token_expires_at_its_exp(rooms: Transport) -> None:
+    """The connection runs out at the current token's `exp`, sooner than the first one's:
+    it is told and closed, and gets nothing the room says after that."""
+    grants = {"shorter": RW}
+    async with (
+        rooms.connect("shorter", token=token("frank", grants), format="json") as ws,
+        rooms.connect("shorter", token=token("grace", grants), format="json") as other,
+    ):
+        await until(ws, "welcome")
+        await until(other, "welcome")
+        await send(ws, action="refresh", token=token("frank", grants, ttl=1.5))
+        await until(ws, "refreshed")
+        await asyncio.sleep(2)  # past the new token's expiry, long before the first one's
+        await send(other, action="sendmessage", text="after the expiry")
+        assert (await until(other, "message"))["text"] == "after the expiry"
+        frames = []
+        with pytest.raises(ConnectionClosed) as closed:
+            while True:
+                frames.append(await recv_json(ws, TIMEOUT))
+        assert [f.get("code", f["type"]) for f in frames if f["type"] != "presence"] == [
+            "token_expired"
+        ]
+        if rooms.name != "emulator":  # API Gateway closes with a code of its own
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 4401

@@ -235,3 +235,50 @@ def test_a_publisher_that_lost_the_race_takes_the_next_id() -> None:
     assert results == [2]
     assert [(m.id, m.text) for m in log.after("race", 0, 10)] == [(1, "B"), (2, "A")]
     assert log.latest_id("race") == 2
+
+
+@pytest.mark.parametrize("meanwhile", ["welcomed", "disconnected"])
+def test_a_refresh_keeps_what_landed_between_its_read_and_its_write(meanwhile: str) -> None:
+    """A refresh reads the connection, then writes its new expiry and rights. A welcome's
+    gate opened meanwhile must stay open (else the connection gets no more live messages),
+    and a record `$disconnect` deleted meanwhile must stay deleted (else a ghost member)."""
+    from auth.principal import Principal
+    from auth.rooms import Grants, GrantsPolicy, Right
+    from handler.chat.core import ChatCore, ConnectParams
+    from tests.handler.chat.recording import RecordingDelivery, TokenBook
+
+    client = boto3.client("dynamodb")
+    store = DynamoConnections(client, TABLE)
+    delivery = RecordingDelivery()
+    fresh = Principal("u", "u", "u", 1_900_000_000.0, Grants.from_claim({"r": ["read"]}))
+    core = ChatCore(
+        store,
+        DynamoMessageLog(client, TABLE),
+        delivery,
+        policy=GrantsPolicy(),
+        credentials=TokenBook(fresh=fresh),
+    )
+    writer = Principal("u", "u", "u", 1_800_000_000.0, Grants.from_claim({"r": ["read", "write"]}))
+    core.connect("J", "r", writer, ConnectParams(Dialect.JSON))
+    other = DynamoConnections(boto3.client("dynamodb"), TABLE)  # another Lambda invocation
+
+    def land_meanwhile(**_: Any) -> None:  # once the refresh has read, before it writes
+        client.meta.events.unregister("before-call.dynamodb.TransactWriteItems", land_meanwhile)
+        if meanwhile == "welcomed":
+            assert other.mark_welcomed("J", "r", 0)
+        else:
+            assert other.remove("J") is not None
+
+    client.meta.events.register("before-call.dynamodb.TransactWriteItems", land_meanwhile)
+    core.message("J", '{"action":"refresh","token":"fresh"}')
+    if meanwhile == "welcomed":
+        for record in (store.get("J"), *store.in_room("r")):
+            assert record is not None
+            assert (record.welcomed_through, record.expires_at) == (0, 1_900_000_000.0)
+            assert record.rights == {Right.READ}
+        delivery.take("J")
+        core.publish("r", "w", "w", "live")
+        assert [f["text"] for f in delivery.take_json("J")] == ["live"]
+    else:
+        assert store.get("J") is None and store.in_room("r") == []
+        assert delivery.take("J") == []  # gone: nothing to tell it

@@ -1,11 +1,15 @@
-"""A delivery port that records what the core sent, for driving the core without sockets."""
+"""Ports for driving the core without sockets: a delivery that records what the core sent,
+and a credential check that answers from a table."""
 
 from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
+
+from auth.errors import AuthError
+from auth.principal import Principal
 
 
 class RecordingDelivery:
@@ -31,3 +35,13 @@ class RecordingDelivery:
 
     def take_json(self, connection_id: str) -> list[dict[str, Any]]:
         return [json.loads(frame) for frame in self.take(connection_id)]
+
+
+class TokenBook:
+    """The CredentialCheck port, answering at once from a table of tokens (as on Lambda)."""
+
+    def __init__(self, **tokens: Principal | AuthError) -> None:
+        self.tokens = tokens
+
+    def verify(self, token: str, done: Callable[[Principal | AuthError], None]) -> None:
+        done(self.tokens.get(token, AuthError("invalid token")))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -17,7 +16,7 @@ from handler.chat.core import ChatCore, ConnectParams, Limits
 from handler.chat.ports import Dialect
 from handler.chat.wire import FrameError
 from infra.memory import MemoryConnections, MemoryMessageLog
-from tests.handler.chat.recording import RecordingDelivery
+from tests.handler.chat.recording import RecordingDelivery, TokenBook
 
 TEXT = ConnectParams(Dialect.TEXT)
 JSON = ConnectParams(Dialect.JSON)
@@ -586,16 +585,6 @@ def test_a_message_no_frame_could_carry_is_refused(
 # --- rooms and rights ----------------------------------------------------------------------
 
 READ_ONLY = frozenset({Right.READ})
-
-
-class TokenBook:
-    """The CredentialCheck port, answering at once from a table of tokens (as on Lambda)."""
-
-    def __init__(self, **tokens: Principal | AuthError) -> None:
-        self.tokens = tokens
-
-    def verify(self, token: str, done: Callable[[Principal | AuthError], None]) -> None:
-        done(self.tokens.get(token, AuthError("invalid token")))
 
 
 def rights_core(delivery: RecordingDelivery, clock: FakeClock, book: TokenBook) -> ChatCore:
