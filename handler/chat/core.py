@@ -37,6 +37,12 @@ from handler.chat.wire import CloseCode, ErrorCode, FrameError
 log = logging.getLogger(__name__)
 
 
+TEXT_REFRESH = (
+    "a refresh request carries a credential, so it is not sent to the room; "
+    "refresh needs the JSON dialect"
+)
+
+
 @dataclass(frozen=True, slots=True)
 class Limits:
     max_message_bytes: int = 32 * 1024
@@ -406,6 +412,10 @@ class ChatCore:
     # --- dialects -------------------------------------------------------------------------
 
     def _text(self, connection: Connection, data: str) -> None:
+        if wire.is_refresh_request(data):
+            log.info("a refresh request on a text-dialect connection was not sent to its room")
+            self._refuse(connection, ErrorCode.BAD_REQUEST, TEXT_REFRESH)
+            return
         self._echo(connection, data)
         # An empty line gets the seed's echo but is not worth storing or broadcasting.
         if data.strip():
@@ -507,6 +517,8 @@ class ChatCore:
             return None
         try:
             if connection.dialect is Dialect.TEXT:
+                if wire.is_refresh_request(frame):
+                    return None
                 text, client_msg_id = frame, None
             else:
                 action = wire.parse_action(frame)

@@ -134,6 +134,19 @@ def parse_action(frame: str) -> Action:
     )
 
 
+def is_refresh_request(frame: str) -> bool:
+    """Whether a frame is a JSON `refresh` request, which carries a credential. In the text
+    dialect every frame is chat, but this one must not become a line the room and its history
+    keep."""
+    if not frame.lstrip().startswith("{"):
+        return False  # the common case, without parsing
+    try:
+        body = json.loads(frame)
+    except (ValueError, RecursionError):
+        return False
+    return isinstance(body, dict) and body.get("action") == "refresh"
+
+
 # --- outbound ---------------------------------------------------------------------------
 
 

@@ -12,7 +12,7 @@ from auth.errors import AuthError
 from auth.principal import Principal
 from auth.rooms import Grants, GrantsPolicy, Right
 from handler.chat import wire
-from handler.chat.core import ChatCore, ConnectParams, Limits
+from handler.chat.core import TEXT_REFRESH, ChatCore, ConnectParams, Limits
 from handler.chat.ports import Dialect
 from handler.chat.wire import FrameError
 from infra.memory import MemoryConnections, MemoryMessageLog
@@ -717,3 +717,38 @@ def test_a_resume_from_another_epoch_is_not_recovered(
         False,
         ["one", "two"],
     )
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        '{"action":"refresh","token":"s3cret"}',
+        ' {"token": "s3cret", "action": "refresh"}\n',
+        '{"\\u0061ction":"refresh","token":"s3cret"}',
+        '{"action":"refresh"}',
+    ],
+)
+@pytest.mark.parametrize("together", [False, True], ids=["alone", "with others"])
+def test_a_text_dialect_refresh_request_is_refused_not_broadcast(
+    core: ChatCore, delivery: RecordingDelivery, frame: str, together: bool
+) -> None:
+    join(core, "a", "r", principal("alice"), TEXT)
+    join(core, "b", "r", principal("bob"), JSON)
+    delivery.take("a"), delivery.take("b")
+    if together:  # as the uvicorn transport hands over frames that arrived together
+        core.receive("a", ["before", frame, "after"])
+    else:
+        core.message("a", frame)
+    assert "s3cret" not in "".join(delivery.take("a") + delivery.take("b"))
+    assert all("refresh" not in m.text for m in core.messages.recent("r", 10))
+    core.message("a", "{not json at all")  # still a chat line
+    assert core.messages.recent("r", 1)[0].text == "{not json at all"
+
+
+def test_a_text_dialect_refresh_request_gets_a_reason(
+    core: ChatCore, delivery: RecordingDelivery
+) -> None:
+    join(core, "a", "r", principal("alice"), TEXT)
+    delivery.take("a")
+    core.message("a", '{"action":"refresh","token":"s3cret"}')
+    assert delivery.take("a") == [wire.error_line(TEXT_REFRESH)]
