@@ -71,13 +71,17 @@ def negotiate(
 
 
 def room_problem(room: str, max_length: int) -> str | None:
-    """Why a room name is refused, or None. Any printable Unicode is a fine room name."""
+    """Why a room name is refused, or None. Any printable Unicode but `/` is a fine room
+    name: a `/` cannot sit in the room's segment of `/items/{room}/ws` or `/rooms/{room}/...`
+    (nor can `%2F`, which servers and proxies decode or refuse), so no path may have it."""
     if not room:
         return "room name is empty"
     if len(room) > max_length:
         return f"room name longer than {max_length} characters"
     if any(unicodedata.category(ch).startswith("C") for ch in room):
         return "room name contains control characters"
+    if "/" in room:
+        return "room name contains `/`"
     return None
 
 

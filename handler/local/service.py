@@ -175,7 +175,9 @@ def create_local_app(settings: Settings | None = None) -> FastAPI:
     chat = build_local_chat(settings)
     app = create_app(settings, rest=lambda: chat, health=chat.health)
     app.state.chat = chat
-    app.add_api_websocket_route("/items/{item_id}/ws", chat_socket)
+    # `:path`, so that a room name with `/` reaches the handshake's rules and is refused
+    # with their reason, as on API Gateway, instead of matching no route.
+    app.add_api_websocket_route("/items/{item_id:path}/ws", chat_socket)
 
     async def metrics() -> Response:
         """Prometheus' scrape: every worker's figures when there are several."""

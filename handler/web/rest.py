@@ -104,7 +104,7 @@ async def validation_error(request: Request, error: Exception) -> Response:
 
 
 def rest_router(backend: Callable[[], RestBackend]) -> APIRouter:
-    router = APIRouter(prefix="/rooms/{room}")
+    router = APIRouter(prefix="/rooms/{room:path}")  # `/` in a room: a 400 that says why
 
     @router.get("/messages")
     async def read_messages(

@@ -6,6 +6,8 @@ import asyncio
 import json
 import secrets
 import socket
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from urllib.parse import urlencode
 
@@ -63,6 +65,29 @@ async def test_room_name_rules(transport: Transport) -> None:
         await ws.send("bonjour")
         lines = [await recv(ws) for _ in range(2)]
     assert lines[-1] == "Message text was: bonjour, for item ID: café ☕ 部屋"
+
+
+@pytest.mark.parametrize("spelled", ["a/b", "a%2Fb", "/", "a%2fb"])
+async def test_a_room_name_with_a_slash_is_refused_on_every_path(
+    transport: Transport, spelled: str
+) -> None:
+    """One rule everywhere: a `/` in a room name, however it is spelled in a URL, is refused
+    with the handshake's reason, never taken for another room or route."""
+    if transport.name == "emulator":
+        url = transport.server.ws(f"/local?room={spelled}&token=t")
+    else:
+        url = transport.server.ws(f"/items/{spelled}/ws?token=t")
+    with pytest.raises(InvalidStatus) as refused:
+        async with websockets.connect(url):
+            pass
+    assert refused.value.response.status_code == 403
+    request = urllib.request.Request(
+        f"{transport.server.http}/rooms/{spelled}/messages",
+        headers={"Authorization": "Bearer t"},
+    )
+    with pytest.raises(urllib.error.HTTPError) as answer:
+        urllib.request.urlopen(request, timeout=10)
+    assert answer.value.code == 400 and "`/`" in json.loads(answer.value.read())["detail"]
 
 
 # --- rooms, dialects, presence ---------------------------------------------------------------
