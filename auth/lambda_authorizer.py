@@ -12,12 +12,16 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from auth.base import Authenticator
+from auth.credentials import find_credential
 from auth.errors import AuthError
 from auth.handshake import Handshake
 from auth.principal import Principal
 from auth.rooms import Right, Rights, RoomPolicy, rights_from_text, rights_text
 
 log = logging.getLogger(__name__)
+
+# The context's `echoFrom` when the seed's echo is the credential (token auth).
+ECHO_FROM_CREDENTIAL = "credential"
 
 
 class Unauthorized(Exception):
@@ -52,26 +56,40 @@ def authorize(
         log.exception("authorizer failed; denying")
         raise Unauthorized() from None
     response = _policy(principal.id, "Allow", event["methodArn"])
-    response["context"] = principal_context(principal, rights)
+    credential = find_credential(handshake)
+    response["context"] = principal_context(
+        principal, rights, credential.value if credential else None
+    )
     return response
 
 
-def principal_context(principal: Principal, rights: Rights) -> dict[str, str | float]:
+def principal_context(
+    principal: Principal, rights: Rights, credential: str | None
+) -> dict[str, str | float]:
     """The principal, and its rights in the room it connects to, as an authorizer context.
     Values must be flat strings, numbers or booleans; API Gateway hands them, with the
-    principalId, to `$connect` as requestContext.authorizer."""
-    return {
+    principalId, to `$connect` as requestContext.authorizer, for the connection's life.
+
+    Never the credential: where the echo is the credential itself (token auth), the context
+    says so, and `$connect` takes it from its own request, which carries it too."""
+    context: dict[str, str | float] = {
         "name": principal.name,
-        "echo": principal.echo,
         "expiresAt": principal.expires_at if principal.expires_at is not None else "",
         "rights": rights_text(rights),
     }
+    if principal.echo == credential:
+        context["echoFrom"] = ECHO_FROM_CREDENTIAL
+    elif principal.echo != principal.id:
+        context["echo"] = principal.echo
+    return context
 
 
-def principal_from_context(context: Mapping[str, Any]) -> tuple[Principal, Rights]:
-    """The principal an authorizer's context describes, and its rights in the room. Raises
-    AuthError for a context we did not write: no principal, an expiry that is not a time,
-    rights we do not know."""
+def principal_from_context(
+    context: Mapping[str, Any], credential: str | None
+) -> tuple[Principal, Rights]:
+    """The principal an authorizer's context describes, and its rights in the room;
+    `credential` is the one `$connect`'s own request carries. Raises AuthError for a context
+    we did not write: no principal, an expiry that is not a time, rights we do not know."""
     principal_id = context.get("principalId")
     if not isinstance(principal_id, str) or not principal_id:
         raise AuthError("authorizer context has no principal")
@@ -84,10 +102,14 @@ def principal_from_context(context: Mapping[str, Any]) -> tuple[Principal, Right
         rights = rights_from_text(str(context.get("rights", "")))
     except ValueError:
         raise AuthError("authorizer context has unknown rights") from None
+    if context.get("echoFrom") == ECHO_FROM_CREDENTIAL and credential is not None:
+        echo = credential
+    else:
+        echo = str(context.get("echo") or principal_id)
     principal = Principal(
         id=principal_id,
         name=str(context.get("name") or principal_id),
-        echo=str(context.get("echo") or principal_id),
+        echo=echo,
         expires_at=expires_at,
     )
     return principal, rights

@@ -2,7 +2,7 @@
 
 One table, keys `pk`/`sk`, TTL attribute `ttl`:
 
-    CONN#{connection_id}  CONN              the connection record
+    CONN#{connection_id}  CONN              the connection record (a text-dialect echo, sealed)
     ROOM#{room}           CONN#{id}         room membership (a copy of the record, for fan-out)
     ROOM#{room}           SEQ               the room's message counter (`last_id`, atomic ADD)
     ROOM#{room}           MSG#{id:012d}     a message in the room's history
@@ -31,6 +31,7 @@ from handler.chat.ports import (
     Stored,
     append_each,
 )
+from infra.sealed_echo import EchoSeal
 from infra.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -62,13 +63,14 @@ def _message_key(message_id: int) -> str:
 
 
 def _connection_attributes(connection: Connection, ttl: int) -> Item:
+    """The attributes both copies of a connection's record share (the echo is the
+    connection record's alone: `DynamoConnections._record`)."""
     item: Item = {
         "id": _s(connection.id),
         "room": _s(connection.room),
         "user_id": _s(connection.user_id),
         "user_name": _s(connection.user_name),
         "dialect": _s(connection.dialect.value),
-        "echo": _s(connection.echo),
         "connected_at": _n(connection.connected_at),
         "rights": _s(rights_text(connection.rights)),
         "ttl": _n(ttl),
@@ -82,14 +84,14 @@ def _connection_attributes(connection: Connection, ttl: int) -> Item:
     return item
 
 
-def _connection_from(item: Item) -> Connection:
+def _connection_from(item: Item, echo: str = "") -> Connection:
     return Connection(
         id=item["id"]["S"],
         room=item["room"]["S"],
         user_id=item["user_id"]["S"],
         user_name=item["user_name"]["S"],
         dialect=Dialect(item["dialect"]["S"]),
-        echo=item["echo"]["S"],
+        echo=echo,
         q=int(item["q"]["N"]) if "q" in item else None,
         expires_at=float(item["expires_at"]["N"]) if "expires_at" in item else None,
         connected_at=float(item["connected_at"]["N"]) if "connected_at" in item else 0.0,
@@ -156,24 +158,36 @@ class DynamoConnections:
         ttl_seconds: int = Settings.connection_ttl_seconds,
         page_size: int | None = None,
         clock: Callable[[], float] = time.time,
+        seal: EchoSeal | None = None,
     ) -> None:
+        """`seal` keeps echoes unreadable at rest; every store that reads another's records
+        must share one (the runtime's). None: a key of this store's own."""
         self._client = client
         self._table = table
         self._ttl_seconds = ttl_seconds
         self._page_size = page_size
         self._clock = clock
+        self._seal = seal or EchoSeal()
+
+    def _record(self, connection: Connection, attributes: Item) -> Item:
+        """The connection record: the shared attributes, and the echo sealed (only a text
+        connection has one; fan-out reads the room's copies, which never hold it)."""
+        record = {"pk": _s(f"CONN#{connection.id}"), "sk": _s("CONN"), **attributes}
+        if connection.echo:
+            record["echo"] = _s(self._seal.seal(connection.echo, connection.id))
+        return record
+
+    def _connection_with_echo(self, item: Item) -> Connection:
+        sealed = item.get("echo", {}).get("S")
+        opened = self._seal.open(sealed, item["id"]["S"]) if sealed else None
+        return _connection_from(item, opened or "")
 
     def add(self, connection: Connection) -> None:
         ttl = int(self._clock()) + self._ttl_seconds
         attributes = _connection_attributes(connection, ttl)
         self._client.transact_write_items(
             TransactItems=[
-                {
-                    "Put": {
-                        "TableName": self._table,
-                        "Item": {"pk": _s(f"CONN#{connection.id}"), "sk": _s("CONN"), **attributes},
-                    }
-                },
+                {"Put": {"TableName": self._table, "Item": self._record(connection, attributes)}},
                 {
                     "Put": {
                         "TableName": self._table,
@@ -194,7 +208,7 @@ class DynamoConnections:
         items = []
         for connection in connections:
             attributes = _connection_attributes(connection, ttl)
-            items.append({"pk": _s(f"CONN#{connection.id}"), "sk": _s("CONN"), **attributes})
+            items.append(self._record(connection, attributes))
             items.append(
                 {
                     "pk": _s(_room_key(connection.room)),
@@ -217,7 +231,7 @@ class DynamoConnections:
         item = response.get("Item")
         if item is None or self._expired(item):
             return None
-        return _connection_from(item)
+        return self._connection_with_echo(item)
 
     def refresh(self, connection_id: str, expires_at: float | None, rights: Rights) -> bool:
         """Update just these two attributes on both copies of the record, on condition that

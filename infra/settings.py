@@ -153,6 +153,9 @@ class Settings:
     fanout_rate: float = _bounded(1000.0, gt=0)
     fanout_workers: int = _bounded(4, ge=1)
     connection_ttl_seconds: int = _bounded(2 * 3600 + 300, ge=60)
+    # Seals a text-dialect connection's echo (under token auth, the credential) in its
+    # DynamoDB record; every container must share it. None: a key of this process's own.
+    echo_key: Secret | None = None
     room_page_size: int = _bounded(0, ge=0)
     welcome_function: str = ""
     lambda_endpoint: str = ""

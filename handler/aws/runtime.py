@@ -26,6 +26,7 @@ from infra.emf import EmfMetrics
 from infra.fanout import ChunkedBroadcast, FanoutQueue, FanoutWorker, Pacer
 from infra.log_json import JsonFormatter, log_context
 from infra.management_api import ManagementApi
+from infra.sealed_echo import EchoSeal
 from infra.settings import Settings, get_settings
 
 T = TypeVar("T")
@@ -99,6 +100,8 @@ class AwsRuntime:
         self._policy: RoomPolicy | None = None
         self._web: Any = None
         self._http: Any = None
+        key = settings.echo_key
+        self._echo_seal = EchoSeal(key.get_secret_value() if key is not None else "")
         root = logging.getLogger()  # Lambda's, with its own handler
         root.setLevel(settings.log_level.upper())
         if settings.log_format == "json":
@@ -133,6 +136,7 @@ class AwsRuntime:
             settings.table,
             ttl_seconds=settings.connection_ttl_seconds,
             page_size=settings.room_page_size or None,
+            seal=self._echo_seal,
         )
 
     def chat_core(

@@ -12,6 +12,7 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from auth.credentials import find_credential
 from auth.errors import AuthError
 from auth.handshake import Handshake
 from auth.lambda_authorizer import principal_from_context
@@ -120,7 +121,10 @@ class WebSocketHandlers:
         is attached (it asked the same room policy), otherwise decided here. No `read` in the
         room: refused with 403, as the authorizer would."""
         if ws.authorizer:
-            principal, rights = principal_from_context(ws.authorizer)
+            credential = find_credential(handshake)
+            principal, rights = principal_from_context(
+                ws.authorizer, credential.value if credential else None
+            )
         else:
             principal = self._runtime().authenticator().authenticate(handshake)
             rights = core.rights(principal, room)

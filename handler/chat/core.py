@@ -132,7 +132,9 @@ class ChatCore:
             user_id=principal.id,
             user_name=principal.name,
             dialect=params.dialect,
-            echo=principal.echo,
+            # Only the seed's first line shows it (under token auth, the credential itself):
+            # a JSON connection's record never holds it.
+            echo=principal.echo if params.dialect is Dialect.TEXT else "",
             q=params.q,
             expires_at=principal.expires_at,
             connected_at=self._wall_clock(),

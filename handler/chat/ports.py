@@ -31,7 +31,7 @@ class Connection:
     user_id: str
     user_name: str
     dialect: Dialect
-    echo: str  # what the seed's first line shows to this user (see Principal.echo)
+    echo: str  # what the seed's first line shows to this user (Principal.echo); text dialect only
     q: int | None = None
     expires_at: float | None = None
     connected_at: float = 0.0  # epoch seconds

@@ -44,6 +44,8 @@ def test_token_mode_allows_with_a_flat_context() -> None:
     context = result["context"]
     assert all(isinstance(v, str | int | float | bool) for v in context.values())
     assert context["name"] == result["principalId"] and context["expiresAt"] == ""
+    token = event("authorizer")["queryStringParameters"]["token"]
+    assert token not in str(result)  # API Gateway keeps the context for the connection's life
 
 
 def test_jwt_mode_carries_subject_name_and_expiry(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -97,8 +99,9 @@ def test_misconfiguration_fails_closed(monkeypatch: pytest.MonkeyPatch) -> None:
     ],
 )
 def test_the_context_round_trips(principal: Principal, rights: Rights) -> None:
-    context = {"principalId": principal.id, **principal_context(principal, rights)}
-    assert principal_from_context(context) == (principal, rights)
+    context = {"principalId": principal.id, **principal_context(principal, rights, "some token")}
+    assert principal_from_context(context, "some token") == (principal, rights)
+    assert "some token" not in str(context)
 
 
 @pytest.mark.parametrize(
@@ -113,7 +116,7 @@ def test_the_context_round_trips(principal: Principal, rights: Rights) -> None:
 )
 def test_a_context_we_did_not_write_is_refused(context: dict[str, object]) -> None:
     with pytest.raises(AuthError):
-        principal_from_context(context)
+        principal_from_context(context, None)
 
 
 def test_a_room_the_principal_may_not_read_is_denied(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import boto3
@@ -9,6 +10,7 @@ import pytest
 
 from handler.chat.ports import DEFERRED_PRESENCE, Connection, Dialect
 from infra.dynamodb import DynamoConnections, DynamoMessageLog
+from infra.sealed_echo import EchoSeal
 
 pytestmark = pytest.mark.usefixtures("aws")
 TABLE = "wschat-test"
@@ -23,7 +25,7 @@ class Clock:
 
 
 def conn(cid: str, room: str = "r", **fields: Any) -> Connection:
-    return Connection(cid, room, f"id-{cid}", f"name-{cid}", Dialect.JSON, "echo", **fields)
+    return Connection(cid, room, f"id-{cid}", f"name-{cid}", Dialect.JSON, "", **fields)
 
 
 def test_round_trip_and_removal() -> None:
@@ -35,6 +37,37 @@ def test_round_trip_and_removal() -> None:
     assert store.remove("a") == original
     assert store.remove("a") is None
     assert store.get("a") is None and store.in_room("r") == []
+
+
+def test_a_text_connections_echo_is_stored_sealed_in_its_record_alone() -> None:
+    """Under token auth the echo is the credential: a reader of the table must not find it,
+    in the record or in the room's copy that every fan-out reads, while the connection's own
+    frames still get it back. A store with another key (a container without the stack's
+    WSCHAT_ECHO_KEY) cannot open it, and a sealed echo moved to another record cannot be
+    opened there either."""
+    client = boto3.client("dynamodb")
+    seal = EchoSeal("the stack's key")
+    store = DynamoConnections(client, TABLE, seal=seal)
+    text = Connection("t", "r", "id-t", "name-t", Dialect.TEXT, "tok-s3cret")
+    store.add(text)
+    table = client.scan(TableName=TABLE)["Items"]
+    assert len(table) == 2 and "s3cret" not in str(table)
+    assert [item["sk"]["S"] for item in table if "echo" in item] == ["CONN"]
+    assert store.get("t") == text
+    assert DynamoConnections(client, TABLE, seal=EchoSeal("the stack's key")).get("t") == text
+    assert store.in_room("r")[0].echo == ""
+    assert DynamoConnections(client, TABLE, seal=EchoSeal("another")).get("t") == replace(
+        text, echo=""
+    )
+    record = client.get_item(TableName=TABLE, Key={"pk": {"S": "CONN#t"}, "sk": {"S": "CONN"}})
+    store.add(replace(text, id="u", echo=""))
+    client.update_item(
+        TableName=TABLE,
+        Key={"pk": {"S": "CONN#u"}, "sk": {"S": "CONN"}},
+        UpdateExpression="SET echo = :e",
+        ExpressionAttributeValues={":e": record["Item"]["echo"]},
+    )
+    assert store.get("u") == replace(text, id="u", echo="")
 
 
 def test_expired_records_are_invisible() -> None:

@@ -155,6 +155,31 @@ def test_authorizer_context_names_the_principal(posts: ManagementApiStandIn) -> 
     assert posts.take("V") == ["Ursula: from ursula"]
 
 
+@pytest.mark.parametrize("dialect", ["text", "json"])
+def test_the_token_is_never_at_rest_yet_the_seed_line_shows_it(
+    posts: ManagementApiStandIn, dialect: str
+) -> None:
+    """Token auth through the authorizer, as on AWS: neither the authorizer's context (which
+    API Gateway keeps for the connection's life) nor the table holds the token, and the text
+    dialect's first line still shows it (the seed's behaviour)."""
+    from handler.aws.authorizer import handler as authorizer
+
+    query = {"room": "foo", "token": "tok-s3cret", "format": dialect}
+    verdict = authorizer(event("authorizer", queryStringParameters=query))
+    assert "tok-s3cret" not in json.dumps(verdict)
+    context = {"principalId": verdict["principalId"], **verdict["context"]}
+    connected = websocket.connect(
+        event("connect", connectionId="U", authorizer=context, queryStringParameters=query)
+    )
+    assert connected["statusCode"] == 200
+    send("U", "hi" if dialect == "text" else '{"action":"sendmessage","text":"hi"}')
+    assert "tok-s3cret" not in json.dumps(table_items())
+    if dialect == "text":
+        assert posts.take("U")[0] == "Session cookie or query token value is: tok-s3cret"
+    else:
+        assert "tok-s3cret" not in json.dumps(posts.take("U"))
+
+
 def test_expired_authorizer_principal_is_closed_on_its_next_frame(
     posts: ManagementApiStandIn, deletes: list[str]
 ) -> None:
