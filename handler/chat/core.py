@@ -230,7 +230,7 @@ class ChatCore:
             )
             return
         if self._past_expiry(connection):
-            self.expire(connection_id)  # where no timer fired (Lambda), the next frame notices
+            self._expire(connection_id, connection)  # no timer fired (Lambda): this frame notices
             return
         if not self._within_rate(connection):
             return
@@ -300,7 +300,9 @@ class ChatCore:
 
     def expire(self, connection_id: str) -> None:
         """The connection's credential ran out: say so (JSON dialect) and close with 4401."""
-        connection = self.connections.get(connection_id)
+        self._expire(connection_id, self.connections.get(connection_id))
+
+    def _expire(self, connection_id: str, connection: Connection | None) -> None:
         if connection is not None and connection.dialect is Dialect.JSON:
             frame = wire.error_frame(ErrorCode.TOKEN_EXPIRED, "credential expired; reconnect")
             self._deliver([connection_id], frame)
@@ -375,7 +377,7 @@ class ChatCore:
         now = self._wall_clock()
         for member in members:
             if member.expires_at is not None and now >= member.expires_at:
-                self.expire(member.id)
+                self._expire(member.id, member)
             elif member.dialect is Dialect.JSON:
                 if member.welcomed_through is not None and message.id > member.welcomed_through:
                     json_ids.append(member.id)
