@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import re
 from collections.abc import Callable
+from itertools import accumulate
 from typing import Annotated, Any, Protocol, TypeVar
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, Field, ValidationError, ValidationInfo, field_validator
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 
 from auth.base import Authenticator
 from auth.credentials import find_credential
@@ -26,7 +30,13 @@ from auth.rooms import Right
 from handler.chat.core import ChatCore
 from handler.chat.handshake import room_problem
 from handler.chat.ports import StoreBusy
-from handler.chat.wire import NOT_TEXT, ErrorCode, FrameError, message_body
+from handler.chat.wire import (
+    MAX_CLIENT_MSG_ID_CHARS,
+    NOT_TEXT,
+    ErrorCode,
+    FrameError,
+    message_body,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -46,7 +56,7 @@ class PublishRequest(BaseModel):
     client_msg_id: str | None = Field(
         default=None,
         min_length=1,
-        max_length=128,
+        max_length=MAX_CLIENT_MSG_ID_CHARS,
         description="a retry of the same id is stored once",
     )
 
@@ -56,6 +66,36 @@ class PublishRequest(BaseModel):
         if value is not None and not is_text(value):
             raise ValueError(NOT_TEXT.format(name=info.field_name))
         return value
+
+
+# Room for a publish's keys, quotes, braces and commas (about 40 bytes as encoders write
+# them) and the whitespace around them, pretty-printed included.
+BODY_LAYOUT_BYTES = 1024
+# A publish is one flat object. A little deeper gets the error that names the field (`text`
+# must be a string); deeper than this is refused before the parser sees it.
+MAX_BODY_DEPTH = 8
+
+
+def largest_publish_body(max_message_bytes: int) -> int:
+    """The largest body a valid publish can have, in bytes: its text at `max_message_bytes`
+    with every byte written as a six-byte escape (`\\u0041`; no escape is longer per UTF-8
+    byte), a `client_msg_id` of as many characters as it may have, each outside the BMP and
+    escaped as a twelve-byte surrogate pair, and BODY_LAYOUT_BYTES around them. Anything
+    larger is refused with 413 unread: 199,168 bytes for the default 32 KiB."""
+    return 6 * max_message_bytes + 12 * MAX_CLIENT_MSG_ID_CHARS + BODY_LAYOUT_BYTES
+
+
+# A JSON string (the parser's own boundaries: a backslash escapes the next character), or a
+# bracket outside one.
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_NOT_A_BRACKET = re.compile(r"[^\[\]{}]+")
+_DEPTH_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
+
+
+def _nesting(text: str) -> int:
+    """How deeply `text`'s arrays and objects nest, counting brackets outside strings."""
+    brackets = _NOT_A_BRACKET.sub("", _JSON_STRING.sub("", text))
+    return max(accumulate(map(_DEPTH_STEP.__getitem__, brackets)), default=0)
 
 
 async def _run(backend: RestBackend, call: Callable[[], T]) -> T:
@@ -94,6 +134,62 @@ def _check_right(chat: RestBackend, principal: Principal, room: str, right: Righ
         raise HTTPException(403, f"this credential does not let you {right} this room")
 
 
+def _check_rate(chat: RestBackend, principal: Principal) -> None:
+    wait = chat.core.admit_publisher(principal)
+    if wait > 0:
+        rate = chat.core.limits.rate_per_second
+        raise HTTPException(
+            429,
+            f"over {rate:g} messages/s for this credential; retry later",
+            headers={"Retry-After": str(max(1, math.ceil(wait)))},
+        )
+
+
+def _unfit(problem: str, kind: str) -> RequestValidationError:
+    return RequestValidationError([{"loc": ("body",), "msg": problem, "type": kind}])
+
+
+async def _publish_request(request: Request, limit: int) -> PublishRequest:
+    """The body as a publish, read only up to `limit` bytes: past them, 413 whatever the
+    framing (a `Content-Length` that announces more is refused before a byte is read).
+    422 for a body that is not a publish, as FastAPI would answer it."""
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if not (media == "application/json" or media.endswith("+json")):
+        # As FastAPI's own body parameters: and a form cannot post it across origins.
+        raise _unfit("send the body as application/json", "content_type")
+    too_large = HTTPException(413, f"a publish's body is at most {limit} bytes")
+    announced = request.headers.get("content-length", "")
+    if announced.isascii() and announced.isdigit() and int(announced) > limit:
+        raise too_large
+    body = bytearray()
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise too_large
+    except ClientDisconnect:
+        raise HTTPException(400, "the request's body did not arrive whole") from None
+    if not body:
+        raise _unfit("Field required", "missing")
+    try:
+        text = body.decode()
+    except UnicodeDecodeError:
+        raise _unfit("the body is not UTF-8", "json_invalid") from None
+    if _nesting(text) > MAX_BODY_DEPTH:
+        raise _unfit(f"JSON nested deeper than {MAX_BODY_DEPTH} levels", "json_too_deep")
+    try:
+        value = json.loads(text)
+    except ValueError:
+        raise _unfit("JSON decode error", "json_invalid") from None
+    try:
+        return PublishRequest.model_validate(value)
+    except ValidationError as error:
+        problems = error.errors(include_url=False, include_input=False)
+        raise RequestValidationError(
+            [{**problem, "loc": ("body", *problem["loc"])} for problem in problems]
+        ) from None
+
+
 async def validation_error(request: Request, error: Exception) -> Response:
     """422 for a request body that does not fit, without echoing the input back: it may hold
     text no JSON response can carry (a lone surrogate), or something the caller meant to keep
@@ -122,15 +218,25 @@ def rest_router(backend: Callable[[], RestBackend]) -> APIRouter:
         messages, latest = await _run(chat, lambda: chat.core.read(room, since, limit))
         return {"room": room, "latest_id": latest, "messages": [message_body(m) for m in messages]}
 
-    @router.post("/messages", status_code=201)
-    async def publish(
-        room: str, body: PublishRequest, request: Request, response: Response
-    ) -> dict[str, Any]:
+    # The body is read by hand, after the credential, the room's right and the rate were
+    # checked (a body parameter would have FastAPI read and parse it first), so its schema
+    # is given to OpenAPI here.
+    body_schema = {"application/json": {"schema": PublishRequest.model_json_schema()}}
+
+    @router.post(
+        "/messages",
+        status_code=201,
+        openapi_extra={"requestBody": {"required": True, "content": body_schema}},
+    )
+    async def publish(room: str, request: Request, response: Response) -> dict[str, Any]:
         """Publish as the authenticated principal; the room receives it as a chat message."""
         chat = backend()
         principal = await _principal(request, chat)
         _check_room(room, chat)
         _check_right(chat, principal, room, Right.WRITE)
+        _check_rate(chat, principal)
+        limit = largest_publish_body(chat.core.limits.max_message_bytes)
+        body = await _publish_request(request, limit)
         try:
             message, created = await _run(
                 chat,
