@@ -4,8 +4,10 @@ before the body is parsed."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -14,6 +16,17 @@ from handler.aws import http
 from tests.aws import event, reset_caches
 
 pytestmark = pytest.mark.usefixtures("aws")
+
+
+@pytest.fixture(autouse=True)
+def event_loop() -> Iterator[None]:
+    """Mangum runs the app on the thread's current event loop, which on Lambda lives as long
+    as the container; each test here gets its own, closed after it."""
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    yield
+    asyncio.set_event_loop(None)
+    loop.close()
 
 
 def post(body: str | bytes, token: str | None = "svc", room: str = "lobby") -> dict[str, Any]:
