@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import re
 from collections.abc import Callable
 from itertools import accumulate
 from typing import Annotated, Any, Protocol, TypeVar
@@ -85,17 +84,22 @@ def largest_publish_body(max_message_bytes: int) -> int:
     return 6 * max_message_bytes + 12 * MAX_CLIENT_MSG_ID_CHARS + BODY_LAYOUT_BYTES
 
 
-# A JSON string (the parser's own boundaries: a backslash escapes the next character), or a
-# bracket outside one.
-_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
-_NOT_A_BRACKET = re.compile(r"[^\[\]{}]+")
-_DEPTH_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
+# Every byte that is not a bracket, and each byte's step in depth.
+_NOT_BRACKETS = bytes(sorted(set(range(256)) - set(b"[]{}")))
+_DEPTH_STEP = [1 if byte in b"[{" else -1 if byte in b"]}" else 0 for byte in range(256)]
 
 
-def _nesting(text: str) -> int:
-    """How deeply `text`'s arrays and objects nest, counting brackets outside strings."""
-    brackets = _NOT_A_BRACKET.sub("", _JSON_STRING.sub("", text))
-    return max(accumulate(map(_DEPTH_STEP.__getitem__, brackets)), default=0)
+def _nested_deeper_than(body: bytes, cap: int) -> bool:
+    """Whether a JSON text's arrays and objects nest deeper than `cap`, counting the brackets
+    outside its strings. On UTF-8, whose multi-byte characters have no ASCII byte, at the
+    speed of bytes methods but for bodies with more than `cap` brackets."""
+    # A backslash escapes the next character: pairs of them first, then escaped quotes; what
+    # is left of each string then lies between two quotes.
+    unescaped = body.replace(b"\\\\", b"").replace(b'\\"', b"")
+    brackets = b"".join(unescaped.split(b'"')[::2]).translate(None, _NOT_BRACKETS)
+    if brackets.count(b"[") + brackets.count(b"{") <= cap:
+        return False
+    return max(accumulate(map(_DEPTH_STEP.__getitem__, brackets))) > cap
 
 
 async def _run(backend: RestBackend, call: Callable[[], T]) -> T:
@@ -161,21 +165,24 @@ async def _publish_request(request: Request, limit: int) -> PublishRequest:
     announced = request.headers.get("content-length", "")
     if announced.isascii() and announced.isdigit() and int(announced) > limit:
         raise too_large
-    body = bytearray()
+    chunks: list[bytes] = []
+    size = 0
     try:
         async for chunk in request.stream():
-            body += chunk
-            if len(body) > limit:
+            size += len(chunk)
+            if size > limit:
                 raise too_large
+            chunks.append(chunk)
     except ClientDisconnect:
         raise HTTPException(400, "the request's body did not arrive whole") from None
+    body = b"".join(chunks)
     if not body:
         raise _unfit("Field required", "missing")
     try:
         text = body.decode()
     except UnicodeDecodeError:
         raise _unfit("the body is not UTF-8", "json_invalid") from None
-    if _nesting(text) > MAX_BODY_DEPTH:
+    if _nested_deeper_than(body, MAX_BODY_DEPTH):
         raise _unfit(f"JSON nested deeper than {MAX_BODY_DEPTH} levels", "json_too_deep")
     try:
         value = json.loads(text)

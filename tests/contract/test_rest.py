@@ -198,8 +198,8 @@ def test_json_nesting_is_capped(transport: Transport) -> None:
     assert post_raw(transport, "/rooms/nested/messages", nested(MAX_BODY_DEPTH))[0] == 201
     status, refused = post_raw(transport, "/rooms/nested/messages", nested(MAX_BODY_DEPTH + 1))
     assert status == 422 and "nested" in json.dumps(refused)
-    # Brackets inside strings are text, not nesting.
-    deep_text = {"text": "[" * 1000 + "{" * 1000}
+    # Brackets inside strings are text, not nesting, escaped quotes and backslashes or not.
+    deep_text = {"text": 'a "quote", a \\ and \\"' + "[" * 1000 + "{" * 1000}
     assert call(transport, "POST", "/rooms/nested/messages", deep_text)[0] == 201
     texts = [m["text"] for m in call(transport, "GET", "/rooms/nested/messages")[1]["messages"]]
     assert texts == [f"nested {MAX_BODY_DEPTH}", deep_text["text"]]
