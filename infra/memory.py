@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 import secrets
 import sys
 import time
@@ -91,9 +92,11 @@ ROOM_OVERHEAD_BYTES = 1500
 
 @dataclass
 class _Room:
+    name: str
     ring: deque[ChatMessage]
     last_id: int = 0
     bytes: int = ROOM_OVERHEAD_BYTES
+    used: int = 0  # when it was last read or written, on the log's own counter
     # (user_id, client_msg_id) -> message, for retry de-duplication; only messages in the ring.
     seen: OrderedDict[tuple[str, str], ChatMessage] = field(default_factory=OrderedDict)
 
@@ -108,9 +111,13 @@ class MemoryMessageLog:
 
     Messages expire `ttl_seconds` after they were sent, as on DynamoDB, and a room whose
     messages have all expired is forgotten. All rooms together hold at most `max_bytes`: past
-    it, the least recently used rooms are forgotten first (the room being written to only
-    loses its oldest messages). A forgotten room's ids are not reused: a room that comes
-    back continues above every id any forgotten room had, so ids never go back.
+    it, messages go from the room that holds the most, oldest first (of rooms that hold the
+    same, the least recently used), and a room left with none is forgotten; the message just
+    written always stays. So a flood, into one room or many, takes from the flooded rooms: a
+    room loses nothing while another holds more, and keeps at least an equal share of the
+    budget (`max_bytes` over the number of rooms, less a message). A forgotten room's ids
+    are not reused: a room that comes back continues above every id any forgotten room had,
+    so ids never go back.
     """
 
     def __init__(
@@ -125,6 +132,11 @@ class MemoryMessageLog:
         self._max_bytes = max_bytes
         self._ttl = ttl_seconds
         self._rooms: OrderedDict[str, _Room] = OrderedDict()  # least recently used first
+        # The order the budget takes from rooms in: (-bytes, used, name), the largest first.
+        # An entry is pushed whenever a room's size or use changes; one that no longer
+        # matches its room is stale and skipped (`_largest`).
+        self._ranks: list[tuple[int, int, str]] = []
+        self._uses = 0
         self._bytes = 0
         self._floor = 0  # the highest id of any forgotten room
         self._next_sweep = 0.0
@@ -199,13 +211,16 @@ class MemoryMessageLog:
         if state is None:
             if not create:
                 return None
-            state = self._rooms[room] = _Room(ring=deque(), last_id=self._floor)
+            state = self._rooms[room] = _Room(room, ring=deque(), last_id=self._floor)
             self._bytes += state.bytes
         self._rooms.move_to_end(room)
+        self._uses += 1
+        state.used = self._uses
         if state.ring:
             horizon = self._clock() - self._ttl
             while state.ring and state.ring[0].ts < horizon:
                 self._drop_oldest(state)
+        self._rank(state)
         return state
 
     def _sweep(self, horizon: float) -> None:
@@ -217,14 +232,38 @@ class MemoryMessageLog:
             self._forget(next(iter(self._rooms)))
 
     def _enforce_budget(self, writing: _Room) -> None:
+        """Take from the largest room until all fit, sparing the message just written."""
+        spared = None
         while self._bytes > self._max_bytes:
-            name, oldest = next(iter(self._rooms.items()))
-            if oldest is not writing:
-                self._forget(name)
-            elif len(writing.ring) > 1:
-                self._drop_oldest(writing)  # the only room left is this one: trim it
-            else:
-                return  # one message always stays; MAX limits bound it
+            largest = self._largest()
+            if largest is None:
+                break  # only the message just written is left; MAX limits bound it
+            if largest is writing and len(writing.ring) <= 1:
+                spared = heapq.heappop(self._ranks)  # it goes back in once the rest fit
+                continue
+            if largest.ring:
+                self._drop_oldest(largest)
+            if not largest.ring:
+                self._forget(largest.name)
+        if spared is not None:
+            heapq.heappush(self._ranks, spared)
+
+    def _largest(self) -> _Room | None:
+        """The room the budget takes from next, its entry left on top of `_ranks`."""
+        while self._ranks:
+            negative_bytes, used, name = self._ranks[0]
+            state = self._rooms.get(name)
+            if state is not None and (state.bytes, state.used) == (-negative_bytes, used):
+                return state
+            heapq.heappop(self._ranks)  # stale: the room changed, or was forgotten
+        return None
+
+    def _rank(self, state: _Room) -> None:
+        if len(self._ranks) > 2 * len(self._rooms) + 64:  # mostly stale: start afresh
+            self._ranks = [(-r.bytes, r.used, r.name) for r in self._rooms.values()]
+            heapq.heapify(self._ranks)
+        else:
+            heapq.heappush(self._ranks, (-state.bytes, state.used, state.name))
 
     def _drop_oldest(self, state: _Room) -> None:
         message = state.ring.popleft()
@@ -240,3 +279,4 @@ class MemoryMessageLog:
     def _charge(self, state: _Room, amount: int) -> None:
         state.bytes += amount
         self._bytes += amount
+        self._rank(state)

@@ -132,7 +132,7 @@ class Settings:
     # `wschat serve` on Redis (workers and hosts sharing rooms); empty: in memory.
     redis_url: str = ""
     history_size: int = _bounded(1000, ge=1)
-    # `wschat serve`: all rooms' history together, in bytes; least recently used rooms go first.
+    # `wschat serve`: all rooms' history together, in bytes; the largest room pays first.
     history_max_bytes: int = _bounded(64 * 1024 * 1024, ge=1024 * 1024)
     history_ttl_seconds: int = _bounded(7 * 86400, ge=60)
 

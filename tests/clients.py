@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from typing import Any
 
 import pytest
@@ -95,3 +96,23 @@ class ResumePoint:
             self.texts[message["id"]] = message["text"]
         while self.resume + 1 in self.texts:
             self.resume += 1
+
+
+def answer_to(base_url: str, head: list[str], body: bytes = b"") -> int | None:
+    """Send a request's `head` lines (and `body`, perhaps less than the head announces) on a
+    raw socket to `base_url` (http://host:port); the status the server answers with, or None
+    when it still waits for more after 5 s."""
+    host, port = base_url.removeprefix("http://").split(":")
+    lines = [*head, f"Host: {host}", "Content-Type: application/json", "", ""]
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall("\r\n".join(lines).encode() + body)
+        reply = b""
+        try:
+            while b"\r\n" not in reply:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    return None
+                reply += chunk
+        except TimeoutError:
+            return None
+    return int(reply.split()[1])

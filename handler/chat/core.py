@@ -31,7 +31,7 @@ from handler.chat.ports import (
     NoMetrics,
     StoreBusy,
 )
-from handler.chat.ratelimit import TokenBucket
+from handler.chat.ratelimit import TokenBucket, TokenBuckets
 from handler.chat.wire import CloseCode, ErrorCode, FrameError
 
 log = logging.getLogger(__name__)
@@ -115,6 +115,7 @@ class ChatCore:
         self._wall_clock = wall_clock
         # Rate state lives with the process: exact locally, per warm container on Lambda.
         self._rates: dict[str, _RateState] = {}
+        self._publishers = TokenBuckets(self.limits.rate_per_second, self.limits.rate_burst, clock)
 
     # --- the three calls ------------------------------------------------------------------
 
@@ -280,6 +281,13 @@ class ChatCore:
         connection = self.connections.remove(connection_id)
         if connection is not None:
             self._announce("leave", connection)
+
+    def admit_publisher(self, principal: Principal) -> float:
+        """For a publisher without a connection (REST): spend one of the principal's rate
+        tokens, before the request's body is read. Returns 0.0 when it may publish now, else
+        the seconds until it may. All of a principal's REST publishes share one bucket, with
+        the rate and burst of a socket's, separate from its sockets' (each has its own)."""
+        return self._publishers.take(principal.id)
 
     def rights(self, principal: Principal, room: str) -> Rights:
         """What the room policy lets `principal` do in `room`. A transport refuses the

@@ -53,6 +53,9 @@ class ErrorCode:
 
 # --- inbound (JSON dialect) -------------------------------------------------------------
 
+# A retry key is at most this many characters.
+MAX_CLIENT_MSG_ID_CHARS = 128
+
 # A `\ud800` escape decodes to a lone surrogate, which no frame can carry (UTF-8 cannot).
 NOT_TEXT = "`{name}` must be Unicode text (it has a lone surrogate escape)"
 
@@ -109,9 +112,12 @@ def parse_action(frame: str) -> Action:
             raise FrameError(ErrorCode.BAD_REQUEST, NOT_TEXT.format(name="text"))
         client_msg_id = body.get("client_msg_id")
         if client_msg_id is not None and not (
-            isinstance(client_msg_id, str) and 0 < len(client_msg_id) <= 128
+            isinstance(client_msg_id, str) and 0 < len(client_msg_id) <= MAX_CLIENT_MSG_ID_CHARS
         ):
-            raise FrameError(ErrorCode.BAD_REQUEST, "`client_msg_id` must be a string of 1-128")
+            raise FrameError(
+                ErrorCode.BAD_REQUEST,
+                f"`client_msg_id` must be a string of 1-{MAX_CLIENT_MSG_ID_CHARS} characters",
+            )
         if client_msg_id is not None and not is_text(client_msg_id):
             raise FrameError(ErrorCode.BAD_REQUEST, NOT_TEXT.format(name="client_msg_id"))
         return SendMessage(text, client_msg_id)

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Callable
+from itertools import accumulate
 from typing import Annotated, Any, Protocol, TypeVar
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, Field, ValidationError, ValidationInfo, field_validator
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 
 from auth.base import Authenticator
 from auth.credentials import find_credential
@@ -26,7 +29,13 @@ from auth.rooms import Right
 from handler.chat.core import ChatCore
 from handler.chat.handshake import room_problem
 from handler.chat.ports import StoreBusy
-from handler.chat.wire import NOT_TEXT, ErrorCode, FrameError, message_body
+from handler.chat.wire import (
+    MAX_CLIENT_MSG_ID_CHARS,
+    NOT_TEXT,
+    ErrorCode,
+    FrameError,
+    message_body,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -46,7 +55,7 @@ class PublishRequest(BaseModel):
     client_msg_id: str | None = Field(
         default=None,
         min_length=1,
-        max_length=128,
+        max_length=MAX_CLIENT_MSG_ID_CHARS,
         description="a retry of the same id is stored once",
     )
 
@@ -56,6 +65,41 @@ class PublishRequest(BaseModel):
         if value is not None and not is_text(value):
             raise ValueError(NOT_TEXT.format(name=info.field_name))
         return value
+
+
+# Room for a publish's keys, quotes, braces and commas (about 40 bytes as encoders write
+# them) and the whitespace around them, pretty-printed included.
+BODY_LAYOUT_BYTES = 1024
+# A publish is one flat object. A little deeper gets the error that names the field (`text`
+# must be a string); deeper than this is refused before the parser sees it.
+MAX_BODY_DEPTH = 8
+
+
+def largest_publish_body(max_message_bytes: int) -> int:
+    """The largest body a valid publish can have, in bytes: its text at `max_message_bytes`
+    with every byte written as a six-byte escape (`\\u0041`; no escape is longer per UTF-8
+    byte), a `client_msg_id` of as many characters as it may have, each outside the BMP and
+    escaped as a twelve-byte surrogate pair, and BODY_LAYOUT_BYTES around them. Anything
+    larger is refused with 413 unread: 199,168 bytes for the default 32 KiB."""
+    return 6 * max_message_bytes + 12 * MAX_CLIENT_MSG_ID_CHARS + BODY_LAYOUT_BYTES
+
+
+# Every byte that is not a bracket, and each byte's step in depth.
+_NOT_BRACKETS = bytes(sorted(set(range(256)) - set(b"[]{}")))
+_DEPTH_STEP = [1 if byte in b"[{" else -1 if byte in b"]}" else 0 for byte in range(256)]
+
+
+def _nested_deeper_than(body: bytes, cap: int) -> bool:
+    """Whether a JSON text's arrays and objects nest deeper than `cap`, counting the brackets
+    outside its strings. On UTF-8, whose multi-byte characters have no ASCII byte, at the
+    speed of bytes methods but for bodies with more than `cap` brackets."""
+    # A backslash escapes the next character: pairs of them first, then escaped quotes; what
+    # is left of each string then lies between two quotes.
+    unescaped = body.replace(b"\\\\", b"").replace(b'\\"', b"")
+    brackets = b"".join(unescaped.split(b'"')[::2]).translate(None, _NOT_BRACKETS)
+    if brackets.count(b"[") + brackets.count(b"{") <= cap:
+        return False
+    return max(accumulate(map(_DEPTH_STEP.__getitem__, brackets))) > cap
 
 
 async def _run(backend: RestBackend, call: Callable[[], T]) -> T:
@@ -94,6 +138,65 @@ def _check_right(chat: RestBackend, principal: Principal, room: str, right: Righ
         raise HTTPException(403, f"this credential does not let you {right} this room")
 
 
+def _check_rate(chat: RestBackend, principal: Principal) -> None:
+    wait = chat.core.admit_publisher(principal)
+    if wait > 0:
+        rate = chat.core.limits.rate_per_second
+        raise HTTPException(
+            429,
+            f"over {rate:g} messages/s for this credential; retry later",
+            headers={"Retry-After": str(max(1, math.ceil(wait)))},
+        )
+
+
+def _unfit(problem: str, kind: str) -> RequestValidationError:
+    return RequestValidationError([{"loc": ("body",), "msg": problem, "type": kind}])
+
+
+async def _publish_request(request: Request, limit: int) -> PublishRequest:
+    """The body as a publish, read only up to `limit` bytes: past them, 413 whatever the
+    framing (a `Content-Length` that announces more is refused before a byte is read).
+    422 for a body that is not a publish, as FastAPI would answer it."""
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if not (media == "application/json" or media.endswith("+json")):
+        # As FastAPI's own body parameters: and a form cannot post it across origins.
+        raise _unfit("send the body as application/json", "content_type")
+    too_large = HTTPException(413, f"a publish's body is at most {limit} bytes")
+    announced = request.headers.get("content-length", "")
+    if announced.isascii() and announced.isdigit() and int(announced) > limit:
+        raise too_large
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise too_large
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise HTTPException(400, "the request's body did not arrive whole") from None
+    body = b"".join(chunks)
+    if not body:
+        raise _unfit("Field required", "missing")
+    try:
+        text = body.decode()
+    except UnicodeDecodeError:
+        raise _unfit("the body is not UTF-8", "json_invalid") from None
+    if _nested_deeper_than(body, MAX_BODY_DEPTH):
+        raise _unfit(f"JSON nested deeper than {MAX_BODY_DEPTH} levels", "json_too_deep")
+    try:
+        value = json.loads(text)
+    except ValueError:
+        raise _unfit("JSON decode error", "json_invalid") from None
+    try:
+        return PublishRequest.model_validate(value)
+    except ValidationError as error:
+        problems = error.errors(include_url=False, include_input=False)
+        raise RequestValidationError(
+            [{**problem, "loc": ("body", *problem["loc"])} for problem in problems]
+        ) from None
+
+
 async def validation_error(request: Request, error: Exception) -> Response:
     """422 for a request body that does not fit, without echoing the input back: it may hold
     text no JSON response can carry (a lone surrogate), or something the caller meant to keep
@@ -122,15 +225,25 @@ def rest_router(backend: Callable[[], RestBackend]) -> APIRouter:
         messages, latest = await _run(chat, lambda: chat.core.read(room, since, limit))
         return {"room": room, "latest_id": latest, "messages": [message_body(m) for m in messages]}
 
-    @router.post("/messages", status_code=201)
-    async def publish(
-        room: str, body: PublishRequest, request: Request, response: Response
-    ) -> dict[str, Any]:
+    # The body is read by hand, after the credential, the room's right and the rate were
+    # checked (a body parameter would have FastAPI read and parse it first), so its schema
+    # is given to OpenAPI here.
+    body_schema = {"application/json": {"schema": PublishRequest.model_json_schema()}}
+
+    @router.post(
+        "/messages",
+        status_code=201,
+        openapi_extra={"requestBody": {"required": True, "content": body_schema}},
+    )
+    async def publish(room: str, request: Request, response: Response) -> dict[str, Any]:
         """Publish as the authenticated principal; the room receives it as a chat message."""
         chat = backend()
         principal = await _principal(request, chat)
         _check_room(room, chat)
         _check_right(chat, principal, room, Right.WRITE)
+        _check_rate(chat, principal)
+        limit = largest_publish_body(chat.core.limits.max_message_bytes)
+        body = await _publish_request(request, limit)
         try:
             message, created = await _run(
                 chat,

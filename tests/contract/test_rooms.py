@@ -15,7 +15,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.auth.keys import SECRET
-from tests.clients import TIMEOUT, recv_json, until
+from tests.clients import TIMEOUT, answer_to, recv_json, until
 from tests.contract.conftest import TRANSPORTS, Transport, transport_with
 
 ENV = {
@@ -99,6 +99,16 @@ def test_rest_needs_read_to_read_and_write_to_post(rooms: Transport) -> None:
     assert rest(rooms, "POST", "rest-room", reader) == 403
     assert rest(rooms, "POST", "rest-room", writer) == 201
     assert rest(rooms, "GET", "rest-room", writer) == 403
+
+
+def test_a_post_without_write_is_refused_before_its_body(rooms: Transport) -> None:
+    reader = token("rita", {"rest-room": ["read"]})
+    head = [
+        "POST /rooms/rest-room/messages HTTP/1.1",
+        f"Authorization: Bearer {reader}",
+        f"Content-Length: {32 * 1024 * 1024}",
+    ]
+    assert answer_to(rooms.server.http, head) == 403
 
 
 async def test_a_refreshed_connection_outlives_its_first_token(rooms: Transport) -> None:

@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import pytest
+
 from handler.chat.ports import Connection, Dialect
 from infra.memory import MemoryConnections, MemoryMessageLog
 
@@ -135,3 +139,67 @@ def test_a_retry_after_its_message_left_the_ring_is_stored_again() -> None:
     )  # "a" leaves the ring, and its retry key with it
     again, created = log.append(room="r", user_id="u", user_name="u", text="a", client_msg_id="k1")
     assert created and again.id == 4
+
+
+def _post(log: MemoryMessageLog, room: str, user: str, text: str) -> None:
+    log.append(room=room, user_id=user, user_name=user, text=text, client_msg_id=None)
+
+
+def _flood_one_room(log: MemoryMessageLog) -> None:
+    for i in range(200):
+        _post(log, "flood", "mallory", f"{i}" + "x" * 30_000)
+
+
+def _flood_many_rooms(log: MemoryMessageLog) -> None:
+    for i in range(200):
+        _post(log, f"mallory-{i}", "mallory", "x" * 30_000)
+
+
+@pytest.mark.parametrize("flood", [_flood_one_room, _flood_many_rooms])
+def test_a_flood_takes_from_the_flooded_rooms_not_from_the_others(
+    flood: Callable[[MemoryMessageLog], None],
+) -> None:
+    budget = 4 * 1024 * 1024
+    log = MemoryMessageLog(max_bytes=budget)
+    for i in range(20):
+        _post(log, "victim", "alice", f"recent {i}")
+    flood(log)  # 6 MB: over the budget by half
+    assert log.retained_bytes <= budget
+    assert [m.text for m in log.after("victim", 0, 100)] == [f"recent {i}" for i in range(20)]
+
+
+def test_the_budget_takes_from_the_largest_room_first() -> None:
+    log = MemoryMessageLog(max_bytes=1024 * 1024)
+    for i in range(30):  # 610 KB
+        _post(log, "big", "u", f"{i}:" + "b" * 20_000)
+    for i in range(20):  # 207 KB
+        _post(log, "middle", "u", f"{i}:" + "m" * 10_000)
+    for i in range(15):  # 305 KB, and over the budget by 74 KB: the largest room pays
+        _post(log, "last", "u", f"{i}:" + "l" * 20_000)
+    middle = log.after("middle", 0, 100)
+    big = log.after("big", 0, 100)
+    assert len(middle) == 20 and len(log.after("last", 0, 100)) == 15
+    assert 0 < len(big) < 30 and big[-1].id == 30  # its oldest went
+    # Once it is no larger than the others, they share: each keeps about an equal share.
+    for i in range(60):
+        _post(log, "last", "u", f"{15 + i}:" + "l" * 20_000)
+    shares = {room: len(log.after(room, 0, 100)) for room in ("big", "middle", "last")}
+    assert log.retained_bytes <= 1024 * 1024
+    assert shares["middle"] == 20  # never the largest: untouched
+    assert abs(shares["big"] - shares["last"]) <= 1
+
+
+def test_many_small_rooms_leave_each_room_an_equal_share() -> None:
+    budget = 1024 * 1024
+    log = MemoryMessageLog(max_bytes=budget)
+    for i in range(100):  # the room holds the whole budget, and more
+        _post(log, "victim", "alice", f"{i}:" + "v" * 10_000)
+    for i in range(100):
+        _post(log, f"small-{i}", "mallory", "x" * 3_000)
+    rooms = 101
+    kept = log.after("victim", 0, 1000)
+    one_message = 10_050 + 300
+    # At least an equal share of the budget, less one message.
+    assert len(kept) * one_message >= budget / rooms - one_message
+    assert all(log.after(f"small-{i}", 0, 1) for i in range(100))  # smaller: untouched
+    assert kept[-1].id == 100
