@@ -23,7 +23,7 @@ from handler.aws.runtime import AwsRuntime, entry_point, runtime
 from handler.chat.core import ChatCore, ConnectParams
 from handler.chat.handshake import Refused, negotiate
 from handler.chat.ports import Dialect
-from handler.chat.wire import CloseCode
+from handler.chat.wire import CloseCode, close_code_label
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ class WebSocketHandlers:
         log.info("%s disconnected (status %s)", ws.connection_id, ws.disconnect_status)
         self._core(ws).disconnect(ws.connection_id)
         code = ws.disconnect_status or CloseCode.NO_STATUS
-        self._runtime().metrics.count("disconnects", code=str(code))
+        self._runtime().metrics.count("disconnects", code=close_code_label(code))
         return _respond(200)
 
     def welcome(self, event: Any, context: Any = None) -> Response:
