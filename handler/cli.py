@@ -112,7 +112,7 @@ def _emulate(args: argparse.Namespace) -> int:
         max_duration=args.max_duration,
     )
     emulator, stop = build_emulator(config, args.host, args.port, args.dynamodb_endpoint)
-    logging.getLogger("uvicorn.access").addFilter(QuietPlumbing(config.stage))
+    logging.getLogger("uvicorn.access").addFilter(QuietPlumbing(config))
     print(
         f"API Gateway emulator: ws://{args.host}:{args.port}/{args.stage}?room=...&token=...",
         file=sys.stderr,
