@@ -43,10 +43,11 @@ $(VENV)/.installed-emulate: pyproject.toml | $(BIN)/python
 emulate: $(VENV)/.installed-emulate
 	$(BIN)/wschat emulate $(ADDRESS) $(if $(EMULATOR_PORT),--port $(EMULATOR_PORT))
 
-# The contract's essentials against any deployment: make smoke URL=wss://... [TOKEN=...]
+# The contract's essentials against any deployment:
+# make smoke URL=wss://... [TOKEN=...] [TOKEN_IN=header|subprotocol|query]
 smoke: $(VENV)/.installed-run
 	@test -n "$(URL)" || { echo "make smoke needs URL=ws://... (see wschat check --help)"; exit 2; }
-	$(BIN)/wschat check "$(URL)" $(if $(TOKEN),--token "$(TOKEN)")
+	$(BIN)/wschat check "$(URL)" $(if $(TOKEN),--token "$(TOKEN)") $(if $(TOKEN_IN),--token-in $(TOKEN_IN))
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .

@@ -10,6 +10,7 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
+import handler.check as check_module
 from infra.emulator import EmulatorConfig
 from infra.settings import Settings, SettingsError, get_settings
 
@@ -112,7 +113,7 @@ def _emulate(args: argparse.Namespace) -> int:
         max_duration=args.max_duration,
     )
     emulator, stop = build_emulator(config, args.host, args.port, args.dynamodb_endpoint)
-    logging.getLogger("uvicorn.access").addFilter(QuietPlumbing(config.stage))
+    logging.getLogger("uvicorn.access").addFilter(QuietPlumbing(config))
     print(
         f"API Gateway emulator: ws://{args.host}:{args.port}/{args.stage}?room=...&token=...",
         file=sys.stderr,
@@ -145,12 +146,24 @@ def parse_duration(text: str) -> int:
     return int(number) * units[unit]
 
 
+def _seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = 0.0
+    if not 0 < seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"bad number of seconds {text!r}")
+    return seconds
+
+
 def _check(args: argparse.Namespace) -> int:
     import asyncio
 
-    from handler.check import run
-
-    return asyncio.run(run(args.url, args.token))
+    return asyncio.run(
+        check_module.run(
+            args.url, args.token, credential_in=args.credential_in, timeout=args.timeout
+        )
+    )
 
 
 def _token(args: argparse.Namespace) -> int:
@@ -251,6 +264,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     check.add_argument("url", help="where clients connect")
     check.add_argument("--token", help="a credential the deployment accepts (JWT mode)")
+    check.add_argument(
+        "--token-in",
+        dest="credential_in",
+        choices=("header", "subprotocol", "query"),
+        default="header",
+        help="how to send the credential: an Authorization header (default), the `bearer` "
+        "subprotocol pair, or ?token= (an API Gateway authorizer reads only that)",
+    )
+    check.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=check_module.TIMEOUT,
+        help=f"seconds the whole run may take (default {check_module.TIMEOUT:g}; each check "
+        f"has at most {check_module.CHECK_TIMEOUT:g})",
+    )
     check.set_defaults(run=_check)
 
     token = commands.add_parser("token", help="mint an HS256 token with WSCHAT_JWT_SECRET")

@@ -46,7 +46,7 @@ def build_emulator(
         {
             "WSCHAT_DYNAMODB_ENDPOINT": dynamodb.endpoint,
             "WSCHAT_APIGW_ENDPOINT": f"{base}/{config.stage}",
-            "WSCHAT_LAMBDA_ENDPOINT": base,
+            "WSCHAT_LAMBDA_ENDPOINT": base + config.lambda_path,
             "WSCHAT_WELCOME_FUNCTION": "welcome",
             "WSCHAT_SQS_ENDPOINT": sqs_endpoint,
             "WSCHAT_FANOUT_QUEUE_URL": queue_url,

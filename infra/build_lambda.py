@@ -37,6 +37,7 @@ LOCAL_ONLY = (
     "infra/lean_moto.py",
     "infra/local_dynamodb.py",
     "infra/log_redaction.py",
+    "infra/log_text.py",
     "infra/memory.py",
     "infra/metrics.py",
     "infra/redis_history.py",

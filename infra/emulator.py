@@ -4,8 +4,9 @@ One loopback port serves what API Gateway would: WebSocket clients at `/{stage}`
 into `$connect` / `$default` / `$disconnect` Lambda events for the project's handlers (run
 in-process, in worker threads, as Lambda would run them), and the Management API at
 `/{stage}/@connections/{id}` that those handlers' real client calls over HTTP. It also
-answers the Lambda Invoke API for the asynchronous welcome, and serves the chat page. DynamoDB
-is moto's server, started in-process, unless a real endpoint is given.
+answers the Lambda Invoke API for the asynchronous welcome, under a path secret to this run
+that only the handlers are told, and serves the chat page. DynamoDB is moto's server, started
+in-process, unless a real endpoint is given.
 """
 
 from __future__ import annotations
@@ -62,6 +63,11 @@ class EmulatorConfig:
     idle_timeout: float = 600.0
     max_duration: float = 7200.0
     send_queue_frames: int = field(default_factory=lambda: get_settings().send_queue_frames)
+    # The Lambda Invoke API is served under this path, new each run, which only the handlers
+    # are told (WSCHAT_LAMBDA_ENDPOINT): the port is open to whatever reaches the WebSocket
+    # API (a web page in the developer's browser; the LAN with --host 0.0.0.0), and an invoke
+    # runs a function with the event its caller chose.
+    lambda_path: str = field(default_factory=lambda: "/" + secrets.token_urlsafe(24))
 
 
 class QuietPlumbing(logging.Filter):
@@ -70,9 +76,13 @@ class QuietPlumbing(logging.Filter):
     either. There is one per recipient of every message; formatting them cost a seventh of the
     emulator's CPU during a burst of connects (py-spy). At DEBUG they are kept."""
 
-    def __init__(self, stage: str) -> None:
+    def __init__(self, config: EmulatorConfig) -> None:
         super().__init__()
-        self._plumbing = (f"/{stage}/@connections/", "/@connections/", "/2015-03-31/functions/")
+        self._plumbing = (
+            f"/{config.stage}/@connections/",
+            "/@connections/",
+            f"{config.lambda_path}/2015-03-31/functions/",
+        )
 
     def filter(self, record: logging.LogRecord) -> bool:
         args = record.args
@@ -116,7 +126,11 @@ class Emulator:
                     self._manage,
                     methods=["POST", "GET", "DELETE"],
                 ),
-                Route("/2015-03-31/functions/{name}/invocations", self._invoke, methods=["POST"]),
+                Route(
+                    f"{self.config.lambda_path}/2015-03-31/functions/{{name}}/invocations",
+                    self._invoke,
+                    methods=["POST"],
+                ),
                 WebSocketRoute(f"/{stage}", self._socket),
                 # Everything else is the HTTP function: the FastAPI app (REST), as on AWS.
                 *([Mount("/", app=self._http)] if self._http is not None else []),
@@ -172,7 +186,14 @@ class Emulator:
                 status_code=404,
                 headers={"x-amzn-ErrorType": "ResourceNotFoundException"},
             )
-        payload = json.loads(await request.body() or b"{}")
+        try:
+            payload = json.loads(await request.body() or b"{}")
+        except (ValueError, RecursionError):
+            return JSONResponse(
+                {"Message": "Could not parse request body into json"},
+                status_code=400,
+                headers={"x-amzn-ErrorType": "InvalidRequestContentException"},
+            )
         if request.headers.get("x-amz-invocation-type") == "Event":
             task = asyncio.create_task(self._invoke_async(function, payload))
             self._background.add(task)

@@ -5,6 +5,11 @@ is known of the work the line belongs to: `connection_id`, `room` and `user_id` 
 `request_id` in a Lambda invocation (`log_context`). Credentials are redacted before any
 formatter sees the line (infra/log_redaction.py); a field never carries one: a user id is the
 verified subject, never the token.
+
+A line is one line for any reader: besides what JSON escapes itself (the C0 controls), the C1
+controls and U+2028/U+2029, which `str.splitlines()`, JavaScript and several log shippers take
+for line breaks, are written as `\\u` escapes wherever a client's text put them (a room name, a
+reason). The object decodes to the same text.
 """
 
 from __future__ import annotations
@@ -15,6 +20,9 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+
+# JSON strings may hold these raw, and json.dumps(ensure_ascii=False) leaves them so.
+_LINE_SAFE = {code: f"\\u{code:04x}" for code in (*range(0x7F, 0xA0), 0x2028, 0x2029)}
 
 # Fields as (name, value) pairs: a context's default must not be shared and mutable.
 _CONTEXT: ContextVar[tuple[tuple[str, str], ...]] = ContextVar("wschat_log_context", default=())
@@ -43,4 +51,5 @@ class JsonFormatter(logging.Formatter):
         }
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, ensure_ascii=False, default=str)
+        # These characters occur only inside strings here, so escaping them keeps the JSON.
+        return json.dumps(entry, ensure_ascii=False, default=str).translate(_LINE_SAFE)

@@ -69,7 +69,8 @@ class RedactCredentials(logging.Filter):
 def log_config(level: str = "info", form: str = "text") -> dict[str, Any]:
     """uvicorn's logging config with the redaction filter on every handler, and the root
     logger (where wschat's own loggers propagate) sent to the same handler. `form` is
-    WSCHAT_LOG_FORMAT: `text` (uvicorn's lines) or `json` (infra/log_json.py)."""
+    WSCHAT_LOG_FORMAT: `text` (uvicorn's lines, escaped: infra/log_text.py) or `json`
+    (infra/log_json.py)."""
     config: dict[str, Any] = copy.deepcopy(LOGGING_CONFIG)
     config["filters"] = {"redact": {"()": RedactCredentials}}
     for handler in config["handlers"].values():
@@ -78,5 +79,8 @@ def log_config(level: str = "info", form: str = "text") -> dict[str, Any]:
         config["formatters"] = {
             name: {"()": "infra.log_json.JsonFormatter"} for name in config["formatters"]
         }
+    else:
+        config["formatters"]["default"]["()"] = "infra.log_text.TextFormatter"
+        config["formatters"]["access"]["()"] = "infra.log_text.AccessTextFormatter"
     config["root"] = {"handlers": ["default"], "level": level.upper()}
     return config

@@ -1,7 +1,8 @@
 """Prometheus metrics for `wschat serve`, named after Centrifugo's.
 
-No label carries a room, a user or a connection id: each would make a time series per value
-(unbounded cardinality). With `wschat serve --workers N`, each worker writes its values to
+No label carries a room, a user or a connection id, nor a value a client chose (a close code is
+one of the server's own, or `other`): each would make a time series per value (unbounded
+cardinality). With `wschat serve --workers N`, each worker writes its values to
 files under PROMETHEUS_MULTIPROC_DIR (prometheus-client's multiprocess mode, which the CLI
 sets up before the workers start) and any worker's `/metrics` adds up all of them.
 """
@@ -20,6 +21,8 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.multiprocess import MultiProcessCollector
+
+from handler.chat.wire import close_code_label
 
 MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -57,7 +60,10 @@ class ChatMetrics:
             registry=registry,
         )
         self.disconnects = Counter(
-            "wschat_disconnects", "Connections ended, by close code.", ["code"], registry=registry
+            "wschat_disconnects",
+            "Connections ended, by close code (the server's own codes, else `other`).",
+            ["code"],
+            registry=registry,
         )
         self.handshakes_refused = Counter(
             "wschat_handshakes_refused",
@@ -112,7 +118,7 @@ class ChatMetrics:
             del self._members[room]
         self.connections.dec()
         self.rooms.set(len(self._members))
-        self.disconnects.labels(code=str(code)).inc()
+        self.disconnects.labels(code=close_code_label(code)).inc()
 
     def refused(self, status: int) -> None:
         self.handshakes_refused.labels(status=str(status)).inc()

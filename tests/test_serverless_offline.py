@@ -142,4 +142,6 @@ async def test_wschat_check_passes_against_serverless_offline(offline: int) -> N
     from handler.check import run
 
     lines: list[str] = []
-    assert await run(f"ws://127.0.0.1:{offline}", None, lines.append) == 0, lines
+    # The authorizer's identity source is the query's token, as on API Gateway.
+    url = f"ws://127.0.0.1:{offline}"
+    assert await run(url, None, lines.append, credential_in="query") == 0, lines

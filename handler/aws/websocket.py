@@ -23,7 +23,7 @@ from handler.aws.runtime import AwsRuntime, entry_point, runtime
 from handler.chat.core import ChatCore, ConnectParams
 from handler.chat.handshake import Refused, negotiate
 from handler.chat.ports import Dialect
-from handler.chat.wire import CloseCode
+from handler.chat.wire import CloseCode, close_code_label
 
 log = logging.getLogger(__name__)
 
@@ -85,17 +85,24 @@ class WebSocketHandlers:
         log.info("%s disconnected (status %s)", ws.connection_id, ws.disconnect_status)
         self._core(ws).disconnect(ws.connection_id)
         code = ws.disconnect_status or CloseCode.NO_STATUS
-        self._runtime().metrics.count("disconnects", code=str(code))
+        self._runtime().metrics.count("disconnects", code=close_code_label(code))
         return _respond(200)
 
     def welcome(self, event: Any, context: Any = None) -> Response:
         """Invoked asynchronously by `$connect`, after it returned, when API Gateway accepts
-        sends: gives a JSON-dialect connection its `welcome` (docs/welcome-seam.md)."""
-        if not isinstance(event, Mapping) or not isinstance(event.get("connectionId"), str):
+        sends: gives a JSON-dialect connection its `welcome` (docs/welcome-seam.md).
+
+        The event names the API as `$connect`'s did, and the Management API endpoint is found
+        from it as for any event: never an endpoint the event spells out, which whoever can
+        invoke the function (anything that reaches a local emulator's port) would choose."""
+        fields = ("connectionId", "domainName", "stage", "apiId")
+        if not isinstance(event, Mapping) or not all(isinstance(event.get(f), str) for f in fields):
             log.warning("malformed welcome event")
-            return _respond(400, "welcome needs connectionId and endpoint")
+            return _respond(400, "welcome needs connectionId, domainName, stage and apiId")
         since, epoch = event.get("since"), event.get("epoch")
-        core = self._runtime().core(str(event.get("endpoint", "")), welcome=True)
+        rt = self._runtime()
+        endpoint = rt.endpoint_for(event["domainName"], event["stage"], event["apiId"])
+        core = rt.core(endpoint, welcome=True)
         core.welcome(
             event["connectionId"],
             since if isinstance(since, int) else None,
@@ -134,17 +141,20 @@ class WebSocketHandlers:
 
     def _schedule_welcome(self, ws: WebSocketEvent, since: int | None, epoch: str | None) -> None:
         rt = self._runtime()
-        endpoint = rt.endpoint_for(ws.domain_name, ws.stage, ws.api_id)
         function = rt.settings.welcome_function
         if not function:
             # Without the function the welcome frame cannot arrive (API Gateway refuses sends
             # during $connect), but the connection must still be opened to live messages.
             log.warning("WSCHAT_WELCOME_FUNCTION is not set: %s gets no welcome", ws.connection_id)
-            rt.core(endpoint).welcome(ws.connection_id, since, epoch)
+            rt.core(rt.endpoint_for(ws.domain_name, ws.stage, ws.api_id)).welcome(
+                ws.connection_id, since, epoch
+            )
             return
         payload = {
             "connectionId": ws.connection_id,
-            "endpoint": endpoint,
+            "domainName": ws.domain_name,
+            "stage": ws.stage,
+            "apiId": ws.api_id,
             "since": since,
             "epoch": epoch,
         }

@@ -37,6 +37,16 @@ class CloseCode(IntEnum):
     FORBIDDEN = 4403  # a refreshed credential no longer opens the room
 
 
+def close_code_label(code: int) -> str:
+    """A close code as a metric label: one of the codes above, else `other`. A client may
+    close with any code of its own (3000-4999 are free), and a label per value it chose
+    would be a time series per value."""
+    return str(code) if code in _CLOSE_CODES else "other"
+
+
+_CLOSE_CODES = frozenset(code.value for code in CloseCode)
+
+
 class ErrorCode:
     INVALID_JSON = "invalid_json"
     BAD_REQUEST = "bad_request"

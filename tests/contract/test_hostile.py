@@ -4,14 +4,18 @@ never with a credential, and nobody else notices."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import socket
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 
 import pytest
 from websockets.exceptions import InvalidStatus
 
+from tests.auth.keys import SECRET
 from tests.clients import masked_frame, raw_upgrade, recv, until
 from tests.contract.conftest import Transport
 
@@ -177,3 +181,62 @@ async def test_deep_json_is_a_bad_frame_and_disconnect_still_runs(
                     await recv(hostile)
         leave = await until(watcher, "presence")  # $disconnect ran
         assert (leave["event"], leave["count"]) == ("leave", 1)
+
+
+# What a line break looks like to Python's str.splitlines() and to log shippers: each of
+# these, raw in a log line, starts a line of its own. ESC would also drive a terminal.
+LINE_BREAKS = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
+CRIT = "x" + "".join(f"{ch}INJECTED" for ch in LINE_BREAKS) + "\x1b[2J"
+CRIT_ESCAPED = (
+    "x"
+    + "".join(
+        f"\\{e}INJECTED"
+        for e in ("n", "r", "x0b", "x0c", "x1c", "x1d", "x1e", "x85", "u2028", "u2029")
+    )
+    + "\\x1b[2J"
+)
+
+
+def _with_crit_header(crit: str) -> str:
+    """A token whose header lists `crit`: PyJWT's error text then carries it as it is."""
+
+    def part(value: dict[str, object]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
+
+    header = part({"alg": "HS256", "typ": "JWT", "crit": [crit]})
+    return f"{header}.{part({'sub': 'mallory'})}.{'A' * 43}"
+
+
+@pytest.mark.parametrize("form", ["text", "json"])
+async def test_a_jwt_header_cannot_start_a_log_line(
+    start_transport: Callable[..., Transport], form: str
+) -> None:
+    transport = start_transport(
+        WSCHAT_AUTH="jwt",
+        WSCHAT_JWT_SECRET=SECRET,
+        WSCHAT_JWT_ALGORITHMS="HS256",
+        WSCHAT_LOG_FORMAT=form,
+    )
+    token = _with_crit_header(CRIT)
+    with pytest.raises(InvalidStatus) as refused:  # the socket's handshake
+        async with transport.connect("hostile", token=token):
+            pass
+    assert refused.value.response.status_code == 401
+    request = urllib.request.Request(  # and REST
+        transport.server.http + "/rooms/hostile/messages",
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    with pytest.raises(urllib.error.HTTPError) as rest:
+        urllib.request.urlopen(request, timeout=10)
+    rest.value.close()
+    assert rest.value.code == 401
+    await asyncio.sleep(0.2)
+    lines = transport.server.log().splitlines()
+    assert not [line for line in lines if line.startswith("INJECTED")]
+    refusals = [line for line in lines if "Unsupported critical extension" in line]
+    assert len(refusals) == 2  # one line each, the whole reason on it
+    if form == "json":
+        messages = [json.loads(line)["message"] for line in refusals]
+        assert all(message.endswith(CRIT) for message in messages)  # escaped, not altered
+    else:
+        assert all(line.endswith(CRIT_ESCAPED) for line in refusals), refusals

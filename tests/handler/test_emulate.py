@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 import websockets
 
+from tests.management_api import running_management_api
 from tests.servers import Server, running_server
 
 FAST = {"WSCHAT_RATE_PER_SECOND": "100000", "WSCHAT_RATE_BURST": "100000"}
@@ -100,3 +103,33 @@ async def test_a_room_above_the_inline_size_gets_its_messages_through_the_queue(
         assert "@connections" not in log
         for ws in members:
             await ws.close()
+
+
+async def test_an_invoke_from_outside_reaches_no_function(tmp_path: Path) -> None:
+    # The attack: an unauthenticated invoke of the welcome function, for a member's
+    # connection, naming an endpoint of the attacker's: the room's welcome, history included,
+    # would be posted there.
+    with (
+        running_server(tmp_path, FAST, "emulate") as server,
+        running_management_api() as elsewhere,
+    ):
+        url = server.ws("/local?room=private&token={token}&format=json")
+        async with websockets.connect(url.format(token="member")) as member:
+            welcome = json.loads(await asyncio.wait_for(member.recv(), 30))
+            assert welcome["type"] == "welcome"  # the handlers' own invoke still works
+            await echoed(member, "for members only")
+            invoke = urllib.request.Request(
+                server.http + "/2015-03-31/functions/welcome/invocations",
+                data=json.dumps(
+                    {"connectionId": welcome["connection_id"], "endpoint": elsewhere.endpoint}
+                ).encode(),
+                headers={"X-Amz-Invocation-Type": "Event"},
+            )
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(invoke, timeout=10)
+            refused.value.close()
+            assert refused.value.code == 404
+            await member.send(json.dumps({"action": "ping"}))  # a turn for the room to settle
+            frame = json.loads(await asyncio.wait_for(member.recv(), 30))
+            assert frame["type"] == "pong"  # and no second welcome before it
+        assert not elsewhere.attempts

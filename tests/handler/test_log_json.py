@@ -10,6 +10,7 @@ import json
 import logging
 from types import SimpleNamespace
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 import websockets
@@ -66,3 +67,30 @@ def test_a_lambda_invocation_logs_its_request_and_connection(
     closing = [line for line in lines if line["message"].startswith("closing ghost")]
     assert closing and closing[0]["request_id"] == "req-123"
     assert closing[0]["connection_id"] == "ghost"
+
+
+def test_a_line_break_a_client_sent_stays_inside_its_line() -> None:
+    # JSON escapes the C0 controls itself; U+2028/U+2029 and the C1 controls (U+0085 is a
+    # line break for str.splitlines()) it would write raw.
+    from infra.log_json import log_context
+
+    hostile = "a\u2028b\u2029c\x85d\x1be\nf"
+    record = logging.LogRecord("wschat", logging.INFO, __file__, 1, "said %s", (hostile,), None)
+    with log_context(room=hostile):
+        line = JsonFormatter().format(record)
+    assert line.splitlines() == [line]
+    assert not set(line) & set("\u2028\u2029\x85\x1b\n")
+    entry = json.loads(line)
+    assert (entry["message"], entry["room"]) == (f"said {hostile}", hostile)
+
+
+async def test_a_room_name_cannot_split_a_json_line(start_server: Any) -> None:
+    server: Server = start_server(WSCHAT_LOG_FORMAT="json")
+    room = "lobby\u2028forged\u2029"
+    async with websockets.connect(server.ws(f"/items/{quote(room)}/ws?token=t")) as ws:
+        # A refresh request on a text connection is logged, in the room's context.
+        await ws.send(json.dumps({"action": "refresh", "token": "t"}))
+        await asyncio.wait_for(ws.recv(), 10)
+    await asyncio.sleep(0.3)
+    lines = [json.loads(line) for line in server.log().splitlines() if line.strip()]
+    assert any(line.get("room") == room for line in lines)

@@ -176,3 +176,31 @@ def test_handler_crash_sends_api_gateways_error_frame() -> None:
     with TestClient(app).websocket_connect("/local") as ws:
         ws.send_text("x")
         assert json.loads(ws.receive_text())["message"] == "Internal server error"
+
+
+def test_the_invoke_api_answers_only_at_this_runs_secret_path() -> None:
+    """The Invoke API shares the WebSocket API's port, which a web page in the developer's
+    browser (or the LAN, with --host 0.0.0.0) can reach: only a caller told this run's path,
+    the handlers, may invoke."""
+    invoked: list[Any] = []
+
+    def welcome(event: Any, context: Any) -> dict[str, Any]:
+        invoked.append(event)
+        return {"statusCode": 200}
+
+    config, another_run = EmulatorConfig(), EmulatorConfig()
+    assert config.lambda_path != another_run.lambda_path
+    app = Emulator(config, {"$default": Lambda()}, None, {"welcome": welcome}, str).app()
+    client = TestClient(app)
+    for prefix in ("", another_run.lambda_path):
+        path = f"{prefix}/2015-03-31/functions/welcome/invocations"
+        for kind in ("Event", "RequestResponse"):
+            refused = client.post(
+                path, json={"connectionId": "c"}, headers={"X-Amz-Invocation-Type": kind}
+            )
+            assert refused.status_code == 404
+    assert invoked == []
+    path = f"{config.lambda_path}/2015-03-31/functions/welcome/invocations"
+    assert client.post(path, json={"connectionId": "c"}).json() == {"statusCode": 200}
+    assert invoked == [{"connectionId": "c"}]
+    assert client.post(path, content=b"{not json").status_code == 400

@@ -48,3 +48,14 @@ def test_each_invocation_writes_its_metrics(capsys: pytest.CaptureFixture[str]) 
     websocket.disconnect(gone)
     (left,) = emitted(capsys.readouterr().out)
     assert left["disconnects"] == 1 and left["code"] == "1001"
+
+
+def test_a_clients_own_close_code_is_counted_as_other(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    for code in (3000, 4999, 1001):
+        gone = event("disconnect", connectionId=f"C{code}")
+        gone["requestContext"]["disconnectStatusCode"] = code
+        websocket.disconnect(gone)
+    codes = [line["code"] for line in emitted(capsys.readouterr().out)]
+    assert codes == ["other", "other", "1001"]

@@ -13,7 +13,7 @@ from botocore.stub import ANY, Stubber
 from handler.aws import websocket
 from handler.aws.runtime import runtime
 from tests.aws import event
-from tests.management_api import ManagementApiStandIn
+from tests.management_api import ManagementApiStandIn, running_management_api
 
 pytestmark = pytest.mark.usefixtures("aws")
 
@@ -52,6 +52,12 @@ def connect_authorized(cid: str, authorizer: dict[str, Any]) -> dict[str, Any]:
     )
 
 
+def welcome_event(cid: str) -> dict[str, Any]:
+    """What `$connect` schedules for the welcome function: the API its event named."""
+    context = event("connect")["requestContext"]
+    return {"connectionId": cid, **{k: context[k] for k in ("domainName", "stage", "apiId")}}
+
+
 def send(cid: str, body: str) -> dict[str, Any]:
     return websocket.default(event("message", connectionId=cid, body=body))
 
@@ -66,9 +72,7 @@ def test_connect_message_fanout_disconnect_across_two_rooms(posts: ManagementApi
     assert connect("B", "foo", "bob-token") == {"statusCode": 200}
     assert connect("J", "foo", "jo-token", format="json") == {"statusCode": 200}
     assert connect("C", "bar", "carol-token") == {"statusCode": 200}
-    assert websocket.welcome({"connectionId": "J", "endpoint": posts.endpoint}) == {
-        "statusCode": 200
-    }
+    assert websocket.welcome(welcome_event("J")) == {"statusCode": 200}
     welcome = posts.take_json("J")[-1]
     assert welcome["type"] == "welcome" and welcome["room"] == "foo" and welcome["count"] == 3
 
@@ -234,6 +238,7 @@ def test_binary_frame_gets_an_error_line(posts: ManagementApiStandIn) -> None:
         (websocket.connect, {"requestContext": "nope"}),
         (websocket.disconnect, {}),
         (websocket.welcome, {"endpoint": "https://abc.execute-api.us-east-1.amazonaws.com/prod"}),
+        (websocket.welcome, {"connectionId": "J", "stage": "prod", "apiId": 5}),
     ],
 )
 def test_malformed_events_get_400_and_a_log_line(
@@ -302,3 +307,34 @@ def test_a_publisher_paused_mid_append_leaves_no_gap_at_the_seam(
         for message in frame.get("history", []) + frame.get("messages", []):
             received.add(message["text"])
     assert received == {"from a", "from b"}
+
+
+def test_the_welcome_posts_only_to_the_configured_endpoint(
+    monkeypatch: pytest.MonkeyPatch, posts: ManagementApiStandIn
+) -> None:
+    """Whoever can invoke the welcome function (on a laptop, anything that reaches a local
+    emulator's port) chooses its event: an endpoint named in it must not receive the room's
+    history, nor cost a chat core of its own."""
+    monkeypatch.setenv("WSCHAT_WELCOME_FUNCTION", "wschat-prod-welcome")
+    scheduled: list[dict[str, Any]] = []
+    client = runtime().lambda_client()
+    client.meta.events.register(
+        "provide-client-params.lambda.Invoke",
+        lambda params, **_: scheduled.append(json.loads(params["Payload"])),
+    )
+    with Stubber(client) as stub:
+        stub.add_response("invoke", {"StatusCode": 202})
+        assert connect("J", "foo", "t", format="json")["statusCode"] == 200
+    assert send_as("A", "foo", "before you came") == {"statusCode": 200}
+    with running_management_api() as elsewhere:
+        (welcome_event,) = scheduled
+        hostile = {**welcome_event, "endpoint": elsewhere.endpoint}
+        assert websocket.welcome(hostile) == {"statusCode": 200}
+        assert not elsewhere.attempts  # not one request reached it
+    (welcome,) = [f for f in posts.take_json("J") if f["type"] == "welcome"]
+    assert [m["text"] for m in welcome["history"]] == ["before you came"]
+
+
+def send_as(cid: str, room: str, text: str) -> dict[str, Any]:
+    assert connect(cid, room, f"{cid}-token") == {"statusCode": 200}
+    return send(cid, text)

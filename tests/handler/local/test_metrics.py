@@ -66,3 +66,22 @@ async def test_metrics_count_what_happened_and_name_nobody(start_server: Any) ->
     assert labels <= ALLOWED_LABELS
     text = server.get("/metrics").decode()
     assert "secret-room" not in text and "alice" not in text and "bob" not in text
+
+
+async def test_clients_cannot_choose_the_close_code_labels(start_server: Any) -> None:
+    # Each client closes with a code of its own choosing (3000-4999 are free for
+    # applications): labelled as they came, they would make a series each.
+    server: Server = start_server()
+    for code in range(3000, 3030):
+        async with websockets.connect(server.ws("/items/codes/ws?token=t")) as ws:
+            await ws.close(code)
+    async with websockets.connect(server.ws("/items/codes/ws?token=t")) as ws:
+        await ws.close(1001)  # a code the server knows keeps its own label
+    await asyncio.sleep(0.3)  # the server notices the closes
+    after = scrape(server)
+    codes = {
+        dict(pairs)["code"]: count
+        for (name, pairs), count in after.items()
+        if name == "wschat_disconnects_total"
+    }
+    assert codes == {"other": 30, "1001": 1}
