@@ -94,8 +94,13 @@ def _serve_app(args: argparse.Namespace, settings: Settings) -> None:
 def _allow_long_request_lines() -> None:
     # h11 refuses request heads over 16 KiB with a 400. The WebSocket layer re-parses the
     # upgrade request with its own 8 KiB line limit, and uvicorn mishandles a line over that
-    # (the client hangs), so let it accept whatever h11 let through. Read at import time.
+    # (the client hangs), so let it accept whatever h11 let through. websockets reads the
+    # variable when it is first imported: for worker processes, which start afresh; and set
+    # here too, since this process may have imported it already (`wschat check`'s module).
+    import websockets.http11
+
     os.environ.setdefault("WEBSOCKETS_MAX_LINE_LENGTH", str(WS_MAX_LINE))
+    websockets.http11.MAX_LINE_LENGTH = int(os.environ["WEBSOCKETS_MAX_LINE_LENGTH"])
 
 
 def _emulate(args: argparse.Namespace) -> int:
