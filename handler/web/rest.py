@@ -26,7 +26,7 @@ from auth.rooms import Right
 from handler.chat.core import ChatCore
 from handler.chat.handshake import room_problem
 from handler.chat.ports import StoreBusy
-from handler.chat.wire import NOT_TEXT, ErrorCode, FrameError, message_body
+from handler.chat.wire import MAX_MESSAGE_ID, NOT_TEXT, ErrorCode, FrameError, message_body
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -110,7 +110,7 @@ def rest_router(backend: Callable[[], RestBackend]) -> APIRouter:
     async def read_messages(
         room: str,
         request: Request,
-        since: Annotated[int, Query(ge=0)] = 0,
+        since: Annotated[int, Query(ge=0, le=MAX_MESSAGE_ID)] = 0,
         limit: Annotated[int, Query(ge=1, le=500)] = 100,
     ) -> dict[str, Any]:
         """Messages after `since`, oldest first, and the room's latest id. Fewer than `limit`
