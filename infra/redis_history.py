@@ -24,8 +24,9 @@ The `epoch` is made when a room's counter is: if Redis loses the room (restarted
 persistence, flushed), the counter starts over under a new epoch, and a client resuming with
 the old one is told its `since` could not be honoured (docs/welcome-seam.md). A room without
 members keeps its counter as long as its history (`ttl` after the later of its last message
-and its last leave), then starts over the same way: every room name anyone ever joined or
-read would otherwise stay in Redis for good.
+and its last leave), then starts over the same way: every room name anyone ever joined would
+otherwise stay in Redis for good. Reading a room stores nothing: a room without a counter has
+no history, and no epoch until its first message or member.
 """
 
 from __future__ import annotations
@@ -95,16 +96,15 @@ return replies
 CALL_KEPT = 120  # seconds: longer than redis-py's retries of one pipeline can take
 
 
-# KEYS: seq hash, stream, members. ARGV: an epoch, should the room have none; the history's
-# ttl. Returns {latest id, epoch}.
+# KEYS: seq hash, stream. Returns {latest id, epoch}, or {0, nil} for a room without a
+# counter: a read stores nothing (each name read would be a key kept for days), and the
+# room's first publication or join makes its epoch.
 LATEST = """
-if redis.call('HSETNX', KEYS[1], 'epoch', ARGV[1]) == 1 then
-  redis.call('DEL', KEYS[2])  -- a room that starts over starts empty (as PUBLISH says)
-  if redis.call('SCARD', KEYS[3]) == 0 then
-    redis.call('EXPIRE', KEYS[1], ARGV[2])  -- read, never joined: kept no longer
-  end
-end
 local seq = redis.call('HMGET', KEYS[1], 'id', 'epoch')
+if not seq[2] then
+  redis.call('DEL', KEYS[2])  -- a stream without its counter is an old history's
+  return {0, false}
+end
 return {tonumber(seq[1]) or 0, seq[2]}
 """
 
@@ -128,6 +128,10 @@ def room_key(room: str, part: str) -> str:
 def text(value: str | bytes) -> str:
     """A reply or channel name as text, whether the client decodes responses or not."""
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+# What `RedisHistory.latest` answers for a room without a counter: no id, and no epoch yet.
+NO_HISTORY = (0, "")
 
 
 def new_epoch() -> str:
@@ -353,7 +357,7 @@ class RedisHistory:
         return [_message(entry[b"m"]) for _, entry in reversed(entries)]
 
     async def latest(self, room: str) -> tuple[int, str]:
-        """The room's latest id and its epoch, which a room gets the first time it is read."""
-        keys = [seq_key(room), log_key(room), members_key(room)]
-        latest, epoch = await self._latest(keys=keys, args=[new_epoch(), self.ttl])
-        return int(latest), text(epoch)
+        """The room's latest id and its epoch; NO_HISTORY for a room that has no counter
+        (none yet, or it expired or was lost), for which nothing is stored."""
+        latest, epoch = await self._latest(keys=[seq_key(room), log_key(room)])
+        return (int(latest), text(epoch)) if epoch is not None else NO_HISTORY

@@ -65,7 +65,7 @@ REAP_PAGE = 500  # a dead worker's members removed per few round trips
 
 # KEYS: connection hash, room members, worker's connections, the room's counter, its stream,
 # its channel. ARGV: id, room, user id, name, dialect, worker, an epoch should the room have
-# none (as LATEST's), the join's presence head. Returns the room's epoch, and 1 if the member
+# none (as PUBLISH's), the join's presence head. Returns the room's epoch, and 1 if the member
 # was not in the room already (then announced).
 JOIN = """
 redis.call('HSET', KEYS[1], 'room', ARGV[2], 'user_id', ARGV[3], 'user_name', ARGV[4],
@@ -142,7 +142,7 @@ def conns_key(worker: str) -> str:
 class _Room:
     members: dict[str, Connection]
     delivered: int = 0  # the last id delivered here (or known to be old when subscribing)
-    epoch: str = ""
+    epoch: str = ""  # "" while the room has had no history since this worker subscribed
     # Set once subscribed and `delivered` read. The room is registered before that, so that
     # a renewal or an idle sweep meanwhile sees it; until then nothing is delivered to it.
     ready: asyncio.Event = field(default_factory=asyncio.Event)
@@ -235,10 +235,10 @@ class RoomFeed:
             if state.failed:
                 raise ConnectionError(f"could not subscribe to room {room!r}")
         epoch = await self._register(connection)
-        if epoch != state.epoch and state.ready.is_set():
-            # Redis lost the room since this worker last heard from it, and no message has
-            # said so yet: the members before this one have the old history's ids.
-            self._start_over(state, epoch, sparing=connection.id)
+        if state.ready.is_set():
+            # If Redis lost the room since this worker last heard from it, and no message has
+            # said so yet, the members before this one have the old history's ids.
+            self._hear_epoch(state, epoch, sparing=connection.id)
 
     async def _register(self, connection: Connection) -> str:
         """The member in Redis: its hash, its room's set and this worker's set. Returns the
@@ -409,8 +409,7 @@ class RoomFeed:
         state = self._rooms.get(room)
         if state is None or not state.ready.is_set():
             return  # not this worker's room, or not yet: its subscriber catches up
-        if epoch != state.epoch:  # the room started over in Redis: so do we
-            self._start_over(state, epoch)
+        self._hear_epoch(state, epoch)
         behind = state.delivered
         if message.id <= behind:
             return  # delivered already (a catch-up got here first)
@@ -460,8 +459,17 @@ class RoomFeed:
         worker delivered, and a catch-up from there would find nothing."""
         _, epoch = await self._history.latest(room)
         state = self._rooms.get(room)
-        if state is not None and state.ready.is_set() and epoch != state.epoch:
-            self._start_over(state, epoch)
+        if state is not None and state.ready.is_set():
+            self._hear_epoch(state, epoch)
+
+    def _hear_epoch(self, state: _Room, epoch: str, sparing: str | None = None) -> None:
+        """`epoch` is the room's now (or "": it has no history). A room that had none when
+        this worker subscribed (reading it made none) takes the first it hears: its history
+        began since. Another one means the room started over in Redis: so do we."""
+        if not state.epoch:
+            state.epoch = epoch
+        elif epoch != state.epoch:
+            self._start_over(state, epoch, sparing)
 
     def _start_over(self, state: _Room, epoch: str, sparing: str | None = None) -> None:
         """The room's history was lost, and its ids start over under `epoch`. A JSON member

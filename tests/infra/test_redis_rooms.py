@@ -779,13 +779,53 @@ async def test_a_room_without_members_keeps_its_counter_only_as_long_as_its_hist
     assert 0 < await expiry("joined") <= ttl
     await join(chat, "joined", "c2")
     assert await expiry("joined") == -1
-    await feed._history.latest("read-only")  # as a REST read does
-    assert 0 < await expiry("read-only") <= ttl
     await post(feed._history, "posted", "through REST")
     assert 0 < await expiry("posted") <= ttl
     await register_dead_worker(feed, {"d1": "reaped"})
     await feed._reap("dead")
     assert 0 < await expiry("reaped") <= ttl
+
+
+@pytest.mark.timeout(30)
+async def test_reading_a_room_stores_nothing(chat: LocalChat) -> None:
+    """A REST read of a room nobody joined made its counter, kept 7 days: 1,000 reads of new
+    names left 1,000 keys (about 6 GiB a day at one client's pace). A read stores nothing;
+    a room without a counter has no history, and its first member or message makes one."""
+    assert chat.engine is not None
+    client = chat.engine.client
+    history = chat.engine.feed._history
+    await post(history, "lost", "old one")
+    await client.delete(seq_key("lost"))  # evicted, its stream left behind
+    keys = await client.dbsize()
+    for room in [f"unread-{n}" for n in range(20)] + ["lost"]:
+        assert await chat.call(chat.core.read, room, 0, 100) == ([], 0)  # as REST reads
+    assert await client.dbsize() == keys - 1  # the lost room's stream went, as a join's would
+    await join(chat, "unread-1")
+    stored, _ = await chat.call(chat.core.publish, "unread-1", "u", "u", "first")
+    assert stored.id == 1 and (await history.latest("unread-1"))[1]
+
+
+@pytest.mark.timeout(30)
+async def test_json_members_joining_a_room_without_history_together_stay(
+    chat: LocalChat,
+) -> None:
+    """The first member here subscribes and reads the room, which has no epoch yet; the
+    joins make it. Neither member may take that for the room starting over (closed, 1012)."""
+    assert chat.engine is not None
+    members = [Member(chat, f"j{n}") for n in range(2)]
+
+    async def enter(connection_id: str) -> None:
+        principal = Principal(id=f"u-{connection_id}", name="u", echo="u")
+        params = ConnectParams(Dialect.JSON)
+        await chat.call(chat.core.connect, connection_id, "fresh", principal, params)
+        await chat.call(chat.core.welcome, connection_id)
+
+    await asyncio.gather(enter("j0"), enter("j1"))
+    await post(chat.engine.feed._history, "fresh", "hello")
+    for member in members:
+        await member.wait_for("hello", 5)
+        assert member.closes == []
+        member.writer.cancel()
 
 
 @pytest.mark.timeout(30)
