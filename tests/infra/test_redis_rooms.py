@@ -12,15 +12,24 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from auth.principal import Principal
 from handler.chat.core import ConnectParams
 from handler.chat.ports import Connection, Dialect, Draft
+from handler.chat.wire import MAX_MESSAGE_ID
 from handler.local.service import LocalChat, build_local_chat
 from infra.local_delivery import Outbox
-from infra.redis_history import PUBLISH, RedisHistory, channel, seq_key
+from infra.redis_history import (
+    PUBLISH,
+    RedisHistory,
+    channel,
+    log_key,
+    retries_key,
+    seq_key,
+)
 from infra.redis_rooms import (
     CANARY_SECONDS,
     DEAF_AFTER,
@@ -852,6 +861,57 @@ async def test_append_many_stores_in_order_and_recovers_from_a_script_flush(
         (3, "three", True),
     ]
     assert [m.text for m in await history.after("batch", 0, 10)] == ["one", "two", "three"]
+
+
+@pytest.mark.timeout(60)
+async def test_a_rooms_retry_keys_are_bounded_by_its_history_cap(redis: RedisServer) -> None:
+    """A room capped at 50 messages held 300 retry keys (7 days each) after 300 posts with
+    distinct `client_msg_id`s: Redis grew with the posts, not with the history the README
+    says to size it for. A retry is answered while its message is in the stream, as in
+    memory; keys an older worker left are not read, and expire as they were set to."""
+    history = RedisHistory(aioredis.Redis.from_url(redis.url()), size=50, ttl=3600)
+    client = history._redis
+    old = f"{channel('capped')}:dedup:u:old"
+    await client.set(old, "1", ex=600)  # a retry key of a worker before: message 1's
+    stored = [
+        await history.append(Draft("capped", "u", "u", f"m{n}", f"k{n}"), ts=0.0)
+        for n in range(300)
+    ]
+    assert [(m.id, created) for m, created in stored] == [(n + 1, True) for n in range(300)]
+    keys = {key.decode() async for key in client.scan_iter(match=f"{channel('capped')}:*")}
+    retry_keys = [key for key in keys if ":dedup:" in key and key != old]
+    retries = len(retry_keys) + await client.zcard(retries_key("capped"))
+    assert retries == 50 == await client.xlen(log_key("capped"))  # was 300, and 50 messages
+    parts = {key.removeprefix(f"{channel('capped')}:").partition(":")[0] for key in keys}
+    assert parts == {"seq", "log", "retries", "call", "dedup"}  # calls go after 120 s
+    newest, kept = await history.append(Draft("capped", "u", "u", "again", "k250"), ts=0.0)
+    assert (newest.id, newest.text, kept) == (251, "m250", False)  # in the stream: answered
+    again, created = await history.append(Draft("capped", "u", "u", "m249", "k249"), ts=0.0)
+    assert (again.id, created) == (301, True)  # it left the stream: a new message
+    assert await client.zcard(retries_key("capped")) == 50
+    unread, created = await history.append(Draft("capped", "u", "u", "new", "old"), ts=0.0)
+    assert (unread.id, created) == (302, True) and 0 < await client.ttl(old) <= 600
+    await client.aclose()
+
+
+@pytest.mark.timeout(30)
+async def test_ids_up_to_the_largest_are_written_exactly(chat: LocalChat) -> None:
+    """Lua wrote an id of 10**14 or more as `1e+14`: the stream refused it, and every send to
+    the room failed. Every id up to 2**53-1 (the bound on ids, handler/chat/wire.py) is
+    written, published, answered to a retry and read back exactly."""
+    assert chat.engine is not None
+    history: RedisHistory = chat.engine.feed._history
+    member = await watch(chat, "far")
+    await chat.engine.client.hset(seq_key("far"), "id", MAX_MESSAGE_ID - 2)
+    sent = [Draft("far", "u", "u", text, text) for text in ("one", "two")]
+    stored = await history.append_many([*sent, sent[0]], ts=0.0)
+    one, two = MAX_MESSAGE_ID - 1, MAX_MESSAGE_ID
+    assert [(m.id, created) for m, created in stored] == [(one, True), (two, True), (one, False)]
+    read = await history.after("far", MAX_MESSAGE_ID - 2, 10)
+    assert [(m.id, m.text) for m in read] == [(one, "one"), (two, "two")]
+    assert (await history.latest("far"))[0] == MAX_MESSAGE_ID
+    await member.wait_for(f'"id":{MAX_MESSAGE_ID},', 5)
+    member.writer.cancel()
 
 
 @pytest.mark.timeout(30)
