@@ -28,11 +28,13 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from redis.asyncio.client import PubSub
+from redis.asyncio.retry import Retry
+from redis.backoff import AbstractBackoff
 
 from handler.chat.core import ChatCore
 from handler.chat.ports import ChatMessage, Connection, Dialect, keep_presence
@@ -49,6 +51,7 @@ from infra.redis_history import (
 )
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 HEARTBEAT_SECONDS = 5.0
 HEARTBEAT_TTL = 15  # a worker silent this long is reaped: no ghost outlives 20 s
@@ -110,6 +113,43 @@ return left
 """
 
 
+class RedisLink:
+    """Whether this worker reaches Redis: lost at the first failure of any call to it, found
+    again when a call succeeds. Each connection's retry policy (`retry`) reports a failure
+    before retrying the call: redis-py retries a call on a dead link for seconds, and the
+    subscription's reconnects for longer, so health said `linked` for 5 s after Redis died
+    (until the canary's silence told). The canary stays, for a link that fails silently."""
+
+    def __init__(self) -> None:
+        self.up = False
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> RedisLink:
+        return self  # each connection copies its pool's retry policy: all report here
+
+    def retry(self, backoff: AbstractBackoff, retries: int) -> Retry:
+        """redis-py's retry policy, reporting each failure here first."""
+        return _ReportingRetry(self, backoff, retries)
+
+
+class _ReportingRetry(Retry):
+    def __init__(self, link: RedisLink, backoff: AbstractBackoff, retries: int) -> None:
+        super().__init__(backoff, retries)
+        self._link = link
+
+    async def call_with_retry(
+        self,
+        do: Callable[[], Awaitable[T]],
+        fail: Callable[..., Any],
+        is_retryable: Callable[[Exception], bool] | None = None,
+        with_failure_count: bool = False,
+    ) -> T:
+        async def reported(error: Exception, *count: int) -> Any:
+            self._link.up = False
+            return await fail(error, *count)
+
+        return await super().call_with_retry(do, reported, is_retryable, with_failure_count)
+
+
 class _Subscription(PubSub):
     """redis-py reconnects a lost subscription by itself and subscribes again, but what was
     published in between never arrives, and the canary soon flies again: nothing would catch
@@ -159,12 +199,15 @@ class RoomFeed:
         redis: Any,
         history: RedisHistory,
         core: Callable[[], ChatCore],
+        link: RedisLink,
         lag: Callable[[float], None] = lambda seconds: None,
     ) -> None:
-        """`lag` is told, for each message that arrives live, how long after its publication
-        it reached this worker."""
+        """`link` is what `redis`'s connections report their failures to (RedisLink.retry);
+        `lag` is told, for each message that arrives live, how long after its publication it
+        reached this worker."""
         self.worker = secrets.token_hex(6)
         self._redis = redis
+        self._link = link
         self._history = history
         self._core = core
         self._lag = lag
@@ -182,7 +225,6 @@ class RoomFeed:
         self._renew = asyncio.Event()  # set by the canary's watcher, for the listener
         self._canary_seen = time.monotonic()
         self._tasks: list[asyncio.Task[None]] = []
-        self.linked = False  # the last Redis call succeeded
         # Each is one atomic round trip.
         self._join = redis.register_script(JOIN)
         self._remove = redis.register_script(REMOVE)
@@ -199,7 +241,7 @@ class RoomFeed:
             asyncio.create_task(self._heartbeat(), name="redis-heartbeat"),
             asyncio.create_task(self._watch_canary(), name="redis-canary"),
         ]
-        self.linked = True
+        self._link.up = True
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -208,6 +250,12 @@ class RoomFeed:
             await self._redis.delete(beat_key(self.worker))
             await self._reap(self.worker)  # our members are gone with us
             await self._pubsub.aclose()
+
+    @property
+    def linked(self) -> bool:
+        """Whether the latest call to Redis succeeded (or is being retried after one that
+        failed: then False)."""
+        return self._link.up
 
     @property
     def deaf(self) -> bool:
@@ -360,11 +408,11 @@ class RoomFeed:
                 self._renew.clear()
             try:
                 message = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
-                self.linked = True
+                self._link.up = True
             except asyncio.CancelledError:
                 raise
             except Exception as error:
-                self.linked = False
+                self._link.up = False
                 log.warning("redis subscription lost (%s); resubscribing", type(error).__name__)
                 await asyncio.sleep(0.5)
                 await self._resubscribe()
@@ -498,11 +546,11 @@ class RoomFeed:
                     await self._start_over_if_lost(room)
                     await self._catch_up(room)
                 self._canary_seen = time.monotonic()
-                self.linked = True
+                self._link.up = True
                 log.info("redis subscription restored for %d room(s)", len(rooms))
                 return
             except Exception as error:
-                self.linked = False
+                self._link.up = False
                 log.warning("redis subscription not restored (%r); retrying", error)
                 await asyncio.sleep(1)
 
@@ -515,9 +563,9 @@ class RoomFeed:
             await asyncio.sleep(CANARY_SECONDS)
             try:
                 await self._redis.spublish(self._canary_channel, "canary")
-                self.linked = True
+                self._link.up = True
             except Exception:
-                self.linked = False
+                self._link.up = False
                 continue
             if self.deaf and not self._renew.is_set():
                 log.warning("no canary for %.0f s: the subscription is deaf", DEAF_AFTER)
