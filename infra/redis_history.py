@@ -339,8 +339,14 @@ class RedisHistory:
         times."""
         room = run[0][0].room
         call = room_key(room, f"call:{secrets.token_hex(8)}")
-        keys = [seq_key(room), log_key(room), channel(room), call, members_key(room)]
-        keys.append(retries_key(room))
+        keys = [
+            seq_key(room),
+            log_key(room),
+            channel(room),
+            call,
+            members_key(room),
+            retries_key(room),
+        ]
         args: list[Any] = [new_epoch(), self._size, self.ttl, CALL_KEPT]
         for draft, ts in run:
             fields: dict[str, Any] = {
