@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 Item = dict[str, dict[str, Any]]
 
 MESSAGE_ID_WIDTH = 12
+LARGEST_KEYED_ID = 10**MESSAGE_ID_WIDTH - 1  # a trillion ids per room: ages at any real rate
 
 
 def _s(value: str) -> dict[str, str]:
@@ -564,6 +565,10 @@ class DynamoMessageLog:
         return append_each(self, drafts)
 
     def after(self, room: str, after_id: int, limit: int) -> Sequence[ChatMessage]:
+        if after_id >= LARGEST_KEYED_ID:
+            # No id past it has a key: a wider bound would sort among the keys by its first
+            # digits, or past the upper one, which DynamoDB refuses (moto does not).
+            return []
         return self._messages(room, _message_key(after_id + 1), limit, forward=True)
 
     def recent(self, room: str, limit: int) -> Sequence[ChatMessage]:
@@ -587,7 +592,7 @@ class DynamoMessageLog:
     def _messages(self, room: str, bound: str, limit: int, forward: bool) -> list[ChatMessage]:
         bounds = {
             ":low": _s(bound if forward else _message_key(0)),
-            ":high": _s(_message_key(10**MESSAGE_ID_WIDTH - 1)),
+            ":high": _s(_message_key(LARGEST_KEYED_ID)),
         }
         query = _live_items_query(
             self._table, room, "sk BETWEEN :low AND :high", bounds, self._clock()

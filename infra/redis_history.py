@@ -6,17 +6,22 @@ Keys, all of a room under one hash tag (`{room}`), so a Redis Cluster keeps them
     wschat:{room}:members   set: the ids of the room's connections, on every worker
     wschat:{room}:log       stream: entry `<id>-0` per message, fields `m` (the message's
                             JSON) and `s` (the sending connection's id, or "")
-    wschat:{room}:dedup:<user>:<client_msg_id>   the id a retried send already got
+    wschat:{room}:retries   sorted set: `<user>:<client_msg_id>` of each message in the
+                            stream that has one, scored with its id (a retry gets that one)
     wschat:{room}:call:<token>   what one script call answered, should redis-py send it again
     channel wschat:{room}   where the script publishes new messages (sharded pub/sub)
 
-In a key, `room`, `user` and `client_msg_id` have `%`, `{`, `}` and `:` percent-encoded: a room
-name may hold any of them, and unescaped, room `a}:dedup:u:x` would have its stream under room
-`a`'s tag, at the key of one of room `a`'s dedup entries.
+In a key, `room` has `%`, `{`, `}` and `:` percent-encoded: a room name may hold any of them,
+and unescaped, room `a}:x` would have its keys under room `a`'s hash tag, where one room's key
+could spell another's. A retry key escapes `user` and `client_msg_id` the same way: user `a:b`
+sending `c` is not user `a` sending `b:c`. (Workers before the retry sets, 2026-12-04, kept a
+key per retry, `wschat:{room}:dedup:<user>:<client_msg_id>`, for 7 days whatever the cap;
+nothing reads them now, and they expire.)
 
 A publication runs one server-side script for one or more drafts of a room: for each it
-honours `client_msg_id`, takes the room's next id and appends to the stream (capped at `size`
-entries, kept `ttl` seconds); then it publishes the new messages, with their ids and the room's
+honours `client_msg_id` (while the message that has it is in the stream, as in memory),
+takes the room's next id and appends to the stream (capped at `size` entries, kept `ttl`
+seconds); then it publishes the new messages, with their ids and the room's
 epoch, as one payload. Nothing can come between those steps, on any worker, so ids
 are consecutive and visible only with their message (handler/chat/ports.py, MessageLog).
 
@@ -24,8 +29,9 @@ The `epoch` is made when a room's counter is: if Redis loses the room (restarted
 persistence, flushed), the counter starts over under a new epoch, and a client resuming with
 the old one is told its `since` could not be honoured (docs/welcome-seam.md). A room without
 members keeps its counter as long as its history (`ttl` after the later of its last message
-and its last leave), then starts over the same way: every room name anyone ever joined or
-read would otherwise stay in Redis for good.
+and its last leave), then starts over the same way: every room name anyone ever joined would
+otherwise stay in Redis for good. Reading a room stores nothing: a room without a counter has
+no history, and no epoch until its first message or member.
 """
 
 from __future__ import annotations
@@ -42,37 +48,47 @@ from redis.exceptions import NoScriptError
 from handler.chat.ports import ChatMessage, Draft
 
 # One room's drafts, in order. KEYS: seq hash, stream, channel, this call's key, members,
-# then the drafts' dedup keys. ARGV: epoch if new, stream cap, ttl seconds, dedup ttl seconds, the
-# call's ttl seconds, then for each draft: the index of its dedup key among the dedup keys (0
-# for none), the sending connection's id (or ""), and its message JSON without the id.
+# retry keys. ARGV: epoch if new, stream cap, ttl seconds, the call's ttl seconds, then for
+# each draft: its retry key (its user and client_msg_id, or "" for none), the sending
+# connection's id (or ""), and its message JSON without the id.
 # Returns {epoch, {created, id, message} for each draft}. The call's key keeps that answer
 # (without a new message's JSON, which the caller has) for CALL_KEPT seconds: redis-py sends
 # a pipeline again when its answer is late or its connection breaks, and by then the script
 # may have run; run again, it would store every message twice.
+# A retry key is a member of the room's retry keys, scored with its message's id, for as long
+# as that message is in the stream: ids are consecutive, so the `cap` newest are what the
+# stream holds. So a room's retry keys are bounded by its history's cap, as its stream is.
+# Ids are written with '%d': Lua's own number format turns 10^14 into `1e+14`.
 PUBLISH = """
-local seq, log, channel, call, members = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local seq, log, channel, call, members, retries = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5],
+  KEYS[6]
 local ran = redis.call('GET', call)
 if ran then
   return cjson.decode(ran)
 end
 if redis.call('HSETNX', seq, 'epoch', ARGV[1]) == 1 then
-  redis.call('DEL', log)  -- a room that starts over starts empty
+  redis.call('DEL', log, retries)  -- a room that starts over starts empty
 end
 local epoch = redis.call('HGET', seq, 'epoch')
-local replies, kept, bodies, senders = {epoch}, {epoch}, {}, {}
-for i = 6, #ARGV, 3 do
-  local dedup = ARGV[i] ~= '0' and KEYS[5 + tonumber(ARGV[i])]
-  local before = dedup and redis.call('GET', dedup)
+local replies, kept, bodies, senders, last = {epoch}, {epoch}, {}, {}, nil
+for i = 5, #ARGV, 3 do
+  local key = ARGV[i]
+  local before = key ~= '' and redis.call('ZSCORE', retries, key)
+  local entry = nil
   if before then
-    local entry = redis.call('XRANGE', log, before .. '-0', before .. '-0')
-    replies[#replies + 1] = {0, tonumber(before), entry[1] and entry[1][2][2] or ''}
+    before = string.format('%d', before)
+    entry = redis.call('XRANGE', log, before .. '-0', before .. '-0')[1]
+  end
+  if entry then  -- a retry of a message still in the stream: that message
+    replies[#replies + 1] = {0, before, entry[2][2]}
     kept[#kept + 1] = replies[#replies]
   else
-    local id = redis.call('HINCRBY', seq, 'id', 1)
+    last = redis.call('HINCRBY', seq, 'id', 1)
+    local id = string.format('%d', last)
     local body = string.sub(ARGV[i + 2], 1, -2) .. ',"id":' .. id .. '}'
     redis.call('XADD', log, 'MAXLEN', ARGV[2], id .. '-0', 'm', body, 's', ARGV[i + 1])
-    if dedup then
-      redis.call('SET', dedup, id, 'EX', ARGV[4])
+    if key ~= '' then
+      redis.call('ZADD', retries, id, key)
     end
     replies[#replies + 1] = {1, id, body}
     kept[#kept + 1] = {1, id, ''}
@@ -80,8 +96,11 @@ for i = 6, #ARGV, 3 do
     senders[#senders + 1] = ARGV[i + 1]
   end
 end
-if #bodies > 0 then
+if last then
+  -- The messages the cap took out of the stream take their retry keys with them.
+  redis.call('ZREMRANGEBYSCORE', retries, '-inf', string.format('%d', last - ARGV[2]))
   redis.call('EXPIRE', log, ARGV[3])
+  redis.call('EXPIRE', retries, ARGV[3])
   if redis.call('SCARD', members) == 0 then
     redis.call('EXPIRE', seq, ARGV[3])  -- the counter goes with the history
   end
@@ -89,22 +108,21 @@ if #bodies > 0 then
   redis.call('SPUBLISH', channel, '{"e":' .. cjson.encode(epoch) .. ',"s":' ..
     cjson.encode(senders) .. ',"m":[' .. table.concat(bodies, ',') .. ']}')
 end
-redis.call('SET', call, cjson.encode(kept), 'EX', ARGV[5])
+redis.call('SET', call, cjson.encode(kept), 'EX', ARGV[4])
 return replies
 """
 CALL_KEPT = 120  # seconds: longer than redis-py's retries of one pipeline can take
 
 
-# KEYS: seq hash, stream, members. ARGV: an epoch, should the room have none; the history's
-# ttl. Returns {latest id, epoch}.
+# KEYS: seq hash, stream. Returns {latest id, epoch}, or {0, nil} for a room without a
+# counter: a read stores nothing (each name read would be a key kept for days), and the
+# room's first publication or join makes its epoch.
 LATEST = """
-if redis.call('HSETNX', KEYS[1], 'epoch', ARGV[1]) == 1 then
-  redis.call('DEL', KEYS[2])  -- a room that starts over starts empty (as PUBLISH says)
-  if redis.call('SCARD', KEYS[3]) == 0 then
-    redis.call('EXPIRE', KEYS[1], ARGV[2])  -- read, never joined: kept no longer
-  end
-end
 local seq = redis.call('HMGET', KEYS[1], 'id', 'epoch')
+if not seq[2] then
+  redis.call('DEL', KEYS[2])  -- a stream without its counter is an old history's
+  return {0, false}
+end
 return {tonumber(seq[1]) or 0, seq[2]}
 """
 
@@ -130,6 +148,10 @@ def text(value: str | bytes) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+# What `RedisHistory.latest` answers for a room without a counter: no id, and no epoch yet.
+NO_HISTORY = (0, "")
+
+
 def new_epoch() -> str:
     """An epoch for a room that has none: the scripts set it only if the room lacks one."""
     return secrets.token_hex(8)
@@ -148,6 +170,11 @@ def members_key(room: str) -> str:
 def log_key(room: str) -> str:
     """The room's stream."""
     return room_key(room, "log")
+
+
+def retries_key(room: str) -> str:
+    """The retry keys (`client_msg_id`s) of the messages in the room's stream."""
+    return room_key(room, "retries")
 
 
 def _message(body: str | bytes) -> ChatMessage:
@@ -169,7 +196,7 @@ def _from_fields(fields: dict[str, Any]) -> ChatMessage:
 def _stored(draft: Draft, ts: float, reply: list[Any]) -> tuple[ChatMessage, bool]:
     """What the publish script's `reply` says became of `draft`."""
     created, message_id, body = reply
-    if created or not body:  # new; or a retry of one that has left the stream: its id
+    if created:
         message = ChatMessage(
             int(message_id),
             draft.room,
@@ -179,7 +206,7 @@ def _stored(draft: Draft, ts: float, reply: list[Any]) -> tuple[ChatMessage, boo
             ts,
             draft.client_msg_id,
         )
-        return message, bool(created)
+        return message, True
     return _message(body), False  # a retry: the message as first stored
 
 
@@ -312,8 +339,15 @@ class RedisHistory:
         times."""
         room = run[0][0].room
         call = room_key(room, f"call:{secrets.token_hex(8)}")
-        keys = [seq_key(room), log_key(room), channel(room), call, members_key(room)]
-        args: list[Any] = [new_epoch(), self._size, self.ttl, self.ttl, CALL_KEPT]
+        keys = [
+            seq_key(room),
+            log_key(room),
+            channel(room),
+            call,
+            members_key(room),
+            retries_key(room),
+        ]
+        args: list[Any] = [new_epoch(), self._size, self.ttl, CALL_KEPT]
         for draft, ts in run:
             fields: dict[str, Any] = {
                 "room": room,
@@ -322,14 +356,12 @@ class RedisHistory:
                 "text": draft.text,
                 "ts": ts,
             }
-            dedup = 0  # none
+            retry = ""  # none
             if draft.client_msg_id is not None:
                 fields["client_msg_id"] = draft.client_msg_id
-                if draft.client_msg_id:
-                    who = f"{_escaped(draft.user_id)}:{_escaped(draft.client_msg_id)}"
-                    keys.append(room_key(room, f"dedup:{who}"))
-                    dedup = len(keys) - 5  # its index among the dedup keys, from 1
-            args += [dedup, draft.sender_id or "", json.dumps(fields)]
+                if draft.client_msg_id:  # `:` escaped: user `a:b` and key `c` are not `a`, `b:c`
+                    retry = f"{_escaped(draft.user_id)}:{_escaped(draft.client_msg_id)}"
+            args += [retry, draft.sender_id or "", json.dumps(fields)]
         return keys, args
 
     async def after(self, room: str, after_id: int, limit: int) -> Sequence[ChatMessage]:
@@ -353,7 +385,7 @@ class RedisHistory:
         return [_message(entry[b"m"]) for _, entry in reversed(entries)]
 
     async def latest(self, room: str) -> tuple[int, str]:
-        """The room's latest id and its epoch, which a room gets the first time it is read."""
-        keys = [seq_key(room), log_key(room), members_key(room)]
-        latest, epoch = await self._latest(keys=keys, args=[new_epoch(), self.ttl])
-        return int(latest), text(epoch)
+        """The room's latest id and its epoch; NO_HISTORY for a room that has no counter
+        (none yet, or it expired or was lost), for which nothing is stored."""
+        latest, epoch = await self._latest(keys=[seq_key(room), log_key(room)])
+        return (int(latest), text(epoch)) if epoch is not None else NO_HISTORY

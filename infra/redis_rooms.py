@@ -28,11 +28,13 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from redis.asyncio.client import PubSub
+from redis.asyncio.retry import Retry
+from redis.backoff import AbstractBackoff
 
 from handler.chat.core import ChatCore
 from handler.chat.ports import ChatMessage, Connection, Dialect, keep_presence
@@ -49,6 +51,7 @@ from infra.redis_history import (
 )
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 HEARTBEAT_SECONDS = 5.0
 HEARTBEAT_TTL = 15  # a worker silent this long is reaped: no ghost outlives 20 s
@@ -65,7 +68,7 @@ REAP_PAGE = 500  # a dead worker's members removed per few round trips
 
 # KEYS: connection hash, room members, worker's connections, the room's counter, its stream,
 # its channel. ARGV: id, room, user id, name, dialect, worker, an epoch should the room have
-# none (as LATEST's), the join's presence head. Returns the room's epoch, and 1 if the member
+# none (as PUBLISH's), the join's presence head. Returns the room's epoch, and 1 if the member
 # was not in the room already (then announced).
 JOIN = """
 redis.call('HSET', KEYS[1], 'room', ARGV[2], 'user_id', ARGV[3], 'user_name', ARGV[4],
@@ -110,6 +113,43 @@ return left
 """
 
 
+class RedisLink:
+    """Whether this worker reaches Redis: lost at the first failure of any call to it, found
+    again when a call succeeds. Each connection's retry policy (`retry`) reports a failure
+    before retrying the call: redis-py retries a call on a dead link for seconds, and the
+    subscription's reconnects for longer, so health said `linked` for 5 s after Redis died
+    (until the canary's silence told). The canary stays, for a link that fails silently."""
+
+    def __init__(self) -> None:
+        self.up = False
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> RedisLink:
+        return self  # each connection copies its pool's retry policy: all report here
+
+    def retry(self, backoff: AbstractBackoff, retries: int) -> Retry:
+        """redis-py's retry policy, reporting each failure here first."""
+        return _ReportingRetry(self, backoff, retries)
+
+
+class _ReportingRetry(Retry):
+    def __init__(self, link: RedisLink, backoff: AbstractBackoff, retries: int) -> None:
+        super().__init__(backoff, retries)
+        self._link = link
+
+    async def call_with_retry(
+        self,
+        do: Callable[[], Awaitable[T]],
+        fail: Callable[..., Any],
+        is_retryable: Callable[[Exception], bool] | None = None,
+        with_failure_count: bool = False,
+    ) -> T:
+        async def reported(error: Exception, *count: int) -> Any:
+            self._link.up = False
+            return await fail(error, *count)
+
+        return await super().call_with_retry(do, reported, is_retryable, with_failure_count)
+
+
 class _Subscription(PubSub):
     """redis-py reconnects a lost subscription by itself and subscribes again, but what was
     published in between never arrives, and the canary soon flies again: nothing would catch
@@ -142,7 +182,7 @@ def conns_key(worker: str) -> str:
 class _Room:
     members: dict[str, Connection]
     delivered: int = 0  # the last id delivered here (or known to be old when subscribing)
-    epoch: str = ""
+    epoch: str = ""  # "" while the room has had no history since this worker subscribed
     # Set once subscribed and `delivered` read. The room is registered before that, so that
     # a renewal or an idle sweep meanwhile sees it; until then nothing is delivered to it.
     ready: asyncio.Event = field(default_factory=asyncio.Event)
@@ -159,12 +199,15 @@ class RoomFeed:
         redis: Any,
         history: RedisHistory,
         core: Callable[[], ChatCore],
+        link: RedisLink,
         lag: Callable[[float], None] = lambda seconds: None,
     ) -> None:
-        """`lag` is told, for each message that arrives live, how long after its publication
-        it reached this worker."""
+        """`link` is what `redis`'s connections report their failures to (RedisLink.retry);
+        `lag` is told, for each message that arrives live, how long after its publication it
+        reached this worker."""
         self.worker = secrets.token_hex(6)
         self._redis = redis
+        self._link = link
         self._history = history
         self._core = core
         self._lag = lag
@@ -182,7 +225,6 @@ class RoomFeed:
         self._renew = asyncio.Event()  # set by the canary's watcher, for the listener
         self._canary_seen = time.monotonic()
         self._tasks: list[asyncio.Task[None]] = []
-        self.linked = False  # the last Redis call succeeded
         # Each is one atomic round trip.
         self._join = redis.register_script(JOIN)
         self._remove = redis.register_script(REMOVE)
@@ -199,7 +241,7 @@ class RoomFeed:
             asyncio.create_task(self._heartbeat(), name="redis-heartbeat"),
             asyncio.create_task(self._watch_canary(), name="redis-canary"),
         ]
-        self.linked = True
+        self._link.up = True
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -208,6 +250,12 @@ class RoomFeed:
             await self._redis.delete(beat_key(self.worker))
             await self._reap(self.worker)  # our members are gone with us
             await self._pubsub.aclose()
+
+    @property
+    def linked(self) -> bool:
+        """Whether the latest call to Redis succeeded (or is being retried after one that
+        failed: then False)."""
+        return self._link.up
 
     @property
     def deaf(self) -> bool:
@@ -235,10 +283,10 @@ class RoomFeed:
             if state.failed:
                 raise ConnectionError(f"could not subscribe to room {room!r}")
         epoch = await self._register(connection)
-        if epoch != state.epoch and state.ready.is_set():
-            # Redis lost the room since this worker last heard from it, and no message has
-            # said so yet: the members before this one have the old history's ids.
-            self._start_over(state, epoch, sparing=connection.id)
+        if state.ready.is_set():
+            # If Redis lost the room since this worker last heard from it, and no message has
+            # said so yet, the members before this one have the old history's ids.
+            self._hear_epoch(state, epoch, sparing=connection.id)
 
     async def _register(self, connection: Connection) -> str:
         """The member in Redis: its hash, its room's set and this worker's set. Returns the
@@ -360,11 +408,11 @@ class RoomFeed:
                 self._renew.clear()
             try:
                 message = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
-                self.linked = True
+                self._link.up = True
             except asyncio.CancelledError:
                 raise
             except Exception as error:
-                self.linked = False
+                self._link.up = False
                 log.warning("redis subscription lost (%s); resubscribing", type(error).__name__)
                 await asyncio.sleep(0.5)
                 await self._resubscribe()
@@ -409,8 +457,7 @@ class RoomFeed:
         state = self._rooms.get(room)
         if state is None or not state.ready.is_set():
             return  # not this worker's room, or not yet: its subscriber catches up
-        if epoch != state.epoch:  # the room started over in Redis: so do we
-            self._start_over(state, epoch)
+        self._hear_epoch(state, epoch)
         behind = state.delivered
         if message.id <= behind:
             return  # delivered already (a catch-up got here first)
@@ -460,8 +507,17 @@ class RoomFeed:
         worker delivered, and a catch-up from there would find nothing."""
         _, epoch = await self._history.latest(room)
         state = self._rooms.get(room)
-        if state is not None and state.ready.is_set() and epoch != state.epoch:
-            self._start_over(state, epoch)
+        if state is not None and state.ready.is_set():
+            self._hear_epoch(state, epoch)
+
+    def _hear_epoch(self, state: _Room, epoch: str, sparing: str | None = None) -> None:
+        """`epoch` is the room's now (or "": it has no history). A room that had none when
+        this worker subscribed (reading it made none) takes the first it hears: its history
+        began since. Another one means the room started over in Redis: so do we."""
+        if not state.epoch:
+            state.epoch = epoch
+        elif epoch != state.epoch:
+            self._start_over(state, epoch, sparing)
 
     def _start_over(self, state: _Room, epoch: str, sparing: str | None = None) -> None:
         """The room's history was lost, and its ids start over under `epoch`. A JSON member
@@ -490,11 +546,11 @@ class RoomFeed:
                     await self._start_over_if_lost(room)
                     await self._catch_up(room)
                 self._canary_seen = time.monotonic()
-                self.linked = True
+                self._link.up = True
                 log.info("redis subscription restored for %d room(s)", len(rooms))
                 return
             except Exception as error:
-                self.linked = False
+                self._link.up = False
                 log.warning("redis subscription not restored (%r); retrying", error)
                 await asyncio.sleep(1)
 
@@ -507,9 +563,9 @@ class RoomFeed:
             await asyncio.sleep(CANARY_SECONDS)
             try:
                 await self._redis.spublish(self._canary_channel, "canary")
-                self.linked = True
+                self._link.up = True
             except Exception:
-                self.linked = False
+                self._link.up = False
                 continue
             if self.deaf and not self._renew.is_set():
                 log.warning("no canary for %.0f s: the subscription is deaf", DEAF_AFTER)

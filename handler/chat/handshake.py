@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from auth.credentials import BEARER_SUBPROTOCOL
 from handler.chat.ports import Dialect
-from handler.chat.wire import JSON_SUBPROTOCOL
+from handler.chat.wire import JSON_SUBPROTOCOL, SINCE_RANGE, is_message_id
 
 # FastAPI parses the seed's `q: int` with pydantic, which takes surrounding blanks, a sign,
 # `_` between digits and a zero fraction ("3.0"). The same here, without pydantic, so the
@@ -57,8 +57,8 @@ def negotiate(
         since = _integer(query, "since")
     except ValueError as error:
         return Refused(403, str(error))
-    if since is not None and since < 0:
-        return Refused(403, "`since` must be a non-negative integer")
+    if since is not None and not is_message_id(since):
+        return Refused(403, SINCE_RANGE)
     epoch = query.get("epoch")
     if epoch is not None and not (len(epoch) <= 64 and epoch.isprintable()):
         return Refused(403, "`epoch` must be what a welcome said")
@@ -101,4 +101,7 @@ def _integer(query: Mapping[str, str], name: str) -> int | None:
     match = _INTEGER.fullmatch(raw)
     if match is None:
         raise ValueError(f"`{name}` must be an integer")
-    return int(match.group(1))
+    try:
+        return int(match.group(1))
+    except ValueError:  # over Python's 4,300 digits: its message would name its own limit
+        raise ValueError(f"`{name}` has too many digits") from None

@@ -69,6 +69,19 @@ MAX_CLIENT_MSG_ID_CHARS = 128
 # A `\ud800` escape decodes to a lone surrogate, which no frame can carry (UTF-8 cannot).
 NOT_TEXT = "`{name}` must be Unicode text (it has a lone surrogate escape)"
 
+# The largest message id, and so the largest `since` any path takes: 2**53 - 1, the largest
+# integer that a JavaScript client's JSON numbers, DynamoDB's numbers and Redis' Lua (whose
+# numbers are doubles) all carry exactly. Far past it, engines failed in their own ways (a
+# Redis stream id stops at 2**64 - 1).
+MAX_MESSAGE_ID = 2**53 - 1
+SINCE_RANGE = f"`since` must be an integer from 0 to {MAX_MESSAGE_ID}"
+
+
+def is_message_id(value: object) -> bool:
+    """Whether `value` is an id a client may name: as `since` in a `history` action, the
+    handshake's query or a REST read (each checks it with this, or with MAX_MESSAGE_ID)."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_MESSAGE_ID
+
 
 @dataclass(frozen=True, slots=True)
 class SendMessage:
@@ -133,8 +146,8 @@ def parse_action(frame: str) -> Action:
         return SendMessage(text, client_msg_id)
     if action == "history":
         since = body.get("since", 0)
-        if isinstance(since, bool) or not isinstance(since, int) or since < 0:
-            raise FrameError(ErrorCode.BAD_REQUEST, "`since` must be a non-negative integer")
+        if not is_message_id(since):
+            raise FrameError(ErrorCode.BAD_REQUEST, SINCE_RANGE)
         return HistoryRequest(since)
     if action == "ping":
         return Ping()

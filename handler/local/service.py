@@ -33,7 +33,7 @@ from infra.redis_ports import (
     RedisConnections,
     RedisMessageLog,
 )
-from infra.redis_rooms import RoomFeed
+from infra.redis_rooms import RedisLink, RoomFeed
 from infra.settings import Settings, get_settings
 
 T = TypeVar("T")
@@ -130,27 +130,28 @@ def _on_redis(
     metrics: ChatMetrics,
 ) -> LocalChat:
     import redis.asyncio
-    from redis.asyncio.retry import Retry
     from redis.backoff import ExponentialBackoff
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import TimeoutError as RedisTimeoutError
 
     # A burst of calls waits its turn for one of REDIS_CONNECTIONS (redis-py's default pool
     # raises "Too many connections" instead). After Redis restarts, every pooled connection
-    # is stale and fails once: retry enough to get past them all, quickly.
+    # is stale and fails once: retry enough to get past them all, quickly. Health hears of
+    # the first failure all the same (RedisLink).
+    link = RedisLink()
     pool = redis.asyncio.BlockingConnectionPool.from_url(
         settings.redis_url,
         max_connections=REDIS_CONNECTIONS,
         timeout=CALL_TIMEOUT,
         health_check_interval=10,
-        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 10),
+        retry=link.retry(ExponentialBackoff(cap=1.0, base=0.05), 10),
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
     )
     client = redis.asyncio.Redis.from_pool(pool)  # closed with the client
     history = RedisHistory(client, settings.history_size, settings.history_ttl_seconds)
     bridge = LoopBridge()
     cores: list[ChatCore] = []  # the feed delivers through the core it serves
-    feed = RoomFeed(client, history, lambda: cores[0], metrics.pubsub_lag.observe)
+    feed = RoomFeed(client, history, lambda: cores[0], link, metrics.pubsub_lag.observe)
     core = ChatCore(
         RedisConnections(feed, bridge),
         RedisMessageLog(history, bridge),

@@ -31,6 +31,7 @@ from handler.chat.handshake import room_problem
 from handler.chat.ports import StoreBusy
 from handler.chat.wire import (
     MAX_CLIENT_MSG_ID_CHARS,
+    MAX_MESSAGE_ID,
     NOT_TEXT,
     ErrorCode,
     FrameError,
@@ -213,7 +214,7 @@ def rest_router(backend: Callable[[], RestBackend]) -> APIRouter:
     async def read_messages(
         room: str,
         request: Request,
-        since: Annotated[int, Query(ge=0)] = 0,
+        since: Annotated[int, Query(ge=0, le=MAX_MESSAGE_ID)] = 0,
         limit: Annotated[int, Query(ge=1, le=500)] = 100,
     ) -> dict[str, Any]:
         """Messages after `since`, oldest first, and the room's latest id. Fewer than `limit`

@@ -18,6 +18,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.clients import TIMEOUT, close_code, recv, recv_json, until
 from tests.contract.conftest import TRANSPORTS, Transport, transport_with
+from tests.contract.test_rest import call
 
 
 async def send_json(ws: ClientConnection, **frame: object) -> None:
@@ -422,3 +423,31 @@ async def test_a_member_gets_what_is_said_right_after_its_handshake(transport: T
             await a.send("right away")
             [await recv(a) for _ in range(2)]
             assert (await recv(b)).endswith(": right away")
+
+
+async def test_a_retry_is_answered_while_its_message_is_in_history(
+    start_transport: Callable[..., Transport],
+) -> None:
+    """A resent `client_msg_id` gets the message it was first stored as, for as long as that
+    message is in the room's history; after that it is a new message (keeping every retry key
+    for days grew Redis with the posts, not with the history: issue 25). The history is
+    capped at 3 messages in memory and on Redis; DynamoDB keeps messages by age alone."""
+    transport = start_transport(WSCHAT_HISTORY_SIZE="3")
+    async with transport.connect("retried", token="sender", format="json") as ws:
+        await until(ws, "welcome")
+
+        async def send(text: str, key: str | None = None) -> dict[str, object]:
+            retry = {"client_msg_id": key} if key else {}
+            await send_json(ws, action="sendmessage", text=text, **retry)
+            return await until(ws, "message")
+
+        first = await send("one", "k1")
+        await send("two")
+        await send("three")
+        assert await send("one", "k1") == first
+        await send("four")
+        _, page = call(transport, "GET", "/rooms/retried/messages")
+        kept = first["id"] in [message["id"] for message in page["messages"]]
+        assert kept == (transport.name == "emulator")
+        again = await send("one", "k1")
+        assert again == first if kept else again["id"] == page["latest_id"] + 1

@@ -18,6 +18,7 @@ from websockets.exceptions import InvalidStatus
 from tests.auth.keys import SECRET
 from tests.clients import masked_frame, raw_upgrade, recv, until
 from tests.contract.conftest import Transport
+from tests.contract.test_rest import call
 
 
 def _target(transport: Transport, query: str) -> str:
@@ -240,3 +241,54 @@ async def test_a_jwt_header_cannot_start_a_log_line(
         assert all(message.endswith(CRIT) for message in messages)  # escaped, not altered
     else:
         assert all(line.endswith(CRIT_ESCAPED) for line in refusals), refusals
+
+
+LARGEST_ID = 2**53 - 1  # the README's bound on ids, and so on `since`
+
+
+@pytest.mark.parametrize("since", [LARGEST_ID + 1, 2**64 - 1])
+async def test_a_since_past_the_largest_id_is_refused_on_every_path(
+    transport: Transport, since: int
+) -> None:
+    """On Redis a `since` of 2**64-1 closed the JSON socket with 1013 (a traceback at ERROR)
+    and REST answered 500, while memory answered both. One bound on every path and engine:
+    the socket gets an `error` and stays, REST a 422, the handshake a 403."""
+    room = f"far-{since}"
+    before = transport.server.log()
+    call(transport, "POST", f"/rooms/{room}/messages", {"text": "one"})
+    async with transport.connect(room, token="reader", format="json") as reader:
+        await until(reader, "welcome")
+        await reader.send(json.dumps({"action": "history", "since": since}))
+        error = await until(reader, "error")
+        assert error["code"] == "bad_request" and str(LARGEST_ID) in error["detail"]
+        await reader.send(json.dumps({"action": "ping"}))
+        await until(reader, "pong")
+    status, body = call(transport, "GET", f"/rooms/{room}/messages?since={since}")
+    assert status == 422 and body["detail"][0]["loc"] == ["query", "since"]
+    with pytest.raises(InvalidStatus) as refused:
+        async with transport.connect(room, token="reader", format="json", since=str(since)):
+            pass
+    assert refused.value.response.status_code == 403
+    await asyncio.sleep(0.2)
+    added = transport.server.log()[len(before) :]
+    assert "Traceback" not in added and "ERROR" not in added
+
+
+async def test_the_largest_since_is_answered_on_every_path(transport: Transport) -> None:
+    """The bound's edge: 2**53-1 (JavaScript's largest safe integer, which JSON, DynamoDB's
+    numbers and Redis' Lua carry exactly) is a `since` like any other past the room's end."""
+    room = "far-edge"
+    _, first = call(transport, "POST", f"/rooms/{room}/messages", {"text": "one"})
+    async with transport.connect(room, token="reader", format="json") as reader:
+        await until(reader, "welcome")
+        await reader.send(json.dumps({"action": "history", "since": LARGEST_ID}))
+        history = await until(reader, "history")
+        assert (history["messages"], history["latest_id"]) == ([], first["id"])
+    status, body = call(transport, "GET", f"/rooms/{room}/messages?since={LARGEST_ID}")
+    assert (status, body["messages"], body["latest_id"]) == (200, [], first["id"])
+    async with transport.connect(
+        room, token="reader", format="json", since=str(LARGEST_ID)
+    ) as resumed:
+        welcome = await until(resumed, "welcome")  # past the room's end: it started over
+        assert welcome["recovered"] is False
+        assert [m["text"] for m in welcome["history"]] == ["one"]

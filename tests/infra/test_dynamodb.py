@@ -140,6 +140,33 @@ def test_ids_increase_per_room_and_history_reads() -> None:
     assert log.latest_id("r") == 5 and log.latest_id("nowhere") == 0
 
 
+@pytest.mark.parametrize("since", [10**12 - 2, 10**12 - 1, 10**13 - 2, 2**53 - 1])
+def test_a_since_past_every_keyed_id_reads_nothing_with_a_key_condition_dynamodb_takes(
+    since: int,
+) -> None:
+    """Message keys hold 12 digits. A `since` near 10**13 made the Query's lower bound
+    `MSG#9999999999999`, above its upper bound `MSG#999999999999`: DynamoDB refuses that
+    key condition with a ValidationException (moto answers it), and any lower bound wider
+    than a key sorts among the keys by its first digits. Each Query's bounds must be keys,
+    low to high."""
+    client = boto3.client("dynamodb")
+    bounds: list[tuple[str, str]] = []
+
+    def keep(params: dict[str, Any], **_: Any) -> None:
+        values = params["ExpressionAttributeValues"]
+        if ":low" in values:
+            bounds.append((values[":low"]["S"], values[":high"]["S"]))
+
+    client.meta.events.register("provide-client-params.dynamodb.Query", keep)
+    log = DynamoMessageLog(client, TABLE)
+    log.append(room="r", user_id="u", user_name="U", text="m", client_msg_id=None)
+    assert log.after("r", since, 10) == []
+    assert [m.text for m in log.after("r", 0, 10)] == ["m"]
+    assert bounds, "no Query"
+    for low, high in bounds:
+        assert len(low) == len(high) == len("MSG#") + 12 and low <= high
+
+
 def test_history_expires() -> None:
     clock = Clock()
     log = DynamoMessageLog(boto3.client("dynamodb"), TABLE, retention_seconds=100, clock=clock)

@@ -12,15 +12,24 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from auth.principal import Principal
 from handler.chat.core import ConnectParams
 from handler.chat.ports import Connection, Dialect, Draft
+from handler.chat.wire import MAX_MESSAGE_ID
 from handler.local.service import LocalChat, build_local_chat
 from infra.local_delivery import Outbox
-from infra.redis_history import PUBLISH, RedisHistory, channel, seq_key
+from infra.redis_history import (
+    PUBLISH,
+    RedisHistory,
+    channel,
+    log_key,
+    retries_key,
+    seq_key,
+)
 from infra.redis_rooms import (
     CANARY_SECONDS,
     DEAF_AFTER,
@@ -779,13 +788,53 @@ async def test_a_room_without_members_keeps_its_counter_only_as_long_as_its_hist
     assert 0 < await expiry("joined") <= ttl
     await join(chat, "joined", "c2")
     assert await expiry("joined") == -1
-    await feed._history.latest("read-only")  # as a REST read does
-    assert 0 < await expiry("read-only") <= ttl
     await post(feed._history, "posted", "through REST")
     assert 0 < await expiry("posted") <= ttl
     await register_dead_worker(feed, {"d1": "reaped"})
     await feed._reap("dead")
     assert 0 < await expiry("reaped") <= ttl
+
+
+@pytest.mark.timeout(30)
+async def test_reading_a_room_stores_nothing(chat: LocalChat) -> None:
+    """A REST read of a room nobody joined made its counter, kept 7 days: 1,000 reads of new
+    names left 1,000 keys (about 6 GiB a day at one client's pace). A read stores nothing;
+    a room without a counter has no history, and its first member or message makes one."""
+    assert chat.engine is not None
+    client = chat.engine.client
+    history = chat.engine.feed._history
+    await post(history, "lost", "old one")
+    await client.delete(seq_key("lost"))  # evicted, its stream left behind
+    keys = await client.dbsize()
+    for room in [f"unread-{n}" for n in range(20)] + ["lost"]:
+        assert await chat.call(chat.core.read, room, 0, 100) == ([], 0)  # as REST reads
+    assert await client.dbsize() == keys - 1  # the lost room's stream went, as a join's would
+    await join(chat, "unread-1")
+    stored, _ = await chat.call(chat.core.publish, "unread-1", "u", "u", "first")
+    assert stored.id == 1 and (await history.latest("unread-1"))[1]
+
+
+@pytest.mark.timeout(30)
+async def test_json_members_joining_a_room_without_history_together_stay(
+    chat: LocalChat,
+) -> None:
+    """The first member here subscribes and reads the room, which has no epoch yet; the
+    joins make it. Neither member may take that for the room starting over (closed, 1012)."""
+    assert chat.engine is not None
+    members = [Member(chat, f"j{n}") for n in range(2)]
+
+    async def enter(connection_id: str) -> None:
+        principal = Principal(id=f"u-{connection_id}", name="u", echo="u")
+        params = ConnectParams(Dialect.JSON)
+        await chat.call(chat.core.connect, connection_id, "fresh", principal, params)
+        await chat.call(chat.core.welcome, connection_id)
+
+    await asyncio.gather(enter("j0"), enter("j1"))
+    await post(chat.engine.feed._history, "fresh", "hello")
+    for member in members:
+        await member.wait_for("hello", 5)
+        assert member.closes == []
+        member.writer.cancel()
 
 
 @pytest.mark.timeout(30)
@@ -812,6 +861,57 @@ async def test_append_many_stores_in_order_and_recovers_from_a_script_flush(
         (3, "three", True),
     ]
     assert [m.text for m in await history.after("batch", 0, 10)] == ["one", "two", "three"]
+
+
+@pytest.mark.timeout(60)
+async def test_a_rooms_retry_keys_are_bounded_by_its_history_cap(redis: RedisServer) -> None:
+    """A room capped at 50 messages held 300 retry keys (7 days each) after 300 posts with
+    distinct `client_msg_id`s: Redis grew with the posts, not with the history the README
+    says to size it for. A retry is answered while its message is in the stream, as in
+    memory; keys an older worker left are not read, and expire as they were set to."""
+    history = RedisHistory(aioredis.Redis.from_url(redis.url()), size=50, ttl=3600)
+    client = history._redis
+    old = f"{channel('capped')}:dedup:u:old"
+    await client.set(old, "1", ex=600)  # a retry key of a worker before: message 1's
+    stored = [
+        await history.append(Draft("capped", "u", "u", f"m{n}", f"k{n}"), ts=0.0)
+        for n in range(300)
+    ]
+    assert [(m.id, created) for m, created in stored] == [(n + 1, True) for n in range(300)]
+    keys = {key.decode() async for key in client.scan_iter(match=f"{channel('capped')}:*")}
+    retry_keys = [key for key in keys if ":dedup:" in key and key != old]
+    retries = len(retry_keys) + await client.zcard(retries_key("capped"))
+    assert retries == 50 == await client.xlen(log_key("capped"))  # was 300, and 50 messages
+    parts = {key.removeprefix(f"{channel('capped')}:").partition(":")[0] for key in keys}
+    assert parts == {"seq", "log", "retries", "call", "dedup"}  # calls go after 120 s
+    newest, kept = await history.append(Draft("capped", "u", "u", "again", "k250"), ts=0.0)
+    assert (newest.id, newest.text, kept) == (251, "m250", False)  # in the stream: answered
+    again, created = await history.append(Draft("capped", "u", "u", "m249", "k249"), ts=0.0)
+    assert (again.id, created) == (301, True)  # it left the stream: a new message
+    assert await client.zcard(retries_key("capped")) == 50
+    unread, created = await history.append(Draft("capped", "u", "u", "new", "old"), ts=0.0)
+    assert (unread.id, created) == (302, True) and 0 < await client.ttl(old) <= 600
+    await client.aclose()
+
+
+@pytest.mark.timeout(30)
+async def test_ids_up_to_the_largest_are_written_exactly(chat: LocalChat) -> None:
+    """Lua wrote an id of 10**14 or more as `1e+14`: the stream refused it, and every send to
+    the room failed. Every id up to 2**53-1 (the bound on ids, handler/chat/wire.py) is
+    written, published, answered to a retry and read back exactly."""
+    assert chat.engine is not None
+    history: RedisHistory = chat.engine.feed._history
+    member = await watch(chat, "far")
+    await chat.engine.client.hset(seq_key("far"), "id", MAX_MESSAGE_ID - 2)
+    sent = [Draft("far", "u", "u", text, text) for text in ("one", "two")]
+    stored = await history.append_many([*sent, sent[0]], ts=0.0)
+    one, two = MAX_MESSAGE_ID - 1, MAX_MESSAGE_ID
+    assert [(m.id, created) for m, created in stored] == [(one, True), (two, True), (one, False)]
+    read = await history.after("far", MAX_MESSAGE_ID - 2, 10)
+    assert [(m.id, m.text) for m in read] == [(one, "one"), (two, "two")]
+    assert (await history.latest("far"))[0] == MAX_MESSAGE_ID
+    await member.wait_for(f'"id":{MAX_MESSAGE_ID},', 5)
+    member.writer.cancel()
 
 
 @pytest.mark.timeout(30)

@@ -155,6 +155,8 @@ def test_json_dialect_welcome_presence_and_message(
         ('{"action": "history", "since": "3"}', "bad_request"),
         ('{"action": "history", "since": -1}', "bad_request"),
         ('{"action": "history", "since": true}', "bad_request"),
+        ('{"action": "history", "since": 3.0}', "bad_request"),
+        ('{"action": "history", "since": 9007199254740992}', "bad_request"),  # 2**53
         ("[" * 30 + "]" * 30, "bad_request"),
     ],
 )

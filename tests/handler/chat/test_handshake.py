@@ -34,6 +34,7 @@ def test_defaults_are_the_seeds() -> None:
             Accepted("r", Dialect.TEXT, subprotocol="wschat.json"),
         ),
         (ask(since="41", format="json"), Accepted("r", Dialect.JSON, since=41)),
+        (ask(since=str(2**53 - 1)), Accepted("r", Dialect.TEXT, since=2**53 - 1)),
         (ask(None, room="lobby"), Accepted("lobby", Dialect.TEXT)),
         (ask(None, item_id="lobby"), Accepted("lobby", Dialect.TEXT)),
     ],
@@ -56,6 +57,9 @@ def test_what_a_client_may_ask_for(asked: object, expected: Accepted) -> None:
         (ask(q="\u0663"), 403),  # an Arabic-Indic 3: Python's int() takes it, FastAPI does not
         (ask(since="-1"), 403),
         (ask(since="one"), 403),
+        (ask(since=str(2**53)), 403),  # past the largest id (handler/chat/wire.py)
+        (ask(since=str(2**64 - 1)), 403),
+        (ask(since="9" * 5000), 403),  # past what Python's int() reads
         (ask(format="xml"), 403),
     ],
 )

@@ -351,3 +351,31 @@ def health(server: Server) -> Any:
         return json.loads(server.get("/healthz"))
     except urllib.error.HTTPError as error:
         return json.loads(error.read())
+
+
+@pytest.mark.timeout(120)
+async def test_healthz_fails_within_a_second_or_so_of_losing_redis(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    """/healthz answered 200 `linked` for 4.3 to 5.1 s after Redis was killed: only the
+    canary's 5 s of silence told, while the subscription's and the canary's calls were
+    failing all along (inside redis-py's retries). The first failed call tells now; the
+    canary stays for a link that fails silently. Once Redis is back, so is the worker."""
+    with running_server(tmp_path, on_redis(redis)) as server:
+        member = await websockets.connect(url(server, "health", "m"))  # a subscription
+        await recv_json(member)
+        assert health(server)["redis"] == "linked"
+        redis.stop(kill=True)
+        lost = time.monotonic()
+        while (report := health(server))["redis"] == "linked":
+            await asyncio.sleep(0.05)
+        noticed = time.monotonic() - lost
+        print("NOTICED", noticed)
+        assert report["status"] == "degraded" and report["redis"] == "unreachable"
+        assert noticed < 2  # the canary's tick (1 s) and a margin, not its 5 s of silence
+        redis.start()
+        deadline = time.monotonic() + 30
+        while health(server)["redis"] != "linked":
+            assert time.monotonic() < deadline, server.log()
+            await asyncio.sleep(0.2)
+        await member.close()
