@@ -57,8 +57,12 @@ typecheck: $(VENV)/.installed-dev
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
+# Four workers on two cores: most tests wait on servers and sockets, not on the CPU. Each
+# module runs on one worker, so its module- and session-scoped servers start once there.
+# `make unit PYTEST_WORKERS=0` runs in one process.
+PYTEST_WORKERS ?= 4
 unit: $(VENV)/.installed-dev
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n $(PYTEST_WORKERS) --dist loadfile
 
 test: lint typecheck unit
 

@@ -18,7 +18,7 @@ import pytest
 
 from tests.aws import create_table, running_moto_server
 from tests.servers import ROOT
-from tests.tools import require
+from tests.tools import require, the_build_directory
 
 TEMPLATE = ROOT / ".serverless" / "cloudformation-template-update-stack.json"
 ARTIFACT = ROOT / "build" / "lambda.zip"
@@ -34,17 +34,23 @@ def python312() -> str:
     return require("python3.12", "run the Lambda artifact under the runtime's Python")
 
 
+# The first test may wait for serverless offline's module to let go of build/.
+pytestmark = pytest.mark.timeout(300)
+
+
 @pytest.fixture(scope="module")
-def packaged() -> None:
+def packaged() -> Iterator[None]:
     require("npm", "install osls from package.json")
-    subprocess.run(
-        ["make", "package", "STAGE=ci"],
-        cwd=ROOT,
-        check=True,
-        env={**os.environ, "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x"},
-        capture_output=True,
-        timeout=600,
-    )
+    with the_build_directory():
+        subprocess.run(
+            ["make", "package", "STAGE=ci"],
+            cwd=ROOT,
+            check=True,
+            env={**os.environ, "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x"},
+            capture_output=True,
+            timeout=600,
+        )
+        yield
 
 
 def test_osls_package_builds_the_stack(packaged: None) -> None:

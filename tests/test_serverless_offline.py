@@ -21,7 +21,7 @@ import websockets
 from tests.aws import create_table, running_moto_server
 from tests.clients import recv, recv_json, until
 from tests.servers import ROOT, free_port
-from tests.tools import require
+from tests.tools import require, the_build_directory
 
 TABLE = "wschat-offline"
 
@@ -43,6 +43,11 @@ def wait_for_port(port: int, process: subprocess.Popen[bytes], log: Path) -> Non
 @pytest.fixture(scope="module")
 def offline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     require("npm", "run serverless offline through osls")
+    with the_build_directory():
+        yield from _offline(tmp_path_factory)
+
+
+def _offline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     # serverless-offline unpacks the artifact serverless.yml names: build a current one.
     subprocess.run(
         ["make", "node_modules", "lambda-zip"], cwd=ROOT, check=True, capture_output=True

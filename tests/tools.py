@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import pytest
 
 
@@ -18,3 +21,21 @@ def require(tool: str, why: str) -> str:
             pytest.fail(message)
         pytest.skip(message)
     return path
+
+
+@contextmanager
+def the_build_directory() -> Iterator[None]:
+    """Hold build/ and node_modules/ alone. `make test` runs modules in parallel workers, and
+    the modules that build the Lambda zip or run osls on it must take turns: one of them
+    deletes the zip to prove it is rebuilt. An exclusive lock, released with the process."""
+    import fcntl
+    from pathlib import Path
+
+    build = Path(__file__).resolve().parent.parent / "build"
+    build.mkdir(exist_ok=True)
+    with (build / ".tests.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
