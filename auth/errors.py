@@ -13,6 +13,9 @@ class AuthError(Exception):
     """
 
     def __init__(self, reason: str, status: int = 401) -> None:
+        # A reason may quote a token's own text (PyJWT's errors do): a lone surrogate there
+        # would fail every response and log line that carries it.
+        reason = reason.encode("utf-8", "backslashreplace").decode()
         super().__init__(reason)
         self.reason = reason
         self.status = status

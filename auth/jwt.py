@@ -32,6 +32,9 @@ MAX_NAME_LENGTH = 64
 # RFC 7519 2: these claims are NumericDates. PyJWT also accepts a numeric string (it calls
 # int()), which would then be read as "no expiry" further on: refuse all but numbers.
 NUMERIC_DATE_CLAIMS = ("exp", "nbf", "iat")
+# 9999-12-31T23:59:59Z: a later time is no date a store or clock here can hold (DynamoDB
+# refuses 1e308; an int of 400 digits is no float).
+MAX_NUMERIC_DATE = 253_402_300_799
 _BASE64URL = re.compile(r"[A-Za-z0-9_-]*")
 
 
@@ -259,5 +262,7 @@ def _check_numeric_dates(claims: dict[str, Any]) -> None:
         value = claims[name]
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise AuthError(f"`{name}` must be a number of seconds (a NumericDate)")
-        if not math.isfinite(value):
+        if not (isinstance(value, int) or math.isfinite(value)):
             raise AuthError(f"`{name}` must be a finite number")
+        if abs(value) > MAX_NUMERIC_DATE:  # an int too large for a float, 1e308, ...
+            raise AuthError(f"`{name}` must be a time before the year 10000")

@@ -243,6 +243,31 @@ async def test_a_jwt_header_cannot_start_a_log_line(
         assert all(line.endswith(CRIT_ESCAPED) for line in refusals), refusals
 
 
+async def test_a_token_header_utf8_cannot_carry_is_refused_with_401(
+    start_transport: Callable[..., Transport],
+) -> None:
+    """An unsigned token whose header quotes a lone surrogate: PyJWT's refusal reason carries
+    it, and no response or log line could (a 500 and an ERROR traceback on every path)."""
+    transport = start_transport(
+        WSCHAT_AUTH="jwt", WSCHAT_JWT_SECRET=SECRET, WSCHAT_JWT_ALGORITHMS="HS256"
+    )
+    token = _with_crit_header("\ud800")
+    with pytest.raises(InvalidStatus) as refused:
+        async with transport.connect("hostile", token=token):
+            pass
+    assert refused.value.response.status_code == 401
+    request = urllib.request.Request(
+        transport.server.http + "/rooms/hostile/messages",
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    with pytest.raises(urllib.error.HTTPError) as rest:
+        urllib.request.urlopen(request, timeout=10)
+    rest.value.close()
+    assert rest.value.code == 401
+    await asyncio.sleep(0.2)
+    assert "ERROR" not in transport.server.log() and "Traceback" not in transport.server.log()
+
+
 LARGEST_ID = 2**53 - 1  # the README's bound on ids, and so on `since`
 
 

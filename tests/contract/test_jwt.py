@@ -41,8 +41,10 @@ async def test_a_valid_token_shows_its_subject(jwt_transport: Transport) -> None
         {"nbf": "0"},
         {"iat": "1700000000"},
         {"sub": "x\ud800y"},  # a lone surrogate: no frame could carry this user
+        {"exp": 10**400},  # no float: an OverflowError and a 500
+        {"exp": 1e308},  # a float DynamoDB cannot store: $connect failed with a 500
     ],
-    ids=["exp string", "nbf string", "iat string", "sub lone surrogate"],
+    ids=["exp string", "nbf string", "iat string", "sub lone surrogate", "exp huge", "exp 1e308"],
 )
 async def test_unreadable_claims_are_refused_with_401(
     jwt_transport: Transport, overrides: dict[str, Any]
