@@ -21,7 +21,8 @@ REDACTED = "[redacted]"
 # client put it in a URL) and the OAuth names clients commonly use.
 SECRET_PARAMETERS = frozenset({"token", "access_token", "id_token", "session"})
 _QUERY = re.compile(r"\?(\S*)")
-_BEARER = re.compile(r"(?i)\b(bearer[\s,]+)[A-Za-z0-9._~+/=-]+")
+# A bearer token up to the next blank, whatever it holds (a token is not always base64url).
+_BEARER = re.compile(r"(?i)\b(bearer[\s,]+)[^\s,]+")
 
 
 def _is_secret(name: str) -> bool:
@@ -83,4 +84,8 @@ def log_config(level: str = "info", form: str = "text") -> dict[str, Any]:
         config["formatters"]["default"]["()"] = "infra.log_text.TextFormatter"
         config["formatters"]["access"]["()"] = "infra.log_text.AccessTextFormatter"
     config["root"] = {"handlers": ["default"], "level": level.upper()}
+    # At debug, botocore and urllib3 log whole requests: signed headers and, in the emulator,
+    # the Invoke API's secret path. Never below INFO.
+    for noisy in ("botocore", "boto3", "urllib3"):
+        config["loggers"][noisy] = {"level": "INFO"}
     return config

@@ -160,6 +160,12 @@ class ChatWebSocketProtocol(WebSocketsSansIOProtocol):
     text frame with invalid UTF-8 gets 1007 and one log line, a stopping server lets the
     app flush each socket before its 1012 close, and the app can see how many frames wait."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # websockets' debug lines show every header and frame: cookies, bearer tokens, the
+        # seed's echo of the credential, refresh requests. Not at any log level.
+        self.conn.debug = False
+
     def handle_connect(self, event: Any) -> None:
         super().handle_connect(event)
         if self.handshake_initiated and not self.handshake_complete:  # the app runs

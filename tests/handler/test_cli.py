@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import subprocess
 import sys
+from typing import Any
 
 import websockets
+from websockets.typing import Subprotocol
 
 from handler.cli import main
 from tests.servers import Server
@@ -37,6 +41,30 @@ async def test_access_log_never_shows_the_token(server: Server) -> None:
     log = server.log()
     assert "/items/log/ws?token=[redacted]&q=1" in log  # the line is there, the token is not
     assert secret not in log
+
+
+async def test_a_debug_log_shows_no_credential(start_server: Any) -> None:
+    """At WSCHAT_LOG_LEVEL=debug, websockets would log every header and frame: cookies, bearer
+    tokens, the seed's echo of the credential, a refresh's token."""
+    server = start_server(WSCHAT_LOG_LEVEL="debug")
+    secrets = ["COOKIE-s3cret", "BEARER-s3cret!2", "SUBPROTOCOL-s3cret", "REFRESH-s3cret"]
+    cookie, bearer, subprotocol, refresh = secrets
+    for headers, protocols in (
+        ({"Cookie": f"session={cookie}"}, None),
+        ({"Authorization": f"Bearer {bearer}"}, None),
+        (None, [Subprotocol("bearer"), Subprotocol(subprotocol)]),
+    ):
+        async with websockets.connect(
+            server.ws("/items/debug/ws"), additional_headers=headers, subprotocols=protocols
+        ) as ws:
+            await ws.send("hello")
+            await ws.recv()
+            await ws.send(json.dumps({"action": "refresh", "token": refresh}))
+            await ws.recv()
+    await asyncio.sleep(0.2)
+    log = server.log()
+    assert "DEBUG:" in log  # the level took
+    assert [s for s in secrets if s in log] == []
 
 
 def test_importing_the_app_reads_no_settings() -> None:

@@ -19,6 +19,8 @@ from infra.log_redaction import RedactCredentials, redact
         ("/x?TOKEN=abc", "/x?TOKEN=[redacted]"),
         ("Authorization: Bearer eyJ.a.b", "Authorization: Bearer [redacted]"),
         ("subprotocols bearer, eyJhbGci.x.y", "subprotocols bearer, [redacted]"),
+        ("authorization: Bearer abc!SECRET2 x", "authorization: Bearer [redacted] x"),
+        ("bearer, a%b@c:d, wschat.json", "bearer, [redacted], wschat.json"),
         ("/items/a/ws?q=1", "/items/a/ws?q=1"),
         ("/items/a/ws?q=1&token", "/items/a/ws?q=1&token"),
         ("no secrets here", "no secrets here"),
