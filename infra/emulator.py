@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, quote
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -74,21 +74,25 @@ class QuietPlumbing(logging.Filter):
     """Keeps uvicorn's access log to what a developer did: not the calls the handlers make to
     the emulator itself (Management API posts, Lambda invokes), which API Gateway does not log
     either. There is one per recipient of every message; formatting them cost a seventh of the
-    emulator's CPU during a burst of connects (py-spy). At DEBUG they are kept."""
+    emulator's CPU during a burst of connects (py-spy). At DEBUG the Management API's are
+    kept; the invokes never are, since their path is the run's secret. Paths are matched as
+    uvicorn writes them (percent-encoded: `@` is `%40`)."""
 
     def __init__(self, config: EmulatorConfig) -> None:
         super().__init__()
-        self._plumbing = (
-            f"/{config.stage}/@connections/",
-            "/@connections/",
-            f"{config.lambda_path}/2015-03-31/functions/",
-        )
+        self._management = (quote(f"/{config.stage}/@connections/"), quote("/@connections/"))
+        self._invoke = quote(f"{config.lambda_path}/2015-03-31/functions/")
 
     def filter(self, record: logging.LogRecord) -> bool:
         args = record.args
         path = args[2] if isinstance(args, tuple) and len(args) > 2 else None
-        plumbing = isinstance(path, str) and path.startswith(self._plumbing)
-        return not plumbing or logging.getLogger().isEnabledFor(logging.DEBUG)
+        if not isinstance(path, str):
+            return True
+        if path.startswith(self._invoke):
+            return False
+        return not path.startswith(self._management) or logging.getLogger().isEnabledFor(
+            logging.DEBUG
+        )
 
 
 class Emulator:

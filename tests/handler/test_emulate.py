@@ -99,8 +99,9 @@ async def test_a_room_above_the_inline_size_gets_its_messages_through_the_queue(
                 assert [line.split(": ", 1)[1] for line in lines] == ["one", "two"]
         log = server.log()
         assert "fan-out job(s)" in log
-        # The handlers' own calls to the emulator are plumbing, not the developer's requests.
-        assert "@connections" not in log
+        # The handlers' own calls to the emulator are plumbing, not the developer's requests
+        # (uvicorn writes the path percent-encoded: `%40connections`).
+        assert "connections/" not in log and "/functions/" not in log
         for ws in members:
             await ws.close()
 
@@ -133,3 +134,16 @@ async def test_an_invoke_from_outside_reaches_no_function(tmp_path: Path) -> Non
             frame = json.loads(await asyncio.wait_for(member.recv(), 30))
             assert frame["type"] == "pong"  # and no second welcome before it
         assert not elsewhere.attempts
+
+
+async def test_a_debug_log_never_shows_the_invoke_apis_secret_path(tmp_path: Path) -> None:
+    # At debug, uvicorn's access log and botocore's own lines would both show the path that
+    # is the Invoke API's only guard.
+    with running_server(tmp_path, {**FAST, "WSCHAT_LOG_LEVEL": "debug"}, "emulate") as server:
+        url = server.ws("/local?room=debug&token=member&format=json")
+        async with websockets.connect(url) as member:
+            await welcomed(member)  # the welcome function was invoked
+            await echoed(member, "hello")
+        log = server.log()
+    assert "DEBUG:" in log and "connections/" in log  # the level took; posts are kept
+    assert "/functions/" not in log
