@@ -102,8 +102,12 @@ class _Room:
 
 
 def _cost(message: ChatMessage) -> int:
+    """What a message holds, its sender's names included: a REST publish brings strings of
+    its own (a JWT's `name` can be 2 KB), where a socket's messages share their connection's.
+    Shared strings are counted again: the budget errs on the safe side."""
     extra = sys.getsizeof(message.client_msg_id) if message.client_msg_id is not None else 0
-    return sys.getsizeof(message.text) + extra + MESSAGE_OVERHEAD_BYTES
+    names = sum(map(sys.getsizeof, (message.room, message.user_id, message.user_name)))
+    return sys.getsizeof(message.text) + names + extra + MESSAGE_OVERHEAD_BYTES
 
 
 class MemoryMessageLog:
