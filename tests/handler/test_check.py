@@ -214,6 +214,31 @@ async def test_nothing_the_server_sent_back_is_printed(
     assert "ECHOED" not in output and TOKEN not in output and "[redacted]" not in output
 
 
+@pytest.mark.parametrize("where", ["header", "subprotocol", "query"])
+async def test_a_redirect_elsewhere_is_not_followed(where: str) -> None:
+    """A server that answers 302 to another origin: websockets would follow it with the
+    `bearer` subprotocol pair, the token with it."""
+    elsewhere: list[Any] = []
+
+    def record(connection: Any, request: Any) -> None:
+        elsewhere.append(request)
+
+    with hostile(flood, process_request=record) as other:
+        target = other.replace("127.0.0.1", "localhost")  # another origin, same listener
+
+        def redirect(connection: Any, request: Any) -> Any:
+            response = connection.respond(302, "elsewhere\n")
+            response.headers["Location"] = target
+            return response
+
+        with hostile(flood, process_request=redirect) as url:
+            status, lines = await asyncio.wait_for(
+                checked(url, TOKEN, timeout=5, credential_in=where), 30
+            )
+    assert status != 0 and elsewhere == []
+    assert all(TOKEN not in line for line in lines)
+
+
 async def test_the_credential_goes_in_a_header_unless_asked_otherwise(server: Server) -> None:
     requests: list[Any] = []
 
