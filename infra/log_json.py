@@ -21,8 +21,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 
+# The bidirectional controls: raw, a client's text would reorder what a reader sees of the
+# rest of the line (a refusal reason that appears to say something else).
+BIDI_CONTROLS = (0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A))
 # JSON strings may hold these raw, and json.dumps(ensure_ascii=False) leaves them so.
-_LINE_SAFE = {code: f"\\u{code:04x}" for code in (*range(0x7F, 0xA0), 0x2028, 0x2029)}
+_LINE_SAFE = {
+    code: f"\\u{code:04x}" for code in (*range(0x7F, 0xA0), 0x2028, 0x2029, *BIDI_CONTROLS)
+}
 
 # Fields as (name, value) pairs: a context's default must not be shared and mutable.
 _CONTEXT: ContextVar[tuple[tuple[str, str], ...]] = ContextVar("wschat_log_context", default=())

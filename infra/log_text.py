@@ -4,8 +4,8 @@ A client's text reaches log lines in many places (a JWT header in a refusal reas
 user name, a path), and a line break in it would start a line the client wrote. So the
 formatters escape, in every message with its arguments and in an exception's own text, each
 character that `str.splitlines()` or a terminal acts on: the C0 and C1 controls (ESC
-included) and U+2028/U+2029, written as `\\n`, `\\x1b`, `\\u2028`. Escaping happens here, where a
-line is written, so no call site can forget it.
+included), U+2028/U+2029 and the bidirectional controls, written as `\\n`, `\\x1b`,
+`\\u2028`. Escaping happens here, where a line is written, so no call site can forget it.
 """
 
 from __future__ import annotations
@@ -17,10 +17,12 @@ from types import TracebackType
 
 from uvicorn.logging import AccessFormatter, DefaultFormatter
 
+from infra.log_json import BIDI_CONTROLS
+
 _SHORT = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 _ESCAPES = {
     code: _SHORT.get(chr(code), f"\\x{code:02x}") for code in (*range(0x20), *range(0x7F, 0xA0))
-} | {0x2028: "\\u2028", 0x2029: "\\u2029"}
+} | {code: f"\\u{code:04x}" for code in (0x2028, 0x2029, *BIDI_CONTROLS)}
 
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None] | tuple[None, None, None]
 

@@ -74,12 +74,12 @@ def test_a_line_break_a_client_sent_stays_inside_its_line() -> None:
     # line break for str.splitlines()) it would write raw.
     from infra.log_json import log_context
 
-    hostile = "a\u2028b\u2029c\x85d\x1be\nf"
+    hostile = "a\u2028b\u2029c\x85d\x1be\nf\u202eg\u2066h"
     record = logging.LogRecord("wschat", logging.INFO, __file__, 1, "said %s", (hostile,), None)
     with log_context(room=hostile):
         line = JsonFormatter().format(record)
     assert line.splitlines() == [line]
-    assert not set(line) & set("\u2028\u2029\x85\x1b\n")
+    assert not set(line) & set("\u2028\u2029\x85\x1b\n\u202e\u2066")
     entry = json.loads(line)
     assert (entry["message"], entry["room"]) == (f"said {hostile}", hostile)
 

@@ -10,8 +10,8 @@ import pytest
 
 from infra.log_text import AccessTextFormatter, TextFormatter
 
-HOSTILE = "a\nINFO:     forged\r\x1b[2J\x85\u2028\u2029\x00\tz"
-ESCAPED = "a\\nINFO:     forged\\r\\x1b[2J\\x85\\u2028\\u2029\\x00\\tz"
+HOSTILE = "a\nINFO:     forged\r\x1b[2J\x85\u2028\u2029\x00\tz\u202ecba\u2066"
+ESCAPED = "a\\nINFO:     forged\\r\\x1b[2J\\x85\\u2028\\u2029\\x00\\tz\\u202ecba\\u2066"
 
 
 def record(msg: str, args: tuple[object, ...], name: str = "wschat") -> logging.LogRecord:
