@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 Item = dict[str, dict[str, Any]]
 
 MESSAGE_ID_WIDTH = 12
+REFRESH_ATTEMPTS = 5
 LARGEST_KEYED_ID = 10**MESSAGE_ID_WIDTH - 1  # a trillion ids per room: ages at any real rate
 
 
@@ -258,13 +259,21 @@ class DynamoConnections:
             "ConditionExpression": "attribute_exists(pk)",
             "ExpressionAttributeValues": values,
         }
-        try:
-            self._client.transact_write_items(
-                TransactItems=[{"Update": {**update, "Key": key}} for key in keys]
-            )
-        except self._client.exceptions.TransactionCanceledException:
-            return False  # gone meanwhile
-        return True
+        for attempt in range(REFRESH_ATTEMPTS):
+            try:
+                self._client.transact_write_items(
+                    TransactItems=[{"Update": {**update, "Key": key}} for key in keys]
+                )
+            except self._client.exceptions.TransactionCanceledException as error:
+                reasons = error.response.get("CancellationReasons", [])
+                if any(r.get("Code") == "ConditionalCheckFailed" for r in reasons):
+                    return False  # gone meanwhile
+                # Another transaction on the record (a welcome's mark, presence kept for it):
+                # DynamoDB cancels rather than waits. Try again.
+                time.sleep(random.uniform(0, 0.005 * 2**attempt))  # noqa: S311
+                continue
+            return True
+        raise StoreBusy(f"connection {connection_id}: its record stayed busy")
 
     def remove(self, connection_id: str) -> Connection | None:
         response = self._client.delete_item(

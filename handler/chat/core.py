@@ -482,7 +482,12 @@ class ChatCore:
             self._refuse(connection, ErrorCode.FORBIDDEN, "this credential does not open the room")
             self.delivery.close(connection_id, CloseCode.FORBIDDEN, "forbidden")
             return
-        if self.connections.refresh(connection_id, outcome.expires_at, rights):
+        try:
+            refreshed = self.connections.refresh(connection_id, outcome.expires_at, rights)
+        except StoreBusy:
+            self._refuse(connection, ErrorCode.REFRESH_FAILED, "the store is busy; send it again")
+            return
+        if refreshed:
             self._expire_at(connection_id, outcome.expires_at)  # sooner or later than before
             self._deliver([connection_id], wire.refreshed_frame(outcome.expires_at))
 

@@ -87,7 +87,7 @@ class ConnectionStore(Protocol):
     def refresh(self, connection_id: str, expires_at: float | None, rights: Rights) -> bool:
         """Set a connection's expiry and rights (an in-band refresh), leaving the rest of its
         record as it stands now: a welcome or a leave landing meanwhile must not be undone.
-        False if the connection is gone."""
+        False if the connection is gone; StoreBusy if its record stayed busy."""
         ...
 
     def remove(self, connection_id: str) -> Connection | None:

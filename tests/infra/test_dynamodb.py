@@ -342,3 +342,47 @@ def test_a_refresh_keeps_what_landed_between_its_read_and_its_write(meanwhile: s
     else:
         assert store.get("J") is None and store.in_room("r") == []
         assert delivery.take("J") == []  # gone: nothing to tell it
+
+
+@pytest.mark.parametrize(
+    ("answers", "outcome"),
+    [
+        (["TransactionConflict", None], True),  # DynamoDB cancels a clash: tried again
+        (["ConditionalCheckFailed"], False),  # the record is gone
+        (["TransactionConflict"] * 5, "busy"),
+    ],
+)
+def test_a_refresh_tells_a_clash_from_a_record_gone(
+    answers: list[str | None], outcome: bool | str
+) -> None:
+    """moto never cancels a transaction for a clash; DynamoDB does, when another one (a
+    welcome's mark) is on the record. That is not the record gone: the refresh is tried
+    again, and a record that stays busy is a StoreBusy the client is told about."""
+    from botocore.stub import Stubber
+
+    from auth.rooms import ALL
+    from handler.chat.ports import StoreBusy
+
+    client = boto3.client("dynamodb")
+    store = DynamoConnections(client, TABLE)
+    record = {"pk": {"S": "CONN#a"}, "sk": {"S": "CONN"}, "id": {"S": "a"}, "room": {"S": "r"}}
+    record |= {"user_id": {"S": "u"}, "user_name": {"S": "u"}, "dialect": {"S": "json"}}
+    with Stubber(client) as stub:
+        stub.add_response("get_item", {"Item": record})
+        for answer in answers:
+            if answer is None:
+                stub.add_response("transact_write_items", {})
+            else:
+                stub.add_client_error(
+                    "transact_write_items",
+                    "TransactionCanceledException",
+                    modeled_fields={
+                        "CancellationReasons": [{"Code": answer}, {"Code": "None"}],
+                    },
+                )
+        if outcome == "busy":
+            with pytest.raises(StoreBusy):
+                store.refresh("a", 1.0, ALL)
+        else:
+            assert store.refresh("a", 1.0, ALL) is outcome
+        stub.assert_no_pending_responses()

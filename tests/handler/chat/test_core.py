@@ -10,10 +10,10 @@ import pytest
 
 from auth.errors import AuthError
 from auth.principal import Principal
-from auth.rooms import Grants, GrantsPolicy, Right
+from auth.rooms import Grants, GrantsPolicy, Right, Rights
 from handler.chat import wire
 from handler.chat.core import TEXT_REFRESH, ChatCore, ConnectParams, Limits
-from handler.chat.ports import Dialect
+from handler.chat.ports import Dialect, StoreBusy
 from handler.chat.wire import FrameError
 from infra.memory import MemoryConnections, MemoryMessageLog
 from tests.handler.chat.recording import RecordingDelivery, TokenBook
@@ -754,3 +754,22 @@ def test_a_text_dialect_refresh_request_gets_a_reason(
     delivery.take("a")
     core.message("a", '{"action":"refresh","token":"s3cret"}')
     assert delivery.take("a") == [wire.error_line(TEXT_REFRESH)]
+
+
+def test_a_refresh_the_store_cannot_take_now_is_refused_to_send_again(
+    delivery: RecordingDelivery, clock: FakeClock
+) -> None:
+    class BusyRecords(MemoryConnections):
+        def refresh(self, connection_id: str, expires_at: float | None, rights: Rights) -> bool:
+            raise StoreBusy("its record stayed busy")
+
+    book = TokenBook(fresh=granted("u", clock.now + 3600, r=["read"]))
+    core = ChatCore(
+        BusyRecords(), MemoryMessageLog(), delivery, Limits(), clock, clock, credentials=book
+    )
+    join(core, "J", "r", granted("u", clock.now + 10, r=["read"]), JSON)
+    delivery.take("J")
+    core.message("J", '{"action":"refresh","token":"fresh"}')
+    [error] = delivery.take_json("J")
+    assert (error["code"], "again" in error["detail"]) == ("refresh_failed", True)
+    assert core.connections.get("J") is not None and "J" not in delivery.closed
