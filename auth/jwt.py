@@ -9,25 +9,20 @@ import logging
 import math
 import re
 import unicodedata
-from dataclasses import dataclass
 from typing import Any
 
 import jwt
-from jwt.algorithms import get_default_algorithms
 
 from auth.credentials import find_credential
-from auth.errors import AuthConfigError, AuthError
+from auth.errors import AuthError
 from auth.handshake import Handshake
 from auth.jwks import JwksCache, JwksUnavailable
+from auth.jwt_config import JwtConfig
 from auth.principal import Principal
 from auth.rooms import Grants
-from infra.settings import Settings, split_list
 
 log = logging.getLogger(__name__)
 
-# RFC 7518 3.2: an HMAC key at least as long as the hash output.
-HMAC_KEY_BYTES = {"HS256": 32, "HS384": 48, "HS512": 64}
-MIN_SECRET_BYTES = HMAC_KEY_BYTES["HS256"]
 MAX_NAME_LENGTH = 64
 # RFC 7519 2: these claims are NumericDates. PyJWT also accepts a numeric string (it calls
 # int()), which would then be read as "no expiry" further on: refuse all but numbers.
@@ -36,91 +31,6 @@ NUMERIC_DATE_CLAIMS = ("exp", "nbf", "iat")
 # refuses 1e308; an int of 400 digits is no float).
 MAX_NUMERIC_DATE = 253_402_300_799
 _BASE64URL = re.compile(r"[A-Za-z0-9_-]*")
-
-
-@dataclass(frozen=True)
-class JwtConfig:
-    """The JWT settings, as the verifier uses them. Defaults are the settings' own."""
-
-    algorithms: tuple[str, ...]
-    secret: str | None = None
-    public_key: str | None = None
-    jwks_url: str = Settings.jwt_jwks_url
-    audience: tuple[str, ...] = ()
-    issuer: str = Settings.jwt_issuer
-    leeway: float = Settings.jwt_leeway
-    required_claims: tuple[str, ...] = tuple(split_list(Settings.jwt_required_claims))
-    name_claim: str = Settings.jwt_name_claim
-    rooms_claim: str = Settings.jwt_rooms_claim
-    token_use: str = Settings.jwt_token_use
-    client_ids: tuple[str, ...] = ()
-    max_token_bytes: int = Settings.jwt_max_token_bytes
-    jwks_cache_seconds: float = Settings.jwks_cache_seconds
-    jwks_refresh_cooldown: float = Settings.jwks_refresh_cooldown
-    jwks_timeout: float = Settings.jwks_timeout
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> JwtConfig:
-        config = cls(
-            algorithms=tuple(split_list(settings.jwt_algorithms)),
-            secret=settings.jwt_secret.get_secret_value() if settings.jwt_secret else None,
-            public_key=(
-                settings.jwt_public_key.get_secret_value() if settings.jwt_public_key else None
-            ),
-            jwks_url=settings.jwt_jwks_url,
-            audience=tuple(split_list(settings.jwt_audience)),
-            issuer=settings.jwt_issuer,
-            leeway=settings.jwt_leeway,
-            required_claims=tuple(split_list(settings.jwt_required_claims)),
-            name_claim=settings.jwt_name_claim,
-            rooms_claim=settings.jwt_rooms_claim,
-            token_use=settings.jwt_token_use,
-            client_ids=tuple(split_list(settings.jwt_client_ids)),
-            max_token_bytes=settings.jwt_max_token_bytes,
-            jwks_cache_seconds=settings.jwks_cache_seconds,
-            jwks_refresh_cooldown=settings.jwks_refresh_cooldown,
-            jwks_timeout=settings.jwks_timeout,
-        )
-        config.validate()
-        return config
-
-    def validate(self) -> None:
-        """Refuse configurations that would be unsafe or could never verify a token."""
-        if not self.algorithms:
-            raise AuthConfigError("WSCHAT_JWT_ALGORITHMS is required, e.g. HS256 or RS256")
-        known = set(get_default_algorithms()) - {"none"}
-        unknown = [a for a in self.algorithms if a not in known]
-        if unknown:
-            raise AuthConfigError(
-                f"WSCHAT_JWT_ALGORITHMS has unsupported {unknown}; choose from {sorted(known)}"
-            )
-        hmac = [a for a in self.algorithms if a in HMAC_KEY_BYTES]
-        if hmac and len(hmac) != len(self.algorithms):
-            # A verifier that accepts both lets a public key be used as an HMAC secret.
-            raise AuthConfigError(
-                "WSCHAT_JWT_ALGORITHMS mixes HMAC (HS*) with asymmetric algorithms; "
-                "configure one kind only"
-            )
-        if hmac:
-            if not self.secret:
-                raise AuthConfigError("HS* algorithms need WSCHAT_JWT_SECRET")
-            needed = max(HMAC_KEY_BYTES[a] for a in hmac)
-            if len(self.secret.encode()) < needed:
-                raise AuthConfigError(
-                    f"WSCHAT_JWT_SECRET must be at least {needed} bytes for {', '.join(hmac)}"
-                )
-        elif bool(self.public_key) == bool(self.jwks_url):
-            raise AuthConfigError(
-                "asymmetric algorithms need exactly one of WSCHAT_JWT_PUBLIC_KEY "
-                "or WSCHAT_JWT_JWKS_URL"
-            )
-        if self.public_key:
-            try:
-                get_default_algorithms()[self.algorithms[0]].prepare_key(self.public_key)
-            except Exception:
-                raise AuthConfigError(
-                    f"WSCHAT_JWT_PUBLIC_KEY is not a PEM public key for {self.algorithms[0]}"
-                ) from None
 
 
 class JwtAuthenticator:

@@ -33,7 +33,7 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     try:
         # Fail fast, with a readable message, on bad auth settings. The app builds its own.
-        build_authenticator(settings, warn=False)
+        build_authenticator(settings.auth_config(), warn=False)
     except AuthConfigError as error:
         print(f"wschat: {error}", file=sys.stderr)
         return 2
@@ -176,7 +176,7 @@ def _token(args: argparse.Namespace) -> int:
 
     import jwt
 
-    from auth.jwt import MIN_SECRET_BYTES
+    from auth.jwt_config import MIN_SECRET_BYTES
     from infra.settings import split_list
 
     settings = get_settings()

@@ -13,9 +13,12 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, TypeVar
 
+from auth.factory import AuthConfig
+from auth.jwt_config import JwtConfig
 from handler.chat.core import Limits
 
 _CORE = Limits()  # the core's defaults
+_JWT = JwtConfig(algorithms=())  # the JWT verifier's
 
 ENV_PREFIX = "WSCHAT_"
 
@@ -104,21 +107,21 @@ class Settings:
     # JWT verification (WSCHAT_AUTH=jwt).
     jwt_secret: Secret | None = None
     jwt_public_key: Secret | None = None
-    jwt_jwks_url: str = ""
+    jwt_jwks_url: str = _JWT.jwks_url
     jwt_algorithms: str = ""
     jwt_audience: str = ""
-    jwt_issuer: str = ""
-    jwt_leeway: float = _bounded(0.0, ge=0)
-    jwt_required_claims: str = "exp,iat,sub"
-    jwt_name_claim: str = "name"
-    jwt_rooms_claim: str = "rooms"
+    jwt_issuer: str = _JWT.issuer
+    jwt_leeway: float = _bounded(_JWT.leeway, ge=0)
+    jwt_required_claims: str = ",".join(_JWT.required_claims)
+    jwt_name_claim: str = _JWT.name_claim
+    jwt_rooms_claim: str = _JWT.rooms_claim
     # Cognito access tokens carry `token_use` and `client_id` instead of `aud`.
-    jwt_token_use: str = ""
+    jwt_token_use: str = _JWT.token_use
     jwt_client_ids: str = ""
-    jwt_max_token_bytes: int = _bounded(8192, ge=256)
-    jwks_cache_seconds: float = _bounded(600.0, gt=0)
-    jwks_refresh_cooldown: float = _bounded(30.0, ge=0)
-    jwks_timeout: float = _bounded(2.0, gt=0)
+    jwt_max_token_bytes: int = _bounded(_JWT.max_token_bytes, ge=256)
+    jwks_cache_seconds: float = _bounded(_JWT.jwks_cache_seconds, gt=0)
+    jwks_refresh_cooldown: float = _bounded(_JWT.jwks_refresh_cooldown, ge=0)
+    jwks_timeout: float = _bounded(_JWT.jwks_timeout, gt=0)
 
     # The chat core's limits: their defaults are the core's (handler/chat/core.py, Limits).
     max_message_bytes: int = _bounded(_CORE.max_message_bytes, ge=1)
@@ -181,6 +184,40 @@ class Settings:
             value = _convert(spec, getattr(self, spec.name))
             _check_bounds(spec, value)
             object.__setattr__(self, spec.name, value)
+
+    def auth_config(self) -> AuthConfig:
+        """What builds the authenticator (auth/factory.py), as configured."""
+        return AuthConfig(
+            kind=self.auth,
+            tokens=self.tokens,
+            allowed_origins=tuple(split_list(self.allowed_origins)),
+            jwt=self.jwt_config() if self.auth == "jwt" else None,
+            settings=self,
+        )
+
+    def jwt_config(self) -> JwtConfig:
+        """The JWT verifier's configuration (WSCHAT_AUTH=jwt), checked: raises AuthConfigError
+        with the setting to change."""
+        config = JwtConfig(
+            algorithms=tuple(split_list(self.jwt_algorithms)),
+            secret=self.jwt_secret.get_secret_value() if self.jwt_secret else None,
+            public_key=self.jwt_public_key.get_secret_value() if self.jwt_public_key else None,
+            jwks_url=self.jwt_jwks_url,
+            audience=tuple(split_list(self.jwt_audience)),
+            issuer=self.jwt_issuer,
+            leeway=self.jwt_leeway,
+            required_claims=tuple(split_list(self.jwt_required_claims)),
+            name_claim=self.jwt_name_claim,
+            rooms_claim=self.jwt_rooms_claim,
+            token_use=self.jwt_token_use,
+            client_ids=tuple(split_list(self.jwt_client_ids)),
+            max_token_bytes=self.jwt_max_token_bytes,
+            jwks_cache_seconds=self.jwks_cache_seconds,
+            jwks_refresh_cooldown=self.jwks_refresh_cooldown,
+            jwks_timeout=self.jwks_timeout,
+        )
+        config.validate()
+        return config
 
     def limits(self) -> Limits:
         """The chat core's limits, as configured."""

@@ -236,7 +236,7 @@ class AwsRuntime:
             if self._authenticator is None:
                 from auth.factory import build_authenticator
 
-                self._authenticator = build_authenticator(self.settings)
+                self._authenticator = build_authenticator(self.settings.auth_config())
             return self._authenticator
 
     def policy(self) -> RoomPolicy:

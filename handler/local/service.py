@@ -100,7 +100,7 @@ class RedisEngine:
 def build_local_chat(settings: Settings) -> LocalChat:
     metrics = ChatMetrics()
     delivery = LocalDelivery(metrics.messages_delivered.inc)
-    authenticator = build_authenticator(settings)
+    authenticator = build_authenticator(settings.auth_config())
     policy = build_room_policy(settings.room_policy, settings)
     if settings.redis_url:
         return _on_redis(settings, delivery, authenticator, policy, metrics)

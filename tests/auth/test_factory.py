@@ -16,16 +16,16 @@ from tests.auth.keys import SECRET
 
 
 def test_token_is_the_default() -> None:
-    assert isinstance(build_authenticator(Settings()), TokenAuthenticator)
+    assert isinstance(build_authenticator(Settings().auth_config()), TokenAuthenticator)
 
 
 def test_jwt_backend() -> None:
     settings = Settings(auth="jwt", jwt_algorithms="HS256", jwt_secret=SECRET)  # type: ignore[arg-type]
-    assert isinstance(build_authenticator(settings), JwtAuthenticator)
+    assert isinstance(build_authenticator(settings.auth_config()), JwtAuthenticator)
 
 
 def test_custom_backend_is_loaded_and_used() -> None:
-    auth = build_authenticator(Settings(auth="tests.auth.example_backend:build"))
+    auth = build_authenticator(Settings(auth="tests.auth.example_backend:build").auth_config())
     principal = auth.authenticate(Handshake(headers={"x-api-key": "key-for-robot"}))
     assert (principal.id, principal.name) == ("svc:robot", "robot")
     with pytest.raises(AuthError):
@@ -43,22 +43,22 @@ def test_custom_backend_is_loaded_and_used() -> None:
 )
 def test_bad_backend_names_are_refused(spec: str, message: str) -> None:
     with pytest.raises(AuthConfigError) as refused:
-        build_authenticator(Settings(auth=spec))
+        build_authenticator(Settings(auth=spec).auth_config())
     assert message in str(refused.value)
 
 
 def test_bad_token_list_is_refused() -> None:
     with pytest.raises(AuthConfigError):
-        build_authenticator(Settings(tokens="alice:t1,broken"))
+        build_authenticator(Settings(tokens="alice:t1,broken").auth_config())
 
 
 def test_cookies_without_allowed_origins_warn(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING):
-        build_authenticator(Settings())
+        build_authenticator(Settings().auth_config())
     assert "WSCHAT_ALLOWED_ORIGINS is empty" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.WARNING):
-        build_authenticator(Settings(allowed_origins="https://chat.example"))
+        build_authenticator(Settings(allowed_origins="https://chat.example").auth_config())
     assert caplog.text == ""
 
 
@@ -82,7 +82,7 @@ ALLOWED = "https://chat.example,http://localhost:8000"
     ],
 )
 def test_origin_must_match_exactly(origin: str | None, allowed: bool) -> None:
-    auth = build_authenticator(Settings(allowed_origins=ALLOWED))
+    auth = build_authenticator(Settings(allowed_origins=ALLOWED).auth_config())
     headers = {"origin": origin} if origin is not None else {}
     view = Handshake(headers=headers, cookies={"session": "s"})
     if allowed:

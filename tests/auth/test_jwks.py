@@ -12,7 +12,8 @@ import pytest
 from auth.errors import AuthError
 from auth.handshake import Handshake
 from auth.jwks import JwksCache, JwksUnavailable
-from auth.jwt import JwtAuthenticator, JwtConfig
+from auth.jwt import JwtAuthenticator
+from auth.jwt_config import JwtConfig
 from tests.auth.jwks_server import JwksServer, jwks_server
 from tests.auth.keys import AUDIENCE, ISSUER, claims, rsa_pair, unsigned
 

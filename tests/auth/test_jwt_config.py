@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 from auth.errors import AuthConfigError
-from auth.jwt import JwtConfig
 from infra.settings import Settings
 from tests.auth.keys import SECRET, rsa_pair
 
@@ -29,21 +28,19 @@ from tests.auth.keys import SECRET, rsa_pair
 )
 def test_refused(env: dict[str, str], message: str) -> None:
     with pytest.raises(AuthConfigError) as refused:
-        JwtConfig.from_settings(Settings(auth="jwt", **env))  # type: ignore[arg-type]
+        Settings(auth="jwt", **env).jwt_config()  # type: ignore[arg-type]
     assert message in str(refused.value)
     assert SECRET not in str(refused.value)
 
 
 def test_lists_are_parsed() -> None:
-    config = JwtConfig.from_settings(
-        Settings(
-            auth="jwt",
-            jwt_algorithms="RS256, ES256",
-            jwt_public_key=rsa_pair().public_pem,  # type: ignore[arg-type]
-            jwt_audience="a, b",
-            jwt_required_claims="exp,sub",
-        )
-    )
+    config = Settings(
+        auth="jwt",
+        jwt_algorithms="RS256, ES256",
+        jwt_public_key=rsa_pair().public_pem,  # type: ignore[arg-type]
+        jwt_audience="a, b",
+        jwt_required_claims="exp,sub",
+    ).jwt_config()
     assert config.algorithms == ("RS256", "ES256")
     assert config.audience == ("a", "b")
     assert config.required_claims == ("exp", "sub")

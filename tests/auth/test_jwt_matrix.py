@@ -15,7 +15,8 @@ import pytest
 
 from auth.errors import AuthError
 from auth.handshake import Handshake
-from auth.jwt import JwtAuthenticator, JwtConfig
+from auth.jwt import JwtAuthenticator
+from auth.jwt_config import JwtConfig
 from auth.rooms import Right
 from tests.auth.keys import (
     AUDIENCE,
