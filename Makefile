@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # (WSCHAT_HOST and WSCHAT_PORT, then 127.0.0.1:8000; 3001 for `make emulate`).
 ADDRESS = $(if $(HOST),--host $(HOST)) $(if $(PORT),--port $(PORT))
 
-.PHONY: run run-redis emulate smoke test lint typecheck unit clean lambda-zip package node_modules bench
+.PHONY: run run-redis emulate smoke test test-fast lint typecheck unit clean lambda-zip package node_modules bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -65,6 +65,14 @@ unit: $(VENV)/.installed-dev
 	$(BIN)/pytest -q -n $(PYTEST_WORKERS) --dist loadfile
 
 test: lint typecheck unit
+
+# The unit layer alone, about 20 s: the core, auth, the web surface, the Lambda handlers and
+# the adapters that need no server process (moto in process; no redis-server, no uvicorn).
+FAST_TESTS := tests/handler/chat tests/handler/web tests/auth tests/handler/aws tests/infra \
+	--ignore=tests/infra/test_redis_rooms.py --ignore=tests/infra/test_emulator.py \
+	--ignore=tests/infra/test_fanout.py
+test-fast: $(VENV)/.installed-dev
+	$(BIN)/pytest -q -n $(PYTEST_WORKERS) --dist loadfile $(FAST_TESTS)
 
 $(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
