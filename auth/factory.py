@@ -3,7 +3,6 @@ the wiring hands in (auth reads no settings of its own)."""
 
 from __future__ import annotations
 
-import importlib
 import logging
 from dataclasses import dataclass
 
@@ -11,6 +10,7 @@ from auth.base import Authenticator
 from auth.errors import AuthConfigError
 from auth.jwt_config import JwtConfig
 from auth.origin import OriginCheck
+from auth.plugins import load_factory
 from auth.token import TokenAuthenticator, parse_token_list
 
 log = logging.getLogger(__name__)
@@ -57,15 +57,7 @@ def _backend(config: AuthConfig) -> Authenticator:
         from auth.jwt import JwtAuthenticator
 
         return JwtAuthenticator(config.jwt)
-    module_name, sep, factory_name = config.kind.partition(":")
-    if not sep or not module_name or not factory_name:
-        raise AuthConfigError(
-            f"WSCHAT_AUTH={config.kind!r}: use `token`, `jwt` or `package.module:factory`"
-        )
-    try:
-        factory = getattr(importlib.import_module(module_name), factory_name)
-    except (ImportError, AttributeError) as error:
-        raise AuthConfigError(f"WSCHAT_AUTH={config.kind!r} cannot be loaded: {error}") from None
+    factory = load_factory("WSCHAT_AUTH", config.kind, "`token`, `jwt`")
     backend = factory(config.settings)
     if not callable(getattr(backend, "authenticate", None)):
         raise AuthConfigError(f"WSCHAT_AUTH={config.kind!r} did not return an Authenticator")

@@ -16,7 +16,7 @@ from auth.credentials import find_credential
 from auth.errors import AuthError
 from auth.handshake import Handshake
 from auth.principal import Principal
-from auth.rooms import Right, Rights, RoomPolicy, rights_from_text, rights_text
+from auth.rooms import Rights, RoomPolicy, readable, rights_from_text, rights_text
 
 log = logging.getLogger(__name__)
 
@@ -32,21 +32,23 @@ class Unauthorized(Exception):
 
 
 def authorize(
-    authenticator: Callable[[], Authenticator], policy: Callable[[], RoomPolicy], event: Any
+    authenticator: Callable[[], Authenticator],
+    policy: Callable[[], RoomPolicy],
+    room_of: Callable[[Handshake], str],
+    event: Any,
 ) -> dict[str, Any]:
     """The authorizer's answer to a REQUEST event: Allow with the principal's context and its
-    rights in the room, Deny (403: no credential, a foreign Origin, or a room the principal
-    may not read), or Unauthorized raised (401)."""
+    rights in the room, Deny (403: no credential, a foreign Origin, a handshake the chat
+    refuses, or a room the principal may not read), or Unauthorized raised (401). `room_of`
+    applies the chat's handshake rules: the room, or AuthError (403)."""
     if not isinstance(event, Mapping) or not isinstance(event.get("methodArn"), str):
         log.warning("authorizer event without methodArn; denying")
         raise Unauthorized()
     try:
         handshake = Handshake.from_apigw(event)
+        room = room_of(handshake)
         principal = authenticator().authenticate(handshake)
-        room = handshake.query.get("room") or handshake.query.get("item_id") or ""
-        rights = policy().rights(principal, room)
-        if Right.READ not in rights:
-            raise AuthError("this credential does not open the room", status=403)
+        rights = readable(policy().rights(principal, room))
     except AuthError as error:
         log.info("authorizer refused (%d): %s", error.status, error.reason)
         if error.status == 403:

@@ -9,13 +9,13 @@ authenticator.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Protocol
 
-from auth.errors import AuthConfigError
+from auth.errors import AuthConfigError, AuthError
+from auth.plugins import load_factory
 
 if TYPE_CHECKING:
     from auth.principal import Principal
@@ -132,6 +132,17 @@ class GrantsPolicy:
         return principal.grants.rights(room) if principal.grants is not None else NONE
 
 
+NOT_OPEN = "this credential does not open the room"
+
+
+def readable(rights: Rights) -> Rights:
+    """`rights`, if they let their principal into the room (`read`); else the AuthError (403)
+    every way in answers with: the handshake on both transports, and the Lambda authorizer."""
+    if Right.READ not in rights:
+        raise AuthError(NOT_OPEN, status=403)
+    return rights
+
+
 def build_room_policy(spec: str, settings: object) -> RoomPolicy:
     """`open`, `claims`, or `package.module:factory` (called with the settings). Raises
     AuthConfigError with a message a user can act on."""
@@ -139,16 +150,7 @@ def build_room_policy(spec: str, settings: object) -> RoomPolicy:
         return OpenPolicy()
     if spec == "claims":
         return GrantsPolicy()
-    module_name, sep, factory_name = spec.partition(":")
-    if not sep or not module_name or not factory_name:
-        raise AuthConfigError(
-            f"WSCHAT_ROOM_POLICY={spec!r}: use `open`, `claims` or `package.module:factory`"
-        )
-    try:
-        factory = getattr(importlib.import_module(module_name), factory_name)
-    except (ImportError, AttributeError) as error:
-        raise AuthConfigError(f"WSCHAT_ROOM_POLICY={spec!r} cannot be loaded: {error}") from None
-    policy = factory(settings)
+    policy = load_factory("WSCHAT_ROOM_POLICY", spec, "`open`, `claims`")(settings)
     if not callable(getattr(policy, "rights", None)):
         raise AuthConfigError(f"WSCHAT_ROOM_POLICY={spec!r} did not return a room policy")
     return policy  # type: ignore[no-any-return]

@@ -17,7 +17,7 @@ from auth.errors import AuthError
 from auth.handshake import Handshake
 from auth.lambda_authorizer import principal_from_context
 from auth.principal import Principal
-from auth.rooms import Right, Rights
+from auth.rooms import Rights, readable
 from handler.aws.event import MalformedEvent, WebSocketEvent
 from handler.aws.runtime import AwsRuntime, entry_point, runtime
 from handler.chat.core import ChatCore, ConnectParams
@@ -135,9 +135,7 @@ class WebSocketHandlers:
         else:
             principal = self._runtime().authenticator().authenticate(handshake)
             rights = core.rights(principal, room)
-        if Right.READ not in rights:
-            raise AuthError("this credential does not open the room", status=403)
-        return principal, rights
+        return principal, readable(rights)
 
     def _schedule_welcome(self, ws: WebSocketEvent, since: int | None, epoch: str | None) -> None:
         rt = self._runtime()

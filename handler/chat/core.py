@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from auth.errors import AuthError
 from auth.principal import Principal, is_text
-from auth.rooms import ALL, OpenPolicy, Right, Rights, RoomPolicy
+from auth.rooms import ALL, NOT_OPEN, OpenPolicy, Right, Rights, RoomPolicy
 from handler.chat import wire
 from handler.chat.ports import (
     Broadcast,
@@ -479,7 +479,7 @@ class ChatCore:
         rights = self.policy.rights(outcome, connection.room)
         if Right.READ not in rights:
             log.info("closing %s: its refreshed credential does not open its room", connection_id)
-            self._refuse(connection, ErrorCode.FORBIDDEN, "this credential does not open the room")
+            self._refuse(connection, ErrorCode.FORBIDDEN, NOT_OPEN)
             self.delivery.close(connection_id, CloseCode.FORBIDDEN, "forbidden")
             return
         try:

@@ -15,7 +15,7 @@ from starlette.responses import PlainTextResponse
 from auth.errors import AuthError
 from auth.handshake import Handshake
 from auth.principal import Principal
-from auth.rooms import Right, Rights
+from auth.rooms import Rights, readable
 from handler.chat.core import ConnectParams
 from handler.chat.handshake import Accepted, Refused, negotiate
 from handler.chat.wire import CloseCode
@@ -46,9 +46,7 @@ async def chat_socket(websocket: WebSocket, item_id: str) -> None:
         raise WebSocketException(CloseCode.POLICY_VIOLATION, asked.reason)
     try:
         principal = await run_in_threadpool(chat.authenticator.authenticate, handshake)
-        rights = chat.core.rights(principal, asked.room)
-        if Right.READ not in rights:
-            raise AuthError("this credential does not open the room", status=403)
+        rights = readable(chat.core.rights(principal, asked.room))
     except AuthError as error:
         log.info("handshake refused (%d): %s", error.status, error.reason)
         chat.metrics.refused(error.status)

@@ -133,3 +133,22 @@ def test_a_room_the_principal_may_not_read_is_denied(monkeypatch: pytest.MonkeyP
     assert verdict("support-1") == ("Allow", "read,write")
     assert verdict("news") == ("Allow", "read")
     assert verdict("random") == ("Deny", None)
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        {"room": "a/b"},
+        {"room": "r" * 200},
+        {"room": "lobby\x00"},
+        {"room": "lobby", "format": "xml"},
+        {"room": "lobby", "q": "nope"},
+        {"item_id": ""},
+    ],
+    ids=["slash", "long", "control", "format", "q", "no room"],
+)
+def test_a_handshake_the_chat_refuses_is_denied(query: dict[str, str]) -> None:
+    # The same rules as `$connect` (handler/chat/handshake.py): the authorizer used to ask the
+    # room policy about any room name, and allow what `$connect` would then refuse.
+    result = handler(event("authorizer", queryStringParameters={**query, "token": "t"}))
+    assert result["policyDocument"]["Statement"][0]["Effect"] == "Deny"
