@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from auth.handshake import Handshake
+
 
 class MalformedEvent(Exception):
     """The event is not a WebSocket event API Gateway would send; the reason says why."""
@@ -20,12 +22,6 @@ def _text(context: Mapping[str, Any], name: str) -> str:
     return value
 
 
-def _strings(value: Any) -> dict[str, str]:
-    if not isinstance(value, Mapping):
-        return {}
-    return {str(k): str(v) for k, v in value.items() if v is not None}
-
-
 @dataclass(frozen=True, slots=True)
 class WebSocketEvent:
     route_key: str
@@ -34,8 +30,7 @@ class WebSocketEvent:
     stage: str
     api_id: str
     authorizer: Mapping[str, Any] = field(default_factory=dict)
-    query: Mapping[str, str] = field(default_factory=dict)  # $connect only
-    headers: Mapping[str, str] = field(default_factory=dict)  # $connect only
+    handshake: Handshake = field(default_factory=Handshake)  # $connect only
     body: str | bytes | None = None  # messages only; bytes when the frame was binary
     disconnect_status: int | None = None  # $disconnect only
 
@@ -56,15 +51,16 @@ class WebSocketEvent:
                 raise MalformedEvent("body is not valid base64") from None
         status = context.get("disconnectStatusCode")
         authorizer = context.get("authorizer")
+        route_key = _text(context, "routeKey")
         return cls(
-            route_key=_text(context, "routeKey"),
+            route_key=route_key,
             connection_id=_text(context, "connectionId"),
             domain_name=str(context.get("domainName") or ""),
             stage=str(context.get("stage") or ""),
             api_id=str(context.get("apiId") or ""),
             authorizer=authorizer if isinstance(authorizer, Mapping) else {},
-            query=_strings(event.get("queryStringParameters")),
-            headers={k.lower(): v for k, v in _strings(event.get("headers")).items()},
+            # Only `$connect` carries the request's headers and query.
+            handshake=Handshake.from_apigw(event) if route_key == "$connect" else Handshake(),
             body=body,
             disconnect_status=status if isinstance(status, int) else None,
         )

@@ -45,9 +45,11 @@ class WebSocketHandlers:
         ws = self._parse("$connect", event)
         if not isinstance(ws, WebSocketEvent):
             return ws
-        handshake = Handshake.from_apigw(event)
+        handshake = ws.handshake
         rt = self._runtime()
-        asked = negotiate(None, ws.query, handshake.subprotocols, rt.settings.max_room_length)
+        asked = negotiate(
+            None, handshake.query, handshake.subprotocols, rt.settings.max_room_length
+        )
         if isinstance(asked, Refused):
             rt.metrics.count("handshakes_refused", status=str(asked.status))
             return _respond(asked.status, asked.reason)
