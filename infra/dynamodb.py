@@ -465,21 +465,13 @@ class DynamoMessageLog:
         self._attempts = attempts
         self._sleep = sleep
 
-    def append(
-        self,
-        *,
-        room: str,
-        user_id: str,
-        user_name: str,
-        text: str,
-        client_msg_id: str | None,
-        sender_id: str | None = None,
-    ) -> tuple[ChatMessage, bool]:
+    def append(self, draft: Draft) -> tuple[ChatMessage, bool]:
         """Store a message under the room's next id: the counter moves and the message (with
         its de-duplication marker) lands in one transaction, conditioned on the counter still
         reading what we read. So every id up to the counter is written: no id is drawn and
         then lost, and none is visible before its message (the welcome seam and resume rely
         on it). A concurrent publisher makes the condition fail: read again and retry."""
+        room, user_id, client_msg_id = draft.room, draft.user_id, draft.client_msg_id
         if client_msg_id is not None:
             stored = self._deduplicated(room, user_id, client_msg_id)
             if stored is not None:
@@ -490,8 +482,8 @@ class DynamoMessageLog:
                 id=last + 1,
                 room=room,
                 user_id=user_id,
-                user_name=user_name,
-                text=text,
+                user_name=draft.user_name,
+                text=draft.text,
                 ts=self._clock(),
                 client_msg_id=client_msg_id,
             )

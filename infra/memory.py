@@ -152,24 +152,22 @@ class MemoryMessageLog:
         """What the rooms' histories cost, as this log counts it (at most `max_bytes`)."""
         return self._bytes
 
-    def append(
-        self,
-        *,
-        room: str,
-        user_id: str,
-        user_name: str,
-        text: str,
-        client_msg_id: str | None,
-        sender_id: str | None = None,
-    ) -> tuple[ChatMessage, bool]:
-        state = self._use(room, create=True)
+    def append(self, draft: Draft) -> tuple[ChatMessage, bool]:
+        state = self._use(draft.room, create=True)
         assert state is not None
-        key = (user_id, client_msg_id) if client_msg_id is not None else None
+        client_msg_id = draft.client_msg_id
+        key = (draft.user_id, client_msg_id) if client_msg_id is not None else None
         if key is not None and key in state.seen:
             return state.seen[key], False
         state.last_id += 1
         message = ChatMessage(
-            state.last_id, room, user_id, user_name, text, self._clock(), client_msg_id
+            state.last_id,
+            draft.room,
+            draft.user_id,
+            draft.user_name,
+            draft.text,
+            self._clock(),
+            client_msg_id,
         )
         if len(state.ring) == self._size:
             self._drop_oldest(state)

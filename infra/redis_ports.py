@@ -95,17 +95,7 @@ class RedisMessageLog:
         self._history = history
         self._bridge = bridge
 
-    def append(
-        self,
-        *,
-        room: str,
-        user_id: str,
-        user_name: str,
-        text: str,
-        client_msg_id: str | None,
-        sender_id: str | None = None,
-    ) -> tuple[ChatMessage, bool]:
-        draft = Draft(room, user_id, user_name, text, client_msg_id, sender_id)
+    def append(self, draft: Draft) -> tuple[ChatMessage, bool]:
         return self._bridge.run(self._history.append(draft, time.time()))
 
     def append_many(self, drafts: Sequence[Draft]) -> Sequence[Stored]:

@@ -331,14 +331,9 @@ class ChatCore:
         for text that is empty or too large, by itself or as a frame; nothing is stored."""
         self._check(room, user_id, user_name, text, client_msg_id)
         started = self._clock()
-        message, created = self.messages.append(
-            room=room,
-            user_id=user_id,
-            user_name=user_name,
-            text=text,
-            client_msg_id=client_msg_id,
-            sender_id=sender.id if sender is not None else None,
-        )
+        sender_id = sender.id if sender is not None else None
+        draft = Draft(room, user_id, user_name, text, client_msg_id, sender_id)
+        message, created = self.messages.append(draft)
         self._stored(message, created, sender, started)
         return message, created
 

@@ -123,23 +123,15 @@ class ConnectionStore(Protocol):
 
 
 class MessageLog(Protocol):
-    def append(
-        self,
-        *,
-        room: str,
-        user_id: str,
-        user_name: str,
-        text: str,
-        client_msg_id: str | None,
-        sender_id: str | None = None,
-    ) -> tuple[ChatMessage, bool]:
+    def append(self, draft: Draft) -> tuple[ChatMessage, bool]:
         """Store a message under the room's next id. Returns (message, created): a repeated
         `client_msg_id` from the same user returns the stored message with created=False.
 
         Ids are consecutive, and an id becomes the room's `latest_id` only together with its
         message: every id up to `latest_id` is stored (or has expired). Raises StoreBusy
-        when the message could not be stored now. `sender_id` is the connection that sent it,
-        if any: a log that also broadcasts (Redis) spares that text socket the copy."""
+        when the message could not be stored now. The draft's `sender_id` is the connection
+        that sent it, if any: a log that also broadcasts (Redis) spares that text socket the
+        copy."""
         ...
 
     def append_many(self, drafts: Sequence[Draft]) -> Sequence[Stored]:
@@ -243,16 +235,7 @@ def append_each(log: MessageLog, drafts: Sequence[Draft]) -> list[Stored]:
     stored: list[Stored] = []
     for draft in drafts:
         try:
-            stored.append(
-                log.append(
-                    room=draft.room,
-                    user_id=draft.user_id,
-                    user_name=draft.user_name,
-                    text=draft.text,
-                    client_msg_id=draft.client_msg_id,
-                    sender_id=draft.sender_id,
-                )
-            )
+            stored.append(log.append(draft))
         except StoreBusy as busy:
             stored.append(busy)
     return stored

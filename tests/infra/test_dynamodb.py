@@ -8,7 +8,7 @@ from typing import Any
 import boto3
 import pytest
 
-from handler.chat.ports import DEFERRED_PRESENCE, Connection, Dialect
+from handler.chat.ports import DEFERRED_PRESENCE, Connection, Dialect, Draft
 from infra.dynamodb import DynamoConnections, DynamoMessageLog
 from infra.sealed_echo import EchoSeal
 
@@ -125,12 +125,16 @@ def test_a_room_is_counted_by_dynamodb_page_by_page_without_its_members() -> Non
 def test_ids_increase_per_room_and_history_reads() -> None:
     log = DynamoMessageLog(boto3.client("dynamodb"), TABLE)
     ids = [
-        log.append(room="r", user_id="u", user_name="U", text=f"m{i}", client_msg_id=None)[0].id
+        log.append(Draft(room="r", user_id="u", user_name="U", text=f"m{i}", client_msg_id=None))[
+            0
+        ].id
         for i in range(5)
     ]
     assert ids == [1, 2, 3, 4, 5]
     assert (
-        log.append(room="other", user_id="u", user_name="U", text="x", client_msg_id=None)[0].id
+        log.append(Draft(room="other", user_id="u", user_name="U", text="x", client_msg_id=None))[
+            0
+        ].id
         == 1
     )
     assert [m.text for m in log.recent("r", 2)] == ["m3", "m4"]
@@ -159,7 +163,7 @@ def test_a_since_past_every_keyed_id_reads_nothing_with_a_key_condition_dynamodb
 
     client.meta.events.register("provide-client-params.dynamodb.Query", keep)
     log = DynamoMessageLog(client, TABLE)
-    log.append(room="r", user_id="u", user_name="U", text="m", client_msg_id=None)
+    log.append(Draft(room="r", user_id="u", user_name="U", text="m", client_msg_id=None))
     assert log.after("r", since, 10) == []
     assert [m.text for m in log.after("r", 0, 10)] == ["m"]
     assert bounds, "no Query"
@@ -170,9 +174,9 @@ def test_a_since_past_every_keyed_id_reads_nothing_with_a_key_condition_dynamodb
 def test_history_expires() -> None:
     clock = Clock()
     log = DynamoMessageLog(boto3.client("dynamodb"), TABLE, retention_seconds=100, clock=clock)
-    log.append(room="r", user_id="u", user_name="U", text="old", client_msg_id=None)
+    log.append(Draft(room="r", user_id="u", user_name="U", text="old", client_msg_id=None))
     clock.now += 50
-    log.append(room="r", user_id="u", user_name="U", text="new", client_msg_id=None)
+    log.append(Draft(room="r", user_id="u", user_name="U", text="new", client_msg_id=None))
     clock.now += 60
     assert [m.text for m in log.after("r", 0, 10)] == ["new"]
     assert [m.text for m in log.recent("r", 10)] == ["new"]
@@ -181,13 +185,13 @@ def test_history_expires() -> None:
 def test_client_msg_id_is_stored_once() -> None:
     log = DynamoMessageLog(boto3.client("dynamodb"), TABLE)
     first, created = log.append(
-        room="r", user_id="alice", user_name="Alice", text="hi", client_msg_id="k1"
+        Draft(room="r", user_id="alice", user_name="Alice", text="hi", client_msg_id="k1")
     )
     again, created_again = log.append(
-        room="r", user_id="alice", user_name="Alice", text="hi", client_msg_id="k1"
+        Draft(room="r", user_id="alice", user_name="Alice", text="hi", client_msg_id="k1")
     )
     _, created_bob = log.append(
-        room="r", user_id="bob", user_name="Bob", text="hi", client_msg_id="k1"
+        Draft(room="r", user_id="bob", user_name="Bob", text="hi", client_msg_id="k1")
     )
     assert created and not created_again and created_bob
     assert again == first
@@ -200,7 +204,7 @@ def test_mark_welcomed_only_while_the_room_is_unchanged() -> None:
     store.add(conn("early"))
     assert store.mark_welcomed("early", "r", 0)  # an empty room: nothing to miss
     store.add(conn("late"))
-    log.append(room="r", user_id="u", user_name="U", text="hi", client_msg_id=None)
+    log.append(Draft(room="r", user_id="u", user_name="U", text="hi", client_msg_id=None))
     assert not store.mark_welcomed("late", "r", 0)  # a message arrived since its history
     assert store.mark_welcomed("late", "r", 1)
     assert {c.id: c.welcomed_through for c in store.in_room("r")} == {"early": 0, "late": 1}
@@ -281,14 +285,19 @@ def test_a_publisher_that_lost_the_race_takes_the_next_id() -> None:
     results: list[int] = []
     a = threading.Thread(
         target=lambda: results.append(
-            log.append(room="race", user_id="a", user_name="a", text="A", client_msg_id=None)[0].id
+            log.append(
+                Draft(room="race", user_id="a", user_name="a", text="A", client_msg_id=None)
+            )[0].id
         )
     )
     publisher_a.append(a)
     a.start()
     assert reached.wait(10)
     assert (
-        log.append(room="race", user_id="b", user_name="b", text="B", client_msg_id=None)[0].id == 1
+        log.append(Draft(room="race", user_id="b", user_name="b", text="B", client_msg_id=None))[
+            0
+        ].id
+        == 1
     )
     release.set()
     a.join(10)

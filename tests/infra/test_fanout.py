@@ -17,7 +17,7 @@ import pytest
 from handler.aws import websocket
 from handler.aws.fanout import make_handler
 from handler.aws.runtime import AwsRuntime, runtime
-from handler.chat.ports import Connection, Dialect
+from handler.chat.ports import Connection, Dialect, Draft
 from infra.apigw import ManagementApiDelivery
 from infra.fanout import (
     MAX_TRIES,
@@ -195,7 +195,7 @@ def test_the_sender_is_never_removed_by_a_job(stack: Stack) -> None:
 def _store(stack: Stack, text: str) -> None:
     stack.runtime.chat_core(
         ManagementApiDelivery(stack.runtime.management_api(stack.api.endpoint))
-    ).messages.append(room=ROOM, user_id="u", user_name="u", text=text, client_msg_id=None)
+    ).messages.append(Draft(room=ROOM, user_id="u", user_name="u", text=text, client_msg_id=None))
 
 
 def test_a_429_storm_is_retried_within_the_budget_and_nothing_is_lost(stack: Stack) -> None:

@@ -5,7 +5,7 @@ from collections.abc import Callable
 
 import pytest
 
-from handler.chat.ports import Connection, Dialect
+from handler.chat.ports import Connection, Dialect, Draft
 from infra.memory import MemoryConnections, MemoryMessageLog
 
 
@@ -30,12 +30,16 @@ def test_connections_by_room_and_removal() -> None:
 def test_ids_increase_per_room_and_the_ring_is_bounded() -> None:
     log = MemoryMessageLog(size=3)
     ids = [
-        log.append(room="r", user_id="u", user_name="u", text=f"m{i}", client_msg_id=None)[0].id
+        log.append(Draft(room="r", user_id="u", user_name="u", text=f"m{i}", client_msg_id=None))[
+            0
+        ].id
         for i in range(5)
     ]
     assert ids == [1, 2, 3, 4, 5]
     assert (
-        log.append(room="other", user_id="u", user_name="u", text="x", client_msg_id=None)[0].id
+        log.append(Draft(room="other", user_id="u", user_name="u", text="x", client_msg_id=None))[
+            0
+        ].id
         == 1
     )
     assert [m.text for m in log.recent("r", 10)] == ["m2", "m3", "m4"]
@@ -50,13 +54,13 @@ def test_ids_increase_per_room_and_the_ring_is_bounded() -> None:
 def test_client_msg_id_dedup_is_per_user() -> None:
     log = MemoryMessageLog()
     first, created = log.append(
-        room="r", user_id="alice", user_name="Alice", text="hi", client_msg_id="c1"
+        Draft(room="r", user_id="alice", user_name="Alice", text="hi", client_msg_id="c1")
     )
     again, created_again = log.append(
-        room="r", user_id="alice", user_name="Alice", text="hi", client_msg_id="c1"
+        Draft(room="r", user_id="alice", user_name="Alice", text="hi", client_msg_id="c1")
     )
     other, created_other = log.append(
-        room="r", user_id="bob", user_name="Bob", text="hi", client_msg_id="c1"
+        Draft(room="r", user_id="bob", user_name="Bob", text="hi", client_msg_id="c1")
     )
     assert created and not created_again and created_other
     assert again == first and other.id == 2
@@ -74,11 +78,13 @@ def test_all_rooms_stay_within_the_byte_budget_least_recently_used_first() -> No
     log = MemoryMessageLog(max_bytes=1024 * 1024)
     for room in range(200):  # names of one length: rooms that hold the same, to the byte
         log.append(
-            room=f"room-{room:03d}",
-            user_id="u",
-            user_name="u",
-            text="x" * 20_000,
-            client_msg_id=None,
+            Draft(
+                room=f"room-{room:03d}",
+                user_id="u",
+                user_name="u",
+                text="x" * 20_000,
+                client_msg_id=None,
+            ),
         )
         assert log.retained_bytes <= 1024 * 1024
     assert log.after("room-199", 0, 10) and log.after("room-190", 0, 10)
@@ -86,7 +92,7 @@ def test_all_rooms_stay_within_the_byte_budget_least_recently_used_first() -> No
     # A forgotten room's ids do not go back: it continues above every id it had.
     assert log.latest_id("room-000") >= 1
     message, _ = log.append(
-        room="room-000", user_id="u", user_name="u", text="back", client_msg_id=None
+        Draft(room="room-000", user_id="u", user_name="u", text="back", client_msg_id=None)
     )
     assert message.id > 1
 
@@ -98,18 +104,28 @@ def test_the_budget_counts_what_each_message_holds_of_its_sender() -> None:
     log = MemoryMessageLog(max_bytes=budget)
     for i in range(2000):
         name = f"{i:04d}" + "n" * 2800  # a new string each time, as each request makes
-        log.append(room=f"r{i % 10}", user_id=name, user_name=name, text="a", client_msg_id=None)
+        log.append(
+            Draft(room=f"r{i % 10}", user_id=name, user_name=name, text="a", client_msg_id=None)
+        )
     kept = [m for room in range(10) for m in log.after(f"r{room}", 0, 10_000)]
     assert sum(sys.getsizeof(m.user_name) for m in kept) <= log.retained_bytes <= budget
 
 
 def test_reading_a_room_keeps_it() -> None:
     log = MemoryMessageLog(max_bytes=1024 * 1024)
-    log.append(room="kept", user_id="u", user_name="u", text="x" * 20_000, client_msg_id=None)
+    log.append(
+        Draft(room="kept", user_id="u", user_name="u", text="x" * 20_000, client_msg_id=None)
+    )
     for room in range(200):
         log.after("kept", 0, 1)
         log.append(
-            room=f"room-{room}", user_id="u", user_name="u", text="x" * 20_000, client_msg_id=None
+            Draft(
+                room=f"room-{room}",
+                user_id="u",
+                user_name="u",
+                text="x" * 20_000,
+                client_msg_id=None,
+            )
         )
     assert [m.text[:1] for m in log.after("kept", 0, 10)] == ["x"]
 
@@ -118,11 +134,13 @@ def test_one_room_over_the_budget_loses_its_oldest_messages() -> None:
     log = MemoryMessageLog(max_bytes=1024 * 1024)
     for i in range(200):
         log.append(
-            room="big",
-            user_id="u",
-            user_name="u",
-            text=f"{i}:" + "x" * 20_000,
-            client_msg_id=None,
+            Draft(
+                room="big",
+                user_id="u",
+                user_name="u",
+                text=f"{i}:" + "x" * 20_000,
+                client_msg_id=None,
+            ),
         )
     kept = log.after("big", 0, 1000)
     assert log.retained_bytes <= 1024 * 1024
@@ -132,34 +150,38 @@ def test_one_room_over_the_budget_loses_its_oldest_messages() -> None:
 def test_messages_and_idle_rooms_expire_after_the_ttl() -> None:
     clock = Clock()
     log = MemoryMessageLog(clock=clock, ttl_seconds=60)
-    log.append(room="old", user_id="u", user_name="u", text="stale", client_msg_id=None)
-    log.append(room="live", user_id="u", user_name="u", text="first", client_msg_id=None)
+    log.append(Draft(room="old", user_id="u", user_name="u", text="stale", client_msg_id=None))
+    log.append(Draft(room="live", user_id="u", user_name="u", text="first", client_msg_id=None))
     clock.now += 30
-    log.append(room="live", user_id="u", user_name="u", text="second", client_msg_id=None)
+    log.append(Draft(room="live", user_id="u", user_name="u", text="second", client_msg_id=None))
     clock.now += 40
     assert [m.text for m in log.after("live", 0, 10)] == ["second"]
-    log.append(room="other", user_id="u", user_name="u", text="sweeps", client_msg_id=None)
+    log.append(Draft(room="other", user_id="u", user_name="u", text="sweeps", client_msg_id=None))
     assert log.after("old", 0, 10) == [] and log.latest_id("old") == 1  # forgotten, ids kept
     assert log.retained_bytes < 10_000
 
 
 def test_a_retry_after_its_message_left_the_ring_is_stored_again() -> None:
     log = MemoryMessageLog(size=2)
-    first, _ = log.append(room="r", user_id="u", user_name="u", text="a", client_msg_id="k1")
-    log.append(room="r", user_id="u", user_name="u", text="b", client_msg_id=None)
-    assert log.append(room="r", user_id="u", user_name="u", text="a", client_msg_id="k1") == (
+    first, _ = log.append(Draft(room="r", user_id="u", user_name="u", text="a", client_msg_id="k1"))
+    log.append(Draft(room="r", user_id="u", user_name="u", text="b", client_msg_id=None))
+    assert log.append(
+        Draft(room="r", user_id="u", user_name="u", text="a", client_msg_id="k1")
+    ) == (
         first,
         False,
     )
     log.append(
-        room="r", user_id="u", user_name="u", text="c", client_msg_id=None
+        Draft(room="r", user_id="u", user_name="u", text="c", client_msg_id=None)
     )  # "a" leaves the ring, and its retry key with it
-    again, created = log.append(room="r", user_id="u", user_name="u", text="a", client_msg_id="k1")
+    again, created = log.append(
+        Draft(room="r", user_id="u", user_name="u", text="a", client_msg_id="k1")
+    )
     assert created and again.id == 4
 
 
 def _post(log: MemoryMessageLog, room: str, user: str, text: str) -> None:
-    log.append(room=room, user_id=user, user_name=user, text=text, client_msg_id=None)
+    log.append(Draft(room=room, user_id=user, user_name=user, text=text, client_msg_id=None))
 
 
 def _flood_one_room(log: MemoryMessageLog) -> None:

@@ -13,7 +13,7 @@ from auth.principal import Principal
 from auth.rooms import Grants, GrantsPolicy, Right, Rights
 from handler.chat import wire
 from handler.chat.core import TEXT_REFRESH, ChatCore, ConnectParams, Limits
-from handler.chat.ports import Dialect, StoreBusy
+from handler.chat.ports import Dialect, Draft, StoreBusy
 from handler.chat.wire import FrameError
 from infra.memory import MemoryConnections, MemoryMessageLog
 from tests.handler.chat.recording import RecordingDelivery, TokenBook
@@ -382,7 +382,7 @@ def test_message_published_between_history_read_and_welcome_arrives_once(
             return super().mark_welcomed(connection_id, room, through_id, force)
 
     racing_core = ChatCore(RacingConnections(), log, delivery, Limits(), clock, clock)
-    log.append(room="foo", user_id="id-p", user_name="p", text="before", client_msg_id=None)
+    log.append(Draft(room="foo", user_id="id-p", user_name="p", text="before", client_msg_id=None))
     racing_core.connect("j", "foo", principal("jo"), JSON)
     racing_core.welcome("j")
     frames = delivery.take_json("j")
@@ -487,7 +487,9 @@ def test_a_stored_lone_surrogate_reaches_everyone_repaired(
 ) -> None:
     # Stored before the edges checked (a DynamoDB history keeps messages for days).
     core.messages.append(
-        room="r", user_id="id-old", user_name="old", text="bad \ud800 text", client_msg_id=None
+        Draft(
+            room="r", user_id="id-old", user_name="old", text="bad \ud800 text", client_msg_id=None
+        )
     )
     join(core, "J", "r", principal("j"), JSON)
     join(core, "K", "r", principal("k"), JSON)

@@ -36,10 +36,10 @@ class Log(MemoryMessageLog):
         super().__init__(size=100, clock=lambda: 1000.0)
         self.batches: list[int] = []
 
-    def append(self, **fields: Any) -> tuple[ChatMessage, bool]:
-        if fields["text"] == "busy":
+    def append(self, draft: Draft) -> tuple[ChatMessage, bool]:
+        if draft.text == "busy":
             raise StoreBusy("contended")
-        return super().append(**fields)
+        return super().append(draft)
 
     def append_many(self, drafts: Sequence[Draft]) -> Sequence[Stored]:
         self.batches.append(len(drafts))
