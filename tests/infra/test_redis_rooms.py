@@ -894,6 +894,66 @@ async def test_a_rooms_retry_keys_are_bounded_by_its_history_cap(redis: RedisSer
     await client.aclose()
 
 
+@pytest.mark.timeout(60)
+async def test_what_a_publish_call_keeps_is_small_whatever_its_messages_hold(
+    redis: RedisServer,
+) -> None:
+    """Each publish call keeps its answer for 120 s, should redis-py send it again, and a
+    retry's answer held the whole message it found: 40 retries of a 32 KB message left 40
+    keys of 32 KB (1.4 MB for 120 s, outside the history cap; four sockets retrying for 8 s,
+    19.8 MB). A call keeps only the ids it stored, and one that stored nothing keeps nothing."""
+    history = RedisHistory(aioredis.Redis.from_url(redis.url()), size=50, ttl=3600)
+    client = history._redis
+    big = "x" * 32000
+    first, _ = await history.append(Draft("kept", "u", "u", big, "same"), ts=0.0)
+    for _ in range(40):
+        again, created = await history.append(Draft("kept", "u", "u", big, "same"), ts=0.0)
+        assert (again.id, again.text, created) == (first.id, big, False)
+    mixed = [Draft("kept", "u", "u", "new", "other"), Draft("kept", "u", "u", big, "same")]
+    stored = await history.append_many(mixed, ts=0.0)
+    assert [(m.id, m.text, created) for m, created in stored] == [(2, "new", True), (1, big, False)]
+    calls = [key async for key in client.scan_iter(match=f"{channel('kept')}:call:*")]
+    assert len(calls) == 2  # the two calls that stored a message (42 before)
+    sizes = [await client.memory_usage(key) for key in calls]
+    assert max(sizes) < 200, sizes  # 32,856 bytes for a retry's before
+    await client.aclose()
+
+
+@pytest.mark.timeout(30)
+async def test_a_call_sent_again_answers_its_retries_from_the_stream(redis: RedisServer) -> None:
+    """A call that redis-py sends again answers what it stored from its own key, and its
+    retries from the stream, as its first run did. A retry whose message left the stream in
+    between is a new message, as any retry is once its message has left history (the first
+    run's answer reached nobody, and stored nothing for it); stored once, however often the
+    call comes again."""
+    history = RedisHistory(aioredis.Redis.from_url(redis.url()), size=3, ttl=3600)
+    client = history._redis
+    sha = await client.script_load(PUBLISH)
+    await history.append(Draft("again", "u", "u", "old", "k0"), ts=0.0)  # id 1
+    drafts = [Draft("again", "u", "u", "new", "k1"), Draft("again", "u", "u", "old", "k0")]
+    keys, args = history._publication([(draft, 0.0) for draft in drafts])
+
+    async def run() -> list[tuple[int, int, str]]:
+        """Each draft's answer: created, id, and for a retry the text it found (the caller
+        has a created message's)."""
+        _, *each = await client.evalsha(sha, len(keys), *keys, *args)
+        return [(int(c), int(i), "" if int(c) else json.loads(body)["text"]) for c, i, body in each]
+
+    first = await run()
+    assert first == [(1, 2, ""), (0, 1, "old")]
+    assert await run() == first  # sent again: the same answer, nothing stored
+    for n in range(3):
+        await history.append(Draft("again", "u2", "u2", f"later {n}"), ts=0.0)  # ids 3 to 5
+    assert await run() == [(1, 2, ""), (1, 6, "")]  # k0's message left the stream
+    assert await run() == [(1, 2, ""), (1, 6, "")]
+    assert [(m.id, m.text) for m in await history.after("again", 0, 10)] == [
+        (4, "later 1"),
+        (5, "later 2"),
+        (6, "old"),
+    ]
+    await client.aclose()
+
+
 @pytest.mark.timeout(30)
 async def test_ids_up_to_the_largest_are_written_exactly(chat: LocalChat) -> None:
     """Lua wrote an id of 10**14 or more as `1e+14`: the stream refused it, and every send to
