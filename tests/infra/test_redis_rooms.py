@@ -783,6 +783,7 @@ async def test_a_room_without_members_keeps_its_counter_only_as_long_as_its_hist
         return int(await client.ttl(seq_key(room)))
 
     await join(chat, "joined")
+    await post(feed._history, "joined", "said")
     assert await expiry("joined") == -1  # kept while it has members
     await chat.call(chat.core.disconnect, "c1")
     assert 0 < await expiry("joined") <= ttl
@@ -791,8 +792,64 @@ async def test_a_room_without_members_keeps_its_counter_only_as_long_as_its_hist
     await post(feed._history, "posted", "through REST")
     assert 0 < await expiry("posted") <= ttl
     await register_dead_worker(feed, {"d1": "reaped"})
+    await post(feed._history, "reaped", "said")
     await feed._reap("dead")
     assert 0 < await expiry("reaped") <= ttl
+
+
+@pytest.mark.timeout(30)
+async def test_a_room_left_empty_without_history_keeps_no_key(chat: LocalChat) -> None:
+    """Each join made its room's counter (for the epoch), and the leave that emptied the room
+    kept it for the history's TTL, 7 days, though the room had no history: 300 handshakes of
+    a read-only principal (no rate limit counts handshakes) left 300 keys. A room left empty
+    without history keeps nothing, whoever empties it: a leave, a reaper, a heartbeat taking
+    out a member whose leave failed."""
+    assert chat.engine is not None
+    feed = chat.engine.feed
+    client = chat.engine.client
+
+    async def kept(room: str) -> list[str]:
+        return [key.decode() async for key in client.scan_iter(match=f"{channel(room)}:*")]
+
+    await join(chat, "passing")  # c1
+    assert await kept("passing") != []
+    await chat.call(chat.core.disconnect, "c1")
+    assert await kept("passing") == [] and not await client.exists(conn_key("c1"))
+    await register_dead_worker(feed, {"d1": "reaped"})
+    await feed._reap("dead")
+    assert await kept("reaped") == []
+    await join(chat, "strayed", "c2")
+    with leave_fails(feed), pytest.raises(RedisConnectionError):
+        await chat.call(chat.core.disconnect, "c2")
+    await feed._heartbeat_once()
+    assert await kept("strayed") == []
+    assert not await client.exists(conns_key(feed.worker))  # no member left on this worker
+
+
+@pytest.mark.timeout(30)
+async def test_json_members_joining_a_room_just_left_empty_stay(chat: LocalChat) -> None:
+    """A room without history starts over once it is empty: its next join gives it a new
+    epoch. This worker still held the room under the old one (a room's subscription stays a
+    while after its last member here): members joining it together must not take the new
+    epoch for the room's history lost and close one another (1012)."""
+    assert chat.engine is not None
+    members = [Member(chat, f"j{n}") for n in range(3)]
+
+    async def enter(connection_id: str) -> None:
+        principal = Principal(id=f"u-{connection_id}", name="u", echo="u")
+        params = ConnectParams(Dialect.JSON)
+        await chat.call(chat.core.connect, connection_id, "emptied", principal, params)
+        await chat.call(chat.core.welcome, connection_id)
+
+    await enter("j0")
+    await chat.call(chat.core.disconnect, "j0")
+    await asyncio.gather(enter("j1"), enter("j2"))
+    await post(chat.engine.feed._history, "emptied", "hello")
+    for member in members[1:]:
+        await member.wait_for("hello", 5)
+        assert member.closes == []
+    for member in members:
+        member.writer.cancel()
 
 
 @pytest.mark.timeout(30)
