@@ -129,13 +129,13 @@ return replies
 CALL_KEPT = 120  # seconds: longer than redis-py's retries of one pipeline can take
 
 
-# KEYS: seq hash, stream. Returns {latest id, epoch}, or {0, nil} for a room without a
-# counter: a read stores nothing (each name read would be a key kept for days), and the
-# room's first publication or join makes its epoch.
+# KEYS: seq hash, stream, retry keys. Returns {latest id, epoch}, or {0, nil} for a room
+# without a counter: a read stores nothing (each name read would be a key kept for days), and
+# the room's first publication or join makes its epoch.
 LATEST = """
 local seq = redis.call('HMGET', KEYS[1], 'id', 'epoch')
 if not seq[2] then
-  redis.call('DEL', KEYS[2])  -- a stream without its counter is an old history's
+  redis.call('DEL', KEYS[2], KEYS[3])  -- a stream without its counter is an old history's
   return {0, false}
 end
 return {tonumber(seq[1]) or 0, seq[2]}
@@ -402,5 +402,6 @@ class RedisHistory:
     async def latest(self, room: str) -> tuple[int, str]:
         """The room's latest id and its epoch; NO_HISTORY for a room that has no counter
         (none yet, or it expired or was lost), for which nothing is stored."""
-        latest, epoch = await self._latest(keys=[seq_key(room), log_key(room)])
+        keys = [seq_key(room), log_key(room), retries_key(room)]
+        latest, epoch = await self._latest(keys=keys)
         return (int(latest), text(epoch)) if epoch is not None else NO_HISTORY

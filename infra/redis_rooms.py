@@ -68,16 +68,18 @@ REAP_PAGE = 500  # a dead worker's members removed per few round trips
 # is the event's JSON without its count and closing brace (`_presence_head`).
 
 # KEYS: connection hash, room members, worker's connections, the room's counter, its stream,
-# its channel. ARGV: id, room, user id, name, dialect, worker, an epoch should the room have
-# none (as PUBLISH's), the join's presence head. Returns the room's epoch, and 1 if the member
-# was not in the room already (then announced).
+# its channel, its retry keys. ARGV: id, room, user id, name, dialect, worker, an epoch should
+# the room have none (as PUBLISH's), the join's presence head. Returns the room's epoch, and
+# 1 if the member was not in the room already (then announced).
 JOIN = """
 redis.call('HSET', KEYS[1], 'room', ARGV[2], 'user_id', ARGV[3], 'user_name', ARGV[4],
   'dialect', ARGV[5], 'worker', ARGV[6])
 local added = redis.call('SADD', KEYS[2], ARGV[1])
 redis.call('SADD', KEYS[3], ARGV[1])
 if redis.call('HSETNX', KEYS[4], 'epoch', ARGV[7]) == 1 then
-  redis.call('DEL', KEYS[5])  -- a room that starts over starts empty (as PUBLISH says)
+  -- A room that starts over starts empty (as PUBLISH says): an old retry key would answer
+  -- a retry with the new message that took its id.
+  redis.call('DEL', KEYS[5], KEYS[7])
 end
 redis.call('PERSIST', KEYS[4])  -- kept while the room has members
 if added == 1 then
@@ -313,6 +315,7 @@ class RoomFeed:
             seq_key(connection.room),
             log_key(connection.room),
             channel(connection.room),
+            retries_key(connection.room),
         ]
         args = [
             connection.id,

@@ -853,6 +853,23 @@ async def test_json_members_joining_a_room_just_left_empty_stay(chat: LocalChat)
 
 
 @pytest.mark.timeout(30)
+async def test_a_retry_in_a_room_that_started_over_is_never_answered_with_another_message(
+    chat: LocalChat,
+) -> None:
+    """A room whose counter was lost (evicted, deleted) starts over empty when a member joins:
+    the join emptied its stream but kept its retry keys, so a retry of an old message was
+    answered with the new message that took its id, another user's, and never stored."""
+    assert chat.engine is not None
+    history = chat.engine.feed._history
+    await history.append(Draft("restarted", "u1", "u1", "mine", "k"), ts=0.0)  # id 1
+    await chat.engine.client.delete(seq_key("restarted"))
+    await join(chat, "restarted")
+    await post(history, "restarted", "someone else's")  # id 1 again, under the new epoch
+    retried, created = await history.append(Draft("restarted", "u1", "u1", "mine", "k"), ts=0.0)
+    assert (retried.id, retried.text, created) == (2, "mine", True)
+
+
+@pytest.mark.timeout(30)
 async def test_reading_a_room_stores_nothing(chat: LocalChat) -> None:
     """A REST read of a room nobody joined made its counter, kept 7 days: 1,000 reads of new
     names left 1,000 keys (about 6 GiB a day at one client's pace). A read stores nothing;
@@ -860,12 +877,12 @@ async def test_reading_a_room_stores_nothing(chat: LocalChat) -> None:
     assert chat.engine is not None
     client = chat.engine.client
     history = chat.engine.feed._history
-    await post(history, "lost", "old one")
-    await client.delete(seq_key("lost"))  # evicted, its stream left behind
+    await history.append(Draft("lost", "u", "u", "old one", "k"), ts=0.0)
+    await client.delete(seq_key("lost"))  # evicted, its stream and retry keys left behind
     keys = await client.dbsize()
     for room in [f"unread-{n}" for n in range(20)] + ["lost"]:
         assert await chat.call(chat.core.read, room, 0, 100) == ([], 0)  # as REST reads
-    assert await client.dbsize() == keys - 1  # the lost room's stream went, as a join's would
+    assert await client.dbsize() == keys - 2  # the lost room's stream and retry keys went
     await join(chat, "unread-1")
     stored, _ = await chat.call(chat.core.publish, "unread-1", "u", "u", "first")
     assert stored.id == 1 and (await history.latest("unread-1"))[1]
