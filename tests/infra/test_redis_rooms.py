@@ -18,7 +18,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from auth.principal import Principal
 from handler.chat.core import ConnectParams
-from handler.chat.ports import Connection, Dialect, Draft
+from handler.chat.ports import Connection, Dialect, Draft, StoreUnavailable
 from handler.chat.wire import MAX_MESSAGE_ID
 from handler.local.service import LocalChat, build_local_chat
 from infra.local_delivery import Outbox
@@ -551,7 +551,7 @@ async def test_a_member_whose_leave_redis_missed_is_taken_out_by_the_heartbeat(
     feed = chat.engine.feed
     watcher = await watch(chat, "strays")
     await join(chat, "strays")  # c1
-    with leave_fails(feed), pytest.raises(RedisConnectionError):
+    with leave_fails(feed), pytest.raises(StoreUnavailable):
         await chat.call(chat.core.disconnect, "c1")
     assert await feed.count("strays") == 2
     await feed._heartbeat_once()
@@ -593,7 +593,7 @@ async def test_a_leave_whose_answer_is_lost_is_announced_once(chat: LocalChat) -
     feed = chat.engine.feed
     watcher = await watch(chat, "lost")
     await join(chat, "lost")  # c1
-    with leave_fails(feed, after_running=True), pytest.raises(RedisConnectionError):
+    with leave_fails(feed, after_running=True), pytest.raises(StoreUnavailable):
         await chat.call(chat.core.disconnect, "c1")
     await feed._heartbeat_once()
     assert await heard(watcher, 2) == [("join", "u-c1", 2), ("leave", "u-c1", 1)]
@@ -819,7 +819,7 @@ async def test_a_room_left_empty_without_history_keeps_no_key(chat: LocalChat) -
     await feed._reap("dead")
     assert await kept("reaped") == []
     await join(chat, "strayed", "c2")
-    with leave_fails(feed), pytest.raises(RedisConnectionError):
+    with leave_fails(feed), pytest.raises(StoreUnavailable):
         await chat.call(chat.core.disconnect, "c2")
     await feed._heartbeat_once()
     assert await kept("strayed") == []
