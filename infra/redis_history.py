@@ -8,7 +8,8 @@ Keys, all of a room under one hash tag (`{room}`), so a Redis Cluster keeps them
                             JSON) and `s` (the sending connection's id, or "")
     wschat:{room}:retries   sorted set: `<user>:<client_msg_id>` of each message in the
                             stream that has one, scored with its id (a retry gets that one)
-    wschat:{room}:call:<token>   what one script call answered, should redis-py send it again
+    wschat:{room}:call:<token>   the ids one script call gave the messages it stored, kept
+                            120 s should redis-py send the call again
     channel wschat:{room}   where the script publishes new messages (sharded pub/sub)
 
 In a key, `room` has `%`, `{`, `}` and `:` percent-encoded: a room name may hold any of them,
@@ -51,51 +52,65 @@ from handler.chat.ports import ChatMessage, Draft
 # retry keys. ARGV: epoch if new, stream cap, ttl seconds, the call's ttl seconds, then for
 # each draft: its retry key (its user and client_msg_id, or "" for none), the sending
 # connection's id (or ""), and its message JSON without the id.
-# Returns {epoch, {created, id, message} for each draft}. The call's key keeps that answer
-# (without a new message's JSON, which the caller has) for CALL_KEPT seconds: redis-py sends
-# a pipeline again when its answer is late or its connection breaks, and by then the script
-# may have run; run again, it would store every message twice.
+# Returns {epoch, {created, id, message} for each draft}.
 # A retry key is a member of the room's retry keys, scored with its message's id, for as long
 # as that message is in the stream: ids are consecutive, so the `cap` newest are what the
 # stream holds. So a room's retry keys are bounded by its history's cap, as its stream is.
+# redis-py sends a pipeline again when its answer is late or its connection breaks, and by
+# then the script may have run; run again, it would store every message twice. So a call
+# that stored messages keeps the ids it gave them (0 for a draft it stored nothing for) under
+# its own key for CALL_KEPT seconds, and a repeat answers those from there: a few bytes a
+# draft, whatever the messages hold (the caller has their text). A retry's answer is not
+# kept: the run that found it stored nothing for it, and its answer reached nobody, so a
+# repeat looks again, as a first run would. It finds the message in the stream, or, if the
+# message has left it meanwhile, stores the draft as a new one, as any retry of a message no
+# longer in history is; the call keeps that id too. A call that stored nothing keeps no key.
 # Ids are written with '%d': Lua's own number format turns 10^14 into `1e+14`.
 PUBLISH = """
 local seq, log, channel, call, members, retries = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5],
   KEYS[6]
 local ran = redis.call('GET', call)
-if ran then
-  return cjson.decode(ran)
-end
-if redis.call('HSETNX', seq, 'epoch', ARGV[1]) == 1 then
-  redis.call('DEL', log, retries)  -- a room that starts over starts empty
-end
-local epoch = redis.call('HGET', seq, 'epoch')
-local replies, kept, bodies, senders, last = {epoch}, {epoch}, {}, {}, nil
+local stored = ran and cjson.decode(ran) or {}  -- each draft's id, if this call stored it
+local epoch = nil
+local replies, bodies, senders, last = {false}, {}, {}, nil
+local n = 0
 for i = 5, #ARGV, 3 do
-  local key = ARGV[i]
-  local before = key ~= '' and redis.call('ZSCORE', retries, key)
-  local entry = nil
-  if before then
-    before = string.format('%d', before)
-    entry = redis.call('XRANGE', log, before .. '-0', before .. '-0')[1]
-  end
-  if entry then  -- a retry of a message still in the stream: that message
-    replies[#replies + 1] = {0, before, entry[2][2]}
-    kept[#kept + 1] = replies[#replies]
+  n = n + 1
+  local id = stored[n] or 0
+  if id ~= 0 then  -- stored by this call when it ran before
+    replies[#replies + 1] = {1, id, ''}
   else
-    last = redis.call('HINCRBY', seq, 'id', 1)
-    local id = string.format('%d', last)
-    local body = string.sub(ARGV[i + 2], 1, -2) .. ',"id":' .. id .. '}'
-    redis.call('XADD', log, 'MAXLEN', ARGV[2], id .. '-0', 'm', body, 's', ARGV[i + 1])
-    if key ~= '' then
-      redis.call('ZADD', retries, id, key)
+    if not epoch then
+      if redis.call('HSETNX', seq, 'epoch', ARGV[1]) == 1 then
+        redis.call('DEL', log, retries)  -- a room that starts over starts empty
+      end
+      epoch = redis.call('HGET', seq, 'epoch')
     end
-    replies[#replies + 1] = {1, id, body}
-    kept[#kept + 1] = {1, id, ''}
-    bodies[#bodies + 1] = body
-    senders[#senders + 1] = ARGV[i + 1]
+    local key = ARGV[i]
+    local before = key ~= '' and redis.call('ZSCORE', retries, key)
+    local entry = nil
+    if before then
+      before = string.format('%d', before)
+      entry = redis.call('XRANGE', log, before .. '-0', before .. '-0')[1]
+    end
+    if entry then  -- a retry of a message still in the stream: that message
+      replies[#replies + 1] = {0, before, entry[2][2]}
+    else
+      last = redis.call('HINCRBY', seq, 'id', 1)
+      id = string.format('%d', last)
+      local body = string.sub(ARGV[i + 2], 1, -2) .. ',"id":' .. id .. '}'
+      redis.call('XADD', log, 'MAXLEN', ARGV[2], id .. '-0', 'm', body, 's', ARGV[i + 1])
+      if key ~= '' then
+        redis.call('ZADD', retries, id, key)
+      end
+      replies[#replies + 1] = {1, id, body}
+      bodies[#bodies + 1] = body
+      senders[#senders + 1] = ARGV[i + 1]
+    end
   end
+  stored[n] = id
 end
+replies[1] = epoch or redis.call('HGET', seq, 'epoch')
 if last then
   -- The messages the cap took out of the stream take their retry keys with them.
   redis.call('ZREMRANGEBYSCORE', retries, '-inf', string.format('%d', last - ARGV[2]))
@@ -107,20 +122,20 @@ if last then
   -- One publication for the lot: each subscriber reads it once.
   redis.call('SPUBLISH', channel, '{"e":' .. cjson.encode(epoch) .. ',"s":' ..
     cjson.encode(senders) .. ',"m":[' .. table.concat(bodies, ',') .. ']}')
+  redis.call('SET', call, cjson.encode(stored), 'EX', ARGV[4])
 end
-redis.call('SET', call, cjson.encode(kept), 'EX', ARGV[4])
 return replies
 """
 CALL_KEPT = 120  # seconds: longer than redis-py's retries of one pipeline can take
 
 
-# KEYS: seq hash, stream. Returns {latest id, epoch}, or {0, nil} for a room without a
-# counter: a read stores nothing (each name read would be a key kept for days), and the
-# room's first publication or join makes its epoch.
+# KEYS: seq hash, stream, retry keys. Returns {latest id, epoch}, or {0, nil} for a room
+# without a counter: a read stores nothing (each name read would be a key kept for days), and
+# the room's first publication or join makes its epoch.
 LATEST = """
 local seq = redis.call('HMGET', KEYS[1], 'id', 'epoch')
 if not seq[2] then
-  redis.call('DEL', KEYS[2])  -- a stream without its counter is an old history's
+  redis.call('DEL', KEYS[2], KEYS[3])  -- a stream without its counter is an old history's
   return {0, false}
 end
 return {tonumber(seq[1]) or 0, seq[2]}
@@ -387,5 +402,6 @@ class RedisHistory:
     async def latest(self, room: str) -> tuple[int, str]:
         """The room's latest id and its epoch; NO_HISTORY for a room that has no counter
         (none yet, or it expired or was lost), for which nothing is stored."""
-        latest, epoch = await self._latest(keys=[seq_key(room), log_key(room)])
+        keys = [seq_key(room), log_key(room), retries_key(room)]
+        latest, epoch = await self._latest(keys=keys)
         return (int(latest), text(epoch)) if epoch is not None else NO_HISTORY

@@ -13,8 +13,11 @@ from collections.abc import Coroutine, Sequence
 from dataclasses import replace
 from typing import Any, TypeVar
 
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
 from auth.rooms import Rights
-from handler.chat.ports import ChatMessage, Connection, Draft, Stored
+from handler.chat.ports import ChatMessage, Connection, Draft, Stored, StoreUnavailable
 from infra import greenbridge
 from infra.redis_history import RedisHistory
 from infra.redis_rooms import RoomFeed
@@ -32,7 +35,14 @@ class LoopBridge:
         self._tasks: set[asyncio.Task[Any]] = set()
 
     def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
-        return greenbridge.wait(coroutine, CALL_TIMEOUT)
+        """The coroutine's result; StoreUnavailable if Redis could not be reached (after
+        redis-py's retries) or did not answer within CALL_TIMEOUT."""
+        try:
+            return greenbridge.wait(coroutine, CALL_TIMEOUT)
+        except (RedisConnectionError, RedisTimeoutError) as error:
+            raise StoreUnavailable(f"Redis: {error}") from error
+        except TimeoutError as error:
+            raise StoreUnavailable(f"Redis: no answer in {CALL_TIMEOUT:g} s") from error
 
     def settle(self, coroutine: Coroutine[Any, Any, None]) -> None:
         """Wait for `coroutine` if the caller can, else start it as a task."""

@@ -46,6 +46,7 @@ from infra.redis_history import (
     members_key,
     messages_of,
     new_epoch,
+    retries_key,
     seq_key,
     text,
 )
@@ -67,16 +68,18 @@ REAP_PAGE = 500  # a dead worker's members removed per few round trips
 # is the event's JSON without its count and closing brace (`_presence_head`).
 
 # KEYS: connection hash, room members, worker's connections, the room's counter, its stream,
-# its channel. ARGV: id, room, user id, name, dialect, worker, an epoch should the room have
-# none (as PUBLISH's), the join's presence head. Returns the room's epoch, and 1 if the member
-# was not in the room already (then announced).
+# its channel, its retry keys. ARGV: id, room, user id, name, dialect, worker, an epoch should
+# the room have none (as PUBLISH's), the join's presence head. Returns the room's epoch, and
+# 1 if the member was not in the room already (then announced).
 JOIN = """
 redis.call('HSET', KEYS[1], 'room', ARGV[2], 'user_id', ARGV[3], 'user_name', ARGV[4],
   'dialect', ARGV[5], 'worker', ARGV[6])
 local added = redis.call('SADD', KEYS[2], ARGV[1])
 redis.call('SADD', KEYS[3], ARGV[1])
 if redis.call('HSETNX', KEYS[4], 'epoch', ARGV[7]) == 1 then
-  redis.call('DEL', KEYS[5])  -- a room that starts over starts empty (as PUBLISH says)
+  -- A room that starts over starts empty (as PUBLISH says): an old retry key would answer
+  -- a retry with the new message that took its id.
+  redis.call('DEL', KEYS[5], KEYS[7])
 end
 redis.call('PERSIST', KEYS[4])  -- kept while the room has members
 if added == 1 then
@@ -86,17 +89,21 @@ return {redis.call('HGET', KEYS[4], 'epoch'), added}
 """
 # A worker's members that are gone: ones leaving, a dead worker's, strays. KEYS: the
 # worker's heartbeat, its connections, then for each member its hash, its room's members,
-# counter and channel (the hash again for all three, for a member whose hash is gone). ARGV:
-# 1 to stop if the worker beats again, the history's ttl, then for each member its id and its
-# leave's presence head. Returns how many it took out of their rooms (each announced), or nil
-# if the worker beats: then it came back, and registers its members again itself.
+# counter, channel, stream and retry keys (the hash again for all five, for a member whose
+# hash is gone). ARGV: 1 to stop if the worker beats again, the history's ttl, then for each
+# member its id and its leave's presence head. Returns how many it took out of their rooms
+# (each announced), or nil if the worker beats: then it came back, and registers its members
+# again itself.
+# A room it leaves empty keeps its counter as long as its history, and keeps nothing if it
+# has none: each join of a new name makes a counter (the epoch its welcome gives), and a
+# handshake, which nothing rate-limits, would otherwise leave a key for the history's TTL.
 REMOVE = """
 if ARGV[1] == '1' and redis.call('EXISTS', KEYS[1]) == 1 then
   return false
 end
 local left = 0
 for i = 3, #ARGV, 2 do
-  local at = 2 * i - 3
+  local at = 3 * i - 6
   local id, members, seq, channel = ARGV[i], KEYS[at + 1], KEYS[at + 2], KEYS[at + 3]
   redis.call('DEL', KEYS[at])
   redis.call('SREM', KEYS[2], id)
@@ -104,7 +111,11 @@ for i = 3, #ARGV, 2 do
     left = left + 1
     local count = redis.call('SCARD', members)
     if count == 0 then
-      redis.call('EXPIRE', seq, ARGV[2])  -- the counter goes with the history
+      if redis.call('EXISTS', KEYS[at + 4]) == 1 then
+        redis.call('EXPIRE', seq, ARGV[2])  -- the counter goes with the history
+      else
+        redis.call('DEL', seq, KEYS[at + 5])  -- no history: the room starts over
+      end
     end
     redis.call('SPUBLISH', channel, ARGV[i + 1] .. count .. '}')
   end
@@ -304,6 +315,7 @@ class RoomFeed:
             seq_key(connection.room),
             log_key(connection.room),
             channel(connection.room),
+            retries_key(connection.room),
         ]
         args = [
             connection.id,
@@ -335,6 +347,12 @@ class RoomFeed:
             state = self._rooms.get(connection.room)
             if state is not None:
                 state.members.pop(connection_id, None)
+                if not state.members and not state.delivered:
+                    # No member here holds its epoch, and it had no history here: once empty
+                    # everywhere it starts over (REMOVE), and the members joining here next
+                    # take its new epoch as a first, not as its history lost (which would
+                    # close those joining together).
+                    state.epoch = ""
         return connection
 
     async def leave(self, connection: Connection) -> None:
@@ -662,11 +680,12 @@ class RoomFeed:
         for connection_id, member in zip(ids, members, strict=True):
             hash_key = conn_key(connection_id)
             if member is None:  # no hash, no room: REMOVE deletes the hash first, and finds
-                keys += [hash_key] * 4  # nothing there to remove or announce
+                keys += [hash_key] * 6  # nothing there to remove or announce
                 args += [connection_id, ""]
             else:
                 room = member.room
                 keys += [hash_key, members_key(room), seq_key(room), channel(room)]
+                keys += [log_key(room), retries_key(room)]
                 args += [connection_id, _presence_head("leave", member)]
         left = await self._remove(keys=keys, args=args)
         return None if left is None else int(left)

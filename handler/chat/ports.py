@@ -59,6 +59,12 @@ class StoreBusy(Exception):
     the sender may retry, with the same `client_msg_id`."""
 
 
+class StoreUnavailable(Exception):
+    """The store could not be reached, or did not answer in time (Redis down or frozen): the
+    call may or may not have taken effect. The caller may try again later; a publish with
+    the same `client_msg_id` is then stored once."""
+
+
 @dataclass(frozen=True, slots=True)
 class Draft:
     """A chat message on its way to the log: all but its id and time, which the log gives.

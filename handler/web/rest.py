@@ -28,7 +28,7 @@ from auth.principal import Principal, is_text
 from auth.rooms import Right
 from handler.chat.core import ChatCore
 from handler.chat.handshake import room_problem
-from handler.chat.ports import StoreBusy
+from handler.chat.ports import StoreBusy, StoreUnavailable
 from handler.chat.wire import (
     MAX_CLIENT_MSG_ID_CHARS,
     MAX_MESSAGE_ID,
@@ -103,8 +103,21 @@ def _nested_deeper_than(body: bytes, cap: int) -> bool:
     return max(accumulate(map(_DEPTH_STEP.__getitem__, brackets))) > cap
 
 
+# Seconds a client is asked to wait while the store is unavailable (a Redis failover takes
+# a few).
+UNAVAILABLE_RETRY_AFTER = 5
+
+
 async def _run(backend: RestBackend, call: Callable[[], T]) -> T:
-    return await backend.call(call)
+    try:
+        return await backend.call(call)
+    except StoreUnavailable as error:  # expected in an outage: one line, no traceback
+        log.warning("REST answered 503: the chat's store is unavailable (%s)", error)
+        raise HTTPException(
+            503,
+            "the chat is unavailable; try again later (a publish with the same client_msg_id)",
+            headers={"Retry-After": str(UNAVAILABLE_RETRY_AFTER)},
+        ) from None
 
 
 async def _principal(request: Request, backend: RestBackend) -> Principal:

@@ -18,7 +18,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from auth.principal import Principal
 from handler.chat.core import ConnectParams
-from handler.chat.ports import Connection, Dialect, Draft
+from handler.chat.ports import Connection, Dialect, Draft, StoreUnavailable
 from handler.chat.wire import MAX_MESSAGE_ID
 from handler.local.service import LocalChat, build_local_chat
 from infra.local_delivery import Outbox
@@ -551,7 +551,7 @@ async def test_a_member_whose_leave_redis_missed_is_taken_out_by_the_heartbeat(
     feed = chat.engine.feed
     watcher = await watch(chat, "strays")
     await join(chat, "strays")  # c1
-    with leave_fails(feed), pytest.raises(RedisConnectionError):
+    with leave_fails(feed), pytest.raises(StoreUnavailable):
         await chat.call(chat.core.disconnect, "c1")
     assert await feed.count("strays") == 2
     await feed._heartbeat_once()
@@ -593,7 +593,7 @@ async def test_a_leave_whose_answer_is_lost_is_announced_once(chat: LocalChat) -
     feed = chat.engine.feed
     watcher = await watch(chat, "lost")
     await join(chat, "lost")  # c1
-    with leave_fails(feed, after_running=True), pytest.raises(RedisConnectionError):
+    with leave_fails(feed, after_running=True), pytest.raises(StoreUnavailable):
         await chat.call(chat.core.disconnect, "c1")
     await feed._heartbeat_once()
     assert await heard(watcher, 2) == [("join", "u-c1", 2), ("leave", "u-c1", 1)]
@@ -783,6 +783,7 @@ async def test_a_room_without_members_keeps_its_counter_only_as_long_as_its_hist
         return int(await client.ttl(seq_key(room)))
 
     await join(chat, "joined")
+    await post(feed._history, "joined", "said")
     assert await expiry("joined") == -1  # kept while it has members
     await chat.call(chat.core.disconnect, "c1")
     assert 0 < await expiry("joined") <= ttl
@@ -791,8 +792,81 @@ async def test_a_room_without_members_keeps_its_counter_only_as_long_as_its_hist
     await post(feed._history, "posted", "through REST")
     assert 0 < await expiry("posted") <= ttl
     await register_dead_worker(feed, {"d1": "reaped"})
+    await post(feed._history, "reaped", "said")
     await feed._reap("dead")
     assert 0 < await expiry("reaped") <= ttl
+
+
+@pytest.mark.timeout(30)
+async def test_a_room_left_empty_without_history_keeps_no_key(chat: LocalChat) -> None:
+    """Each join made its room's counter (for the epoch), and the leave that emptied the room
+    kept it for the history's TTL, 7 days, though the room had no history: 300 handshakes of
+    a read-only principal (no rate limit counts handshakes) left 300 keys. A room left empty
+    without history keeps nothing, whoever empties it: a leave, a reaper, a heartbeat taking
+    out a member whose leave failed."""
+    assert chat.engine is not None
+    feed = chat.engine.feed
+    client = chat.engine.client
+
+    async def kept(room: str) -> list[str]:
+        return [key.decode() async for key in client.scan_iter(match=f"{channel(room)}:*")]
+
+    await join(chat, "passing")  # c1
+    assert await kept("passing") != []
+    await chat.call(chat.core.disconnect, "c1")
+    assert await kept("passing") == [] and not await client.exists(conn_key("c1"))
+    await register_dead_worker(feed, {"d1": "reaped"})
+    await feed._reap("dead")
+    assert await kept("reaped") == []
+    await join(chat, "strayed", "c2")
+    with leave_fails(feed), pytest.raises(StoreUnavailable):
+        await chat.call(chat.core.disconnect, "c2")
+    await feed._heartbeat_once()
+    assert await kept("strayed") == []
+    assert not await client.exists(conns_key(feed.worker))  # no member left on this worker
+
+
+@pytest.mark.timeout(30)
+async def test_json_members_joining_a_room_just_left_empty_stay(chat: LocalChat) -> None:
+    """A room without history starts over once it is empty: its next join gives it a new
+    epoch. This worker still held the room under the old one (a room's subscription stays a
+    while after its last member here): members joining it together must not take the new
+    epoch for the room's history lost and close one another (1012)."""
+    assert chat.engine is not None
+    members = [Member(chat, f"j{n}") for n in range(3)]
+
+    async def enter(connection_id: str) -> None:
+        principal = Principal(id=f"u-{connection_id}", name="u", echo="u")
+        params = ConnectParams(Dialect.JSON)
+        await chat.call(chat.core.connect, connection_id, "emptied", principal, params)
+        await chat.call(chat.core.welcome, connection_id)
+
+    await enter("j0")
+    await chat.call(chat.core.disconnect, "j0")
+    await asyncio.gather(enter("j1"), enter("j2"))
+    await post(chat.engine.feed._history, "emptied", "hello")
+    for member in members[1:]:
+        await member.wait_for("hello", 5)
+        assert member.closes == []
+    for member in members:
+        member.writer.cancel()
+
+
+@pytest.mark.timeout(30)
+async def test_a_retry_in_a_room_that_started_over_is_never_answered_with_another_message(
+    chat: LocalChat,
+) -> None:
+    """A room whose counter was lost (evicted, deleted) starts over empty when a member joins:
+    the join emptied its stream but kept its retry keys, so a retry of an old message was
+    answered with the new message that took its id, another user's, and never stored."""
+    assert chat.engine is not None
+    history = chat.engine.feed._history
+    await history.append(Draft("restarted", "u1", "u1", "mine", "k"), ts=0.0)  # id 1
+    await chat.engine.client.delete(seq_key("restarted"))
+    await join(chat, "restarted")
+    await post(history, "restarted", "someone else's")  # id 1 again, under the new epoch
+    retried, created = await history.append(Draft("restarted", "u1", "u1", "mine", "k"), ts=0.0)
+    assert (retried.id, retried.text, created) == (2, "mine", True)
 
 
 @pytest.mark.timeout(30)
@@ -803,12 +877,12 @@ async def test_reading_a_room_stores_nothing(chat: LocalChat) -> None:
     assert chat.engine is not None
     client = chat.engine.client
     history = chat.engine.feed._history
-    await post(history, "lost", "old one")
-    await client.delete(seq_key("lost"))  # evicted, its stream left behind
+    await history.append(Draft("lost", "u", "u", "old one", "k"), ts=0.0)
+    await client.delete(seq_key("lost"))  # evicted, its stream and retry keys left behind
     keys = await client.dbsize()
     for room in [f"unread-{n}" for n in range(20)] + ["lost"]:
         assert await chat.call(chat.core.read, room, 0, 100) == ([], 0)  # as REST reads
-    assert await client.dbsize() == keys - 1  # the lost room's stream went, as a join's would
+    assert await client.dbsize() == keys - 2  # the lost room's stream and retry keys went
     await join(chat, "unread-1")
     stored, _ = await chat.call(chat.core.publish, "unread-1", "u", "u", "first")
     assert stored.id == 1 and (await history.latest("unread-1"))[1]
@@ -891,6 +965,66 @@ async def test_a_rooms_retry_keys_are_bounded_by_its_history_cap(redis: RedisSer
     assert await client.zcard(retries_key("capped")) == 50
     unread, created = await history.append(Draft("capped", "u", "u", "new", "old"), ts=0.0)
     assert (unread.id, created) == (302, True) and 0 < await client.ttl(old) <= 600
+    await client.aclose()
+
+
+@pytest.mark.timeout(60)
+async def test_what_a_publish_call_keeps_is_small_whatever_its_messages_hold(
+    redis: RedisServer,
+) -> None:
+    """Each publish call keeps its answer for 120 s, should redis-py send it again, and a
+    retry's answer held the whole message it found: 40 retries of a 32 KB message left 40
+    keys of 32 KB (1.4 MB for 120 s, outside the history cap; four sockets retrying for 8 s,
+    19.8 MB). A call keeps only the ids it stored, and one that stored nothing keeps nothing."""
+    history = RedisHistory(aioredis.Redis.from_url(redis.url()), size=50, ttl=3600)
+    client = history._redis
+    big = "x" * 32000
+    first, _ = await history.append(Draft("kept", "u", "u", big, "same"), ts=0.0)
+    for _ in range(40):
+        again, created = await history.append(Draft("kept", "u", "u", big, "same"), ts=0.0)
+        assert (again.id, again.text, created) == (first.id, big, False)
+    mixed = [Draft("kept", "u", "u", "new", "other"), Draft("kept", "u", "u", big, "same")]
+    stored = await history.append_many(mixed, ts=0.0)
+    assert [(m.id, m.text, created) for m, created in stored] == [(2, "new", True), (1, big, False)]
+    calls = [key async for key in client.scan_iter(match=f"{channel('kept')}:call:*")]
+    assert len(calls) == 2  # the two calls that stored a message (42 before)
+    sizes = [await client.memory_usage(key) for key in calls]
+    assert max(sizes) < 200, sizes  # 32,856 bytes for a retry's before
+    await client.aclose()
+
+
+@pytest.mark.timeout(30)
+async def test_a_call_sent_again_answers_its_retries_from_the_stream(redis: RedisServer) -> None:
+    """A call that redis-py sends again answers what it stored from its own key, and its
+    retries from the stream, as its first run did. A retry whose message left the stream in
+    between is a new message, as any retry is once its message has left history (the first
+    run's answer reached nobody, and stored nothing for it); stored once, however often the
+    call comes again."""
+    history = RedisHistory(aioredis.Redis.from_url(redis.url()), size=3, ttl=3600)
+    client = history._redis
+    sha = await client.script_load(PUBLISH)
+    await history.append(Draft("again", "u", "u", "old", "k0"), ts=0.0)  # id 1
+    drafts = [Draft("again", "u", "u", "new", "k1"), Draft("again", "u", "u", "old", "k0")]
+    keys, args = history._publication([(draft, 0.0) for draft in drafts])
+
+    async def run() -> list[tuple[int, int, str]]:
+        """Each draft's answer: created, id, and for a retry the text it found (the caller
+        has a created message's)."""
+        _, *each = await client.evalsha(sha, len(keys), *keys, *args)
+        return [(int(c), int(i), "" if int(c) else json.loads(body)["text"]) for c, i, body in each]
+
+    first = await run()
+    assert first == [(1, 2, ""), (0, 1, "old")]
+    assert await run() == first  # sent again: the same answer, nothing stored
+    for n in range(3):
+        await history.append(Draft("again", "u2", "u2", f"later {n}"), ts=0.0)  # ids 3 to 5
+    assert await run() == [(1, 2, ""), (1, 6, "")]  # k0's message left the stream
+    assert await run() == [(1, 2, ""), (1, 6, "")]
+    assert [(m.id, m.text) for m in await history.after("again", 0, 10)] == [
+        (4, "later 1"),
+        (5, "later 2"),
+        (6, "old"),
+    ]
     await client.aclose()
 
 

@@ -16,6 +16,7 @@ import socket
 import subprocess
 import time
 import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -379,3 +380,55 @@ async def test_healthz_fails_within_a_second_or_so_of_losing_redis(
             assert time.monotonic() < deadline, server.log()
             await asyncio.sleep(0.2)
         await member.close()
+
+
+def rest(server: Server, method: str, path: str, body: Any = None) -> tuple[int, str, float]:
+    """A REST call's status, its `Retry-After`, and how long it took."""
+    data = json.dumps(body).encode() if body is not None else None
+    headers = {"Authorization": "Bearer rest", "Content-Type": "application/json"}
+    request = urllib.request.Request(server.http + path, data, headers, method=method)
+    started = time.monotonic()
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            status, retry_after = response.status, response.headers.get("Retry-After", "")
+    except urllib.error.HTTPError as error:
+        status, retry_after = error.code, error.headers.get("Retry-After", "")
+    return status, retry_after, time.monotonic() - started
+
+
+@pytest.mark.timeout(120)
+async def test_rest_answers_503_while_redis_is_down_or_frozen(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    """A REST read or publish whose call to Redis failed answered 500, with a traceback at
+    ERROR, after 7.5 s (Redis down: redis-py's retries) or 10 s (Redis frozen: the call's
+    deadline). It answers 503 with `Retry-After`, as a socket is closed with 1013, and logs
+    one line for it."""
+    messages = "/rooms/outage/messages"
+    with running_server(tmp_path, on_redis(redis)) as server:
+        assert rest(server, "POST", messages, {"text": "before"})[0] == 201
+        assert redis.process is not None
+        frozen = redis.process.pid
+
+        def freeze() -> None:
+            os.kill(frozen, signal.SIGSTOP)
+
+        def kill() -> None:
+            redis.stop(kill=True)
+
+        for stop in (freeze, kill):
+            stop()
+            try:
+                answers = await asyncio.gather(
+                    asyncio.to_thread(rest, server, "GET", messages),
+                    asyncio.to_thread(rest, server, "POST", messages, {"text": "during"}),
+                )
+            finally:
+                if redis.process is not None:
+                    os.kill(frozen, signal.SIGCONT)
+            for status, retry_after, took in answers:
+                assert (status, retry_after) == (503, "5") and took < 12, answers
+        redis.start()
+        log = server.log()
+        assert "Traceback" not in log and "ERROR" not in log, log
+        assert log.count("REST answered 503") == 4, log
