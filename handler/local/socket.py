@@ -18,6 +18,7 @@ from auth.principal import Principal
 from auth.rooms import Rights, readable
 from handler.chat.core import ConnectParams
 from handler.chat.handshake import Accepted, Refused, negotiate
+from handler.chat.ports import StoreUnavailable
 from handler.chat.wire import CloseCode
 from handler.local.protocols import QUEUED_FRAMES
 from infra.local_delivery import Outbox
@@ -88,14 +89,14 @@ async def _serve_socket(
             # says once the client has its socket reaches it. (On Redis, joining takes round
             # trips; a message published meanwhile went to another worker's members only.)
             await chat.call(chat.core.connect, connection_id, asked.room, principal, params)
-        except Exception:
-            _unavailable(outbox)
+        except Exception as error:
+            _unavailable(outbox, error)
         await websocket.accept(subprotocol=asked.subprotocol)
         writer = outbox.start()  # what was queued before the accept goes first
         try:
             await chat.call(chat.core.welcome, connection_id, asked.since, asked.epoch)
-        except Exception:
-            _unavailable(outbox)
+        except Exception as error:
+            _unavailable(outbox, error)
         reader = asyncio.create_task(_read(websocket, chat, connection_id, outbox))
         # Whichever side ends first ends the connection: the client hanging up, or the
         # writer finishing a close (slow consumer, oversize frame, expiry, abuse).
@@ -142,16 +143,20 @@ async def _read(websocket: WebSocket, chat: LocalChat, connection_id: str, outbo
         while frames and not outbox.closing:  # once closing, what the client says is moot
             try:
                 handled = await chat.call(chat.core.receive, connection_id, frames)
-            except Exception:
-                _unavailable(outbox)
+            except Exception as error:
+                _unavailable(outbox, error)
                 break
             frames = frames[handled:]
         if message["type"] == "websocket.disconnect":
             return int(message.get("code", CloseCode.NO_STATUS))
 
 
-def _unavailable(outbox: Outbox) -> None:
+def _unavailable(outbox: Outbox, error: Exception) -> None:
     """The store failed a call (Redis unreachable, say): close with 1013, and the client
-    reconnects and resumes with `since`, losing nothing."""
-    log.exception("the chat's store failed; closing the connection with 1013")
+    reconnects and resumes with `since`, losing nothing. An outage is one line per socket;
+    anything else is a bug, with its traceback."""
+    if isinstance(error, StoreUnavailable):
+        log.warning("the chat's store is unavailable (%s); closing with 1013", error)
+    else:
+        log.exception("the chat's store failed; closing the connection with 1013")
     outbox.request_close(CloseCode.TRY_AGAIN_LATER, "the chat is unavailable; try again")

@@ -403,12 +403,17 @@ async def test_rest_answers_503_while_redis_is_down_or_frozen(
     """A REST read or publish whose call to Redis failed answered 500, with a traceback at
     ERROR, after 7.5 s (Redis down: redis-py's retries) or 10 s (Redis frozen: the call's
     deadline). It answers 503 with `Retry-After`, as a socket is closed with 1013, and logs
-    one line for it."""
+    one line for it; and so does the socket (it logged a traceback at ERROR too)."""
     messages = "/rooms/outage/messages"
     with running_server(tmp_path, on_redis(redis)) as server:
         assert rest(server, "POST", messages, {"text": "before"})[0] == 201
         assert redis.process is not None
         frozen = redis.process.pid
+        sockets = []
+        for who in ("frozen", "killed"):
+            sockets.append(await websockets.connect(url(server, "outage", who)))
+            while (await recv_json(sockets[-1]))["type"] != "welcome":
+                pass
 
         def freeze() -> None:
             os.kill(frozen, signal.SIGSTOP)
@@ -416,19 +421,25 @@ async def test_rest_answers_503_while_redis_is_down_or_frozen(
         def kill() -> None:
             redis.stop(kill=True)
 
-        for stop in (freeze, kill):
+        for stop, ws in zip((freeze, kill), sockets, strict=True):
             stop()
             try:
+                await ws.send(json.dumps({"action": "sendmessage", "text": "during"}))
                 answers = await asyncio.gather(
                     asyncio.to_thread(rest, server, "GET", messages),
                     asyncio.to_thread(rest, server, "POST", messages, {"text": "during"}),
                 )
+                with pytest.raises(websockets.ConnectionClosed) as closed:
+                    while True:
+                        await asyncio.wait_for(ws.recv(), 15)
             finally:
                 if redis.process is not None:
                     os.kill(frozen, signal.SIGCONT)
             for status, retry_after, took in answers:
                 assert (status, retry_after) == (503, "5") and took < 12, answers
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 1013
         redis.start()
         log = server.log()
         assert "Traceback" not in log and "ERROR" not in log, log
         assert log.count("REST answered 503") == 4, log
+        assert log.count("unavailable (Redis") == 6 and log.count("closing with 1013") == 2, log
