@@ -17,6 +17,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from auth.rooms import Rights
+from handler.chat.core import ChatCore
 from handler.chat.ports import ChatMessage, Connection, Draft, Stored, StoreUnavailable
 from infra import greenbridge
 from infra.redis_history import RedisHistory
@@ -126,12 +127,14 @@ class RedisMessageLog:
 
 
 class RedisBroadcast:
-    """What concerns a whole room goes out on its channel; every worker with members there
-    delivers to its own (infra/redis_rooms.py)."""
+    """On Redis the store publishes: one script stores a message and publishes it on its
+    room's channel (MessageLog.append), and the script that changes a room's membership
+    announces it. So there is nothing left to send here. What arrives on a channel reaches
+    this worker's members through the feed, which delivers through the core that built this
+    broadcast (RoomFeed.serve)."""
 
-    def __init__(self, feed: RoomFeed, bridge: LoopBridge) -> None:
-        self._feed = feed
-        self._bridge = bridge
+    def __init__(self, feed: RoomFeed, core: ChatCore) -> None:
+        feed.serve(core)
 
     def message(self, message: ChatMessage, sender_id: str | None) -> None:
         """Nothing to do: the publish script that stored the message published it."""

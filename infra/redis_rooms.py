@@ -209,18 +209,17 @@ class RoomFeed:
         self,
         redis: Any,
         history: RedisHistory,
-        core: Callable[[], ChatCore],
         link: RedisLink,
         lag: Callable[[float], None] = lambda seconds: None,
     ) -> None:
         """`link` is what `redis`'s connections report their failures to (RedisLink.retry);
         `lag` is told, for each message that arrives live, how long after its publication it
-        reached this worker."""
+        reached this worker. The core it delivers through registers itself (`serve`)."""
         self.worker = secrets.token_hex(6)
         self._redis = redis
         self._link = link
         self._history = history
-        self._core = core
+        self._served: ChatCore | None = None
         self._lag = lag
         self._connections: dict[str, Connection] = {}
         self._deferred: dict[str, list[str]] = {}  # presence for members not yet welcomed
@@ -276,6 +275,17 @@ class RoomFeed:
     @property
     def _canary_channel(self) -> str:
         return f"wschat:canary:{{{self.worker}}}"  # not `wschat:{...}`: no room's channel
+
+    def serve(self, core: ChatCore) -> None:
+        """Deliver what the rooms' channels carry through `core` (its fan-out to this
+        worker's members): the core registers itself as it is built, before any call."""
+        self._served = core
+
+    @property
+    def _core(self) -> ChatCore:
+        if self._served is None:
+            raise RuntimeError("RoomFeed.serve(core) was never called")
+        return self._served
 
     # --- members (from the core, through infra/redis_ports.py) ---------------------------
 
@@ -466,7 +476,7 @@ class RoomFeed:
             echo="",
         )
         members = self.local_members(connection.room)
-        self._core().fan_out_presence(fields["p"], connection, int(fields["n"]), members)
+        self._core.fan_out_presence(fields["p"], connection, int(fields["n"]), members)
 
     async def _deliver_in_order(
         self, message: ChatMessage, epoch: str, sender_id: str | None
@@ -499,7 +509,7 @@ class RoomFeed:
         members = list(state.members.values())
         # With no switch in between: a welcome cannot open a gate between this delivery and
         # its id.
-        self._core().fan_out(message, sender_id, members)
+        self._core.fan_out(message, sender_id, members)
 
     async def _catch_up(self, room: str, through: int | None = None) -> None:
         """Deliver, in order, what the room's stream holds past what this worker delivered."""
@@ -546,7 +556,7 @@ class RoomFeed:
         state.epoch, state.delivered = epoch, 0
         for member in list(state.members.values()):
             if member.dialect is Dialect.JSON and member.id != sparing:
-                self._core().delivery.close(
+                self._core.delivery.close(
                     member.id, CloseCode.SERVICE_RESTART, "the room's history was lost"
                 )
 

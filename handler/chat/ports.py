@@ -201,9 +201,12 @@ class ExpiryTimers(Protocol):
 
 
 class Broadcast(Protocol):
-    """Carries what concerns a whole room to its members. Where every member is reachable
-    from here (memory, DynamoDB), the core delivers directly; a Redis worker publishes on the
-    room's channel, and each worker delivers to its own members."""
+    """Carries what concerns a whole room to its members, once it is in the store. Where
+    every member is reachable from here (memory, DynamoDB), the core delivers directly (and
+    on Lambda, big rooms go in jobs through SQS). On Redis the store itself publishes: the
+    script that stores a message or changes a room's membership also publishes it on the
+    room's channel, so this port has nothing left to do there, and each worker's subscriber
+    delivers to its own members through the core (infra/redis_ports.py, RedisBroadcast)."""
 
     def message(self, message: ChatMessage, sender_id: str | None) -> None:
         """A stored message: to the room's members (the sender's text socket excepted)."""

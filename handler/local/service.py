@@ -150,8 +150,7 @@ def _on_redis(
     client = redis.asyncio.Redis.from_pool(pool)  # closed with the client
     history = RedisHistory(client, settings.history_size, settings.history_ttl_seconds)
     bridge = LoopBridge()
-    cores: list[ChatCore] = []  # the feed delivers through the core it serves
-    feed = RoomFeed(client, history, lambda: cores[0], link, metrics.pubsub_lag.observe)
+    feed = RoomFeed(client, history, link, metrics.pubsub_lag.observe)
     core = ChatCore(
         RedisConnections(feed, bridge),
         RedisMessageLog(history, bridge),
@@ -159,11 +158,10 @@ def _on_redis(
         settings.limits(),
         policy=policy,
         credentials=ThreadedCheck(authenticator),
-        broadcast=lambda _: RedisBroadcast(feed, bridge),
+        broadcast=lambda core: RedisBroadcast(feed, core),
         metrics=metrics,
         timers=LoopExpiryTimers(),
     )
-    cores.append(core)
     engine = RedisEngine(client, feed)
     return LocalChat(
         settings, core, delivery, authenticator, bridged=True, engine=engine, metrics=metrics
