@@ -190,8 +190,8 @@ class _JobDelivery:
 
 class _Unannounced:
     """A fan-out job's broadcast. Jobs are for rooms above the inline size, where joins and
-    leaves are not announced (README, "Big rooms on Lambda"): a job that finds members gone
-    forgets them without a word, where the core would announce each one to the room."""
+    leaves are not announced (docs/serverless.md, "Big rooms on Lambda"): a job that finds
+    members gone forgets them without a word, where the core would announce each one."""
 
     def message(self, message: ChatMessage, sender_id: str | None) -> None:
         raise RuntimeError("a fan-out job stores no messages")

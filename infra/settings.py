@@ -85,7 +85,8 @@ def _bounded(
 
 @dataclass(frozen=True)
 class Settings:
-    """The service's settings. The README's configuration table lists each one.
+    """The service's settings. docs/configuration.md lists each one with its default, and
+    tests/infra/test_settings.py holds the two together.
 
     Keyword arguments are checked like environment values: `Settings(port=-1)` raises
     `SettingsError`, and a plain `str` for a secret is wrapped in `Secret`."""

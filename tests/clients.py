@@ -59,10 +59,10 @@ def masked_frame(opcode: int, payload: bytes) -> bytes:
 
 
 class ResumePoint:
-    """A JSON client's record of what it has, kept by the README's resume rule: `resume` is
-    the highest id such that every id up to it was received or is gone for good (expired).
-    Reconnect with `since=resume`; when a reply ends below the room's `latest_id`, ask for
-    `history` since `resume`."""
+    """A JSON client's record of what it has, kept by the resume rule (docs/protocol.md):
+    `resume` is the highest id such that every id up to it was received or is gone for good
+    (expired). Reconnect with `since=resume`; when a reply ends below the room's `latest_id`,
+    ask for `history` since `resume`."""
 
     def __init__(self, since: int = 0) -> None:
         self.resume = since

@@ -39,7 +39,7 @@ def _block_after(text: str, marker: str, language: str) -> str:
     return text[start : text.index("```", start)]
 
 
-def test_the_readme_jwt_recipe_and_its_script_work_as_written(tmp_path: Path) -> None:
+def test_the_jwt_recipe_and_its_script_work_as_written(tmp_path: Path) -> None:
     # The recipe: its exports configure a server, its `wschat token` line mints a token, and
     # the Python snippet (run as a file, the token typed at its prompt) gets the seed's echo.
     import os
@@ -48,7 +48,7 @@ def test_the_readme_jwt_recipe_and_its_script_work_as_written(tmp_path: Path) ->
 
     from tests.servers import running_server
 
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT / "docs" / "auth.md").read_text()
     recipe = _block_after(readme, "JWT mode end to end, locally:", "sh")
     exports = [line for line in recipe.splitlines() if line.startswith("export ")]
     (mint,) = [line for line in recipe.splitlines() if "wschat token" in line]
@@ -71,3 +71,14 @@ def test_the_readme_jwt_recipe_and_its_script_work_as_written(tmp_path: Path) ->
         )
     assert client.returncode == 0, client.stderr
     assert client.stdout.strip().endswith("Session cookie or query token value is: alice")
+
+
+def test_the_readme_is_a_door_and_its_links_lead_somewhere() -> None:
+    """The README stays short (the reference is in docs/), and every relative link in it and
+    in docs/ names a file that exists."""
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= 200
+    for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for target in re.findall(r"\]\(([^)\s#]+)(?:#[^)]*)?\)", page.read_text()):
+            if not re.match(r"^[a-z]+:", target):
+                assert (page.parent / target).exists(), f"{page.name} links to {target}"

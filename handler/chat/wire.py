@@ -19,7 +19,7 @@ JSON_SUBPROTOCOL = "wschat.json"
 MAX_SEND_BYTES = 128 * 1024
 # A page of history (a welcome's catch-up, a `history` reply, a REST read) carries at most this
 # much message JSON, however many messages that is: a few frames, never a flood that would
-# overrun a client's send queue. The client asks for the next page (README, "Resume").
+# overrun a client's send queue. The client asks for the next page (docs/protocol.md, "Resume").
 HISTORY_PAGE_BYTES = 1024 * 1024
 
 

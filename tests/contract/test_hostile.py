@@ -268,7 +268,7 @@ async def test_a_token_header_utf8_cannot_carry_is_refused_with_401(
     assert "ERROR" not in transport.server.log() and "Traceback" not in transport.server.log()
 
 
-LARGEST_ID = 2**53 - 1  # the README's bound on ids, and so on `since`
+LARGEST_ID = 2**53 - 1  # the bound on ids (docs/protocol.md), and so on `since`
 
 
 @pytest.mark.parametrize("since", [LARGEST_ID + 1, 2**64 - 1])

@@ -46,7 +46,7 @@ async def test_reconnect_mid_stream_misses_nothing_and_repeats_nothing(
             while len(inbox.texts) < 300:
                 inbox.take(await recv_json(reader))
         # Gone for a moment while messages keep flowing (perhaps more than a page of them);
-        # back with `since`, paging on as the README says.
+        # back with `since`, paging on as docs/protocol.md says.
         async with transport.connect(
             "stream", token="reader", format="json", since=str(inbox.resume)
         ) as reader:

@@ -940,7 +940,7 @@ async def test_append_many_stores_in_order_and_recovers_from_a_script_flush(
 @pytest.mark.timeout(60)
 async def test_a_rooms_retry_keys_are_bounded_by_its_history_cap(redis: RedisServer) -> None:
     """A room capped at 50 messages held 300 retry keys (7 days each) after 300 posts with
-    distinct `client_msg_id`s: Redis grew with the posts, not with the history the README
+    distinct `client_msg_id`s: Redis grew with the posts, not with the history docs/scaling.md
     says to size it for. A retry is answered while its message is in the stream, as in
     memory; keys an older worker left are not read, and expire as they were set to."""
     history = RedisHistory(aioredis.Redis.from_url(redis.url()), size=50, ttl=3600)

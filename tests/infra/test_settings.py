@@ -19,16 +19,36 @@ from infra.settings import (
     load_settings,
 )
 
-README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+REFERENCE = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text()
 FIELDS = sorted(dataclasses.fields(Settings), key=lambda f: f.name)
 
 
+def _documented(name: str) -> str:
+    """The default column of `name`'s row in docs/configuration.md."""
+    row = re.search(rf"^\| [^|]*`{name}`[^|]*\|([^|]*)\|", REFERENCE, re.MULTILINE)
+    assert row, f"{name} not in docs/configuration.md"
+    return row.group(1).strip()
+
+
 @pytest.mark.parametrize("field", FIELDS, ids=lambda f: f.name)
-def test_every_setting_is_in_the_readme_table(field: dataclasses.Field[object]) -> None:
+def test_every_setting_is_documented_with_its_default(field: dataclasses.Field[object]) -> None:
+    """Each variable has a row, and its default column says what Settings' default is: a
+    literal, *(empty)* or blank for nothing, or a description in italics where the default
+    is not a value (a key per process, the platform's)."""
+    default = field.default if field.default is not dataclasses.MISSING else None
     for name in env_names(field):
-        assert re.search(rf"^\| [^|]*`{name}`[^|]*\|", README, re.MULTILINE), (
-            f"{name} not in README"
-        )
+        documented = _documented(name)
+        literal = re.fullmatch(r"`([^`]*)`", documented)
+        if literal is None:
+            assert documented.startswith("*(") or documented == "", (name, documented)
+            if documented in ("", "*(empty)*"):
+                assert default in (None, ""), (name, default)
+        elif isinstance(default, bool):
+            assert literal.group(1) == str(default).lower(), (name, default)
+        elif isinstance(default, int | float):
+            assert float(literal.group(1)) == default, (name, default)
+        else:
+            assert literal.group(1) == default, (name, default)
 
 
 def test_read_once_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

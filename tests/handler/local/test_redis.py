@@ -61,7 +61,7 @@ def connections_of(redis: RedisServer, worker: str) -> int:
 
 async def read_until(ws: Any, inbox: ResumePoint, count: int, timeout: float = 30) -> None:
     """Read into `inbox` until it holds `count` messages, asking for history when a reply
-    ends short of the room (the README's resume rule)."""
+    ends short of the room (the resume rule in docs/protocol.md)."""
     deadline = time.monotonic() + timeout
     while len(inbox.texts) < count:
         frame = await recv_json(ws, max(0.1, deadline - time.monotonic()))
