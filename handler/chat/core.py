@@ -51,7 +51,7 @@ class Limits:
     rate_burst: int = 40
     rate_abuse_strikes: int = 20
     welcome_history: int = 20
-    history_page: int = 500
+    history_page: int = wire.HISTORY_PAGE
     welcome_attempts: int = 50
     # API Gateway answers 410 for a connection until its $connect has returned (up to its 29 s
     # integration timeout): a 410 for a younger connection does not mean it is gone.

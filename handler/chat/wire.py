@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
@@ -21,6 +21,8 @@ MAX_SEND_BYTES = 128 * 1024
 # much message JSON, however many messages that is: a few frames, never a flood that would
 # overrun a client's send queue. The client asks for the next page (docs/protocol.md, "Resume").
 HISTORY_PAGE_BYTES = 1024 * 1024
+# ... and at most this many messages: the core's page (Limits.history_page) and REST's `limit`.
+HISTORY_PAGE = 500
 
 
 class CloseCode(IntEnum):
@@ -118,6 +120,27 @@ class FrameError(Exception):
         self.detail = detail
 
 
+def parse_send(body: Mapping[str, Any]) -> SendMessage:
+    """A message to send, as a JSON `sendmessage` frame or a REST publish's body gives it
+    (`text`, and `client_msg_id` for retries), or FrameError saying what was expected."""
+    text = body.get("text")
+    if not isinstance(text, str):
+        raise FrameError(ErrorCode.BAD_REQUEST, "`text` must be a string")
+    if not is_text(text):
+        raise FrameError(ErrorCode.BAD_REQUEST, NOT_TEXT.format(name="text"))
+    client_msg_id = body.get("client_msg_id")
+    if client_msg_id is not None and not (
+        isinstance(client_msg_id, str) and 0 < len(client_msg_id) <= MAX_CLIENT_MSG_ID_CHARS
+    ):
+        raise FrameError(
+            ErrorCode.BAD_REQUEST,
+            f"`client_msg_id` must be a string of 1-{MAX_CLIENT_MSG_ID_CHARS} characters",
+        )
+    if client_msg_id is not None and not is_text(client_msg_id):
+        raise FrameError(ErrorCode.BAD_REQUEST, NOT_TEXT.format(name="client_msg_id"))
+    return SendMessage(text, client_msg_id)
+
+
 def parse_action(frame: str) -> Action:
     """Parse one JSON-dialect frame, or raise FrameError saying what was expected."""
     try:
@@ -128,22 +151,7 @@ def parse_action(frame: str) -> Action:
         raise FrameError(ErrorCode.BAD_REQUEST, "frame must be a JSON object with an `action`")
     action = body.get("action")
     if action == "sendmessage":
-        text = body.get("text")
-        if not isinstance(text, str):
-            raise FrameError(ErrorCode.BAD_REQUEST, "`text` must be a string")
-        if not is_text(text):
-            raise FrameError(ErrorCode.BAD_REQUEST, NOT_TEXT.format(name="text"))
-        client_msg_id = body.get("client_msg_id")
-        if client_msg_id is not None and not (
-            isinstance(client_msg_id, str) and 0 < len(client_msg_id) <= MAX_CLIENT_MSG_ID_CHARS
-        ):
-            raise FrameError(
-                ErrorCode.BAD_REQUEST,
-                f"`client_msg_id` must be a string of 1-{MAX_CLIENT_MSG_ID_CHARS} characters",
-            )
-        if client_msg_id is not None and not is_text(client_msg_id):
-            raise FrameError(ErrorCode.BAD_REQUEST, NOT_TEXT.format(name="client_msg_id"))
-        return SendMessage(text, client_msg_id)
+        return parse_send(body)
     if action == "history":
         since = body.get("since", 0)
         if not is_message_id(since):

@@ -16,7 +16,6 @@ from typing import Annotated, Any, Protocol, TypeVar
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, Field, ValidationError, ValidationInfo, field_validator
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
@@ -24,18 +23,20 @@ from auth.base import Authenticator
 from auth.credentials import find_credential
 from auth.errors import AuthError
 from auth.handshake import Handshake
-from auth.principal import Principal, is_text
+from auth.principal import Principal
 from auth.rooms import Right
 from handler.chat.core import ChatCore
 from handler.chat.handshake import room_problem
 from handler.chat.ports import StoreBusy, StoreUnavailable
 from handler.chat.wire import (
+    HISTORY_PAGE,
     MAX_CLIENT_MSG_ID_CHARS,
     MAX_MESSAGE_ID,
-    NOT_TEXT,
     ErrorCode,
     FrameError,
+    SendMessage,
     message_body,
+    parse_send,
 )
 
 log = logging.getLogger(__name__)
@@ -51,21 +52,21 @@ class RestBackend(Protocol):
         ...
 
 
-class PublishRequest(BaseModel):
-    text: str = Field(min_length=1, description="the message")
-    client_msg_id: str | None = Field(
-        default=None,
-        min_length=1,
-        max_length=MAX_CLIENT_MSG_ID_CHARS,
-        description="a retry of the same id is stored once",
-    )
-
-    @field_validator("text", "client_msg_id")
-    @classmethod
-    def _unicode_text(cls, value: str | None, info: ValidationInfo) -> str | None:
-        if value is not None and not is_text(value):
-            raise ValueError(NOT_TEXT.format(name=info.field_name))
-        return value
+# The body a publish takes, for OpenAPI: its rules are `wire.parse_send`'s, which the route
+# applies itself, after the credential, the room's right and the rate.
+PUBLISH_SCHEMA = {
+    "type": "object",
+    "required": ["text"],
+    "properties": {
+        "text": {"type": "string", "minLength": 1, "description": "the message"},
+        "client_msg_id": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": MAX_CLIENT_MSG_ID_CHARS,
+            "description": "a retry of the same id is stored once",
+        },
+    },
+}
 
 
 # Room for a publish's keys, quotes, braces and commas (about 40 bytes as encoders write
@@ -167,7 +168,7 @@ def _unfit(problem: str, kind: str) -> RequestValidationError:
     return RequestValidationError([{"loc": ("body",), "msg": problem, "type": kind}])
 
 
-async def _publish_request(request: Request, limit: int) -> PublishRequest:
+async def _publish_request(request: Request, limit: int) -> SendMessage:
     """The body as a publish, read only up to `limit` bytes: past them, 413 whatever the
     framing (a `Content-Length` that announces more is refused before a byte is read).
     422 for a body that is not a publish, as FastAPI would answer it."""
@@ -202,13 +203,12 @@ async def _publish_request(request: Request, limit: int) -> PublishRequest:
         value = json.loads(text)
     except ValueError:
         raise _unfit("JSON decode error", "json_invalid") from None
+    if not isinstance(value, dict):
+        raise _unfit("the body must be a JSON object with `text`", "type")
     try:
-        return PublishRequest.model_validate(value)
-    except ValidationError as error:
-        problems = error.errors(include_url=False, include_input=False)
-        raise RequestValidationError(
-            [{**problem, "loc": ("body", *problem["loc"])} for problem in problems]
-        ) from None
+        return parse_send(value)
+    except FrameError as error:
+        raise _unfit(error.detail, error.code) from None
 
 
 async def validation_error(request: Request, error: Exception) -> Response:
@@ -228,7 +228,7 @@ def rest_router(backend: Callable[[], RestBackend]) -> APIRouter:
         room: str,
         request: Request,
         since: Annotated[int, Query(ge=0, le=MAX_MESSAGE_ID)] = 0,
-        limit: Annotated[int, Query(ge=1, le=500)] = 100,
+        limit: Annotated[int, Query(ge=1, le=HISTORY_PAGE)] = 100,
     ) -> dict[str, Any]:
         """Messages after `since`, oldest first, and the room's latest id. Fewer than `limit`
         when they are large (a page is at most 1 MiB of JSON): read on from the last id."""
@@ -242,7 +242,7 @@ def rest_router(backend: Callable[[], RestBackend]) -> APIRouter:
     # The body is read by hand, after the credential, the room's right and the rate were
     # checked (a body parameter would have FastAPI read and parse it first), so its schema
     # is given to OpenAPI here.
-    body_schema = {"application/json": {"schema": PublishRequest.model_json_schema()}}
+    body_schema = {"application/json": {"schema": PUBLISH_SCHEMA}}
 
     @router.post(
         "/messages",
