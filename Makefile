@@ -66,11 +66,12 @@ unit: $(VENV)/.installed-dev
 
 test: lint typecheck unit
 
-# The unit layer alone, about 20 s: the core, auth, the web surface, the Lambda handlers and
-# the adapters that need no server process (moto in process; no redis-server, no uvicorn).
+# The unit layer alone, about 20 s: the core, auth, the web surface, the Lambda handlers, the
+# adapters that need no server process (moto in process; no redis-server, no uvicorn), and
+# the port suites on those engines.
 FAST_TESTS := tests/handler/chat tests/handler/web tests/auth tests/handler/aws tests/infra \
 	--ignore=tests/infra/test_redis_rooms.py --ignore=tests/infra/test_emulator.py \
-	--ignore=tests/infra/test_fanout.py
+	--ignore=tests/infra/test_fanout.py tests/ports -m "not redis_server"
 test-fast: $(VENV)/.installed-dev
 	$(BIN)/pytest -q -n $(PYTEST_WORKERS) --dist loadfile $(FAST_TESTS)
 

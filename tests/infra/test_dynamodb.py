@@ -1,4 +1,6 @@
-"""The DynamoDB adapters under moto, on the table serverless.yml deploys."""
+"""The DynamoDB adapters under moto, on the table serverless.yml deploys: what only they do
+(the sealed echo, TTLs on a clock, Queries and their pages, transactions that race). What
+every engine's connection store and message log promise is tested on each in tests/ports/."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ from typing import Any
 import boto3
 import pytest
 
-from handler.chat.ports import DEFERRED_PRESENCE, Connection, Dialect, Draft
+from handler.chat.ports import Connection, Dialect, Draft
 from infra.dynamodb import DynamoConnections, DynamoMessageLog
 from infra.sealed_echo import EchoSeal
 
@@ -26,17 +28,6 @@ class Clock:
 
 def conn(cid: str, room: str = "r", **fields: Any) -> Connection:
     return Connection(cid, room, f"id-{cid}", f"name-{cid}", Dialect.JSON, "", **fields)
-
-
-def test_round_trip_and_removal() -> None:
-    store = DynamoConnections(boto3.client("dynamodb"), TABLE)
-    original = conn("a", q=7, expires_at=1_900_000_000.5)
-    store.add(original)
-    assert store.get("a") == original
-    assert store.in_room("r") == [original]
-    assert store.remove("a") == original
-    assert store.remove("a") is None
-    assert store.get("a") is None and store.in_room("r") == []
 
 
 def test_a_text_connections_echo_is_stored_sealed_in_its_record_alone() -> None:
@@ -122,28 +113,6 @@ def test_a_room_is_counted_by_dynamodb_page_by_page_without_its_members() -> Non
     assert all(q["Select"] == "COUNT" and q["ConsistentRead"] for q in queries)
 
 
-def test_ids_increase_per_room_and_history_reads() -> None:
-    log = DynamoMessageLog(boto3.client("dynamodb"), TABLE)
-    ids = [
-        log.append(Draft(room="r", user_id="u", user_name="U", text=f"m{i}", client_msg_id=None))[
-            0
-        ].id
-        for i in range(5)
-    ]
-    assert ids == [1, 2, 3, 4, 5]
-    assert (
-        log.append(Draft(room="other", user_id="u", user_name="U", text="x", client_msg_id=None))[
-            0
-        ].id
-        == 1
-    )
-    assert [m.text for m in log.recent("r", 2)] == ["m3", "m4"]
-    assert [m.id for m in log.after("r", 2, 10)] == [3, 4, 5]
-    assert [m.id for m in log.after("r", 2, 1)] == [3]
-    assert log.after("r", 5, 10) == [] and log.recent("nowhere", 5) == []
-    assert log.latest_id("r") == 5 and log.latest_id("nowhere") == 0
-
-
 @pytest.mark.parametrize("since", [10**12 - 2, 10**12 - 1, 10**13 - 2, 2**53 - 1])
 def test_a_since_past_every_keyed_id_reads_nothing_with_a_key_condition_dynamodb_takes(
     since: int,
@@ -172,6 +141,8 @@ def test_a_since_past_every_keyed_id_reads_nothing_with_a_key_condition_dynamodb
 
 
 def test_history_expires() -> None:
+    """Each message goes its TTL after it was sent, as in memory (test_memory.py, on a clock
+    too); Redis keeps a room's stream whole until its TTL after the latest message."""
     clock = Clock()
     log = DynamoMessageLog(boto3.client("dynamodb"), TABLE, retention_seconds=100, clock=clock)
     log.append(Draft(room="r", user_id="u", user_name="U", text="old", client_msg_id=None))
@@ -182,58 +153,25 @@ def test_history_expires() -> None:
     assert [m.text for m in log.recent("r", 10)] == ["new"]
 
 
-def test_client_msg_id_is_stored_once() -> None:
-    log = DynamoMessageLog(boto3.client("dynamodb"), TABLE)
-    first, created = log.append(
-        Draft(room="r", user_id="alice", user_name="Alice", text="hi", client_msg_id="k1")
+@pytest.mark.xfail(
+    strict=True,
+    reason="a retry's DEDUP marker is read without its TTL: a retry of a message no read "
+    "shows any more is answered with it, created=False (never stored again, never delivered)",
+)
+def test_a_retry_of_a_message_past_its_ttl_is_stored_anew() -> None:
+    """A retry is answered while its message is in history, and is a new message once that
+    one has left it (memory drops its retry key with the message; Redis, with the stream).
+    DynamoDB deletes an expired item only eventually, and reads skip it meanwhile."""
+    clock = Clock()
+    log = DynamoMessageLog(boto3.client("dynamodb"), TABLE, retention_seconds=100, clock=clock)
+    log.append(Draft(room="r", user_id="u", user_name="U", text="hi", client_msg_id="k1"))
+    clock.now += 150
+    assert log.after("r", 0, 10) == [] and log.recent("r", 10) == []
+    again, created = log.append(
+        Draft(room="r", user_id="u", user_name="U", text="hi", client_msg_id="k1")
     )
-    again, created_again = log.append(
-        Draft(room="r", user_id="alice", user_name="Alice", text="hi", client_msg_id="k1")
-    )
-    _, created_bob = log.append(
-        Draft(room="r", user_id="bob", user_name="Bob", text="hi", client_msg_id="k1")
-    )
-    assert created and not created_again and created_bob
-    assert again == first
-    assert [m.id for m in log.after("r", 0, 10)] == [1, 2]
-
-
-def test_mark_welcomed_only_while_the_room_is_unchanged() -> None:
-    client = boto3.client("dynamodb")
-    store, log = DynamoConnections(client, TABLE), DynamoMessageLog(client, TABLE)
-    store.add(conn("early"))
-    assert store.mark_welcomed("early", "r", 0)  # an empty room: nothing to miss
-    store.add(conn("late"))
-    log.append(Draft(room="r", user_id="u", user_name="U", text="hi", client_msg_id=None))
-    assert not store.mark_welcomed("late", "r", 0)  # a message arrived since its history
-    assert store.mark_welcomed("late", "r", 1)
-    assert {c.id: c.welcomed_through for c in store.in_room("r")} == {"early": 0, "late": 1}
-    assert store.get("late") == conn("late", welcomed_through=1)
-    assert store.mark_welcomed("gone", "r", 0)  # nothing to wait for
-
-
-def test_presence_is_kept_for_a_member_until_its_gate_opens() -> None:
-    """A presence event for a member whose welcome is on its way is kept on its record until
-    `mark_welcomed` opens its gate, and then handed over once, in order; once the gate is
-    open, the caller sends it itself. A member whose welcome never completes keeps at most
-    DEFERRED_PRESENCE; one that is gone keeps none."""
-    store = DynamoConnections(boto3.client("dynamodb"), TABLE)
-    member = conn("m")
-    store.add(member)
-    assert store.defer_presence(member, "one") and store.defer_presence(member, "two")
-    assert store.in_room("r") == [member]  # the record still reads as it was
-    assert store.mark_welcomed("m", "r", 0)
-    assert store.take_deferred(member) == ["one", "two"]
-    assert store.take_deferred(member) == []
-    assert not store.defer_presence(member, "three")  # open: the caller sends it now
-    stuck = conn("stuck")
-    store.add(stuck)
-    for n in range(DEFERRED_PRESENCE + 5):
-        assert store.defer_presence(stuck, f"p{n}")
-    assert store.mark_welcomed("stuck", "r", 0)
-    assert store.take_deferred(stuck) == [f"p{n}" for n in range(DEFERRED_PRESENCE)]
-    assert store.defer_presence(conn("gone"), "four")  # nothing to keep, nothing to send
-    assert store.take_deferred(conn("gone")) == []
+    assert (again.id, created) == (2, True)
+    assert log.after("r", 0, 10) == [again]
 
 
 def test_a_welcome_over_expired_history_opens_at_once(caplog: pytest.LogCaptureFixture) -> None:
