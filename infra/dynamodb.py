@@ -7,6 +7,7 @@ One table, keys `pk`/`sk`, TTL attribute `ttl`:
     ROOM#{room}           SEQ               the room's message counter (`last_id`, atomic ADD)
     ROOM#{room}           MSG#{id:012d}     a message in the room's history
     ROOM#{room}           DEDUP#{user}#{k}  a client_msg_id already used, and the id it got
+                                            (`#` and `%` percent-encoded in user and k)
 
 Room members and history are read with Query on the room's partition, never Scan.
 """
@@ -58,6 +59,21 @@ def _room_key(room: str) -> str:
 def _member_key(room: str, connection_id: str) -> dict[str, dict[str, str]]:
     """The key of a connection's record in its room's partition (what `in_room` reads)."""
     return {"pk": _s(_room_key(room)), "sk": _s(f"CONN#{connection_id}")}
+
+
+def _past_ttl(item: Item, now: float) -> bool:
+    """An item DynamoDB will delete (it does so only eventually): reads skip it."""
+    return "ttl" in item and int(item["ttl"]["N"]) <= now
+
+
+def _retry_key(user_id: str, client_msg_id: str) -> str:
+    """A retry marker's sort key. `#` and `%` are percent-encoded in both parts, so that
+    user `a#b` with key `c` and user `a` with key `b#c` are two markers, not one."""
+    return f"DEDUP#{_escaped(user_id)}#{_escaped(client_msg_id)}"
+
+
+def _escaped(part: str) -> str:
+    return part.replace("%", "%25").replace("#", "%23")
 
 
 def _message_key(message_id: int) -> str:
@@ -442,7 +458,7 @@ class DynamoConnections:
         return [frame["S"] for frame in deferred["L"]]
 
     def _expired(self, item: Item) -> bool:
-        return "ttl" in item and int(item["ttl"]["N"]) <= self._clock()
+        return _past_ttl(item, self._clock())
 
 
 class DynamoMessageLog:
@@ -537,30 +553,38 @@ class DynamoMessageLog:
                         "TableName": self._table,
                         "Item": {
                             "pk": room_key,
-                            "sk": _s(f"DEDUP#{message.user_id}#{message.client_msg_id}"),
+                            "sk": _s(_retry_key(message.user_id, message.client_msg_id)),
                             "message_id": _n(message.id),
                             "ttl": _n(ttl),
                         },
-                        "ConditionExpression": "attribute_not_exists(pk)",
+                        # A marker past its TTL (deleted only eventually) is no longer one.
+                        "ConditionExpression": "attribute_not_exists(pk) OR #ttl <= :now",
+                        "ExpressionAttributeNames": {"#ttl": "ttl"},
+                        "ExpressionAttributeValues": {":now": _n(int(message.ts))},
                     }
                 }
             )
         return writes
 
     def _deduplicated(self, room: str, user_id: str, client_msg_id: str) -> ChatMessage | None:
+        """The message a retry was stored as, while it is in history: a marker or a message
+        past its TTL (which DynamoDB deletes only eventually) is none."""
         marker = self._client.get_item(
             TableName=self._table,
-            Key={"pk": _s(_room_key(room)), "sk": _s(f"DEDUP#{user_id}#{client_msg_id}")},
+            Key={"pk": _s(_room_key(room)), "sk": _s(_retry_key(user_id, client_msg_id))},
             ConsistentRead=True,
         ).get("Item")
-        if marker is None:
+        if marker is None or self._expired(marker):
             return None
         stored = self._client.get_item(
             TableName=self._table,
             Key={"pk": _s(_room_key(room)), "sk": _s(_message_key(int(marker["message_id"]["N"])))},
             ConsistentRead=True,
         ).get("Item")
-        return _message_from(stored) if stored is not None else None
+        return _message_from(stored) if stored is not None and not self._expired(stored) else None
+
+    def _expired(self, item: Item) -> bool:
+        return _past_ttl(item, self._clock())
 
     def append_many(self, drafts: Sequence[Draft]) -> Sequence[Stored]:
         return append_each(self, drafts)

@@ -153,11 +153,6 @@ def test_history_expires() -> None:
     assert [m.text for m in log.recent("r", 10)] == ["new"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a retry's DEDUP marker is read without its TTL: a retry of a message no read "
-    "shows any more is answered with it, created=False (never stored again, never delivered)",
-)
 def test_a_retry_of_a_message_past_its_ttl_is_stored_anew() -> None:
     """A retry is answered while its message is in history, and is a new message once that
     one has left it (memory drops its retry key with the message; Redis, with the stream).
