@@ -16,10 +16,6 @@ from tests.ports.engines import ENGINES, DynamoEngine, Engine, local_engine
 from tests.redis_server import RedisServer, running_redis
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "redis_server: needs a redis-server process")
-
-
 @pytest.fixture(scope="session")
 def shared_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     """One redis-server for this worker's Redis engines, emptied before each."""
