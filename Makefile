@@ -97,7 +97,7 @@ bench: $(VENV)/.installed-bench
 
 # The Lambda artifact: our packages + dependencies built for the Lambda runtime (3.12, x86_64).
 lambda-zip: $(VENV)/.installed-run
-	$(BIN)/python -m infra.build_lambda
+	$(BIN)/python -m infra.deploy.build_lambda
 
 node_modules: package.json package-lock.json
 	npm ci --no-audit --no-fund

@@ -22,7 +22,7 @@ from typing import Any
 from wsload import ROOT, publish
 
 sys.path.insert(0, str(ROOT))
-from infra.build_lambda import build
+from infra.deploy.build_lambda import build
 
 PLATFORM = ("--platform", "manylinux2014_x86_64", "--python-version", "3.12")
 

@@ -33,7 +33,7 @@ IMPORTS = {
     "handler.aws.http (HTTP function, module only)": "handler.aws.http",
     # Metrics on Lambda (issue 16): the plain line writer the handlers use, and the library
     # it was weighed against, each alone.
-    "infra.emf (EMF line writer, in the handlers)": "infra.emf",
+    "infra.aws.emf (EMF line writer, in the handlers)": "infra.aws.emf",
     "aws_lambda_powertools.metrics (not used)": "aws_lambda_powertools.metrics",
 }
 FIRST_CALL = {

@@ -8,7 +8,7 @@ arrives; then it sends `--messages` (one in ten of 30 KB, the rest short), each 
 for its own echo. It reports the emulator's RSS (from /proc) at each step against the RSS after
 warm-up, and the connect rate. Targets (issue 11): RSS within 1.5x of the warm-up figure, and
 20 connects/s or more with 500 members in the table. The same run, with moto as it is, is the
-baseline (`--subjects plain`): the emulator with infra/lean_moto.py switched off.
+baseline (`--subjects plain`): the emulator with infra/local_aws/lean_moto.py switched off.
 """
 
 from __future__ import annotations
@@ -31,15 +31,16 @@ LEAN = Subject(
     "/local?room={room}&token={user}&format=json",
     FAST,
 )
-# The baseline: the same emulator with moto as it is (infra/lean_moto.py switched off).
+# The baseline: the same emulator with moto as it is (infra/local_aws/lean_moto.py switched off).
 PLAIN = Subject(
     "plain",
     "wschat emulate, moto as it is",
     (
         PYTHON,
         "-c",
-        "from infra import lean_moto; lean_moto.install = lean_moto.forget_tracked_models = "
-        "lambda: None; from handler.cli import main; raise SystemExit(main())",
+        "from infra.local_aws import lean_moto; "
+        "lean_moto.install = lean_moto.forget_tracked_models = lambda: None; "
+        "from handler.cli import main; raise SystemExit(main())",
         "emulate",
         "--host",
         "127.0.0.1",

@@ -4,7 +4,7 @@ against today's single-invocation design, in the same run.
     .venv/bin/python bench/lambda_big_room.py [--members 20000] [--latency 0.02]
 
 The Management API stand-in answers in `--latency` (bench/lambda_fanout.py's, in its own
-process); DynamoDB and SQS are moto's servers (infra/local_dynamodb.py), in another process.
+process); DynamoDB and SQS are moto's servers (infra/local_aws/dynamodb.py), in another process.
 Both sit on the server core, the benchmark on the client core. Member records, not sockets.
 
 1. Enqueue: `ChatCore.publish` in the room, as `$default` runs it: the message stored, the
@@ -78,7 +78,7 @@ class AwsClock:
 def start_aws() -> tuple[subprocess.Popen[bytes], str, str]:
     """moto's DynamoDB and SQS servers, as `wschat emulate` runs them, in their own process."""
     code = (
-        "from infra.local_dynamodb import moto_server as s; import time;"
+        "from infra.local_aws.dynamodb import moto_server as s; import time;"
         "print(s('dynamodb')[0]); print(s('sqs')[0], flush=True); time.sleep(3600)"
     )
     command = ["taskset", "-c", str(SERVER_CORE), sys.executable, "-c", code]
@@ -113,8 +113,7 @@ def main() -> int:
 def configure(args: argparse.Namespace, api_endpoint: str, dynamodb: str, sqs: str) -> None:
     import boto3
 
-    from infra.dynamodb import create_chat_table
-    from infra.local_dynamodb import create_fanout_queues
+    from infra.local_aws.dynamodb import create_chat_table, create_fanout_queues
 
     os.environ.update(
         {
@@ -139,8 +138,8 @@ def configure(args: argparse.Namespace, api_endpoint: str, dynamodb: str, sqs: s
 def run(args: argparse.Namespace, endpoint: str) -> int:
     from handler.aws.runtime import reset_runtime, runtime
     from handler.chat.ports import Connection, Dialect
-    from infra.apigw import ManagementApiDelivery
-    from infra.fanout import FanoutJob, FanoutWorker, Pacer
+    from infra.aws.delivery import ManagementApiDelivery
+    from infra.aws.fanout import FanoutJob, FanoutWorker, Pacer
 
     reset_runtime()
     clock = AwsClock()  # before the runtime makes its clients

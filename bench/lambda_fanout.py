@@ -4,7 +4,7 @@
     .venv/bin/python bench/lambda_fanout.py [--connections 1000] [--latency 0.02] [--posts 2000]
 
 1. CPU per post: `--posts` sequential posts to a stand-in that answers at once, through the
-   project's client (infra/management_api.py: botocore's SigV4 signer and a pooled urllib3)
+   project's client (infra/aws/management_api.py: botocore's SigV4 signer and a pooled urllib3)
    and through the boto3 client the project used before it, configured as it was. Rounds
    alternate, and the best of five for each is kept (this machine is shared and noisy).
    Target (issue 15): 0.6x or less.
@@ -31,8 +31,8 @@ from typing import Any
 
 from wsload import SERVER_CORE, pin_to_client_core, publish
 
-from infra.apigw import ManagementApiDelivery
-from infra.management_api import USER_AGENT, ManagementApi
+from infra.aws.delivery import ManagementApiDelivery
+from infra.aws.management_api import USER_AGENT, ManagementApi
 
 
 def boto3_client(endpoint: str, pool_size: int) -> Any:

@@ -37,7 +37,8 @@ from wsload import publish  # noqa: E402
 from handler.aws.runtime import AwsRuntime, reset_runtime  # noqa: E402  (after the environment)
 from handler.aws.websocket import WebSocketHandlers  # noqa: E402
 from handler.chat.core import ChatCore  # noqa: E402
-from infra.memory import MemoryConnections, MemoryMessageLog  # noqa: E402
+from infra.memory.connections import MemoryConnections  # noqa: E402
+from infra.memory.message_log import MemoryMessageLog  # noqa: E402
 from infra.settings import get_settings  # noqa: E402
 
 
@@ -101,7 +102,7 @@ def on_moto() -> float:
     from moto import mock_aws
 
     from handler.aws.runtime import runtime
-    from infra.dynamodb import create_chat_table
+    from infra.local_aws.dynamodb import create_chat_table
 
     with mock_aws():
         reset_runtime()

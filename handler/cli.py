@@ -11,7 +11,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import handler.check as check_module
-from infra.emulator import EmulatorConfig
+from handler.emulate.gateway import EmulatorConfig
 from infra.settings import Settings, SettingsError, get_settings
 
 H11_MAX_HEAD = 16 * 1024
@@ -48,7 +48,7 @@ def _shared_metrics(workers: int) -> Iterator[None]:
     worker's /metrics adds up (prometheus-client's multiprocess mode). The directory must be
     set before the workers import prometheus-client, and start empty: a fresh one per run,
     removed after it. A directory the user set is used as it is."""
-    from infra.metrics import MULTIPROCESS_DIR
+    from handler.local.metrics import MULTIPROCESS_DIR
 
     if workers <= 1 or os.environ.get(MULTIPROCESS_DIR):
         yield
@@ -62,8 +62,8 @@ def _shared_metrics(workers: int) -> Iterator[None]:
 
 
 def _serve_app(args: argparse.Namespace, settings: Settings) -> None:
+    from handler.local.log_redaction import log_config
     from handler.local.protocols import ChatServerConfig, serve
-    from infra.log_redaction import log_config
 
     serve(
         ChatServerConfig(
@@ -106,9 +106,9 @@ def _allow_long_request_lines() -> None:
 def _emulate(args: argparse.Namespace) -> int:
     _allow_long_request_lines()
     from handler.emulate import build_emulator
+    from handler.emulate.gateway import MAX_FRAME_BYTES, QuietPlumbing
+    from handler.local.log_redaction import log_config
     from handler.local.protocols import ChatServerConfig, serve
-    from infra.emulator import MAX_FRAME_BYTES, QuietPlumbing
-    from infra.log_redaction import log_config
 
     settings = get_settings()
     config = EmulatorConfig(

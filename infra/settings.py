@@ -148,7 +148,7 @@ class Settings:
     offline_ws_port: int = 3001
     offline_lambda_port: int = 3002
     fanout_concurrency: int = _bounded(32, ge=1, le=256)
-    # Big rooms (infra/fanout.py): above `fanout_inline_max` members, a message goes out as
+    # Big rooms (infra/aws/fanout.py): above `fanout_inline_max` members, a message goes out as
     # jobs of `fanout_chunk` members on this SQS queue; empty: always inline. The fanout
     # function's `fanout_workers` (its reserved concurrency) share `fanout_rate` posts/s.
     fanout_queue_url: str = ""

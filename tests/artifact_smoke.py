@@ -65,8 +65,8 @@ response = http.handler(http_event, None)
 report["http"] = {"status": response["statusCode"], "body": json.loads(response["body"])}
 report["python"] = sys.version.split()[0]
 
-# Every module of ours that the zip carries imports with what the zip carries: a local-only
-# module (one needing uvicorn, redis or greenlet) belongs in infra/build_lambda.py's LOCAL_ONLY.
+# Every module of ours that the zip carries imports with what the zip carries: a module that
+# needs uvicorn, redis or greenlet belongs in a package infra/deploy/build_lambda.py leaves out.
 unimportable = []
 for package in ("auth", "handler", "infra"):
     for module in pkgutil.walk_packages([package], prefix=f"{package}."):

@@ -1,4 +1,4 @@
-"""AWS test helpers: moto tables made from infra/resources.yml and real-shaped events."""
+"""AWS test helpers: moto tables made from infra/deploy/resources.yml and real-shaped events."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ EVENTS = Path(__file__).resolve().parent / "events"
 
 
 def create_table(client: Any, name: str) -> None:
-    """The chat table, made by the same code the emulator uses, from infra/resources.yml."""
-    from infra.dynamodb import create_chat_table
+    """The chat table, made by the same code the emulator uses, from infra/deploy/resources.yml."""
+    from infra.local_aws.dynamodb import create_chat_table
 
     create_chat_table(client, name)
 

@@ -39,7 +39,7 @@ def management_api() -> Iterator[ManagementApiStandIn]:
 
 @pytest.fixture
 def aws(monkeypatch: pytest.MonkeyPatch, management_api: ManagementApiStandIn) -> Iterator[None]:
-    """moto's AWS with the chat table made from infra/resources.yml, and the Management API
+    """moto's AWS with the chat table made from infra/deploy/resources.yml, and the Management API
     stand-in as every handler's endpoint; fresh caches around it."""
     import os
 

@@ -7,7 +7,7 @@ import json
 import re
 from pathlib import Path
 
-from infra.metrics import ChatMetrics
+from handler.local.metrics import ChatMetrics
 
 DASHBOARD = Path(__file__).resolve().parent.parent / "docs" / "grafana-dashboard.json"
 SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum"), "gauge": ("",)}

@@ -3,6 +3,7 @@ zip run by a clean Python 3.12 with only boto3 beside it, against moto's server.
 
 from __future__ import annotations
 
+import ast
 import glob
 import json
 import os
@@ -149,6 +150,57 @@ def test_artifact_holds_our_packages_and_nothing_else(packaged: None) -> None:
         assert unwanted not in tops
     assert not any("__pycache__" in n or n.endswith(".pyc") for n in names)
     assert any(n.endswith("x86_64-linux-gnu.so") and "cpython-312" in n for n in names)
+
+
+# What the Lambda runtime provides beside the zip: boto3 and what it depends on.
+RUNTIME_PROVIDES = {"boto3", "botocore", "urllib3", "s3transfer", "jmespath", "dateutil", "six"}
+OURS = ("auth", "handler", "infra")
+
+
+def _imports(source: str) -> Iterator[str]:
+    """Every module a module imports, anywhere in it (a function's own imports too), but those
+    only a type checker reads (`if TYPE_CHECKING:`)."""
+    tree = ast.parse(source)
+    skipped = {
+        id(inner)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and ast.unparse(node.test).endswith("TYPE_CHECKING")
+        for inner in ast.walk(node)
+    }
+    for node in ast.walk(tree):
+        if id(node) in skipped:
+            continue
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            yield node.module
+
+
+def test_nothing_in_the_zip_imports_code_outside_it(packaged: None) -> None:
+    """The zip is made of whole packages (infra/deploy/build_lambda.py). Every import in a
+    module of ours that it carries names a module of ours that it carries too, or something
+    the zip, the runtime or the standard library has."""
+    archive = zipfile.ZipFile(ARTIFACT)
+    names = archive.namelist()
+    ours = {
+        name.removesuffix(".py").removesuffix("/__init__").replace("/", ".")
+        for name in names
+        if name.startswith(tuple(f"{top}/" for top in OURS)) and name.endswith(".py")
+    }
+    tops = {name.split("/", 1)[0].removesuffix(".py") for name in names}
+    outside = []
+    for name in names:
+        if name.endswith(".py") and name.startswith(tuple(f"{top}/" for top in OURS)):
+            for module in _imports(archive.read(name).decode()):
+                top = module.split(".")[0]
+                if top in OURS:
+                    if module not in ours:
+                        outside.append(f"{name}: {module}")
+                elif top not in tops | RUNTIME_PROVIDES | sys.stdlib_module_names:
+                    outside.append(f"{name}: {module}")
+    assert ours >= {"handler.aws.websocket", "handler.web.app", "infra.aws.connections"}
+    assert not ours & {"handler.local", "infra.redis", "infra.memory", "infra.local_aws"}
+    assert outside == []
 
 
 @pytest.fixture(scope="module")

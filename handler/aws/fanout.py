@@ -1,4 +1,4 @@
-"""The fanout function: consumes the fan-out queue (infra/fanout.py), one job per record.
+"""The fanout function: consumes the fan-out queue (infra/aws/fanout.py), one job per record.
 
 It answers with `batchItemFailures` (the event source mapping's ReportBatchItemFailures), so
 a record that fails is received again, alone, and the others of its batch are not; after the
@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from handler.aws.runtime import entry_point, runtime
-from infra.fanout import FanoutJob, FanoutWorker
+from infra.aws.fanout import FanoutJob, FanoutWorker
 
 log = logging.getLogger(__name__)
 

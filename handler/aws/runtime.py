@@ -20,13 +20,14 @@ from auth.refresh import BlockingCheck
 from auth.rooms import RoomPolicy, build_room_policy
 from handler.chat.core import ChatCore
 from handler.chat.ports import Broadcast, Delivery
-from infra.apigw import ManagementApiDelivery, management_endpoint
-from infra.dynamodb import DynamoConnections, DynamoMessageLog
-from infra.emf import EmfMetrics
-from infra.fanout import ChunkedBroadcast, FanoutQueue, FanoutWorker, Pacer
-from infra.log_json import JsonFormatter, log_context
-from infra.management_api import ManagementApi
-from infra.sealed_echo import EchoSeal
+from infra.aws.connections import DynamoConnections
+from infra.aws.delivery import ManagementApiDelivery, management_endpoint
+from infra.aws.emf import EmfMetrics
+from infra.aws.fanout import ChunkedBroadcast, FanoutQueue, FanoutWorker, Pacer
+from infra.aws.management_api import ManagementApi
+from infra.aws.message_log import DynamoMessageLog
+from infra.aws.sealed_echo import EchoSeal
+from infra.observability.log_json import JsonFormatter, log_context
 from infra.settings import Settings, get_settings
 
 T = TypeVar("T")
@@ -36,7 +37,7 @@ T = TypeVar("T")
 WELCOME_GONE_ATTEMPTS = 6
 
 # The fanout function's patience with a throttled or failing recipient, before the recipient
-# goes into a delayed retry job (infra/fanout.py): about 3.5 s of backoff over four attempts.
+# goes into a delayed retry job (infra/aws/fanout.py): about 3.5 s of backoff over four attempts.
 FANOUT_ATTEMPTS = 4
 FANOUT_BACKOFF = 0.5
 
@@ -202,8 +203,9 @@ class AwsRuntime:
                     connect_timeout=2,
                     read_timeout=5,
                     retries={"mode": "standard"},
-                    # Every request is built by infra/dynamodb.py; checking each against the
-                    # service model costs CPU on every call and catches nothing.
+                    # Every request is built by infra/aws/ (the table and its adapters):
+                    # checking each against the service model costs CPU on every call and
+                    # catches nothing.
                     parameter_validation=False,
                 )
                 endpoint = self.settings.dynamodb_endpoint or None
@@ -295,8 +297,8 @@ def reset_runtime() -> None:
 
 def entry_point(handle: Callable[[Any, Any], T]) -> Callable[..., T]:
     """A Lambda entry point: its log lines carry the invocation's request id and, on a
-    WebSocket route, the connection id (infra/log_json.py), and what it counted is written
-    out as metrics when it returns (infra/emf.py)."""
+    WebSocket route, the connection id (infra/observability/log_json.py), and what it counted
+    is written out as metrics when it returns (infra/aws/emf.py)."""
 
     def invoked(event: Any, context: Any = None) -> T:
         try:

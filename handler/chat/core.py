@@ -73,7 +73,7 @@ class _RateState:
 
 class DirectBroadcast:
     """A room's members are all in the connection store, and delivery reaches each of them:
-    memory and DynamoDB. (A Redis worker reaches only its own: infra/redis_ports.py.)"""
+    memory and DynamoDB. (A Redis worker reaches only its own: infra/redis/broadcast.py.)"""
 
     def __init__(self, core: ChatCore) -> None:
         self._core = core

@@ -206,7 +206,7 @@ class Broadcast(Protocol):
     on Lambda, big rooms go in jobs through SQS). On Redis the store itself publishes: the
     script that stores a message or changes a room's membership also publishes it on the
     room's channel, so this port has nothing left to do there, and each worker's subscriber
-    delivers to its own members through the core (infra/redis_ports.py, RedisBroadcast)."""
+    delivers to its own members through the core (infra/redis/broadcast.py)."""
 
     def message(self, message: ChatMessage, sender_id: str | None) -> None:
         """A stored message: to the room's members (the sender's text socket excepted)."""
@@ -218,7 +218,7 @@ class Broadcast(Protocol):
 
 
 class Metrics(Protocol):
-    """What the core reports about itself, for an operator (infra/metrics.py)."""
+    """What the core reports about itself, for an operator (handler/local/metrics.py)."""
 
     def published(self, seconds: float) -> None:
         """A message was stored and handed to its room, in `seconds`."""

@@ -16,24 +16,22 @@ from auth.refresh import ThreadedCheck
 from auth.rooms import RoomPolicy, build_room_policy
 from handler.chat.core import ChatCore
 from handler.chat.wire import CloseCode
+from handler.local import greenbridge
+from handler.local.delivery import LocalDelivery
 from handler.local.expiry import LoopExpiryTimers
+from handler.local.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from handler.local.metrics import ChatMetrics
 from handler.local.protocols import DRAIN
 from handler.local.socket import chat_socket
 from handler.web.app import create_app
-from infra import greenbridge
-from infra.local_delivery import LocalDelivery
-from infra.memory import MemoryConnections, MemoryMessageLog
-from infra.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from infra.metrics import ChatMetrics
-from infra.redis_history import RedisHistory
-from infra.redis_ports import (
-    CALL_TIMEOUT,
-    LoopBridge,
-    RedisBroadcast,
-    RedisConnections,
-    RedisMessageLog,
-)
-from infra.redis_rooms import RedisLink, RoomFeed
+from infra.memory.connections import MemoryConnections
+from infra.memory.message_log import MemoryMessageLog
+from infra.redis.bridge import CALL_TIMEOUT, LoopBridge
+from infra.redis.broadcast import RedisBroadcast
+from infra.redis.connections import RedisConnections
+from infra.redis.feed import RedisLink, RoomFeed
+from infra.redis.history import RedisHistory
+from infra.redis.message_log import RedisMessageLog
 from infra.settings import Settings, get_settings
 
 T = TypeVar("T")
@@ -47,7 +45,7 @@ class LocalChat:
     delivery: LocalDelivery
     authenticator: Authenticator
     # In memory the core never waits, so it is called directly. On Redis it waits on the
-    # network, so it runs in a greenlet that the loop's task resumes (infra/greenbridge.py).
+    # network, so it runs in a greenlet that the loop's task resumes (handler/local/greenbridge.py).
     bridged: bool = False
     engine: RedisEngine | None = None
     metrics: ChatMetrics = field(default_factory=ChatMetrics)
@@ -149,7 +147,7 @@ def _on_redis(
     )
     client = redis.asyncio.Redis.from_pool(pool)  # closed with the client
     history = RedisHistory(client, settings.history_size, settings.history_ttl_seconds)
-    bridge = LoopBridge()
+    bridge = LoopBridge(greenbridge)
     feed = RoomFeed(client, history, link, metrics.pubsub_lag.observe)
     core = ChatCore(
         RedisConnections(feed, bridge),

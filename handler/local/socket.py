@@ -20,9 +20,9 @@ from handler.chat.core import ConnectParams
 from handler.chat.handshake import Accepted, Refused, negotiate
 from handler.chat.ports import StoreUnavailable
 from handler.chat.wire import CloseCode
+from handler.local.delivery import Outbox
 from handler.local.protocols import QUEUED_FRAMES
-from infra.local_delivery import Outbox
-from infra.log_json import log_context
+from infra.observability.log_json import log_context
 
 if TYPE_CHECKING:
     from handler.local.service import LocalChat

@@ -15,7 +15,7 @@ from urllib.parse import quote
 import pytest
 import websockets
 
-from infra.log_json import JsonFormatter
+from infra.observability.log_json import JsonFormatter
 from tests.servers import Server
 
 SECRET = "sekrit-json-7c1e"
@@ -72,7 +72,7 @@ def test_a_lambda_invocation_logs_its_request_and_connection(
 def test_a_line_break_a_client_sent_stays_inside_its_line() -> None:
     # JSON escapes the C0 controls itself; U+2028/U+2029 and the C1 controls (U+0085 is a
     # line break for str.splitlines()) it would write raw.
-    from infra.log_json import log_context
+    from infra.observability.log_json import log_context
 
     hostile = "a\u2028b\u2029c\x85d\x1be\nf\u202eg\u2066h"
     record = logging.LogRecord("wschat", logging.INFO, __file__, 1, "said %s", (hostile,), None)

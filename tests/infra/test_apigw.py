@@ -14,9 +14,10 @@ import pytest
 from auth.principal import Principal
 from handler.chat.core import ChatCore, ConnectParams
 from handler.chat.ports import Dialect
-from infra.apigw import ManagementApiDelivery, management_endpoint
-from infra.dynamodb import DynamoConnections, DynamoMessageLog
-from infra.management_api import ManagementApi
+from infra.aws.connections import DynamoConnections
+from infra.aws.delivery import ManagementApiDelivery, management_endpoint
+from infra.aws.management_api import ManagementApi
+from infra.aws.message_log import DynamoMessageLog
 from tests.management_api import HANG_UP, Answer, ManagementApiStandIn, running_management_api
 
 

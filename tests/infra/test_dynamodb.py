@@ -11,8 +11,9 @@ import boto3
 import pytest
 
 from handler.chat.ports import Connection, Dialect, Draft
-from infra.dynamodb import DynamoConnections, DynamoMessageLog
-from infra.sealed_echo import EchoSeal
+from infra.aws.connections import DynamoConnections
+from infra.aws.message_log import DynamoMessageLog
+from infra.aws.sealed_echo import EchoSeal
 
 pytestmark = pytest.mark.usefixtures("aws")
 TABLE = "wschat-test"

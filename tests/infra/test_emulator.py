@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
-from infra.emulator import Emulator, EmulatorConfig, Handler
+from handler.emulate.gateway import Emulator, EmulatorConfig, Handler
 
 
 class Lambda:

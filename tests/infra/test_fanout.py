@@ -1,6 +1,6 @@
-"""Big rooms on Lambda: chunked fan-out through SQS (infra/fanout.py, handler/aws/fanout.py),
+"""Big rooms on Lambda: chunked fan-out through SQS (infra/aws/fanout.py, handler/aws/fanout.py),
 with moto's SQS and DynamoDB, the Management API stand-in, and the event source mapping the
-emulator runs (infra/sqs_source.py)."""
+emulator runs (infra/local_aws/sqs_source.py)."""
 
 from __future__ import annotations
 
@@ -18,16 +18,16 @@ from handler.aws import websocket
 from handler.aws.fanout import make_handler
 from handler.aws.runtime import AwsRuntime, runtime
 from handler.chat.ports import Connection, Dialect, Draft
-from infra.apigw import ManagementApiDelivery
-from infra.fanout import (
+from infra.aws.delivery import ManagementApiDelivery
+from infra.aws.fanout import (
     MAX_TRIES,
     FanoutJob,
     FanoutQueue,
     FanoutWorker,
     Pacer,
 )
-from infra.local_dynamodb import create_fanout_queues
-from infra.sqs_source import SqsEventSource
+from infra.local_aws.dynamodb import create_fanout_queues
+from infra.local_aws.sqs_source import SqsEventSource
 from tests.aws import event, reset_caches
 from tests.management_api import ManagementApiStandIn
 

@@ -1,4 +1,5 @@
-"""Sync code waiting on coroutines from a greenlet on the event loop (infra/greenbridge.py)."""
+"""Sync code waiting on coroutines from a greenlet on the event loop
+(handler/local/greenbridge.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import inspect
 
 import pytest
 
-from infra import greenbridge
+from handler.local import greenbridge
 
 REQUEST = contextvars.ContextVar("REQUEST", default="none")
 

@@ -1,5 +1,5 @@
-"""The emulator's lean moto (infra/lean_moto.py) answers exactly as moto does: each scenario
-runs once on moto as it is and once patched, and both must end the same."""
+"""The emulator's lean moto (infra/local_aws/lean_moto.py) answers exactly as moto does: each
+scenario runs once on moto as it is and once patched, and both must end the same."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from infra import lean_moto
-from infra.dynamodb import create_chat_table
+from infra.local_aws import lean_moto
+from infra.local_aws.dynamodb import create_chat_table
 
 TABLE = "t"
 Scenario = Callable[[Any], object]

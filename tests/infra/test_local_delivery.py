@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import asyncio
 
-from infra.local_delivery import LocalDelivery, Outbox
+from handler.local.delivery import LocalDelivery, Outbox
 
 
 class Socket:

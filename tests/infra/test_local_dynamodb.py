@@ -1,4 +1,4 @@
-"""The DynamoDB of local runs (infra/local_dynamodb.py): moto, over HTTP or in process."""
+"""The DynamoDB of local runs (infra/local_aws/dynamodb.py): moto, over HTTP or in process."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError, EndpointConnectionError
 
-from infra.local_dynamodb import send_in_process, start_dynamodb
+from infra.local_aws.dynamodb import send_in_process, start_dynamodb
 
 CREDENTIALS = {
     "region_name": "us-east-1",

@@ -5,7 +5,7 @@ from urllib.parse import parse_qsl
 
 import pytest
 
-from infra.log_redaction import RedactCredentials, redact
+from handler.local.log_redaction import RedactCredentials, redact
 
 
 @pytest.mark.parametrize(

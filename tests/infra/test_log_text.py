@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from infra.log_text import AccessTextFormatter, TextFormatter
+from handler.local.log_text import AccessTextFormatter, TextFormatter
 
 HOSTILE = "a\nINFO:     forged\r\x1b[2J\x85\u2028\u2029\x00\tz\u202ecba\u2066"
 ESCAPED = "a\\nINFO:     forged\\r\\x1b[2J\\x85\\u2028\\u2029\\x00\\tz\\u202ecba\\u2066"

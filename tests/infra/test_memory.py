@@ -9,7 +9,8 @@ from collections.abc import Callable
 import pytest
 
 from handler.chat.ports import Connection, Dialect, Draft
-from infra.memory import MemoryConnections, MemoryMessageLog
+from infra.memory.connections import MemoryConnections
+from infra.memory.message_log import MemoryMessageLog
 
 
 def conn(cid: str, room: str) -> Connection:

@@ -20,23 +20,23 @@ from auth.principal import Principal
 from handler.chat.core import ConnectParams
 from handler.chat.ports import Connection, Dialect, Draft, StoreUnavailable
 from handler.chat.wire import MAX_MESSAGE_ID
+from handler.local.delivery import Outbox
 from handler.local.service import LocalChat, build_local_chat
-from infra.local_delivery import Outbox
-from infra.redis_history import (
-    PUBLISH,
-    RedisHistory,
-    channel,
-    log_key,
-    retries_key,
-    seq_key,
-)
-from infra.redis_rooms import (
+from infra.redis.feed import (
     CANARY_SECONDS,
     DEAF_AFTER,
     RoomFeed,
     beat_key,
     conn_key,
     conns_key,
+)
+from infra.redis.history import (
+    PUBLISH,
+    RedisHistory,
+    channel,
+    log_key,
+    retries_key,
+    seq_key,
 )
 from infra.settings import Settings
 from tests.redis_server import RedisServer

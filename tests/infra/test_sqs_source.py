@@ -1,5 +1,5 @@
-"""The event source mapping of local runs (infra/sqs_source.py) on moto's SQS server, as
-`wschat emulate` runs them (infra/local_dynamodb.py)."""
+"""The event source mapping of local runs (infra/local_aws/sqs_source.py) on moto's SQS server, as
+`wschat emulate` runs them (infra/local_aws/dynamodb.py)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from typing import Any
 import boto3
 import pytest
 
-from infra.local_dynamodb import create_fanout_queues, moto_server
-from infra.sqs_source import SqsEventSource
+from infra.local_aws.dynamodb import create_fanout_queues, moto_server
+from infra.local_aws.sqs_source import SqsEventSource
 
 
 def client(endpoint: str) -> Any:

@@ -4,7 +4,8 @@ Lambda runtime does (handler/aws/runtime.py).
 
 A test calls the ports as the core does, synchronously, and each call runs where the core
 runs: on memory and Redis, on the engine's event loop (a thread of the test's own), and on
-Redis inside the greenlet bridge there (infra/greenbridge.py), where the ports wait on Redis.
+Redis inside the greenlet bridge there (handler/local/greenbridge.py), where the ports wait
+on Redis.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from typing import Any, TypeVar, cast
 
 from handler.chat.core import ChatCore
 from handler.chat.ports import ConnectionStore, MessageLog
+from handler.local.delivery import Outbox
 from handler.local.service import LocalChat, build_local_chat
-from infra.local_delivery import Outbox
 from infra.settings import Settings
 from tests.management_api import ManagementApiStandIn
 

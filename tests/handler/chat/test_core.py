@@ -15,7 +15,8 @@ from handler.chat import wire
 from handler.chat.core import TEXT_REFRESH, ChatCore, ConnectParams, Limits
 from handler.chat.ports import Dialect, Draft, StoreBusy
 from handler.chat.wire import FrameError
-from infra.memory import MemoryConnections, MemoryMessageLog
+from infra.memory.connections import MemoryConnections
+from infra.memory.message_log import MemoryMessageLog
 from tests.handler.chat.recording import RecordingDelivery, TokenBook
 
 TEXT = ConnectParams(Dialect.TEXT)

@@ -13,7 +13,8 @@ from auth.principal import Principal
 from auth.rooms import Right
 from handler.chat.core import ChatCore, ConnectParams, Limits
 from handler.chat.ports import ChatMessage, Dialect, Draft, StoreBusy, Stored
-from infra.memory import MemoryConnections, MemoryMessageLog
+from infra.memory.connections import MemoryConnections
+from infra.memory.message_log import MemoryMessageLog
 from tests.handler.chat.recording import RecordingDelivery
 
 JSON = ConnectParams(Dialect.JSON)

@@ -9,7 +9,8 @@ from auth.principal import Principal
 from handler.chat.core import ChatCore, ConnectParams
 from handler.chat.ports import Dialect
 from handler.local.expiry import LoopExpiryTimers
-from infra.memory import MemoryConnections, MemoryMessageLog
+from infra.memory.connections import MemoryConnections
+from infra.memory.message_log import MemoryMessageLog
 from tests.handler.chat.recording import RecordingDelivery, TokenBook
 
 

@@ -70,19 +70,20 @@ class RedactCredentials(logging.Filter):
 def log_config(level: str = "info", form: str = "text") -> dict[str, Any]:
     """uvicorn's logging config with the redaction filter on every handler, and the root
     logger (where wschat's own loggers propagate) sent to the same handler. `form` is
-    WSCHAT_LOG_FORMAT: `text` (uvicorn's lines, escaped: infra/log_text.py) or `json`
-    (infra/log_json.py)."""
+    WSCHAT_LOG_FORMAT: `text` (uvicorn's lines, escaped: handler/local/log_text.py) or `json`
+    (infra/observability/log_json.py)."""
     config: dict[str, Any] = copy.deepcopy(LOGGING_CONFIG)
     config["filters"] = {"redact": {"()": RedactCredentials}}
     for handler in config["handlers"].values():
         handler["filters"] = ["redact"]
     if form == "json":
         config["formatters"] = {
-            name: {"()": "infra.log_json.JsonFormatter"} for name in config["formatters"]
+            name: {"()": "infra.observability.log_json.JsonFormatter"}
+            for name in config["formatters"]
         }
     else:
-        config["formatters"]["default"]["()"] = "infra.log_text.TextFormatter"
-        config["formatters"]["access"]["()"] = "infra.log_text.AccessTextFormatter"
+        config["formatters"]["default"]["()"] = "handler.local.log_text.TextFormatter"
+        config["formatters"]["access"]["()"] = "handler.local.log_text.AccessTextFormatter"
     config["root"] = {"handlers": ["default"], "level": level.upper()}
     # At debug, botocore and urllib3 log whole requests: signed headers and, in the emulator,
     # the Invoke API's secret path. Never below INFO.

@@ -11,9 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from infra import lean_moto
-from infra.dynamodb import create_chat_table
-from infra.sqs_source import queue_arn
+from infra.local_aws import lean_moto
+from infra.local_aws.sqs_source import queue_arn
+
+# The stack serverless.yml deploys: local tables and queues are made from it, not restated.
+RESOURCES = Path(__file__).resolve().parent.parent / "deploy" / "resources.yml"
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +36,7 @@ def moto_app(service: Literal["dynamodb", "sqs"]) -> WSGIApp:
     welcome's seam relies on it. A lock around each request restores the guarantee.
     SQS requests run side by side: a receive long-polls inside its request (moto wakes it
     when a message arrives), and a lock would hold every send for as long.
-    moto is kept lean for hours of use (infra/lean_moto.py).
+    moto is kept lean for hours of use (infra/local_aws/lean_moto.py).
     """
     import threading
 
@@ -147,13 +149,13 @@ def send_in_process(client: Any, dynamodb: LocalDynamoDB) -> None:
 def create_fanout_queues(
     sqs: Any, name: str, visibility_timeout: int | None = None
 ) -> tuple[str, str]:
-    """Create the fan-out queue and its dead-letter queue as infra/resources.yml (which
+    """Create the fan-out queue and its dead-letter queue as infra/deploy/resources.yml (which
     serverless.yml deploys) defines them: the redrive policy's maxReceiveCount, the visibility
     timeout (unless given: a local run need not wait six minutes to see a failure again).
     Returns the two queue URLs."""
     import yaml
 
-    resources = yaml.safe_load((Path(__file__).parent / "resources.yml").read_text())
+    resources = yaml.safe_load(RESOURCES.read_text())
     queue = resources["Resources"]["FanoutQueue"]["Properties"]
     dlq_url = sqs.create_queue(QueueName=f"{name}-dlq")["QueueUrl"]
     redrive = {
@@ -166,3 +168,24 @@ def create_fanout_queues(
         Attributes={"VisibilityTimeout": str(timeout), "RedrivePolicy": json.dumps(redrive)},
     )["QueueUrl"]
     return url, dlq_url
+
+
+def create_chat_table(client: Any, table: str) -> None:
+    """Create the ChatTable exactly as infra/deploy/resources.yml (which serverless.yml deploys)
+    defines it: keys, billing mode and TTL."""
+    import yaml
+
+    resources = yaml.safe_load(RESOURCES.read_text())
+    properties = resources["Resources"]["ChatTable"]["Properties"]
+    client.create_table(
+        TableName=table,
+        AttributeDefinitions=properties["AttributeDefinitions"],
+        KeySchema=properties["KeySchema"],
+        BillingMode=properties["BillingMode"],
+    )
+    client.get_waiter("table_exists").wait(TableName=table)
+    ttl = properties["TimeToLiveSpecification"]
+    client.update_time_to_live(
+        TableName=table,
+        TimeToLiveSpecification={"AttributeName": ttl["AttributeName"], "Enabled": ttl["Enabled"]},
+    )

@@ -1,13 +1,14 @@
 """Build the Lambda deployment artifact: our packages plus their dependencies, as wheels built
 for the Lambda platform and Python version, and nothing else.
 
-    python -m infra.build_lambda [--python 3.12] [--platform manylinux2014_x86_64] [--out build]
-                                 [--if-stale]
+    python -m infra.deploy.build_lambda [--python 3.12] [--platform manylinux2014_x86_64]
+                                        [--out build] [--if-stale]
 
 With `--if-stale` it builds only when what goes into the zip changed since the last build: a
 fingerprint of every included source file, the requirements and the target, kept beside the
-zip. `osls package`, `osls deploy` and `osls offline start` run it so (infra/serverless-build.js):
-a fresh clone deploys, and a stale zip never ships. `make lambda-zip` always builds.
+zip. `osls package`, `osls deploy` and `osls offline start` run it so
+(infra/deploy/serverless-build.js): a fresh clone deploys, and a stale zip never ships.
+`make lambda-zip` always builds.
 """
 
 from __future__ import annotations
@@ -20,39 +21,28 @@ import sys
 import zipfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("handler", "auth", "infra")
-# Files of ours that a Lambda never needs: the local transport and its stores, the CLI and
-# the emulator, and the build itself.
-LOCAL_ONLY = (
-    "handler/local",
-    "handler/check.py",
-    "handler/cli.py",
-    "handler/emulate.py",
-    "infra/build_lambda.py",
-    "infra/emulator.py",
-    "infra/greenbridge.py",
-    "infra/lambda-requirements.txt",
-    "infra/local_delivery.py",
-    "infra/lean_moto.py",
-    "infra/local_dynamodb.py",
-    "infra/log_redaction.py",
-    "infra/log_text.py",
-    "infra/memory.py",
-    "infra/metrics.py",
-    "infra/redis_history.py",
-    "infra/redis_ports.py",
-    "infra/redis_rooms.py",
-    "infra/serverless-build.js",
-    "infra/sqs_source.py",
+ROOT = Path(__file__).resolve().parents[2]
+# What a Lambda runs: these packages whole, and the modules above them that they need. The
+# rest of ours is local: the uvicorn transport, the emulator, the CLI, the memory and Redis
+# engines, the AWS stand-ins, this build. tests/test_packaging.py proves that nothing in the
+# zip imports anything of ours outside it.
+PACKAGES = (
+    "auth",
+    "handler/chat",
+    "handler/aws",
+    "handler/web",
+    "infra/aws",
+    "infra/observability",
 )
+MODULES = ("handler/__init__.py", "infra/__init__.py", "infra/settings.py")
+REQUIREMENTS = ROOT / "infra" / "deploy" / "lambda-requirements.txt"
 SKIP_SUFFIXES = (".pyc",)
 SKIP_NAMES = ("__pycache__",)
 
 
 def sources() -> list[Path]:
     """Our files that go into the zip, in a stable order."""
-    found = []
+    found = [ROOT / module for module in MODULES]
     for package in PACKAGES:
         for source in (ROOT / package).rglob("*"):
             relative = source.relative_to(ROOT)
@@ -60,15 +50,13 @@ def sources() -> list[Path]:
                 continue
             if any(part in SKIP_NAMES for part in relative.parts):
                 continue
-            if any(relative.as_posix().startswith(local) for local in LOCAL_ONLY):
-                continue
             found.append(source)
     return sorted(found)
 
 
 def fingerprint(python: str, platform: str) -> str:
     digest = hashlib.sha256(f"{python} {platform}\n".encode())
-    for path in [ROOT / "infra" / "lambda-requirements.txt", *sources()]:
+    for path in [REQUIREMENTS, *sources()]:
         digest.update(path.relative_to(ROOT).as_posix().encode() + b"\0")
         digest.update(path.read_bytes() + b"\0")
     return digest.hexdigest()
@@ -96,7 +84,7 @@ def build(python: str, platform: str, out: Path) -> Path:
             "cp",
             "--only-binary=:all:",
             "--requirement",
-            str(ROOT / "infra" / "lambda-requirements.txt"),
+            str(REQUIREMENTS),
         ],
         check=True,
     )

@@ -17,7 +17,7 @@ from types import TracebackType
 
 from uvicorn.logging import AccessFormatter, DefaultFormatter
 
-from infra.log_json import BIDI_CONTROLS
+from infra.observability.log_json import BIDI_CONTROLS
 
 _SHORT = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 _ESCAPES = {

@@ -5,7 +5,7 @@ keeps, on its event loop:
 
 - **its members**, by id and by room, with each JSON connection's welcome gate;
 - **a subscription per room it has members in**, on the room's sharded pub/sub channel, where
-  the publish script (infra/redis_history.py) puts every message and presence event. It
+  the publish script (infra/redis/history.py) puts every message and presence event. It
   delivers each to its own members through the core's fan-out, in id order: it remembers the
   last id it delivered per room, and fills a gap (a message lost while the link was down) from
   the room's stream before it delivers anything newer;
@@ -39,7 +39,7 @@ from redis.backoff import AbstractBackoff
 from handler.chat.core import ChatCore
 from handler.chat.ports import ChatMessage, Connection, Dialect, keep_presence
 from handler.chat.wire import CloseCode
-from infra.redis_history import (
+from infra.redis.history import (
     RedisHistory,
     channel,
     log_key,
@@ -202,7 +202,7 @@ class _Room:
 
 class RoomFeed:
     """This worker's members and subscriptions, all on the event loop's thread (the core
-    reaches them from a greenlet there: infra/greenbridge.py). A plain method runs without
+    reaches them from a greenlet there: handler/local/greenbridge.py). A plain method runs without
     interruption, so members, gates and `delivered` change atomically."""
 
     def __init__(
@@ -287,7 +287,7 @@ class RoomFeed:
             raise RuntimeError("RoomFeed.serve(core) was never called")
         return self._served
 
-    # --- members (from the core, through infra/redis_ports.py) ---------------------------
+    # --- members (from the core, through infra/redis/connections.py) ---------------------
 
     async def join(self, connection: Connection) -> None:
         """Register a member here and in Redis, subscribed to its room before it returns: the

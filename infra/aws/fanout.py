@@ -31,8 +31,8 @@ from typing import Any
 
 from handler.chat.core import ChatCore
 from handler.chat.ports import Broadcast, ChatMessage, Connection, Delivery
-from infra.apigw import ManagementApiDelivery
-from infra.dynamodb import DynamoConnections
+from infra.aws.connections import DynamoConnections
+from infra.aws.delivery import ManagementApiDelivery
 
 log = logging.getLogger(__name__)
 

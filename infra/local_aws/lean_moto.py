@@ -1,4 +1,5 @@
-"""moto's DynamoDB, fit to run for hours as the emulator's local DynamoDB (infra/local_dynamodb.py).
+"""moto's DynamoDB, fit to run for hours as the emulator's local DynamoDB
+(infra/local_aws/dynamodb.py).
 
 moto is a test double, and three of its habits made a long-running emulator grow to gigabytes
 and slow to a crawl (measured in docs/performance.md, "The emulator's DynamoDB"):

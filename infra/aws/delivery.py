@@ -1,6 +1,6 @@
 """Delivery through the API Gateway Management API (POST /@connections/{id}).
 
-One client per endpoint (infra/management_api.py), reused across invocations, with explicit
+One client per endpoint (infra/aws/management_api.py), reused across invocations, with explicit
 timeouts. Fan-out runs on a bounded thread pool sized to the client's connection pool. Each
 recipient is isolated: 410 Gone reports that recipient as gone (the core then deletes its
 records), 429, 5xx and no answer at all are retried with jittered backoff, 403 is logged
@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from enum import Enum
 
 from handler.chat.wire import MAX_SEND_BYTES
-from infra.management_api import ManagementApi, NoAnswer
+from infra.aws.management_api import ManagementApi, NoAnswer
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ own SigV4 signer and sending with urllib3, both already in the Lambda runtime, c
 calls worth the trouble and a stable wire format: POST and DELETE on /@connections/{id}.
 
 Answers are returned as HTTP statuses; what each means is the caller's policy
-(infra/apigw.py). A request that got no answer raises `NoAnswer`.
+(infra/aws/delivery.py). A request that got no answer raises `NoAnswer`.
 """
 
 from __future__ import annotations

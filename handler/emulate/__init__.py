@@ -1,6 +1,6 @@
 """`wschat emulate`'s wiring: the project's Lambda handlers and HTTP function behind the
-generic API Gateway emulator (infra/emulator.py), on a local DynamoDB, with big rooms fanned
-out through a local SQS queue to the fanout handler, as an event source mapping would."""
+generic API Gateway emulator (handler/emulate/gateway.py), on a local DynamoDB, with big rooms
+fanned out through a local SQS queue to the fanout handler, as an event source mapping would."""
 
 from __future__ import annotations
 
@@ -10,14 +10,14 @@ from collections.abc import Callable
 
 import boto3
 
-from infra.emulator import Emulator, EmulatorConfig
-from infra.local_dynamodb import (
+from handler.emulate.gateway import Emulator, EmulatorConfig
+from infra.local_aws.dynamodb import (
     create_fanout_queues,
     moto_server,
     send_in_process,
     start_dynamodb,
 )
-from infra.sqs_source import SqsEventSource
+from infra.local_aws.sqs_source import SqsEventSource
 
 # How long a failed fan-out job stays invisible before it is received again: seconds here,
 # not the deployed six minutes, so a developer sees a retry while watching.

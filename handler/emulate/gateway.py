@@ -31,7 +31,7 @@ from starlette.types import ASGIApp
 from starlette.websockets import WebSocket
 
 from handler.chat.wire import MAX_SEND_BYTES, CloseCode
-from infra.local_delivery import Outbox
+from handler.local.delivery import Outbox
 from infra.settings import get_settings
 
 log = logging.getLogger(__name__)

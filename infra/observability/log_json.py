@@ -3,8 +3,8 @@
 Each object has `time` (UTC, ISO 8601, milliseconds), `level`, `logger` and `message`, plus what
 is known of the work the line belongs to: `connection_id`, `room` and `user_id` on a socket,
 `request_id` in a Lambda invocation (`log_context`). Credentials are redacted before any
-formatter sees the line (infra/log_redaction.py); a field never carries one: a user id is the
-verified subject, never the token.
+formatter sees the line (handler/local/log_redaction.py); a field never carries one: a user
+id is the verified subject, never the token.
 
 A line is one line for any reader: besides what JSON escapes itself (the C0 controls), the C1
 controls and U+2028/U+2029, which `str.splitlines()`, JavaScript and several log shippers take

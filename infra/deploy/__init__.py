@@ -1,0 +1,1 @@
+"""Building and deploying the Lambda artifact."""

@@ -1,0 +1,1 @@
+"""Local stand-ins for AWS, for development and tests (`wschat emulate`): never deployed."""

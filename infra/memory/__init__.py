@@ -1,0 +1,1 @@
+"""In memory, in this process: the default engine of `wschat serve`."""

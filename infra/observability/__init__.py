@@ -1,0 +1,1 @@
+"""What every process writes about itself: JSON log lines."""

@@ -1,0 +1,1 @@
+"""Redis: rooms shared by workers and hosts (`wschat serve` with `WSCHAT_REDIS_URL`)."""
