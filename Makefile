@@ -70,8 +70,10 @@ test: lint typecheck unit
 # adapters that need no server process (moto in process; no redis-server, no uvicorn), and
 # the port suites on those engines.
 FAST_TESTS := tests/handler/chat tests/handler/web tests/auth tests/handler/aws tests/infra \
-	--ignore=tests/infra/test_redis_rooms.py --ignore=tests/infra/test_emulator.py \
-	--ignore=tests/infra/test_fanout.py tests/ports -m "not redis_server"
+	tests/handler/local/test_delivery.py tests/handler/local/test_greenbridge.py \
+	tests/handler/local/test_log_text.py tests/handler/local/test_log_redaction.py \
+	tests/handler/local/test_expiry.py tests/ports -m "not redis_server" \
+	--ignore=tests/infra/redis --ignore=tests/infra/aws/test_fanout.py
 test-fast: $(VENV)/.installed-dev
 	$(BIN)/pytest -q -n $(PYTEST_WORKERS) --dist loadfile $(FAST_TESTS)
 

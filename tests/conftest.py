@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.management_api import ManagementApiStandIn, running_management_api
-from tests.redis_server import RedisServer, running_redis
-from tests.servers import Server, running_server
+from tests.support.management_api import ManagementApiStandIn, running_management_api
+from tests.support.redis_server import RedisServer, running_redis
+from tests.support.servers import Server, running_server
 
 
 @pytest.fixture(scope="session")
@@ -32,7 +32,8 @@ def start_server(tmp_path: Path):  # type: ignore[no-untyped-def]
 
 @pytest.fixture
 def management_api() -> Iterator[ManagementApiStandIn]:
-    """The Management API on loopback (tests/management_api.py), answering 200 unless told."""
+    """The Management API on loopback (tests/support/management_api.py), answering 200 unless
+    told otherwise."""
     with running_management_api() as stand_in:
         yield stand_in
 
@@ -46,7 +47,7 @@ def aws(monkeypatch: pytest.MonkeyPatch, management_api: ManagementApiStandIn) -
     import boto3
     from moto import mock_aws
 
-    from tests.aws import create_table, reset_caches
+    from tests.support.aws import create_table, reset_caches
 
     for key in list(os.environ):
         if key.startswith("WSCHAT_"):

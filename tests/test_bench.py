@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.tools import require
+from tests.support.tools import require
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -46,7 +46,7 @@ def test_the_jwt_recipe_and_its_script_work_as_written(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    from tests.servers import running_server
+    from tests.support.servers import running_server
 
     readme = (ROOT / "docs" / "auth.md").read_text()
     recipe = _block_after(readme, "JWT mode end to end, locally:", "sh")

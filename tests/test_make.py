@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from tests.servers import ROOT
+from tests.support.servers import ROOT
 
 
 def planned(*args: str, **env: str) -> str:

@@ -17,9 +17,9 @@ from typing import Any
 import boto3
 import pytest
 
-from tests.aws import create_table, running_moto_server
-from tests.servers import ROOT
-from tests.tools import require, the_build_directory
+from tests.support.aws import create_table, running_moto_server
+from tests.support.servers import ROOT
+from tests.support.tools import require, the_build_directory
 
 TEMPLATE = ROOT / ".serverless" / "cloudformation-template-update-stack.json"
 ARTIFACT = ROOT / "build" / "lambda.zip"
@@ -247,7 +247,7 @@ def test_clean_python312_imports_and_invokes_every_handler(
         "WSCHAT_APIGW_ENDPOINT": moto_server,
     }
     # Run the script as `-c` so the artifact (the working directory) is first on sys.path.
-    smoke = (ROOT / "tests" / "artifact_smoke.py").read_text()
+    smoke = (ROOT / "tests" / "support" / "artifact_smoke.py").read_text()
     result = subprocess.run(
         [str(venv / "bin" / "python"), "-s", "-c", smoke, str(ROOT / "tests" / "events")],
         cwd=unpacked,

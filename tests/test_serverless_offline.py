@@ -18,10 +18,10 @@ import boto3
 import pytest
 import websockets
 
-from tests.aws import create_table, running_moto_server
-from tests.clients import recv, recv_json, until
-from tests.servers import ROOT, free_port
-from tests.tools import require, the_build_directory
+from tests.support.aws import create_table, running_moto_server
+from tests.support.clients import recv, recv_json, until
+from tests.support.servers import ROOT, free_port
+from tests.support.tools import require, the_build_directory
 
 TABLE = "wschat-offline"
 

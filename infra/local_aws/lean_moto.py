@@ -14,8 +14,8 @@ and slow to a crawl (measured in docs/performance.md, "The emulator's DynamoDB")
 
 `install()` replaces the last three with versions that do the same work on what the request
 names; `forget_tracked_models()` drops the lists, after each request. Both rely on moto's
-internals (pinned in pyproject.toml); tests/infra/test_lean_moto.py holds them to moto's own
-results. Only the emulator's own moto server uses them; the unit tests run moto as it is.
+internals (pinned in pyproject.toml); tests/infra/local_aws/test_lean_moto.py holds them to
+moto's own results. Only the emulator's own moto server uses them; the unit tests run moto as it is.
 """
 
 from __future__ import annotations

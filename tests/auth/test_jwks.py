@@ -85,7 +85,7 @@ def test_cold_cache_with_endpoint_down_fails_closed(server: JwksServer) -> None:
 
 
 def test_nothing_listening_fails_closed() -> None:
-    from tests.servers import free_port
+    from tests.support.servers import free_port
 
     url = f"http://127.0.0.1:{free_port()}/jwks.json"
     with pytest.raises(AuthError):

@@ -11,7 +11,7 @@ from auth.principal import Principal
 from auth.rooms import ALL, Right, Rights
 from handler.aws.authorizer import handler
 from tests.auth.keys import SECRET, hs256
-from tests.aws import event, reset_caches
+from tests.support.aws import event, reset_caches
 
 READ_ONLY: Rights = frozenset({Right.READ})
 ARN = "arn:aws:execute-api:us-east-1:123456789012:abcdef123/prod/$connect"

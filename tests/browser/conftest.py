@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 from playwright.sync_api import Browser, sync_playwright
 
-from tests.tools import require
+from tests.support.tools import require
 
 # Chromium as root, offline: no sandbox, and none of its background calls home.
 CHROMIUM_ARGS = [

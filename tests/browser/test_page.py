@@ -15,7 +15,7 @@ import pytest
 from playwright.sync_api import Browser, Page, WebSocketRoute, expect
 
 from tests.auth.keys import SECRET
-from tests.servers import ROOT, Server, free_port, running_server
+from tests.support.servers import ROOT, Server, free_port, running_server
 
 SCREENSHOTS = ROOT / "build" / "screenshots"
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from playwright.sync_api import Browser, expect
 
-from tests.servers import running_server
+from tests.support.servers import running_server
 
 SEED_PAGE = (Path(__file__).parent.parent / "fixtures" / "seed_page.html").read_text()
 SEED_PORT = 8000  # the page hard-codes ws://localhost:8000

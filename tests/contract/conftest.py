@@ -14,8 +14,8 @@ from urllib.parse import quote, urlencode
 import pytest
 import websockets
 
-from tests.redis_server import running_redis
-from tests.servers import Server, running_server
+from tests.support.redis_server import running_redis
+from tests.support.servers import Server, running_server
 
 TRANSPORTS = {"uvicorn": "serve", "emulator": "emulate", "redis": "serve"}
 

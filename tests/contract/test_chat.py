@@ -16,9 +16,9 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from tests.clients import TIMEOUT, close_code, recv, recv_json, until
 from tests.contract.conftest import TRANSPORTS, Transport, transport_with
 from tests.contract.test_rest import call
+from tests.support.clients import TIMEOUT, close_code, recv, recv_json, until
 
 
 async def send_json(ws: ClientConnection, **frame: object) -> None:

@@ -16,9 +16,9 @@ import pytest
 from websockets.exceptions import InvalidStatus
 
 from tests.auth.keys import SECRET
-from tests.clients import masked_frame, raw_upgrade, recv, until
 from tests.contract.conftest import Transport
 from tests.contract.test_rest import call
+from tests.support.clients import masked_frame, raw_upgrade, recv, until
 
 
 def _target(transport: Transport, query: str) -> str:

@@ -10,8 +10,8 @@ import pytest
 from websockets.exceptions import InvalidStatus
 
 from tests.auth.keys import SECRET, claims
-from tests.clients import recv
 from tests.contract.conftest import TRANSPORTS, Transport, transport_with
+from tests.support.clients import recv
 
 JWT_ENV = {"WSCHAT_AUTH": "jwt", "WSCHAT_JWT_SECRET": SECRET, "WSCHAT_JWT_ALGORITHMS": "HS256"}
 

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from tests.clients import answer_to, recv, until
 from tests.contract.conftest import Transport
+from tests.support.clients import answer_to, recv, until
 
 
 def call(

@@ -9,8 +9,8 @@ from collections.abc import Callable
 import pytest
 from websockets.asyncio.client import ClientConnection
 
-from tests.clients import ResumePoint, recv_json, until
 from tests.contract.conftest import Transport
+from tests.support.clients import ResumePoint, recv_json, until
 
 FAST = {"WSCHAT_RATE_PER_SECOND": "100000", "WSCHAT_RATE_BURST": "100000"}
 

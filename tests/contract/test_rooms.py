@@ -15,8 +15,8 @@ import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.auth.keys import SECRET
-from tests.clients import TIMEOUT, answer_to, recv_json, until
 from tests.contract.conftest import TRANSPORTS, Transport, transport_with
+from tests.support.clients import TIMEOUT, answer_to, recv_json, until
 
 ENV = {
     "WSCHAT_AUTH": "jwt",

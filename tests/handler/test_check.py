@@ -20,7 +20,7 @@ import websockets
 import websockets.sync.server
 
 from handler.check import run
-from tests.servers import WSCHAT, Server, free_port, running_server
+from tests.support.servers import WSCHAT, Server, free_port, running_server
 
 FAST = {"WSCHAT_RATE_PER_SECOND": "1000", "WSCHAT_RATE_BURST": "1000"}
 

@@ -12,7 +12,7 @@ import websockets
 from websockets.typing import Subprotocol
 
 from handler.cli import main
-from tests.servers import Server
+from tests.support.servers import Server
 
 
 async def test_per_message_deflate_is_off_by_default(server: Server) -> None:

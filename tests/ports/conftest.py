@@ -11,9 +11,9 @@ import pytest
 import redis
 
 from infra.settings import Settings
-from tests.management_api import ManagementApiStandIn
 from tests.ports.engines import ENGINES, DynamoEngine, Engine, local_engine
-from tests.redis_server import RedisServer, running_redis
+from tests.support.management_api import ManagementApiStandIn
+from tests.support.redis_server import RedisServer, running_redis
 
 
 @pytest.fixture(scope="session")

@@ -25,7 +25,7 @@ from handler.chat.ports import ConnectionStore, MessageLog
 from handler.local.delivery import Outbox
 from handler.local.service import LocalChat, build_local_chat
 from infra.settings import Settings
-from tests.management_api import ManagementApiStandIn
+from tests.support.management_api import ManagementApiStandIn
 
 T = TypeVar("T")
 ENGINES = ("memory", "redis", "dynamodb")

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from handler.aws import websocket
-from tests.aws import event
+from tests.support.aws import event
 
 pytestmark = pytest.mark.usefixtures("aws")
 

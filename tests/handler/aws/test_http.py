@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from handler.aws import http
-from tests.aws import event, reset_caches
+from tests.support.aws import event, reset_caches
 
 pytestmark = pytest.mark.usefixtures("aws")
 

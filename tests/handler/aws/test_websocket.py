@@ -12,8 +12,8 @@ from botocore.stub import ANY, Stubber
 
 from handler.aws import websocket
 from handler.aws.runtime import runtime
-from tests.aws import event
-from tests.management_api import ManagementApiStandIn, running_management_api
+from tests.support.aws import event
+from tests.support.management_api import ManagementApiStandIn, running_management_api
 
 pytestmark = pytest.mark.usefixtures("aws")
 

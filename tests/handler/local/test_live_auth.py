@@ -17,7 +17,7 @@ from websockets.typing import Origin
 
 from tests.auth.jwks_server import jwks_server
 from tests.auth.keys import SECRET, claims, rsa_pair
-from tests.servers import WSCHAT, Server
+from tests.support.servers import WSCHAT, Server
 
 JWT_ENV = {"WSCHAT_AUTH": "jwt", "WSCHAT_JWT_SECRET": SECRET, "WSCHAT_JWT_ALGORITHMS": "HS256"}
 TIMEOUT = 10

@@ -13,8 +13,8 @@ import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed
 
-from tests.clients import recv_json, until
-from tests.servers import Server
+from tests.support.clients import recv_json, until
+from tests.support.servers import Server
 
 
 async def test_flood_abuse_closes_with_1008(server: Server) -> None:

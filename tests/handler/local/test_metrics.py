@@ -9,8 +9,8 @@ from typing import Any
 import websockets
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.clients import recv, recv_json, until
-from tests.servers import Server
+from tests.support.clients import recv, recv_json, until
+from tests.support.servers import Server
 
 ALLOWED_LABELS = {"code", "status", "recovered", "le"}
 

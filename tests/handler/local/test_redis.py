@@ -23,10 +23,10 @@ from typing import Any
 import pytest
 import websockets
 
-from tests.clients import ResumePoint, masked_frame, raw_upgrade, recv_json
 from tests.handler.local.test_metrics import scrape, value
-from tests.redis_server import RedisServer, running_redis
-from tests.servers import WSCHAT, Server, free_port, running_server
+from tests.support.clients import ResumePoint, masked_frame, raw_upgrade, recv_json
+from tests.support.redis_server import RedisServer, running_redis
+from tests.support.servers import WSCHAT, Server, free_port, running_server
 
 FAST = {"WSCHAT_RATE_PER_SECOND": "100000", "WSCHAT_RATE_BURST": "100000"}
 

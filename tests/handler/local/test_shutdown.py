@@ -14,8 +14,8 @@ import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed
 
-from tests.clients import recv, until
-from tests.servers import Server
+from tests.support.clients import recv, until
+from tests.support.servers import Server
 
 TOTAL, TEXT = 200, "z" * 30_000  # ~6 MB: far more than loopback's socket buffers hold
 

@@ -16,7 +16,7 @@ import pytest
 import websockets
 
 from infra.observability.log_json import JsonFormatter
-from tests.servers import Server
+from tests.support.servers import Server
 
 SECRET = "sekrit-json-7c1e"
 
@@ -49,7 +49,7 @@ def test_a_lambda_invocation_logs_its_request_and_connection(
     aws: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from handler.aws import websocket
-    from tests.aws import event
+    from tests.support.aws import event
 
     out = io.StringIO()
     handler = logging.StreamHandler(out)

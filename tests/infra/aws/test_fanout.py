@@ -28,8 +28,8 @@ from infra.aws.fanout import (
 )
 from infra.local_aws.dynamodb import create_fanout_queues
 from infra.local_aws.sqs_source import SqsEventSource
-from tests.aws import event, reset_caches
-from tests.management_api import ManagementApiStandIn
+from tests.support.aws import event, reset_caches
+from tests.support.management_api import ManagementApiStandIn
 
 ROOM = "big"
 

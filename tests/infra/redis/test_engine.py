@@ -39,7 +39,7 @@ from infra.redis.history import (
     seq_key,
 )
 from infra.settings import Settings
-from tests.redis_server import RedisServer
+from tests.support.redis_server import RedisServer
 
 
 class Member:

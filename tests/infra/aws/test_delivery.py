@@ -1,5 +1,5 @@
 """Management API delivery: 410, 429/5xx, 403, no answer, timeouts and size, against the
-Management API stand-in (tests/management_api.py), which checks every signature."""
+Management API stand-in (tests/support/management_api.py), which checks every signature."""
 
 from __future__ import annotations
 
@@ -18,7 +18,12 @@ from infra.aws.connections import DynamoConnections
 from infra.aws.delivery import ManagementApiDelivery, management_endpoint
 from infra.aws.management_api import ManagementApi
 from infra.aws.message_log import DynamoMessageLog
-from tests.management_api import HANG_UP, Answer, ManagementApiStandIn, running_management_api
+from tests.support.management_api import (
+    HANG_UP,
+    Answer,
+    ManagementApiStandIn,
+    running_management_api,
+)
 
 
 @pytest.fixture(autouse=True)

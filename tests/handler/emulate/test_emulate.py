@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 import websockets
 
-from tests.management_api import running_management_api
-from tests.servers import Server, running_server
+from tests.support.management_api import running_management_api
+from tests.support.servers import Server, running_server
 
 FAST = {"WSCHAT_RATE_PER_SECOND": "100000", "WSCHAT_RATE_BURST": "100000"}
 

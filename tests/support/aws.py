@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-EVENTS = Path(__file__).resolve().parent / "events"
+EVENTS = Path(__file__).resolve().parent.parent / "events"
 
 
 def create_table(client: Any, name: str) -> None:
@@ -49,7 +49,7 @@ def reset_caches() -> None:
 @contextmanager
 def running_moto_server() -> Iterator[str]:
     """moto's server on a free loopback port, as a separate process; yields its URL."""
-    from tests.servers import free_port
+    from tests.support.servers import free_port
 
     port = free_port()
     process = subprocess.Popen(

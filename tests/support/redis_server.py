@@ -10,8 +10,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.servers import free_port
-from tests.tools import require
+from tests.support.servers import free_port
+from tests.support.tools import require
 
 
 @dataclass

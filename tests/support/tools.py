@@ -31,7 +31,7 @@ def the_build_directory() -> Iterator[None]:
     import fcntl
     from pathlib import Path
 
-    build = Path(__file__).resolve().parent.parent / "build"
+    build = Path(__file__).resolve().parents[2] / "build"
     build.mkdir(exist_ok=True)
     with (build / ".tests.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
