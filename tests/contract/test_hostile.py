@@ -208,6 +208,23 @@ def _with_crit_header(crit: str) -> str:
     return f"{header}.{part({'sub': 'mallory'})}.{'A' * 43}"
 
 
+async def _statuses_for(transport: Transport, token: str) -> tuple[int, int]:
+    """How a refused token is answered: at the socket's handshake, and by REST. Then the log
+    has had time to be written."""
+    with pytest.raises(InvalidStatus) as refused:
+        async with transport.connect("hostile", token=token):
+            pass
+    request = urllib.request.Request(
+        transport.server.http + "/rooms/hostile/messages",
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    with pytest.raises(urllib.error.HTTPError) as rest:
+        urllib.request.urlopen(request, timeout=10)
+    rest.value.close()
+    await asyncio.sleep(0.2)
+    return refused.value.response.status_code, rest.value.code
+
+
 @pytest.mark.parametrize("form", ["text", "json"])
 async def test_a_jwt_header_cannot_start_a_log_line(
     start_transport: Callable[..., Transport], form: str
@@ -218,20 +235,7 @@ async def test_a_jwt_header_cannot_start_a_log_line(
         WSCHAT_JWT_ALGORITHMS="HS256",
         WSCHAT_LOG_FORMAT=form,
     )
-    token = _with_crit_header(CRIT)
-    with pytest.raises(InvalidStatus) as refused:  # the socket's handshake
-        async with transport.connect("hostile", token=token):
-            pass
-    assert refused.value.response.status_code == 401
-    request = urllib.request.Request(  # and REST
-        transport.server.http + "/rooms/hostile/messages",
-        headers={"Authorization": f"Bearer {token}"},
-    )
-    with pytest.raises(urllib.error.HTTPError) as rest:
-        urllib.request.urlopen(request, timeout=10)
-    rest.value.close()
-    assert rest.value.code == 401
-    await asyncio.sleep(0.2)
+    assert await _statuses_for(transport, _with_crit_header(CRIT)) == (401, 401)
     lines = transport.server.log().splitlines()
     assert not [line for line in lines if line.startswith("INJECTED")]
     refusals = [line for line in lines if "Unsupported critical extension" in line]
@@ -251,20 +255,7 @@ async def test_a_token_header_utf8_cannot_carry_is_refused_with_401(
     transport = start_transport(
         WSCHAT_AUTH="jwt", WSCHAT_JWT_SECRET=SECRET, WSCHAT_JWT_ALGORITHMS="HS256"
     )
-    token = _with_crit_header("\ud800")
-    with pytest.raises(InvalidStatus) as refused:
-        async with transport.connect("hostile", token=token):
-            pass
-    assert refused.value.response.status_code == 401
-    request = urllib.request.Request(
-        transport.server.http + "/rooms/hostile/messages",
-        headers={"Authorization": f"Bearer {token}"},
-    )
-    with pytest.raises(urllib.error.HTTPError) as rest:
-        urllib.request.urlopen(request, timeout=10)
-    rest.value.close()
-    assert rest.value.code == 401
-    await asyncio.sleep(0.2)
+    assert await _statuses_for(transport, _with_crit_header("\ud800")) == (401, 401)
     assert "ERROR" not in transport.server.log() and "Traceback" not in transport.server.log()
 
 
