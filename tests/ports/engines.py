@@ -24,8 +24,9 @@ from handler.chat.core import ChatCore
 from handler.chat.ports import ConnectionStore, MessageLog
 from handler.local.delivery import Outbox
 from handler.local.service import LocalChat, build_local_chat
+from infra.aws.delivery import GONE
 from infra.settings import Settings
-from tests.support.management_api import ManagementApiStandIn
+from tests.support.management_api import ManagementApiStandIn, always_ok
 
 T = TypeVar("T")
 ENGINES = ("memory", "redis", "dynamodb")
@@ -67,8 +68,18 @@ class Engine(ABC):
         delivery finds the connection gone, and the core forgets it past its handshake.)"""
 
     @abstractmethod
+    def lose(self, connection_id: str) -> None:
+        """The socket for `connection_id` is gone: a delivery to it finds it so (locally its
+        outbox is no longer registered; the Management API answers 410)."""
+
+    @abstractmethod
     def frames(self, connection_id: str) -> list[str]:
         """What was delivered to `connection_id` so far."""
+
+    @abstractmethod
+    def closed(self, connection_id: str) -> int | None:
+        """How many frames `connection_id` had been delivered when its socket was closed;
+        None while it is open."""
 
     def wait_for(self, connection_id: str, count: int, seconds: float = 5.0) -> list[str]:
         """What was delivered to `connection_id`, once it is at least `count` frames (on
@@ -135,6 +146,7 @@ class LocalEngine(Engine):
         self._settings = settings
         self._loop = loop
         self._delivered: dict[str, list[str]] = defaultdict(list)
+        self._closed: dict[str, int] = {}
         self._chat = loop.run(self._start())
 
     async def _start(self) -> LocalChat:
@@ -159,7 +171,7 @@ class LocalEngine(Engine):
             self._delivered[connection_id].append(frame)
 
         async def close(code: int, reason: str) -> None:
-            pass
+            self._closed[connection_id] = len(self._delivered[connection_id])
 
         async def start() -> None:
             outbox = Outbox(send, close, self._settings.send_queue_frames)
@@ -168,8 +180,17 @@ class LocalEngine(Engine):
 
         self._loop.run(start())
 
+    def lose(self, connection_id: str) -> None:
+        async def unregister() -> None:
+            self._chat.delivery.unregister(connection_id)
+
+        self._loop.run(unregister())
+
     def frames(self, connection_id: str) -> list[str]:
         return list(self._delivered[connection_id])
+
+    def closed(self, connection_id: str) -> int | None:
+        return self._closed.get(connection_id)
 
     def restart(self) -> None:
         if self._chat.engine is None:  # memory: a new process, with nothing of the old one's
@@ -191,6 +212,8 @@ class DynamoEngine(Engine):
         self.durable = True
         self._management_api = management_api
         self._delivered: dict[str, list[str]] = defaultdict(list)
+        self._lost: set[str] = set()
+        management_api.answer = self._answer
         self._core = self._cold_start()
 
     @staticmethod
@@ -210,9 +233,24 @@ class DynamoEngine(Engine):
     def open(self, connection_id: str) -> None:
         """Nothing to open: the Management API stand-in takes every post."""
 
+    def _answer(self, method: str, connection_id: str, attempt: int) -> int:
+        if connection_id in self._lost:
+            return GONE
+        return always_ok(method, connection_id, attempt)
+
+    def lose(self, connection_id: str) -> None:
+        self._lost.add(connection_id)
+
     def frames(self, connection_id: str) -> list[str]:
         self._delivered[connection_id] += self._management_api.take(connection_id)
         return list(self._delivered[connection_id])
+
+    def closed(self, connection_id: str) -> int | None:
+        # Each call to the Management API returns once answered: what was posted before the
+        # delete has been taken.
+        if connection_id not in self._management_api.deleted:
+            return None
+        return len(self.frames(connection_id))
 
     def restart(self) -> None:
         self._core = self._cold_start()
