@@ -6,6 +6,7 @@ the Lambda handlers about a quarter of a second on every cold start, for a few d
 
 # No `from __future__ import annotations` here: the loader reads each field's type object.
 
+import contextlib
 import dataclasses
 import os
 from collections.abc import Mapping
@@ -264,24 +265,16 @@ def _convert(spec: dataclasses.Field[Any], value: object) -> object:
         raise SettingsError(
             f"{name} must be a boolean (true/false, 1/0, yes/no, on/off), got {value!r}"
         )
-    if kind is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
+    if kind is int or kind is float:
+        # An int where a float belongs is taken; a float where an int belongs is not.
+        taken = int if kind is int else int | float
+        if isinstance(value, taken) and not isinstance(value, bool):
+            return kind(value)
         if isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                pass
-        raise SettingsError(f"{name} must be an integer, got {value!r}")
-    if kind is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise SettingsError(f"{name} must be a number, got {value!r}")
+            with contextlib.suppress(ValueError):
+                return kind(value)
+        noun = "an integer" if kind is int else "a number"
+        raise SettingsError(f"{name} must be {noun}, got {value!r}")
     if kind is str:
         if isinstance(value, str):
             return value
