@@ -29,8 +29,9 @@ from infra.memory.message_log import MemoryMessageLog
 from infra.redis.bridge import CALL_TIMEOUT, LoopBridge
 from infra.redis.broadcast import RedisBroadcast
 from infra.redis.connections import RedisConnections
-from infra.redis.feed import RedisLink, RoomFeed
+from infra.redis.feed import RoomFeed
 from infra.redis.history import RedisHistory
+from infra.redis.liveness import RedisLink
 from infra.redis.message_log import RedisMessageLog
 from infra.settings import Settings, get_settings
 

@@ -22,14 +22,7 @@ from handler.chat.ports import Connection, Dialect, Draft, StoreUnavailable
 from handler.chat.wire import MAX_MESSAGE_ID
 from handler.local.delivery import Outbox
 from handler.local.service import LocalChat, build_local_chat
-from infra.redis.feed import (
-    CANARY_SECONDS,
-    DEAF_AFTER,
-    RoomFeed,
-    beat_key,
-    conn_key,
-    conns_key,
-)
+from infra.redis.feed import RoomFeed
 from infra.redis.history import (
     PUBLISH,
     RedisHistory,
@@ -38,6 +31,8 @@ from infra.redis.history import (
     retries_key,
     seq_key,
 )
+from infra.redis.liveness import CANARY_SECONDS, DEAF_AFTER
+from infra.redis.membership import beat_key, conn_key, conns_key
 from infra.settings import Settings
 from tests.support.redis_server import RedisServer
 
@@ -108,14 +103,14 @@ async def heard(member: Member, events: int) -> list[tuple[str, str, int]]:
 async def register_dead_worker(feed: RoomFeed, members: dict[str, str]) -> None:
     """Register `members` (id: room) in Redis as a worker `dead` did, listed but no longer
     beating."""
-    pipe = feed._redis.pipeline(transaction=False)
+    pipe = feed.membership._redis.pipeline(transaction=False)
     for connection_id, room in members.items():
         member = Connection(
             connection_id, room, f"user-{connection_id}", "someone", Dialect.JSON, ""
         )
-        keys, args = feed._membership(member)
+        keys, args = feed.membership._join_call(member)
         keys[2], args[5] = conns_key("dead"), "dead"  # another worker's
-        await feed._join(keys=keys, args=args, client=pipe)
+        await feed.membership._join(keys=keys, args=args, client=pipe)
     pipe.sadd("wschat:workers", "dead")
     await pipe.execute()
 
@@ -147,25 +142,25 @@ async def cut_off(feed: RoomFeed) -> None:
     for task in feed._tasks:
         if task.get_name() == "redis-heartbeat":
             task.cancel()
-    await feed._redis.delete(beat_key(feed.worker))
+    await feed.membership._redis.delete(beat_key(feed.worker))
 
 
 @contextlib.contextmanager
 def leave_fails(feed: RoomFeed, after_running: bool = False) -> Iterator[None]:
     """Removing members from Redis fails meanwhile, as if the link broke: before the call
     reached Redis, or `after_running` it there (its answer lost)."""
-    remove = feed._remove
+    remove = feed.membership._remove
 
     async def broken(*args: Any, **kwargs: Any) -> Any:
         if after_running:
             await remove(*args, **kwargs)
         raise RedisConnectionError("Redis went away")
 
-    feed._remove = broken
+    feed.membership._remove = broken
     try:
         yield
     finally:
-        feed._remove = remove
+        feed.membership._remove = remove
 
 
 async def then_post(
@@ -175,7 +170,7 @@ async def then_post(
     pipeline: Redis runs them back to back, before the worker can react to the first.
     Returns their answers."""
     assert chat.engine is not None
-    history = chat.engine.feed._history
+    history = chat.engine.feed.subscription._history
     draft = Draft(room, "u2", "u2", text, sender_id=sender)
     keys, args = history._publication([(draft, 0.0)])
     sha = await chat.engine.client.script_load(PUBLISH)
@@ -194,7 +189,7 @@ async def test_a_message_that_reaches_the_subscription_before_its_room_is_set_up
     published just after that read can reach the subscription before the room is set up, and
     be dropped there: it must still reach the member, without waiting for a later message."""
     assert chat.engine is not None
-    history: RedisHistory = chat.engine.feed._history
+    history: RedisHistory = chat.engine.feed.subscription._history
     read_latest = history.latest
 
     async def latest_then_a_message(room: str) -> tuple[int, str]:
@@ -219,9 +214,9 @@ async def test_a_silently_deaf_subscription_is_found_by_its_canary_and_caught_up
     engine = chat.engine
     assert engine is not None
     member = await join(chat, "quiet")
-    await engine.feed._pubsub.sunsubscribe()  # every channel, the canary's too
+    await engine.feed.subscription._pubsub.sunsubscribe()  # every channel, the canary's too
     silent = time.monotonic()
-    await post(engine.feed._history, "quiet", "missed")
+    await post(engine.feed.subscription._history, "quiet", "missed")
     await member.wait_for("missed", DEAF_AFTER + 2 * CANARY_SECONDS)
     assert time.monotonic() - silent > DEAF_AFTER - CANARY_SECONDS  # the canary found it
     assert "the subscription is deaf" in caplog.text
@@ -275,7 +270,7 @@ async def test_a_room_redis_lost_while_the_subscription_was_down_is_caught_up_fr
     engine = chat.engine
     assert engine is not None
     member = await join(chat, "lost")
-    history = engine.feed._history
+    history = engine.feed.subscription._history
     for text in ("one", "two", "three"):
         await post(history, "lost", text)
     await member.wait_for("three", 5)
@@ -295,7 +290,7 @@ async def test_json_members_are_closed_to_resume_when_their_room_starts_over(
     (up to where its welcome went) or dropped by its client as repeats: it is closed with
     1012, to reconnect and be told `recovered: false` (it used to hear nothing)."""
     assert chat.engine is not None
-    history = chat.engine.feed._history
+    history = chat.engine.feed.subscription._history
     await post(history, "epochs", "before it joined")
     member = await watch(chat, "epochs")
     await post(history, "epochs", "after it joined")
@@ -321,7 +316,7 @@ async def test_junk_on_a_rooms_channel_is_logged_and_the_room_goes_on(
     member = await join(chat, "junk")
     for junk in ("not json", '{"e": "x"}', '{"p": "join"}', "[]"):
         await engine.client.spublish(channel("junk"), junk)
-    await post(engine.feed._history, "junk", "after the junk")
+    await post(engine.feed.subscription._history, "junk", "after the junk")
     await member.wait_for("after the junk", 3)
     assert "not delivered" in caplog.text
     member.writer.cancel()
@@ -337,7 +332,7 @@ async def test_a_room_joined_while_the_worker_resubscribes_is_in_the_new_subscri
     engine = chat.engine
     assert engine is not None
     feed = engine.feed
-    read_latest = feed._history.latest
+    read_latest = feed.subscription._history.latest
     joining = True  # the renewal reads the room's latest too: renew only for the join
 
     async def latest_during_a_renewal(room: str) -> tuple[int, str]:
@@ -345,15 +340,15 @@ async def test_a_room_joined_while_the_worker_resubscribes_is_in_the_new_subscri
         answer = await read_latest(room)
         if room == "late" and joining:
             joining = False
-            renewed = feed._pubsub
-            feed._renew.set()  # as the canary's watcher does
-            while feed._pubsub is renewed or feed._renew.is_set():
+            renewed = feed.subscription._pubsub
+            feed.canary.renew.set()  # as the canary's watcher does
+            while feed.subscription._pubsub is renewed or feed.canary.renew.is_set():
                 await asyncio.sleep(0.05)
         return answer
 
-    feed._history.latest = latest_during_a_renewal  # type: ignore[method-assign]
+    feed.subscription._history.latest = latest_during_a_renewal  # type: ignore[method-assign]
     member = await join(chat, "late")
-    await post(feed._history, "late", "heard")
+    await post(feed.subscription._history, "late", "heard")
     await member.wait_for("heard", 3)
     member.writer.cancel()
 
@@ -378,16 +373,16 @@ async def test_a_join_during_a_renewal_takes_no_connection_from_the_pool_for_goo
         return await fetch(*args, **kwargs)
 
     pool.get_connection = slow_fetch
-    renewed = feed._pubsub
-    feed._renew.set()  # as the canary's watcher does
-    while feed._pubsub is renewed:
+    renewed = feed.subscription._pubsub
+    feed.canary.renew.set()  # as the canary's watcher does
+    while feed.subscription._pubsub is renewed:
         await asyncio.sleep(0.01)
     member = await join(chat, "joined-meanwhile")
-    while feed._renew.is_set():
+    while feed.canary.renew.is_set():
         await asyncio.sleep(0.05)
     del pool.get_connection  # the class's again
     assert len(pool._in_use_connections) == in_use  # the old subscription's was handed back
-    await post(feed._history, "joined-meanwhile", "heard")
+    await post(feed.subscription._history, "joined-meanwhile", "heard")
     await member.wait_for("heard", 3)
     member.writer.cancel()
 
@@ -400,7 +395,7 @@ async def test_a_subscription_left_by_a_failed_join_is_dropped(chat: LocalChat) 
     engine = chat.engine
     assert engine is not None
     feed = engine.feed
-    history: RedisHistory = feed._history
+    history: RedisHistory = feed.subscription._history
 
     async def unreachable(room: str) -> tuple[int, str]:
         raise ConnectionError("Redis went away")
@@ -442,7 +437,7 @@ async def test_a_worker_reaped_while_cut_off_registers_its_members_again(
     await join(chat, "counted")
     assert await feed.count("counted") == 1
     await cut_off(feed)
-    await feed._reap(feed.worker)  # what another worker does to one that stopped beating
+    await feed.membership.reap(feed.worker)  # what another worker does to one that stopped beating
     assert await feed.count("counted") == 0
     await feed._heartbeat_once()
     assert await feed.count("counted") == 1
@@ -496,7 +491,7 @@ async def test_a_big_worker_reaped_while_cut_off_registers_again_in_a_few_round_
         member = Principal(id=f"u-{i}", name="someone", echo="someone")
         await chat.call(chat.core.connect, f"c{i}", room, member, ConnectParams())
     await cut_off(feed)
-    await feed._reap(feed.worker)  # what another worker does to one that stopped beating
+    await feed.membership.reap(feed.worker)  # what another worker does to one that stopped beating
     assert await feed.count("watched") == 0
     watcher.frames.clear()
 
@@ -521,7 +516,7 @@ async def test_a_publication_redis_py_sends_again_is_stored_once(
     stalled for 6 s (a slow command, a fork for a snapshot) made one frame two messages,
     under two ids, for every member."""
     assert chat.engine is not None
-    history = chat.engine.feed._history
+    history = chat.engine.feed.subscription._history
     await join(chat, "stalled")  # c1, a text client
     reader = await watch(chat, "stalled")
     await chat.call(chat.core.receive, "c1", ["before"])  # the script is loaded
@@ -577,7 +572,7 @@ async def test_a_member_a_fan_out_finds_gone_is_announced_once_though_its_leave_
     feed.update(replace(member, connected_at=0.0))  # long past its handshake
     chat.delivery.unregister("c1")  # its socket went away without a word
     with leave_fails(feed):
-        await post(feed._history, "gone", "anyone there?")
+        await post(feed.subscription._history, "gone", "anyone there?")
         await watcher.wait_for("anyone there?", 3)
     await feed._heartbeat_once()
     assert await heard(watcher, 2) == [("join", "u-c1", 2), ("leave", "u-c1", 1)]
@@ -612,7 +607,7 @@ async def test_a_member_that_leaves_after_a_reaper_removed_it_is_announced_once(
     watcher = await watch(chat, "twice")
     await join(chat, "twice")  # c1
     await cut_off(feed)
-    await feed._reap(feed.worker)
+    await feed.membership.reap(feed.worker)
     await chat.call(chat.core.disconnect, "c1")
     leaves = [(event, user) for event, user, _ in await heard(watcher, 2) if event == "leave"]
     assert leaves == [("leave", "u-c1")]
@@ -633,14 +628,14 @@ async def test_a_worker_that_beats_again_while_it_is_reaped_keeps_its_members(
     await register_dead_worker(feed, {"d1": "comeback", "d2": "comeback"})
     await heard(watcher, 2)  # their joins
     watcher.frames.clear()
-    remove = feed._remove
+    remove = feed.membership._remove
 
     async def back_meanwhile(*args: Any, **kwargs: Any) -> Any:
-        await feed._redis.set(beat_key("dead"), "1", ex=15)
+        await feed.membership._redis.set(beat_key("dead"), "1", ex=15)
         return await remove(*args, **kwargs)
 
-    feed._remove = back_meanwhile
-    await feed._reap("dead")
+    feed.membership._remove = back_meanwhile
+    await feed.membership.reap("dead")
     assert await feed.count("comeback") == 3
     assert await heard(watcher, 0) == []
     watcher.writer.cancel()
@@ -657,16 +652,16 @@ async def test_a_member_registered_again_while_its_worker_is_reaped_stays_reapab
     assert chat.engine is not None
     feed = chat.engine.feed
     await register_dead_worker(feed, {"d1": "comeback"})
-    remove = feed._remove
+    remove = feed.membership._remove
 
     async def back_after(*args: Any, **kwargs: Any) -> Any:
         places = await remove(*args, **kwargs)
         await register_dead_worker(feed, {"d1": "comeback"})  # ignoring its SADD's answer
         return places
 
-    feed._remove = back_after
-    await feed._reap("dead")
-    assert await feed._redis.smembers(conns_key("dead")) == {b"d1"}
+    feed.membership._remove = back_after
+    await feed.membership.reap("dead")
+    assert await feed.membership._redis.smembers(conns_key("dead")) == {b"d1"}
 
 
 @pytest.mark.timeout(30)
@@ -682,11 +677,12 @@ async def test_a_member_that_leaves_while_its_worker_registers_again_is_not_left
     await join(chat, "back")  # c1
     listed = [feed.get("j1"), feed.get("c1")]
     await cut_off(feed)
-    await feed._reap(feed.worker)
+    await feed.membership.reap(feed.worker)
     await chat.call(chat.core.disconnect, "c1")
     await heard(watcher, 3)  # c1 joined, was reaped, and left
     watcher.frames.clear()
-    await feed._register_again([member for member in listed if member is not None])
+    members = [member for member in listed if member is not None]
+    await feed.membership.register_again(members, lambda id_: feed.get(id_) is not None)
     assert await feed.count("back") == 1
     assert await heard(watcher, 0) == []
     watcher.writer.cancel()
@@ -726,7 +722,7 @@ async def test_a_gap_that_cannot_be_filled_at_once_is_filled_by_a_renewal(
     stream fails (Redis busy). The message was dropped, and the gap's too, until the room's
     next message: in a quiet room, never."""
     assert chat.engine is not None
-    history = chat.engine.feed._history
+    history = chat.engine.feed.subscription._history
     member = await join(chat, "gappy")
     await post(history, "gappy", "one")
     await member.wait_for("one", 3)
@@ -758,7 +754,7 @@ async def test_a_room_whose_counter_is_lost_starts_over_empty(chat: LocalChat) -
     the join made a new epoch, but the stream still held ids 1 and 2, and every send failed
     until the counter passed them."""
     assert chat.engine is not None
-    history = chat.engine.feed._history
+    history = chat.engine.feed.subscription._history
     await post(history, "evicted", "old one")
     await post(history, "evicted", "old two")
     await chat.engine.client.delete(seq_key("evicted"))
@@ -777,23 +773,23 @@ async def test_a_room_without_members_keeps_its_counter_only_as_long_as_its_hist
     assert chat.engine is not None
     feed = chat.engine.feed
     client = chat.engine.client
-    ttl = feed._history.ttl
+    ttl = feed.subscription._history.ttl
 
     async def expiry(room: str) -> int:
         return int(await client.ttl(seq_key(room)))
 
     await join(chat, "joined")
-    await post(feed._history, "joined", "said")
+    await post(feed.subscription._history, "joined", "said")
     assert await expiry("joined") == -1  # kept while it has members
     await chat.call(chat.core.disconnect, "c1")
     assert 0 < await expiry("joined") <= ttl
     await join(chat, "joined", "c2")
     assert await expiry("joined") == -1
-    await post(feed._history, "posted", "through REST")
+    await post(feed.subscription._history, "posted", "through REST")
     assert 0 < await expiry("posted") <= ttl
     await register_dead_worker(feed, {"d1": "reaped"})
-    await post(feed._history, "reaped", "said")
-    await feed._reap("dead")
+    await post(feed.subscription._history, "reaped", "said")
+    await feed.membership.reap("dead")
     assert 0 < await expiry("reaped") <= ttl
 
 
@@ -816,7 +812,7 @@ async def test_a_room_left_empty_without_history_keeps_no_key(chat: LocalChat) -
     await chat.call(chat.core.disconnect, "c1")
     assert await kept("passing") == [] and not await client.exists(conn_key("c1"))
     await register_dead_worker(feed, {"d1": "reaped"})
-    await feed._reap("dead")
+    await feed.membership.reap("dead")
     assert await kept("reaped") == []
     await join(chat, "strayed", "c2")
     with leave_fails(feed), pytest.raises(StoreUnavailable):
@@ -844,7 +840,7 @@ async def test_json_members_joining_a_room_just_left_empty_stay(chat: LocalChat)
     await enter("j0")
     await chat.call(chat.core.disconnect, "j0")
     await asyncio.gather(enter("j1"), enter("j2"))
-    await post(chat.engine.feed._history, "emptied", "hello")
+    await post(chat.engine.feed.subscription._history, "emptied", "hello")
     for member in members[1:]:
         await member.wait_for("hello", 5)
         assert member.closes == []
@@ -860,7 +856,7 @@ async def test_a_retry_in_a_room_that_started_over_is_never_answered_with_anothe
     the join emptied its stream but kept its retry keys, so a retry of an old message was
     answered with the new message that took its id, another user's, and never stored."""
     assert chat.engine is not None
-    history = chat.engine.feed._history
+    history = chat.engine.feed.subscription._history
     await history.append(Draft("restarted", "u1", "u1", "mine", "k"), ts=0.0)  # id 1
     await chat.engine.client.delete(seq_key("restarted"))
     await join(chat, "restarted")
@@ -876,7 +872,7 @@ async def test_reading_a_room_stores_nothing(chat: LocalChat) -> None:
     a room without a counter has no history, and its first member or message makes one."""
     assert chat.engine is not None
     client = chat.engine.client
-    history = chat.engine.feed._history
+    history = chat.engine.feed.subscription._history
     await history.append(Draft("lost", "u", "u", "old one", "k"), ts=0.0)
     await client.delete(seq_key("lost"))  # evicted, its stream and retry keys left behind
     keys = await client.dbsize()
@@ -904,7 +900,7 @@ async def test_json_members_joining_a_room_without_history_together_stay(
         await chat.call(chat.core.welcome, connection_id)
 
     await asyncio.gather(enter("j0"), enter("j1"))
-    await post(chat.engine.feed._history, "fresh", "hello")
+    await post(chat.engine.feed.subscription._history, "fresh", "hello")
     for member in members:
         await member.wait_for("hello", 5)
         assert member.closes == []
@@ -917,7 +913,7 @@ async def test_append_many_loads_the_script_again_when_redis_lost_it(chat: Local
     ran: it loads the script and runs again, storing each draft once. (What append_many
     stores, in which order, is tests/ports/test_message_log.py's, on every engine.)"""
     assert chat.engine is not None
-    history: RedisHistory = chat.engine.feed._history
+    history: RedisHistory = chat.engine.feed.subscription._history
     await chat.engine.client.script_flush()
     drafts = [Draft("batch", "u1", "u1", "one", "c1"), Draft("batch", "u2", "u2", "two")]
     stored = await history.append_many(drafts, ts=0.0)
@@ -1022,7 +1018,7 @@ async def test_ids_up_to_the_largest_are_written_exactly(chat: LocalChat) -> Non
     the room failed. Every id up to 2**53-1 (the bound on ids, handler/chat/wire.py) is
     written, published, answered to a retry and read back exactly."""
     assert chat.engine is not None
-    history: RedisHistory = chat.engine.feed._history
+    history: RedisHistory = chat.engine.feed.subscription._history
     member = await watch(chat, "far")
     await chat.engine.client.hset(seq_key("far"), "id", MAX_MESSAGE_ID - 2)
     sent = [Draft("far", "u", "u", text, text) for text in ("one", "two")]
@@ -1046,7 +1042,7 @@ async def test_publications_from_several_sockets_in_one_turn_share_a_pipeline(
     the reads it made and the scripts it ran: eight publications in two rooms took eight of
     each, then one read and eight scripts."""
     assert chat.engine is not None
-    history: RedisHistory = chat.engine.feed._history
+    history: RedisHistory = chat.engine.feed.subscription._history
     client = chat.engine.client
 
     async def counts() -> tuple[int, int]:
@@ -1085,7 +1081,7 @@ async def test_no_room_name_reaches_another_rooms_keys(chat: LocalChat) -> None:
     room `a`: that send then failed with WRONGTYPE, and so did everything published to room
     `a` in the same script call."""
     assert chat.engine is not None
-    history: RedisHistory = chat.engine.feed._history
+    history: RedisHistory = chat.engine.feed.subscription._history
     await history.append_many([Draft("a}:dedup:u1:x", "u2", "u2", "in the odd room")], ts=0.0)
     stored = await history.append_many(
         [Draft("a", "u9", "u9", "first"), Draft("a", "u1", "u1", "keyed", "x}:log")], ts=0.0
@@ -1106,7 +1102,7 @@ async def test_a_big_turn_is_published_in_several_script_calls(chat: LocalChat) 
     about 256 K characters of text, still in order."""
     engine = chat.engine
     assert engine is not None
-    history: RedisHistory = engine.feed._history
+    history: RedisHistory = engine.feed.subscription._history
     member = await join(chat, "big")
 
     async def script_runs() -> int:
@@ -1134,9 +1130,9 @@ async def test_a_message_published_before_batching_is_still_delivered(chat: Loca
     engine = chat.engine
     assert engine is not None
     member = await join(chat, "mixed")
-    await post(engine.feed._history, "mixed", "one")
+    await post(engine.feed.subscription._history, "mixed", "one")
     await member.wait_for("one", 5)
-    epoch = (await engine.feed._history.latest("mixed"))[1]
+    epoch = (await engine.feed.subscription._history.latest("mixed"))[1]
     await engine.client.hset(f"{channel('mixed')}:seq", "id", 2)
     message = {"room": "mixed", "user_id": "u", "user_name": "u", "text": "two", "ts": 0.0}
     payload = {"e": epoch, "s": "", "m": {**message, "id": 2}}

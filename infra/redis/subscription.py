@@ -1,0 +1,324 @@
+"""This worker's subscription to the rooms it has members in, delivering in id order.
+
+One sharded pub/sub subscription holds a channel per room with members here (and the
+canary's, infra/redis/liveness.py), where the publish script (infra/redis/history.py) puts
+every message, and the membership scripts (infra/redis/membership.py) every presence event.
+Each is delivered to this worker's members of the room through the core's fan-out, in id
+order: the last id delivered is remembered per room, and a gap (a message lost while the link
+was down) is filled from the room's stream before anything newer is delivered. After a lost
+or deaf subscription, a fresh one is made and every room caught up from its stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from redis.asyncio.client import PubSub
+
+from handler.chat.core import ChatCore
+from handler.chat.ports import ChatMessage, Connection, Dialect
+from handler.chat.wire import CloseCode
+from infra.redis.history import RedisHistory, channel, messages_of, text
+from infra.redis.liveness import Canary, RedisLink
+
+log = logging.getLogger(__name__)
+
+CATCH_UP_PAGE = 500
+
+
+class _Subscription(PubSub):
+    """redis-py reconnects a lost subscription by itself and subscribes again, but what was
+    published in between never arrives, and the canary soon flies again: nothing would catch
+    up until the room's next message showed the gap. This one tells the feed instead."""
+
+    def __init__(self, redis: Any, reconnected: Callable[[], None]) -> None:
+        super().__init__(redis.connection_pool)
+        self._reconnected = reconnected
+
+    async def on_connect(self, connection: Any) -> None:
+        await super().on_connect(connection)  # redis-py calls this on reconnects only
+        self._reconnected()
+
+
+@dataclass
+class _Room:
+    members: dict[str, Connection]
+    delivered: int = 0  # the last id delivered here (or known to be old when subscribing)
+    epoch: str = ""  # "" while the room has had no history since this worker subscribed
+    # Set once subscribed and `delivered` read. The room is registered before that, so that
+    # a renewal or an idle sweep meanwhile sees it; until then nothing is delivered to it.
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    failed: bool = False  # the subscription could not be made: its joiners fail too
+
+
+class RoomSubscription:
+    """The subscription and the rooms it holds (`rooms`: each with this worker's members,
+    what was delivered to them, and the room's epoch), on the event loop's thread with the
+    feed: a plain method runs without interruption, so members and `delivered` change
+    atomically."""
+
+    def __init__(
+        self,
+        redis: Any,
+        history: RedisHistory,
+        link: RedisLink,
+        canary: Canary,
+        lag: Callable[[float], None],
+    ) -> None:
+        """`lag` is told, for each message that arrives live, how long after its publication
+        it reached this worker. The core it delivers through is given by the feed (`serve`)."""
+        self._redis = redis
+        self._history = history
+        self._link = link
+        self._canary = canary
+        self._lag = lag
+        self._served: ChatCore | None = None
+        self.rooms: dict[str, _Room] = {}
+        self._pubsub: Any = None
+        # Held by whatever changes the subscription. A fresh PubSub fetches its connection on
+        # its first call: two first calls at once (a renewal's and a join's) would fetch two
+        # and keep one, losing the other from the pool for good.
+        self._subscribing = asyncio.Lock()
+
+    async def start(self) -> None:
+        self._pubsub = _Subscription(self._redis, self._reconnected)
+        await self._pubsub.ssubscribe(self._canary.channel)
+
+    async def close(self) -> None:
+        await self._pubsub.aclose()
+
+    def serve(self, core: ChatCore) -> None:
+        self._served = core
+
+    @property
+    def _core(self) -> ChatCore:
+        if self._served is None:
+            raise RuntimeError("RoomFeed.serve(core) was never called")
+        return self._served
+
+    def members(self, room: str) -> list[Connection]:
+        """This worker's members of `room`."""
+        state = self.rooms.get(room)
+        return list(state.members.values()) if state is not None else []
+
+    async def add(self, connection: Connection) -> _Room:
+        """Add a member to its room here, the room subscribed by its first member: returns
+        once the room is subscribed, or raises if that failed."""
+        room = connection.room
+        state = self.rooms.get(room)
+        if state is None:
+            state = self.rooms[room] = _Room({connection.id: connection})
+            await self._subscribe(room, state)
+        else:
+            state.members[connection.id] = connection
+            await state.ready.wait()  # another member's join is subscribing the room
+            if state.failed:
+                raise ConnectionError(f"could not subscribe to room {room!r}")
+        return state
+
+    async def _subscribe(self, room: str, state: _Room) -> None:
+        try:
+            async with self._subscribing:
+                await self._pubsub.ssubscribe(channel(room))
+            # Subscribed first, then the latest id: whatever is published from here on
+            # arrives, and whatever is older than `latest` is not this room's news here.
+            state.delivered, state.epoch = await self._history.latest(room)
+        except BaseException:
+            state.failed = True
+            if self.rooms.get(room) is state:
+                del self.rooms[room]
+            raise
+        finally:
+            state.ready.set()
+        # A message published after `latest` may have reached the subscription before the
+        # room was ready to take it (and been dropped): its stream has it.
+        await self._catch_up(room)
+
+    async def listen(self) -> None:
+        """Read the subscription for as long as the worker lives, resubscribing after a
+        lost link or a deaf one. The one task that touches the subscription: resubscribing
+        under a reader would break both."""
+        while True:
+            if self._canary.renew.is_set():
+                await self._resubscribe()
+                self._canary.renew.clear()
+            try:
+                message = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
+                self._link.up = True
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                self._link.up = False
+                log.warning("redis subscription lost (%s); resubscribing", type(error).__name__)
+                await asyncio.sleep(0.5)
+                await self._resubscribe()
+                continue
+            if message is None or message.get("type") != "smessage":
+                continue
+            name = message["channel"].decode()
+            if name == self._canary.channel:
+                self._canary.heard()
+                continue
+            try:
+                await self._on_room_event(message["data"])
+            except Exception:  # one event that cannot be delivered must not end the feed
+                log.exception("redis event on %s not delivered", name)
+
+    async def _on_room_event(self, data: bytes) -> None:
+        fields = json.loads(data)
+        if "p" in fields:
+            self._on_presence(fields)
+            return
+        epoch, messages = messages_of(fields)
+        for message, sender_id in messages:  # in id order
+            await self._deliver_in_order(message, epoch, sender_id)
+
+    def _on_presence(self, fields: dict[str, Any]) -> None:
+        conn = fields["c"]
+        connection = Connection(
+            id=conn["id"],
+            room=conn["room"],
+            user_id=conn["user_id"],
+            user_name=conn["user_name"],
+            dialect=Dialect(conn["dialect"]),
+            echo="",
+        )
+        members = self.members(connection.room)
+        self._core.fan_out_presence(fields["p"], connection, int(fields["n"]), members)
+
+    async def _deliver_in_order(
+        self, message: ChatMessage, epoch: str, sender_id: str | None
+    ) -> None:
+        room = message.room
+        state = self.rooms.get(room)
+        if state is None or not state.ready.is_set():
+            return  # not this worker's room, or not yet: its subscriber catches up
+        self.hear_epoch(state, epoch)
+        behind = state.delivered
+        if message.id <= behind:
+            return  # delivered already (a catch-up got here first)
+        if message.id > behind + 1:  # a gap: a message lost on the way, fill it first
+            try:
+                await self._catch_up(room, message.id - 1)
+            except Exception as error:
+                # Not this one before the gap: a renewal catches up on both from the stream
+                # (else it would wait for the room's next message, maybe for ever).
+                log.warning("could not fill a gap in %r (%r); renewing", room, error)
+                self._canary.renew.set()
+                return
+        self._lag(max(0.0, time.time() - message.ts))
+        self._fan_out(message, sender_id)
+
+    def _fan_out(self, message: ChatMessage, sender_id: str | None = None) -> None:
+        state = self.rooms.get(message.room)
+        if state is None or not state.ready.is_set() or message.id <= state.delivered:
+            return
+        state.delivered = message.id
+        members = list(state.members.values())
+        # With no switch in between: a welcome cannot open a gate between this delivery and
+        # its id.
+        self._core.fan_out(message, sender_id, members)
+
+    async def _catch_up(self, room: str, through: int | None = None) -> None:
+        """Deliver, in order, what the room's stream holds past what this worker delivered."""
+        while True:
+            state = self.rooms.get(room)
+            if state is None or not state.ready.is_set():
+                return  # gone, or still subscribing: its subscriber catches up
+            after = state.delivered
+            if through is not None and after >= through:
+                return
+            missed = await self._history.sent_after(room, after, CATCH_UP_PAGE)
+            if not missed:
+                # Expired, or the stream started over: nothing to wait for.
+                if through is not None and state.delivered < through:
+                    state.delivered = through
+                return
+            for message, sender_id in missed:
+                self._fan_out(message, sender_id)
+
+    async def _start_over_if_lost(self, room: str) -> None:
+        """While the subscription was down, Redis may have lost the room (restarted without
+        persistence, flushed): its ids then start over under a new epoch, below what this
+        worker delivered, and a catch-up from there would find nothing."""
+        _, epoch = await self._history.latest(room)
+        state = self.rooms.get(room)
+        if state is not None and state.ready.is_set():
+            self.hear_epoch(state, epoch)
+
+    def hear_epoch(self, state: _Room, epoch: str, sparing: str | None = None) -> None:
+        """`epoch` is the room's now (or "": it has no history). A room that had none when
+        this worker subscribed (reading it made none) takes the first it hears: its history
+        began since. Another one means the room started over in Redis: so do we."""
+        if not state.epoch:
+            state.epoch = epoch
+        elif epoch != state.epoch:
+            self._start_over(state, epoch, sparing)
+
+    def _start_over(self, state: _Room, epoch: str, sparing: str | None = None) -> None:
+        """The room's history was lost, and its ids start over under `epoch`. A JSON member
+        here has ids of the old history, which the new ones repeat: its client would drop
+        them as seen, and its gate would hold back those up to where its welcome went. So it
+        is closed with 1012, and reconnects: its welcome says `recovered: false`. (Not
+        `sparing`, which is joining now, under the new epoch.)"""
+        state.epoch, state.delivered = epoch, 0
+        for member in list(state.members.values()):
+            if member.dialect is Dialect.JSON and member.id != sparing:
+                self._core.delivery.close(
+                    member.id, CloseCode.SERVICE_RESTART, "the room's history was lost"
+                )
+
+    async def _resubscribe(self) -> None:
+        """A fresh subscription to every room with members here, then a catch-up of each."""
+        while True:
+            try:
+                async with self._subscribing:
+                    with contextlib.suppress(Exception):
+                        await self._pubsub.aclose()
+                    self._pubsub = _Subscription(self._redis, self._reconnected)
+                    rooms = list(self.rooms)
+                    await self._pubsub.ssubscribe(self._canary.channel, *map(channel, rooms))
+                for room in rooms:
+                    await self._start_over_if_lost(room)
+                    await self._catch_up(room)
+                self._canary.heard()
+                self._link.up = True
+                log.info("redis subscription restored for %d room(s)", len(rooms))
+                return
+            except Exception as error:
+                self._link.up = False
+                log.warning("redis subscription not restored (%r); retrying", error)
+                await asyncio.sleep(1)
+
+    def _reconnected(self) -> None:
+        log.warning("redis subscription reconnected; catching up on what it missed")
+        self._canary.renew.set()  # the listener resubscribes (afresh) and catches up
+
+    async def drop_idle_rooms(self) -> None:
+        """Unsubscribe from the rooms without members here, and from any channel held for no
+        room: a join whose subscription was made but whose room could not be set up (its
+        `latest` failed) leaves one behind, which would bring its room's traffic for ever."""
+        idle = [room for room, state in self.rooms.items() if not state.members]
+        for room in idle:
+            del self.rooms[room]
+        async with self._subscribing:
+            wanted = {channel(room) for room in self.rooms} | {self._canary.channel}
+            pubsub = self._pubsub
+            held = set(pubsub.shard_channels) - pubsub.pending_unsubscribe_shard_channels
+            unwanted = [name for name in held if text(name) not in wanted]
+            if unwanted:
+                await pubsub.sunsubscribe(*unwanted)
+        for room in idle:
+            joined = self.rooms.get(room)
+            if joined is not None:  # someone joined meanwhile: its subscription must stand
+                async with self._subscribing:
+                    await self._pubsub.ssubscribe(channel(room))
+                await joined.ready.wait()  # then what the gap let pass is in the stream
+                await self._catch_up(room)
