@@ -30,6 +30,7 @@ from handler.chat.ports import (
     Metrics,
     NoMetrics,
     StoreBusy,
+    User,
 )
 from handler.chat.ratelimit import TokenBucket, TokenBuckets
 from handler.chat.wire import CloseCode, ErrorCode, FrameError
@@ -37,6 +38,7 @@ from handler.chat.wire import CloseCode, ErrorCode, FrameError
 log = logging.getLogger(__name__)
 
 
+NOT_WRITABLE = "you may read this room, not post to it"
 TEXT_REFRESH = (
     "a refresh request carries a credential, so it is not sent to the room; "
     "refresh needs the JSON dialect"
@@ -56,6 +58,10 @@ class Limits:
     # API Gateway answers 410 for a connection until its $connect has returned (up to its 29 s
     # integration timeout): a 410 for a younger connection does not mean it is gone.
     connect_grace_seconds: float = 30.0
+    # A `members` reply lists this many distinct users at most (and says it is incomplete).
+    members_listed: int = 1000
+    # A user's `typing` reaches the room at most once per this many seconds; extras drop.
+    typing_seconds: float = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +90,9 @@ class DirectBroadcast:
     def presence(self, event: str, connection: Connection) -> None:
         members = self._core.connections.in_room(connection.room)
         self._core.fan_out_presence(event, connection, len(members), members)
+
+    def typing(self, connection: Connection) -> None:
+        self._core.fan_out_typing(connection, self._core.connections.in_room(connection.room))
 
 
 class ChatCore:
@@ -116,6 +125,7 @@ class ChatCore:
         # Rate state lives with the process: exact locally, per warm container on Lambda.
         self._rates: dict[str, _RateState] = {}
         self._publishers = TokenBuckets(self.limits.rate_per_second, self.limits.rate_burst, clock)
+        self._typists = TokenBuckets(1 / self.limits.typing_seconds, 1, clock)
 
     # --- the three calls ------------------------------------------------------------------
 
@@ -392,6 +402,20 @@ class ChatCore:
         if json_ids:
             self._deliver(json_ids, wire.message_frame(message))
 
+    def fan_out_typing(self, connection: Connection, members: Sequence[Connection]) -> None:
+        """Tell the JSON `members` open to live messages that `connection`'s user is typing
+        (not the user's own connections: another tab of theirs need not see it). One whose
+        welcome is on its way misses it: typing is only ever a hint."""
+        to = [
+            m.id
+            for m in members
+            if m.dialect is Dialect.JSON
+            and m.welcomed_through is not None
+            and m.user_id != connection.user_id
+        ]
+        if to:
+            self._deliver(to, wire.typing_frame(connection))
+
     def fan_out_presence(
         self, event: str, connection: Connection, count: int, members: Sequence[Connection]
     ) -> None:
@@ -415,6 +439,21 @@ class ChatCore:
         latest = self.messages.latest_id(room)
         messages = wire.page(self.messages.after(room, after_id, limit))
         return messages, max([latest, *(m.id for m in messages[-1:])])
+
+    def members(self, room: str) -> tuple[int, list[User], bool]:
+        """Who is in the room: its count of connections, its distinct users by name (at most
+        `members_listed`), and whether that is all of them."""
+        listed = self.limits.members_listed
+        users = list(self.connections.users(room, listed + 1))
+        complete = len(users) <= listed
+        users = sorted(users, key=lambda user: (user.name, user.id))[:listed]
+        return self.connections.count(room), users, complete
+
+    def read_before(self, room: str, before_id: int, limit: int) -> tuple[list[ChatMessage], int]:
+        """The newest page of the room's messages below `before_id` (at most `limit`, oldest
+        first), and the room's latest id. An empty page: nothing older is kept."""
+        latest = self.messages.latest_id(room)
+        return wire.page_back(self.messages.before(room, before_id, limit)), latest
 
     # --- dialects -------------------------------------------------------------------------
 
@@ -443,11 +482,33 @@ class ChatCore:
         elif isinstance(action, wire.Refresh):
             self._refresh(connection, action.token)
         elif isinstance(action, wire.HistoryRequest):
-            room = connection.room
-            history, latest = self.read(room, action.since, self.limits.history_page)
-            self._deliver_all([connection.id], wire.history_frames(room, history, latest))
+            self._history(connection, action)
+        elif isinstance(action, wire.MembersRequest):
+            self._deliver_all([connection.id], self._members(connection.room))
+        elif isinstance(action, wire.Typing):
+            self._typing(connection)
         else:
             self._deliver([connection.id], wire.pong_frame())
+
+    def _history(self, connection: Connection, request: wire.HistoryRequest) -> None:
+        room, limit = connection.room, min(request.limit, self.limits.history_page)
+        if request.before is None:
+            history, latest = self.read(room, request.since or 0, limit)
+        else:
+            history, latest = self.read_before(room, request.before, limit)
+        frames = wire.history_frames(room, history, latest, request.before)
+        self._deliver_all([connection.id], frames)
+
+    def _members(self, room: str) -> list[str]:
+        return wire.members_frames(room, *self.members(room))
+
+    def _typing(self, connection: Connection) -> None:
+        if Right.WRITE not in connection.rights:
+            self._refuse(connection, ErrorCode.FORBIDDEN, NOT_WRITABLE)
+            return
+        # One bucket per user and room: a user typing in two tabs is still one typist.
+        if self._typists.take(f"{connection.room}\n{connection.user_id}") == 0.0:
+            self.broadcast.typing(connection)
 
     # --- refresh --------------------------------------------------------------------------
 
@@ -494,7 +555,7 @@ class ChatCore:
 
     def _publish_from(self, connection: Connection, text: str, client_msg_id: str | None) -> None:
         if Right.WRITE not in connection.rights:
-            self._refuse(connection, ErrorCode.FORBIDDEN, "you may read this room, not post to it")
+            self._refuse(connection, ErrorCode.FORBIDDEN, NOT_WRITABLE)
             return
         try:
             self.publish(

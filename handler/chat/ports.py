@@ -7,7 +7,7 @@ handlers are synchronous anyway.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
@@ -52,6 +52,14 @@ class ChatMessage:
     text: str
     ts: float
     client_msg_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    """A user as other users see them: a principal's id and name."""
+
+    id: str
+    name: str
 
 
 class StoreBusy(Exception):
@@ -106,6 +114,11 @@ class ConnectionStore(Protocol):
         """How many connections the room has, wherever they are."""
         ...
 
+    def users(self, room: str, limit: int) -> Sequence[User]:
+        """The distinct users with a connection in the room, wherever it is: all of them, or
+        the first `limit` found (a store reads a big room in bounded pages), in no order."""
+        ...
+
     def mark_welcomed(
         self, connection_id: str, room: str, through_id: int, force: bool = False
     ) -> bool:
@@ -152,6 +165,10 @@ class MessageLog(Protocol):
 
     def recent(self, room: str, limit: int) -> Sequence[ChatMessage]:
         """The last `limit` messages, oldest first."""
+        ...
+
+    def before(self, room: str, before_id: int, limit: int) -> Sequence[ChatMessage]:
+        """The last `limit` messages with id < before_id, oldest first (scrolling back)."""
         ...
 
     def latest_id(self, room: str) -> int: ...
@@ -205,8 +222,9 @@ class Broadcast(Protocol):
     every member is reachable from here (memory, DynamoDB), the core delivers directly (and
     on Lambda, big rooms go in jobs through SQS). On Redis the store itself publishes: the
     script that stores a message or changes a room's membership also publishes it on the
-    room's channel, so this port has nothing left to do there, and each worker's subscriber
-    delivers to its own members through the core (infra/redis/broadcast.py)."""
+    room's channel, so this port has only typing, which nothing stores, to publish there; and
+    each worker's subscriber delivers to its own members through the core
+    (infra/redis/broadcast.py)."""
 
     def message(self, message: ChatMessage, sender_id: str | None) -> None:
         """A stored message: to the room's members (the sender's text socket excepted)."""
@@ -214,6 +232,11 @@ class Broadcast(Protocol):
 
     def presence(self, event: str, connection: Connection) -> None:
         """`connection` joined or left (it is already in, or already out of, the store)."""
+        ...
+
+    def typing(self, connection: Connection) -> None:
+        """`connection`'s user is typing: to the room's members, at most once (it is not
+        stored, so a member that misses it never gets it)."""
         ...
 
 
@@ -261,3 +284,15 @@ def keep_presence(kept: dict[str, list[str]], stored: Connection | None, frame: 
     if len(frames) < DEFERRED_PRESENCE:
         frames.append(frame)
     return True
+
+
+def distinct_users(members: Iterable[User], limit: int) -> list[User]:
+    """`ConnectionStore.users` over a room's members as a store reads them: each user once,
+    until `limit` are found (the rest is never read)."""
+    found: dict[str, User] = {}
+    for user in members:
+        if user.id not in found:
+            if len(found) >= limit:
+                break
+            found[user.id] = user
+    return list(found.values())

@@ -10,7 +10,7 @@ from enum import IntEnum
 from typing import Any
 
 from auth.principal import is_text
-from handler.chat.ports import ChatMessage, Connection
+from handler.chat.ports import ChatMessage, Connection, User
 
 JSON_SUBPROTOCOL = "wschat.json"
 
@@ -77,6 +77,9 @@ NOT_TEXT = "`{name}` must be Unicode text (it has a lone surrogate escape)"
 # Redis stream id stops at 2**64 - 1).
 MAX_MESSAGE_ID = 2**53 - 1
 SINCE_RANGE = f"`since` must be an integer from 0 to {MAX_MESSAGE_ID}"
+BEFORE_RANGE = f"`before` must be an integer from 0 to {MAX_MESSAGE_ID}"
+LIMIT_RANGE = f"`limit` must be an integer from 1 to {HISTORY_PAGE}"
+ONE_BOUND = "give `since` (what came after) or `before` (what came before), not both"
 
 
 def is_message_id(value: object) -> bool:
@@ -93,7 +96,22 @@ class SendMessage:
 
 @dataclass(frozen=True, slots=True)
 class HistoryRequest:
-    since: int
+    """`since`: the page after an id (a resume). `before`: the newest page below an id
+    (scrolling back); then `since` is None."""
+
+    since: int | None = 0
+    before: int | None = None
+    limit: int = HISTORY_PAGE
+
+
+@dataclass(frozen=True, slots=True)
+class MembersRequest:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Typing:
+    pass
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +124,7 @@ class Refresh:
     token: str
 
 
-Action = SendMessage | HistoryRequest | Ping | Refresh
+Action = SendMessage | HistoryRequest | MembersRequest | Typing | Ping | Refresh
 # A credential longer than this is refused before anyone parses it (JWTs are far shorter).
 MAX_TOKEN_CHARS = 16 * 1024
 
@@ -153,10 +171,11 @@ def parse_action(frame: str) -> Action:
     if action == "sendmessage":
         return parse_send(body)
     if action == "history":
-        since = body.get("since", 0)
-        if not is_message_id(since):
-            raise FrameError(ErrorCode.BAD_REQUEST, SINCE_RANGE)
-        return HistoryRequest(since)
+        return _history_request(body)
+    if action == "members":
+        return MembersRequest()
+    if action == "typing":
+        return Typing()
     if action == "ping":
         return Ping()
     if action == "refresh":
@@ -167,8 +186,26 @@ def parse_action(frame: str) -> Action:
             raise FrameError(ErrorCode.BAD_REQUEST, NOT_TEXT.format(name="token"))
         return Refresh(token)
     raise FrameError(
-        ErrorCode.UNKNOWN_ACTION, "`action` must be one of: sendmessage, history, ping, refresh"
+        ErrorCode.UNKNOWN_ACTION,
+        "`action` must be one of: sendmessage, history, members, typing, ping, refresh",
     )
+
+
+def _history_request(body: Mapping[str, Any]) -> HistoryRequest:
+    limit = body.get("limit", HISTORY_PAGE)
+    if not (is_message_id(limit) and 1 <= limit <= HISTORY_PAGE):
+        raise FrameError(ErrorCode.BAD_REQUEST, LIMIT_RANGE)
+    if "before" not in body:
+        since = body.get("since", 0)
+        if not is_message_id(since):
+            raise FrameError(ErrorCode.BAD_REQUEST, SINCE_RANGE)
+        return HistoryRequest(since, limit=limit)
+    if "since" in body:
+        raise FrameError(ErrorCode.BAD_REQUEST, ONE_BOUND)
+    before = body["before"]
+    if not is_message_id(before):
+        raise FrameError(ErrorCode.BAD_REQUEST, BEFORE_RANGE)
+    return HistoryRequest(None, before, limit)
 
 
 def is_refresh_request(frame: str) -> bool:
@@ -278,6 +315,12 @@ def page(messages: Sequence[ChatMessage]) -> list[ChatMessage]:
     return taken
 
 
+def page_back(messages: Sequence[ChatMessage]) -> list[ChatMessage]:
+    """The longest suffix of `messages` within HISTORY_PAGE_BYTES of JSON (at least one): a
+    scroll back keeps the newest of what it read."""
+    return page(messages[::-1])[::-1]
+
+
 # A message's JSON, and its size in bytes.
 _Body = tuple[str, int]
 
@@ -307,22 +350,47 @@ def _room_for(head: dict[str, Any], key: str) -> int:
     return MAX_SEND_BYTES - _size(_dump({**head, key: []}))
 
 
-def _history(room: str, bodies: list[_Body], latest_id: int) -> list[str]:
-    head = {"type": "history", "room": room, "latest_id": latest_id, "more": False}
-    space = _room_for(head, "messages")
+def _split(head: dict[str, Any], key: str, bodies: list[_Body]) -> list[str]:
+    """`head` with `bodies` as a list in its field `key`, in as many frames as it takes to
+    keep each within MAX_SEND_BYTES, in order; every frame but the last says `more: true`."""
+    head = {**head, "more": False}
+    space = _room_for(head, key)
     frames: list[str] = []
     while True:
-        count = max(1, _fitting(bodies, space))  # one message always fits (fits_in_a_frame)
+        count = max(1, _fitting(bodies, space))  # one body always fits (fits_in_a_frame)
         chunk, bodies = bodies[:count], bodies[count:]
-        frames.append(_frame({**head, "more": bool(bodies)}, "messages", chunk))
+        frames.append(_frame({**head, "more": bool(bodies)}, key, chunk))
         if not bodies:
             return frames
 
 
-def history_frames(room: str, messages: Sequence[ChatMessage], latest_id: int) -> list[str]:
+def history_frames(
+    room: str, messages: Sequence[ChatMessage], latest_id: int, before: int | None = None
+) -> list[str]:
     """Messages as `history` frames, each within MAX_SEND_BYTES, oldest first. Every frame
-    but the last says `more: true`."""
-    return _history(room, _bodies(messages), latest_id)
+    but the last says `more: true`. A reply to a scroll back names its `before`."""
+    head: dict[str, Any] = {"type": "history", "room": room, "latest_id": latest_id}
+    if before is not None:
+        head["before"] = before
+    return _split(head, "messages", _bodies(messages))
+
+
+def members_frames(room: str, count: int, users: Sequence[User], complete: bool) -> list[str]:
+    """Who is in the room: its `count` of connections, and its distinct `users` (all of them
+    if `complete`, else the first found), in frames as `history_frames` splits them."""
+    bodies = [(body, _size(body)) for body in (_dump(_user(u.id, u.name)) for u in users)]
+    head = {"type": "members", "room": room, "count": count, "complete": complete}
+    return _split(head, "members", bodies)
+
+
+def typing_frame(connection: Connection) -> str:
+    return _dump(
+        {
+            "type": "typing",
+            "room": connection.room,
+            "user": _user(connection.user_id, connection.user_name),
+        }
+    )
 
 
 def welcome_frames(
@@ -353,7 +421,8 @@ def welcome_frames(
     carried = _fitting(bodies, _room_for(head, "history"))
     rest = bodies[carried:]
     welcome = _frame({**head, "more": bool(rest)}, "history", bodies[:carried])
-    return [welcome, *(_history(connection.room, rest, latest_id) if rest else [])]
+    more = {"type": "history", "room": connection.room, "latest_id": latest_id}
+    return [welcome, *(_split(more, "messages", rest) if rest else [])]
 
 
 def presence_frame(event: str, connection: Connection, count: int) -> str:

@@ -157,7 +157,7 @@ def _on_redis(
         settings.limits(),
         policy=policy,
         credentials=ThreadedCheck(authenticator),
-        broadcast=lambda core: RedisBroadcast(feed, core),
+        broadcast=lambda core: RedisBroadcast(feed, core, bridge),
         metrics=metrics,
         timers=LoopExpiryTimers(),
     )

@@ -1,6 +1,7 @@
 """REST on both transports: read a room's history, and publish into a room from a backend.
 
-`GET /rooms/{room}/messages?since=&limit=` and `POST /rooms/{room}/messages`, both behind the
+`GET /rooms/{room}/messages?since=&limit=` (or `?before=&limit=`), `GET /rooms/{room}/members`
+and `POST /rooms/{room}/messages`, all behind the
 same authenticator as the sockets (a bearer header or a session cookie; never a query token,
 which would land in access logs).
 """
@@ -32,6 +33,7 @@ from handler.chat.wire import (
     HISTORY_PAGE,
     MAX_CLIENT_MSG_ID_CHARS,
     MAX_MESSAGE_ID,
+    ONE_BOUND,
     ErrorCode,
     FrameError,
     SendMessage,
@@ -164,8 +166,8 @@ def _check_rate(chat: RestBackend, principal: Principal) -> None:
         )
 
 
-def _unfit(problem: str, kind: str) -> RequestValidationError:
-    return RequestValidationError([{"loc": ("body",), "msg": problem, "type": kind}])
+def _unfit(problem: str, kind: str, loc: tuple[str, ...] = ("body",)) -> RequestValidationError:
+    return RequestValidationError([{"loc": loc, "msg": problem, "type": kind}])
 
 
 async def _publish_request(request: Request, limit: int) -> SendMessage:
@@ -227,17 +229,41 @@ def rest_router(backend: Callable[[], RestBackend]) -> APIRouter:
     async def read_messages(
         room: str,
         request: Request,
-        since: Annotated[int, Query(ge=0, le=MAX_MESSAGE_ID)] = 0,
+        since: Annotated[int | None, Query(ge=0, le=MAX_MESSAGE_ID)] = None,
+        before: Annotated[int | None, Query(ge=0, le=MAX_MESSAGE_ID)] = None,
         limit: Annotated[int, Query(ge=1, le=HISTORY_PAGE)] = 100,
     ) -> dict[str, Any]:
-        """Messages after `since`, oldest first, and the room's latest id. Fewer than `limit`
-        when they are large (a page is at most 1 MiB of JSON): read on from the last id."""
+        """Messages after `since` (0 by default), oldest first, and the room's latest id:
+        fewer than `limit` when they are large (a page is at most 1 MiB of JSON), read on
+        from the last id. Or, with `before`, the newest messages below it, oldest first:
+        scroll back from the first id; an empty page, nothing older is kept."""
         chat = backend()
         principal = await _principal(request, chat)
         _check_room(room, chat)
         _check_right(chat, principal, room, Right.READ)
-        messages, latest = await _run(chat, lambda: chat.core.read(room, since, limit))
-        return {"room": room, "latest_id": latest, "messages": [message_body(m) for m in messages]}
+        if since is not None and before is not None:
+            raise _unfit(ONE_BOUND, "value_error", ("query", "before"))
+        core = chat.core
+        if before is None:
+            messages, latest = await _run(chat, lambda: core.read(room, since or 0, limit))
+        else:
+            messages, latest = await _run(chat, lambda: core.read_before(room, before, limit))
+        page: dict[str, Any] = {"room": room, "latest_id": latest}
+        if before is not None:
+            page["before"] = before
+        return page | {"messages": [message_body(m) for m in messages]}
+
+    @router.get("/members")
+    async def read_members(room: str, request: Request) -> dict[str, Any]:
+        """Who is in the room: its count of connections, and its distinct users by name (at
+        most a thousand: `complete` is false when there are more)."""
+        chat = backend()
+        principal = await _principal(request, chat)
+        _check_room(room, chat)
+        _check_right(chat, principal, room, Right.READ)
+        count, users, complete = await _run(chat, lambda: chat.core.members(room))
+        members = [{"id": user.id, "name": user.name} for user in users]
+        return {"room": room, "count": count, "complete": complete, "members": members}
 
     # The body is read by hand, after the credential, the room's right and the rate were
     # checked (a body parameter would have FastAPI read and parse it first), so its schema

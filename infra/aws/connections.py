@@ -10,7 +10,14 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from auth.rooms import ALL, Rights, rights_from_text, rights_text
-from handler.chat.ports import DEFERRED_PRESENCE, Connection, Dialect, StoreBusy
+from handler.chat.ports import (
+    DEFERRED_PRESENCE,
+    Connection,
+    Dialect,
+    StoreBusy,
+    User,
+    distinct_users,
+)
 from infra.aws.sealed_echo import EchoSeal
 from infra.aws.table import (
     Item,
@@ -225,6 +232,12 @@ class DynamoConnections:
         if self._page_size:
             query["Limit"] = self._page_size
         return sum(int(page["Count"]) for page in query_pages(self._client, **query))
+
+    def users(self, room: str, limit: int) -> Sequence[User]:
+        query = {**self._members_query(room), "ProjectionExpression": "user_id, user_name"}
+        query["Limit"] = self._page_size or 1000  # pages read only until `limit` are found
+        items = query_items(self._client, **query)
+        return distinct_users((User(i["user_id"]["S"], i["user_name"]["S"]) for i in items), limit)
 
     def _members_query(self, room: str) -> dict[str, Any]:
         return live_items_query(

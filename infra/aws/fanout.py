@@ -139,6 +139,12 @@ class ChunkedBroadcast:
         if members is not None:
             self._core.fan_out_presence(event, connection, len(members), members)
 
+    def typing(self, connection: Connection) -> None:
+        """As presence: a big room's members are not told (docs/serverless.md)."""
+        members = self._small_room(connection.room)
+        if members is not None:
+            self._core.fan_out_typing(connection, members)
+
     def _small_room(self, room: str) -> list[Connection] | None:
         """The room's members if it has at most `inline_max` of them, else None."""
         members, more = self._connections.room_slice(room, None, None, self._inline_max + 1)
@@ -198,6 +204,9 @@ class _Unannounced:
 
     def presence(self, event: str, connection: Connection) -> None:
         """Nothing, as above."""
+
+    def typing(self, connection: Connection) -> None:
+        raise RuntimeError("a fan-out job forwards no typing")
 
 
 class FanoutWorker:

@@ -175,12 +175,19 @@ class DynamoMessageLog:
             # No id past it has a key: a wider bound would sort among the keys by its first
             # digits, or past the upper one, which DynamoDB refuses (moto does not).
             return []
-        return self._messages(room, message_key(after_id + 1), limit, forward=True)
+        high = message_key(LARGEST_KEYED_ID)
+        return self._messages(room, message_key(after_id + 1), high, limit, forward=True)
 
     def recent(self, room: str, limit: int) -> Sequence[ChatMessage]:
         if limit <= 0:
             return []
-        newest_first = self._messages(room, message_key(0), limit, forward=False)
+        return self.before(room, LARGEST_KEYED_ID + 1, limit)
+
+    def before(self, room: str, before_id: int, limit: int) -> Sequence[ChatMessage]:
+        if limit <= 0 or before_id <= 1:
+            return []  # ids start at 1
+        high = message_key(min(before_id - 1, LARGEST_KEYED_ID))
+        newest_first = self._messages(room, message_key(0), high, limit, forward=False)
         return list(reversed(newest_first))
 
     def latest_id(self, room: str) -> int:
@@ -195,11 +202,12 @@ class DynamoMessageLog:
         """DynamoDB never loses a room's counter: one epoch, always."""
         return self.latest_id(room), "1"
 
-    def _messages(self, room: str, bound: str, limit: int, forward: bool) -> list[ChatMessage]:
-        bounds = {
-            ":low": string(bound if forward else message_key(0)),
-            ":high": string(message_key(LARGEST_KEYED_ID)),
-        }
+    def _messages(
+        self, room: str, low: str, high: str, limit: int, forward: bool
+    ) -> list[ChatMessage]:
+        """The messages with keys from `low` to `high`, at most `limit`, from the low end if
+        `forward`, else from the high end."""
+        bounds = {":low": string(low), ":high": string(high)}
         query = live_items_query(
             self._table, room, "sk BETWEEN :low AND :high", bounds, self._clock()
         )

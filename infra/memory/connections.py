@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from auth.rooms import Rights
-from handler.chat.ports import Connection, keep_presence
+from handler.chat.ports import Connection, User, distinct_users, keep_presence
 
 
 class MemoryConnections:
@@ -49,6 +49,10 @@ class MemoryConnections:
 
     def count(self, room: str) -> int:
         return len(self._rooms.get(room, ()))
+
+    def users(self, room: str, limit: int) -> Sequence[User]:
+        members = self._rooms.get(room, {}).values()
+        return distinct_users((User(m.user_id, m.user_name) for m in members), limit)
 
     def mark_welcomed(
         self, connection_id: str, room: str, through_id: int, force: bool = False

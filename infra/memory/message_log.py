@@ -130,6 +130,14 @@ class MemoryMessageLog:
         skip = max(0, len(state.ring) - limit)
         return list(islice(state.ring, skip, None))
 
+    def before(self, room: str, before_id: int, limit: int) -> Sequence[ChatMessage]:
+        state = self._use(room)
+        if state is None or not state.ring or limit <= 0:
+            return []
+        # Ids in the ring are consecutive: those below `before_id` are its first `end`.
+        end = min(len(state.ring), max(0, before_id - state.ring[0].id))
+        return list(islice(state.ring, max(0, end - limit), end))
+
     def latest_id(self, room: str) -> int:
         state = self._rooms.get(room)
         return state.last_id if state is not None else self._floor

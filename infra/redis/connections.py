@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from auth.rooms import Rights
-from handler.chat.ports import Connection
+from handler.chat.ports import Connection, User
 from infra.redis.bridge import LoopBridge
 from infra.redis.feed import RoomFeed
 
@@ -42,6 +42,9 @@ class RedisConnections:
 
     def count(self, room: str) -> int:
         return self._bridge.run(self._feed.count(room))
+
+    def users(self, room: str, limit: int) -> Sequence[User]:
+        return self._bridge.run(self._feed.users(room, limit))
 
     def mark_welcomed(
         self, connection_id: str, room: str, through_id: int, force: bool = False

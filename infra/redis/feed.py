@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import secrets
 from collections.abc import Callable
@@ -34,10 +35,10 @@ from dataclasses import replace
 from typing import Any
 
 from handler.chat.core import ChatCore
-from handler.chat.ports import Connection, keep_presence
-from infra.redis.history import RedisHistory
+from handler.chat.ports import Connection, User, keep_presence
+from infra.redis.history import RedisHistory, channel
 from infra.redis.liveness import Canary, RedisLink
-from infra.redis.membership import HEARTBEAT_SECONDS, Membership
+from infra.redis.membership import HEARTBEAT_SECONDS, Membership, member_fields
 from infra.redis.subscription import RoomSubscription
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,7 @@ class RoomFeed:
         `lag` is told, for each message that arrives live, how long after its publication it
         reached this worker. The core it delivers through registers itself (`serve`)."""
         self.worker = secrets.token_hex(6)
+        self._redis = redis
         self._link = link
         self.canary = Canary(redis, link, self.worker)
         self.membership = Membership(redis, self.worker, history.ttl)
@@ -152,8 +154,16 @@ class RoomFeed:
     def local_members(self, room: str) -> list[Connection]:
         return self.subscription.members(room)
 
+    async def typing(self, connection: Connection) -> None:
+        """To every worker's members of the room, through its channel (nothing is stored)."""
+        event = json.dumps({"t": member_fields(connection)})
+        await self._redis.spublish(channel(connection.room), event)
+
     async def count(self, room: str) -> int:
         return await self.membership.count(room)
+
+    async def users(self, room: str, limit: int) -> list[User]:
+        return await self.membership.users(room, limit)
 
     def mark_welcomed(self, connection_id: str, through_id: int, force: bool = False) -> bool:
         """Open a JSON member's gate at `through_id`, unless this worker already delivered

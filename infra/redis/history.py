@@ -399,6 +399,14 @@ class RedisHistory:
         entries = await self._redis.xrevrange(log_key(room), count=limit)
         return [_message(entry[b"m"]) for _, entry in reversed(entries)]
 
+    async def before(self, room: str, before_id: int, limit: int) -> Sequence[ChatMessage]:
+        if limit <= 0 or before_id <= 1:
+            return []  # ids start at 1
+        entries = await self._redis.xrevrange(
+            log_key(room), max=f"{before_id - 1}-0", min="-", count=limit
+        )
+        return [_message(entry[b"m"]) for _, entry in reversed(entries)]
+
     async def latest(self, room: str) -> tuple[int, str]:
         """The room's latest id and its epoch; NO_HISTORY for a room that has no counter
         (none yet, or it expired or was lost), for which nothing is stored."""

@@ -18,7 +18,7 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from handler.chat.ports import Connection, Dialect
+from handler.chat.ports import Connection, Dialect, User, distinct_users
 from infra.redis.history import (
     channel,
     log_key,
@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 HEARTBEAT_SECONDS = 5.0
 HEARTBEAT_TTL = 15  # a worker silent this long is reaped: no ghost outlives 20 s
 REAP_PAGE = 500  # a dead worker's members removed per few round trips
+USERS_PAGE = 500  # a room's member ids read per round trip when listing its users
 
 
 # Each membership script announces the change it made, with the room's count, in the same
@@ -170,6 +171,21 @@ class Membership:
     async def count(self, room: str) -> int:
         return int(await self._redis.scard(members_key(room)))
 
+    async def users(self, room: str, limit: int) -> list[User]:
+        """The room's distinct users, every worker's members: the room's set read USERS_PAGE
+        ids at a time, each page's hashes in one round trip, until `limit` are found."""
+        found: list[User] = []
+        cursor = 0
+        while True:
+            cursor, ids = await self._redis.sscan(members_key(room), cursor, count=USERS_PAGE)
+            pipe = self._redis.pipeline(transaction=False)
+            for connection_id in ids:
+                pipe.hmget(conn_key(text(connection_id)), "user_id", "user_name")
+            page = [User(text(i), text(n)) for i, n in await pipe.execute() if i is not None]
+            found = distinct_users([*found, *page], limit)
+            if cursor == 0 or len(found) >= limit:
+                return found
+
     # --- heartbeat and reaping ----------------------------------------------------------
 
     async def beat(self) -> None:
@@ -293,14 +309,30 @@ def _member_of(connection_id: str, fields: dict[bytes, bytes]) -> Connection | N
     )
 
 
-def _presence_head(event: str, connection: Connection) -> str:
-    """A presence event on a room's channel (`RoomSubscription._on_presence` reads it)
-    without its count and closing brace, which the membership scripts add."""
-    member = {
+def member_fields(connection: Connection) -> dict[str, str]:
+    """A member as a room's channel carries it in presence and typing events (`member_from`
+    reads it back)."""
+    return {
         "id": connection.id,
         "room": connection.room,
         "user_id": connection.user_id,
         "user_name": connection.user_name,
         "dialect": connection.dialect.value,
     }
-    return json.dumps({"p": event, "c": member})[:-1] + ', "n": '
+
+
+def member_from(fields: dict[str, str]) -> Connection:
+    return Connection(
+        id=fields["id"],
+        room=fields["room"],
+        user_id=fields["user_id"],
+        user_name=fields["user_name"],
+        dialect=Dialect(fields["dialect"]),
+        echo="",
+    )
+
+
+def _presence_head(event: str, connection: Connection) -> str:
+    """A presence event on a room's channel (`RoomSubscription._on_presence` reads it)
+    without its count and closing brace, which the membership scripts add."""
+    return json.dumps({"p": event, "c": member_fields(connection)})[:-1] + ', "n": '

@@ -30,6 +30,9 @@ class RedisMessageLog:
     def recent(self, room: str, limit: int) -> Sequence[ChatMessage]:
         return self._bridge.run(self._history.recent(room, limit))
 
+    def before(self, room: str, before_id: int, limit: int) -> Sequence[ChatMessage]:
+        return self._bridge.run(self._history.before(room, before_id, limit))
+
     def latest_id(self, room: str) -> int:
         latest, _ = self.head(room)
         return latest

@@ -27,6 +27,7 @@ from handler.chat.ports import ChatMessage, Connection, Dialect
 from handler.chat.wire import CloseCode
 from infra.redis.history import RedisHistory, channel, messages_of, text
 from infra.redis.liveness import Canary, RedisLink
+from infra.redis.membership import member_from
 
 log = logging.getLogger(__name__)
 
@@ -176,20 +177,16 @@ class RoomSubscription:
         if "p" in fields:
             self._on_presence(fields)
             return
+        if "t" in fields:  # typing: members open to live messages get it, or never
+            typist = member_from(fields["t"])
+            self._core.fan_out_typing(typist, self.members(typist.room))
+            return
         epoch, messages = messages_of(fields)
         for message, sender_id in messages:  # in id order
             await self._deliver_in_order(message, epoch, sender_id)
 
     def _on_presence(self, fields: dict[str, Any]) -> None:
-        conn = fields["c"]
-        connection = Connection(
-            id=conn["id"],
-            room=conn["room"],
-            user_id=conn["user_id"],
-            user_name=conn["user_name"],
-            dialect=Dialect(conn["dialect"]),
-            echo="",
-        )
+        connection = member_from(fields["c"])
         members = self.members(connection.room)
         self._core.fan_out_presence(fields["p"], connection, int(fields["n"]), members)
 

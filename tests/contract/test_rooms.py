@@ -71,15 +71,17 @@ async def test_a_reader_receives_but_cannot_post_a_writer_does_both(rooms: Trans
         assert (await until(reader, "message"))["text"] == "yes you may read"
         await send(archived, action="sendmessage", text="into the archive")
         assert (await until(archived, "error"))["code"] == "forbidden"
+        await send(reader, action="typing")  # typing needs `write` too
+        assert (await until(reader, "error"))["code"] == "forbidden"
         await send(reader, action="history", since=0)
         history = await until(reader, "history")
         assert [m["text"] for m in history["messages"]] == ["yes you may read"]
 
 
-def rest(transport: Transport, method: str, room: str, bearer: str) -> int:
+def rest(transport: Transport, method: str, room: str, bearer: str, what: str = "messages") -> int:
     body = json.dumps({"text": "over REST"}).encode() if method == "POST" else None
     request = urllib.request.Request(
-        f"{transport.server.http}/rooms/{room}/messages",
+        f"{transport.server.http}/rooms/{room}/{what}",
         data=body,
         method=method,
         headers={"Authorization": f"Bearer {bearer}", "Content-Type": "application/json"},
@@ -99,6 +101,8 @@ def test_rest_needs_read_to_read_and_write_to_post(rooms: Transport) -> None:
     assert rest(rooms, "POST", "rest-room", reader) == 403
     assert rest(rooms, "POST", "rest-room", writer) == 201
     assert rest(rooms, "GET", "rest-room", writer) == 403
+    assert rest(rooms, "GET", "rest-room", reader, "members") == 200
+    assert rest(rooms, "GET", "rest-room", writer, "members") == 403
 
 
 def test_a_post_without_write_is_refused_before_its_body(rooms: Transport) -> None:

@@ -9,7 +9,7 @@ from dataclasses import replace
 from typing import Any
 
 from auth.rooms import ALL, Right
-from handler.chat.ports import DEFERRED_PRESENCE, Connection, Dialect
+from handler.chat.ports import DEFERRED_PRESENCE, Connection, Dialect, User
 from tests.ports.engines import Engine
 
 CONNECTED_AT = 1_800_000_000.25
@@ -47,6 +47,23 @@ def test_a_room_lists_and_counts_its_own_members_only(engine: Engine) -> None:
     assert (store.count("r"), store.count("r2")) == (2, 1)
     assert store.in_room("nowhere") == [] and store.count("nowhere") == 0
     assert store.get("nobody") is None
+
+
+def test_users_are_the_rooms_distinct_users_up_to_a_limit(engine: Engine) -> None:
+    store = engine.connections
+    for cid, user in (("a1", "a"), ("a2", "a"), ("b1", "b"), ("c1", "c"), ("x", "x")):
+        room = "r2" if cid == "x" else "r"
+        store.add(replace(member(cid, room=room), user_id=f"id-{user}", user_name=user))
+    everyone = {User("id-a", "a"), User("id-b", "b"), User("id-c", "c")}
+    users = store.users("r", 10)
+    assert len(users) == 3 and set(users) == everyone
+    two = store.users("r", 2)
+    assert len(two) == 2 and len(set(two)) == 2 and set(two) <= everyone
+    assert store.users("nowhere", 10) == []
+    store.remove("a1")
+    assert {user.id for user in store.users("r", 10)} == {"id-a", "id-b", "id-c"}  # a2 stays
+    store.remove("a2")
+    assert {user.id for user in store.users("r", 10)} == {"id-b", "id-c"}
 
 
 def test_adding_a_connection_again_replaces_its_record(engine: Engine) -> None:

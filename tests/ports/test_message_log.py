@@ -54,6 +54,19 @@ def test_recent_reads_the_newest_oldest_first(engine: Engine) -> None:
     assert log.recent("nowhere", 5) == []
 
 
+def test_before_reads_the_newest_below_an_id_oldest_first(engine: Engine) -> None:
+    log = engine.messages
+    stored = [log.append(draft(f"m{n}"))[0] for n in range(5)]
+    log.append(draft("elsewhere", room="other"))
+    assert log.before("r", 6, 2) == stored[3:]  # above the latest: the newest
+    assert log.before("r", 4, 2) == stored[1:3]
+    assert log.before("r", 4, 10) == stored[:3]
+    assert log.before("r", 1, 10) == [] and log.before("r", 0, 10) == []
+    assert log.before("r", 3, 0) == []
+    assert log.before("r", MAX_MESSAGE_ID, 10) == stored
+    assert log.before("nowhere", 5, 5) == []
+
+
 def test_a_repeated_client_msg_id_is_stored_once_per_user_and_room(engine: Engine) -> None:
     log = engine.messages
     first, created = log.append(draft("hi", user="alice", key="k1"))
@@ -141,6 +154,7 @@ def test_a_room_keeps_its_newest_messages_up_to_the_cap(engine: Engine) -> None:
     stored = [log.append(draft(f"m{n}"))[0] for n in range(5)]
     kept = stored if engine.cap is None else stored[-engine.cap :]
     assert log.after("r", 0, 10) == kept and log.recent("r", 10) == kept
+    assert log.before("r", 6, 10) == kept and log.before("r", 5, 10) == kept[:-1]
     assert log.after("r", 3, 10) == stored[3:]
     assert log.latest_id("r") == 5 and log.append(draft("m5"))[0].id == 6
 
