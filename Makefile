@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # (WSCHAT_HOST and WSCHAT_PORT, then 127.0.0.1:8000; 3001 for `make emulate`).
 ADDRESS = $(if $(HOST),--host $(HOST)) $(if $(PORT),--port $(PORT))
 
-.PHONY: run run-redis emulate smoke test test-fast lint typecheck unit clean lambda-zip package node_modules bench
+.PHONY: run run-redis emulate smoke test test-fast lint typecheck unit js clean lambda-zip package node_modules bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -64,7 +64,11 @@ PYTEST_WORKERS ?= 4
 unit: $(VENV)/.installed-dev
 	$(BIN)/pytest -q -n $(PYTEST_WORKERS) --dist loadfile
 
-test: lint typecheck unit
+# The JavaScript client's unit tests (node's own test runner; no npm package needed).
+js:
+	node --test tests/js/
+
+test: lint typecheck js unit
 
 # The unit layer alone, about 20 s: the core, auth, the web surface, the Lambda handlers, the
 # adapters that need no server process (moto in process; no redis-server, no uvicorn), and
@@ -74,7 +78,7 @@ FAST_TESTS := tests/handler/chat tests/handler/web tests/auth tests/handler/aws 
 	tests/handler/local/test_log_text.py tests/handler/local/test_log_redaction.py \
 	tests/handler/local/test_expiry.py tests/ports -m "not redis_server" \
 	--ignore=tests/infra/redis --ignore=tests/infra/aws/test_fanout.py
-test-fast: $(VENV)/.installed-dev
+test-fast: $(VENV)/.installed-dev js
 	$(BIN)/pytest -q -n $(PYTEST_WORKERS) --dist loadfile $(FAST_TESTS)
 
 $(VENV)/.installed-bench: pyproject.toml | $(BIN)/python

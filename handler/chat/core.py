@@ -279,7 +279,7 @@ class ChatCore:
             if connection.dialect is Dialect.TEXT:
                 self._echo(connection, draft.text)  # the seed's lines, then what became of it
             if isinstance(stored, StoreBusy):
-                self._busy(connection)
+                self._busy(connection, draft.client_msg_id)
             else:
                 self._stored(*stored, connection, started)
         return len(drafts)
@@ -554,8 +554,9 @@ class ChatCore:
             self._timers.expire_at(connection_id, at, self.expire_if_due)
 
     def _publish_from(self, connection: Connection, text: str, client_msg_id: str | None) -> None:
+        """A refusal names the `client_msg_id` it answers, for the client to settle that send."""
         if Right.WRITE not in connection.rights:
-            self._refuse(connection, ErrorCode.FORBIDDEN, NOT_WRITABLE)
+            self._refuse(connection, ErrorCode.FORBIDDEN, NOT_WRITABLE, client_msg_id)
             return
         try:
             self.publish(
@@ -567,13 +568,14 @@ class ChatCore:
                 connection,
             )
         except FrameError as error:
-            self._refuse(connection, error.code, error.detail)
+            self._refuse(connection, error.code, error.detail, client_msg_id)
         except StoreBusy:
-            self._busy(connection)
+            self._busy(connection, client_msg_id)
 
-    def _busy(self, connection: Connection) -> None:
+    def _busy(self, connection: Connection, client_msg_id: str | None) -> None:
         log.warning("room %s is too busy to store a message now", connection.room)
-        self._refuse(connection, ErrorCode.BUSY, "the room is busy; send it again")
+        detail = "the room is busy; send it again"
+        self._refuse(connection, ErrorCode.BUSY, detail, client_msg_id)
 
     def _draft(self, connection: Connection, frame: str | bytes) -> Draft | None:
         """`frame` as a message to store, if it is a plain one: a line of text, or a JSON
@@ -661,9 +663,11 @@ class ChatCore:
         state.strikes = max(0, state.strikes - 1)
         return True
 
-    def _refuse(self, connection: Connection, code: str, detail: str) -> None:
+    def _refuse(
+        self, connection: Connection, code: str, detail: str, client_msg_id: str | None = None
+    ) -> None:
         if connection.dialect is Dialect.JSON:
-            self._deliver([connection.id], wire.error_frame(code, detail))
+            self._deliver([connection.id], wire.error_frame(code, detail, client_msg_id))
         else:
             self._deliver([connection.id], wire.error_line(detail))
 

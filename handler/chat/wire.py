@@ -445,5 +445,9 @@ def pong_frame() -> str:
     return _dump({"type": "pong"})
 
 
-def error_frame(code: str, detail: str) -> str:
-    return _dump({"type": "error", "code": code, "detail": detail})
+def error_frame(code: str, detail: str, client_msg_id: str | None = None) -> str:
+    """An `error`; one refusing a `sendmessage` names its `client_msg_id`, if it had one."""
+    frame = {"type": "error", "code": code, "detail": detail}
+    if client_msg_id is not None:
+        frame["client_msg_id"] = client_msg_id
+    return _dump(frame)

@@ -12,7 +12,7 @@ from auth.errors import AuthError
 from auth.principal import Principal
 from auth.rooms import Grants, GrantsPolicy, Right, Rights
 from handler.chat import wire
-from handler.chat.core import TEXT_REFRESH, ChatCore, ConnectParams, Limits
+from handler.chat.core import NOT_WRITABLE, TEXT_REFRESH, ChatCore, ConnectParams, Limits
 from handler.chat.ports import Dialect, Draft, StoreBusy
 from handler.chat.wire import FrameError
 from infra.memory.connections import MemoryConnections
@@ -776,3 +776,23 @@ def test_a_refresh_the_store_cannot_take_now_is_refused_to_send_again(
     [error] = delivery.take_json("J")
     assert (error["code"], "again" in error["detail"]) == ("refresh_failed", True)
     assert core.connections.get("J") is not None and "J" not in delivery.closed
+
+
+def test_a_refused_send_names_its_client_msg_id(
+    core: ChatCore, delivery: RecordingDelivery, connections: MemoryConnections
+) -> None:
+    """A client settles each send by its `client_msg_id`: the refusal names it."""
+    join(core, "a", "r", principal("alice"), JSON)
+    delivery.take("a")
+    core.message("a", '{"action":"sendmessage","text":" ","client_msg_id":"k"}')
+    [error] = delivery.take_json("a")
+    assert (error["code"], error["client_msg_id"]) == ("empty_message", "k")
+    core.message("a", '{"action":"sendmessage","text":" "}')  # no key: none named
+    assert "client_msg_id" not in delivery.take_json("a")[0]
+    reader = connections.get("a")
+    assert reader is not None
+    connections.add(replace(reader, rights=frozenset({Right.READ})))
+    core.message("a", '{"action":"sendmessage","text":"hi","client_msg_id":"k2"}')
+    assert delivery.take_json("a") == [
+        {"type": "error", "code": "forbidden", "detail": NOT_WRITABLE, "client_msg_id": "k2"}
+    ]

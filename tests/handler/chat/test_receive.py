@@ -95,6 +95,7 @@ SEQUENCES = {
         send("three"),
     ],
     "a refused store between two": [send("one"), send("busy"), send("two")],
+    "a refused store with its key": [send("busy", "kb"), send("two")],
     "over the rate, then closed for abuse": [send(f"m{i}") for i in range(12)],
     "an oversized frame closes; what follows is not stored": [
         send("one"),
@@ -163,3 +164,11 @@ def test_a_send_without_the_right_to_write_is_refused_not_stored() -> None:
     assert room.core.receive("r", [send("a"), send("b")]) == 1
     assert json.loads(room.delivery.take("r")[0])["code"] == "forbidden"
     assert room.log.batches == []
+
+
+def test_a_busy_refusal_names_its_send_on_both_paths() -> None:
+    for deliver in ("one_at_a_time", "together"):
+        room = Room()
+        getattr(room, deliver)([send("busy", "kb")])
+        [error] = room.delivery.take_json("j")
+        assert (error["code"], error["client_msg_id"]) == ("busy", "kb")
