@@ -171,6 +171,21 @@ def _check(args: argparse.Namespace) -> int:
     )
 
 
+def _chat(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from handler.client.terminal import chat
+
+    options = {"room_in": args.room_in} if args.room_in else {}
+    if args.token_in:
+        options["token_in"] = args.token_in
+    token = args.token or os.environ.get("WSCHAT_TOKEN") or "wschat-chat"
+    try:
+        return asyncio.run(chat(args.url, args.room, token, **options))
+    except KeyboardInterrupt:
+        return 130
+
+
 def _token(args: argparse.Namespace) -> int:
     import time
 
@@ -285,6 +300,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"has at most {check_module.CHECK_TIMEOUT:g})",
     )
     check.set_defaults(run=_check)
+
+    chat = commands.add_parser(
+        "chat",
+        help="join a room from this terminal: lines typed are sent, the room's are printed",
+        description="URL as for `wschat check`. Reconnects, resumes and resends as the Python "
+        "client does (docs/clients.md); end of input (Ctrl-D) leaves.",
+    )
+    chat.add_argument("url", help="where clients connect")
+    chat.add_argument("room", help="the room to join")
+    chat.add_argument(
+        "--token", help="the credential (default: WSCHAT_TOKEN; token mode accepts any)"
+    )
+    chat.add_argument("--token-in", choices=("header", "subprotocol", "query"))
+    chat.add_argument(
+        "--room-in",
+        choices=("path", "query"),
+        help="path: /items/ROOM/ws (wschat serve; the default for a URL without a path); "
+        "query: ?room=ROOM (API Gateway, wschat emulate, serverless offline)",
+    )
+    chat.set_defaults(run=_chat)
 
     token = commands.add_parser("token", help="mint an HS256 token with WSCHAT_JWT_SECRET")
     token.add_argument("--sub", required=True, help="subject: the user's stable id")

@@ -37,6 +37,11 @@ export const DEFAULTS = Object.freeze({
   refreshMargin: 60000, // refresh this long before `exp` (at most a tenth of the lifetime)
   typingEvery: 2000, // the server forwards one typing per user and room per 2 s
   retryAfterBusy: 1000, // a send refused as busy or rate limited goes again after this
+  // Sends are paced below the server's rate limit (WSCHAT_RATE_PER_SECOND 20, burst 40),
+  // leaving room for the other frames: a burst of sends waits its turn instead of being
+  // refused (and, refused often enough, closed).
+  sendRate: 16,
+  sendBurst: 30,
 });
 
 export class WschatError extends Error {
@@ -90,6 +95,8 @@ export class Room {
     this._paging = false; // a `history` with `since` is out
     this._outbox = []; // sends not yet answered, in order: {id, frame, resolve, reject, on}
     this._pausedUntil = 0; // after a busy or rate-limited answer
+    this._tokens = o.sendBurst; // the pacing bucket, refilled at sendRate
+    this._filledAt = null;
     this._scrolls = new Map(); // before -> {resolve, reject, limit, messages}
     this._members = null; // {waiters: [...], parts: [...] | null}
     this._socket = null;
@@ -570,10 +577,24 @@ export class Room {
     for (const entry of this._outbox) {
       if (flying >= this._o.inFlight) return;
       if (entry.on === this._generation) continue;
+      if (!this._takeToken()) {
+        this._startTimer("pace", 1000 / this._o.sendRate, () => this._flush());
+        return;
+      }
       socket.send(entry.frame);
       entry.on = this._generation;
       flying += 1;
     }
+  }
+
+  _takeToken() {
+    const now = this._t.now();
+    const refill = this._filledAt === null ? 0 : ((now - this._filledAt) / 1000) * this._o.sendRate;
+    this._tokens = Math.min(this._o.sendBurst, this._tokens + refill);
+    this._filledAt = now;
+    if (this._tokens < 1) return false;
+    this._tokens -= 1;
+    return true;
   }
 
   // --- keepalive and refresh -----------------------------------------------------------------

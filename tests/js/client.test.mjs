@@ -411,3 +411,12 @@ test("a listener that throws does not stop the client", async () => {
     globalThis.reportError = reportError;
   }
 });
+
+test("sends are paced below the server's rate limit", async () => {
+  const { clock, sockets, room } = await opened({ inFlight: 100 });
+  for (let n = 0; n < 60; n += 1) room.send(`s${n}`);
+  assert.equal(sockets[0].actions("sendmessage").length, DEFAULTS.sendBurst);
+  await clock.advance(1000);
+  const paced = sockets[0].actions("sendmessage").length - DEFAULTS.sendBurst;
+  assert.ok(Math.abs(paced - DEFAULTS.sendRate) <= 1, `${paced} sent in the next second`);
+});
