@@ -62,8 +62,8 @@ export class Room {
     const o = { ...DEFAULTS, ...options };
     if (typeof o.room !== "string" || !o.room) throw new TypeError("`room` must be a name");
     if (typeof o.url !== "string") throw new TypeError("`url` must be the server's ws(s):// URL");
-    if (!o.token && typeof o.getToken !== "function") {
-      throw new TypeError("give `token` or `getToken`");
+    if (typeof o.token !== "string" && typeof o.getToken !== "function") {
+      throw new TypeError("give `token` (\"\": a browser's cookie alone) or `getToken`");
     }
     this._WebSocket = o.WebSocket || globalThis.WebSocket;
     if (typeof this._WebSocket !== "function") {
@@ -82,7 +82,7 @@ export class Room {
     this.count = null; // the room's connections, from the welcome and presence
     this.epoch = null; // which history the ids belong to
     this.retryAt = null; // while reconnecting: when the next attempt starts (ms, as now())
-    this._token = o.token || null;
+    this._token = o.token ?? null;
     this._listeners = new Map();
     // The resume point: every id up to it was handed to the app or is gone for good. Not the
     // highest id seen: ids can arrive out of order (on Lambda, concurrent publishers), and a
@@ -111,7 +111,7 @@ export class Room {
   // --- events ------------------------------------------------------------------------------
 
   /** Call `listener` for each event of `type`: message, presence, typing, members,
-   * discontinuity, state, error. Returns a function that removes it. */
+   * discontinuity, refreshed, state, error. Returns a function that removes it. */
   on(type, listener) {
     if (!this._listeners.has(type)) this._listeners.set(type, new Set());
     this._listeners.get(type).add(listener);
@@ -144,8 +144,10 @@ export class Room {
 
   /** Send `text`; resolves with the stored message (its id, ts, ...), once, however often the
    * link drops meanwhile. Rejects with a WschatError whose code is the server's:
-   * forbidden, message_too_large, empty_message, bad_request, or closed. */
-  send(text) {
+   * forbidden, message_too_large, empty_message, bad_request, or closed. `id` is the send's
+   * client_msg_id (1-128 characters, unique to this user and room), random by default: the
+   * stored message, and its `message` event, carry it. */
+  send(text, { id = newId() } = {}) {
     if (this.state === "closed") return Promise.reject(new WschatError("closed", "room closed"));
     if (typeof text !== "string" || !text.trim()) {
       return Promise.reject(new WschatError("empty_message", "`text` must not be empty"));
@@ -153,7 +155,6 @@ export class Room {
     if (typeof text.isWellFormed === "function" && !text.isWellFormed()) {
       return Promise.reject(new WschatError("bad_request", "`text` has a lone surrogate"));
     }
-    const id = newId();
     const frame = JSON.stringify({ action: "sendmessage", text, client_msg_id: id });
     if (new TextEncoder().encode(frame).length > this._o.maxFrameBytes) {
       const detail = `message over ${this._o.maxFrameBytes} bytes as a frame`;
@@ -196,6 +197,13 @@ export class Room {
     if (now - this._lastTyping < this._o.typingEvery || this.state !== "open") return;
     this._lastTyping = now;
     this._sendJson({ action: "typing" });
+  }
+
+  /** Renew the credential in-band with `token` (a `refreshed` event answers; an `error`
+   * refresh_failed refuses it); later connections use it too. */
+  refresh(token) {
+    this._token = token;
+    this._sendJson({ action: "refresh", token });
   }
 
   /** Leave the room for good: unanswered sends and requests reject with `closed`. */
@@ -268,7 +276,9 @@ export class Room {
     // does one a subprotocol cannot carry.
     const tokenIn = o.tokenIn || (inQuery ? "query" : "subprotocol");
     const protocols = [JSON_SUBPROTOCOL];
-    if (tokenIn === "subprotocol" && /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/.test(token)) {
+    if (!token) {
+      // No token: the browser's `session` cookie, if any, is the credential.
+    } else if (tokenIn === "subprotocol" && /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/.test(token)) {
       protocols.push("bearer", token);
     } else {
       params.set("token", token);
@@ -385,7 +395,8 @@ export class Room {
       case "members":
         return this._onMembers(frame);
       case "refreshed":
-        return this._scheduleRefresh();
+        this._scheduleRefresh();
+        return this._emit("refreshed", frame);
       case "error":
         return this._onError(frame);
       default:

@@ -60,6 +60,17 @@ def test_two_pages_in_one_room_chat(browser: Browser, command: str, tmp_path: Pa
         say(bob, "hi alice")
         expect(alice.locator("#messages li.message").last).to_contain_text("hi alice")
         expect(alice.locator("#whoami")).to_contain_text("in lobby")
+        # Who is online, who is typing, and one's own message marked sent with its time.
+        bob_name = bob.locator("#whoami").inner_text().split()[2]
+        expect(alice.locator("#members li")).to_have_count(2)
+        expect(alice.locator("#members")).to_contain_text(bob_name)
+        expect(alice.locator("#online")).to_have_text("(2)")
+        bob.type("#messageText", "typ")
+        expect(alice.locator("#typing")).to_have_text(f"{bob_name} is typing…")
+        own = alice.locator("#messages li.own").first
+        expect(own).to_contain_text("hello from alice")
+        expect(own.locator(".mark")).to_have_text(" ✓ sent")
+        assert own.locator("time").get_attribute("datetime")
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         alice.screenshot(path=str(SCREENSHOTS / f"chat-{command}.png"), full_page=True)
         alice.close()
@@ -82,6 +93,7 @@ def test_page_reconnects_after_a_restart(page: Page, command: str, tmp_path: Pat
         expect(page.locator("#messages li.message")).to_contain_text(["before the restart"])
     expect(page.locator("#status")).to_have_attribute("data-state", "reconnecting", timeout=10_000)
     expect(page.locator("#status")).to_have_text("reconnecting…")
+    expect(page.locator("#retry")).to_contain_text(re.compile(r"next try in \d+ s"))
     with running_server(tmp_path, {}, command, port=port):
         expect(page.locator("#status")).to_have_attribute("data-state", "open", timeout=40_000)
         say(page, "after the restart")
@@ -135,11 +147,8 @@ def test_page_resumes_below_an_id_that_arrived_out_of_order(
         messages = page.locator("#messages li.message")
         expect(messages).to_have_count(3, timeout=20_000)
         assert held and len(sockets) == 2  # `two` came on the second connection
-        assert [t.split(": ", 1)[1] for t in messages.all_text_contents()] == [
-            "one",
-            "three",
-            "two",
-        ]
+        # The client hands messages over in id order: `three` waited for `two`.
+        assert messages.locator(".text").all_text_contents() == ["one", "two", "three"]
 
 
 def publish(server: Server, room: str, text: str) -> None:
@@ -171,3 +180,40 @@ def test_pasting_a_new_token_refreshes_the_connection(
         say(page, "after the first token")
         expect(page.locator("#messages li.message").last).to_contain_text("after the first token")
         expect(page.locator("#status")).to_have_attribute("data-state", "open")
+
+
+def test_scrolling_to_the_top_brings_older_messages(page: Page, tmp_path: Path) -> None:
+    fast = {"WSCHAT_RATE_PER_SECOND": "1000", "WSCHAT_RATE_BURST": "1000"}
+    with running_server(tmp_path, fast, "serve") as server:
+        for n in range(80):
+            publish(server, "archive", f"m{n}")
+        open_chat(page, server, room="archive")
+        texts = page.locator("#messages li.message .text")
+        expect(texts).to_have_count(20)  # the welcome's recent history
+        assert texts.first.inner_text() == "m60"
+        page.locator("#messages").evaluate("list => list.scrollTop = 0")
+        expect(texts).to_have_count(70)
+        assert texts.all_text_contents() == [f"m{n}" for n in range(10, 80)]
+
+
+def test_a_send_while_the_server_is_away_is_stored_once_when_it_is_back(
+    page: Page, command: str, tmp_path: Path
+) -> None:
+    port = free_port()
+    with running_server(tmp_path, {}, command, port=port) as server:
+        open_chat(page, server, room="away")
+    expect(page.locator("#status")).to_have_attribute("data-state", "reconnecting", timeout=10_000)
+    say(page, "typed while away")
+    expect(page.locator("#messages li.own .mark")).to_have_text(" … sending")
+    with running_server(tmp_path, {}, command, port=port) as server:
+        expect(page.locator("#messages li.own .mark")).to_have_text(" ✓ sent", timeout=40_000)
+        stored = _read(server, "away")
+        assert [m["text"] for m in stored["messages"]] == ["typed while away"]
+
+
+def _read(server: Server, room: str) -> Any:
+    request = urllib.request.Request(
+        f"{server.http}/rooms/{room}/messages", headers={"Authorization": "Bearer svc"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
