@@ -183,19 +183,18 @@ async def js_clients(scene: Scene, room: str, node: str) -> list[dict[str, Any]]
     }
     # A plain process, waited on in threads: asyncio's subprocess transports can outlive the
     # test's event loop, and their sockets then close unclosed.
-    process = subprocess.Popen(
+    with subprocess.Popen(
         [node, "tests/js/chaos_room.mjs", json.dumps(config)],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )  # fmt: skip
-    assert process.stdout is not None
-    try:
-        async with asyncio.timeout(150):
-            assert (await asyncio.to_thread(process.stdout.readline)).strip() == b"sending"
-            await later(scene.fault)
-            out, err = await asyncio.to_thread(process.communicate)
-    finally:
-        process.kill()
-        process.wait()
+    ) as process:  # fmt: skip
+        assert process.stdout is not None
+        try:
+            async with asyncio.timeout(150):
+                assert (await asyncio.to_thread(process.stdout.readline)).strip() == b"sending"
+                await later(scene.fault)
+                out, err = await asyncio.to_thread(process.communicate)
+        finally:
+            process.kill()  # if it is still running; leaving the block closes its pipes
     assert process.returncode == 0, err.decode()
     runs: list[dict[str, Any]] = json.loads(out.decode().strip().splitlines()[-1])
     return runs
