@@ -178,7 +178,8 @@ async def _detail(code: str) -> str:
     return {
         "invalid_json": "frame is not valid JSON",
         "bad_request": "`text` must be a string",
-        "unknown_action": "`action` must be one of: sendmessage, history, members, typing, ping, refresh",
+        "unknown_action": "`action` must be one of: "
+        "sendmessage, history, members, typing, ping, refresh",
         "empty_message": "`text` must not be empty",
     }[code]
 
