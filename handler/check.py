@@ -37,6 +37,8 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 from websockets.typing import Subprotocol
 
+from handler.client import Options, Room
+
 TIMEOUT = 60.0  # the whole run (--timeout)
 CHECK_TIMEOUT = 20.0  # one check, within what is left of the run
 # A connection left at a deadline is aborted at once; one that ends normally waits this long
@@ -245,11 +247,34 @@ async def refused(target: Target) -> str:
     raise CheckFailed("a handshake without a credential was accepted")
 
 
+async def client_and_verbs(target: Target) -> str:
+    """wschat's Python client against the deployment: a send answered with its stored
+    message, then `members` and a scroll back (`history` with `before`) that hold it."""
+    room_in: Literal["path", "query"] = "path" if target.items_style else "query"
+    options = Options(token_in=target.credential_in, room_in=room_in, max_retries=3)
+    token = target.token or "wschat-check-d"
+    async with Room(
+        target.url.split("/items/")[0], target.room, token=token, options=options
+    ) as room:
+        await room.wait_open()
+        stored = await room.send("through the client")
+        if not isinstance(stored.get("id"), int) or stored.get("text") != "through the client":
+            raise CheckFailed("the client's send was not answered with its stored message")
+        members = await room.members()
+        if room.user is None or room.user not in members.get("members", []):
+            raise CheckFailed("`members` does not list the client itself")
+        older = await room.history(before=stored["id"] + 1, limit=1)
+        if [m.get("id") for m in older] != [stored["id"]]:
+            raise CheckFailed("a scroll back (`history` with `before`) missed the message")
+    return "the Python client: a send answered once, members and a scroll back that hold it"
+
+
 CHECKS: tuple[Callable[[Target], Awaitable[str]], ...] = (
     seed_lines,
     two_members,
     welcome_and_resume,
     refused,
+    client_and_verbs,
 )
 
 

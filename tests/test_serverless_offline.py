@@ -150,3 +150,29 @@ async def test_wschat_check_passes_against_serverless_offline(offline: int) -> N
     # The authorizer's identity source is the query's token, as on API Gateway.
     url = f"ws://127.0.0.1:{offline}"
     assert await run(url, None, lines.append, credential_in="query") == 0, lines
+
+
+@pytest.mark.timeout(180)
+def test_the_js_client_through_serverless_offline(offline: int) -> None:
+    """The JavaScript client (tests/js/live_room.mjs) with both sockets cut mid-stream:
+    serverless offline serves at the root, with the room in the query."""
+    node = require("node", "run the JavaScript client")
+    count = 12
+    config = {
+        "urls": [f"ws://127.0.0.1:{offline}"],
+        "room": "js-offline",
+        "count": count,
+        "roomIn": "query",
+        "timeoutMs": 120_000,
+    }
+    done = subprocess.run(
+        [node, "tests/js/live_room.mjs", json.dumps(config)],
+        cwd=ROOT, capture_output=True, text=True, timeout=150,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout)
+    acked = seen["acked"]
+    assert seen["texts"] == [f"m{n}" for n in range(count)]
+    assert len(set(acked)) == count and seen["alice"] == acked and seen["bob"] == acked
+    assert seen["older"] == acked[2:5] and seen["count"] == 2
+    assert seen["typing"] == [seen["aliceName"]]

@@ -292,7 +292,7 @@ class Room:
         else:
             path = f"/items/{quote(self.room, safe='')}/ws"
         params["format"] = "json"
-        if self._seq.resume > 0:
+        if self._seq.started:  # from 0 too: everything after the first welcome is expected
             params["since"] = str(self._seq.resume)
             if self.epoch is not None:
                 params["epoch"] = self.epoch
@@ -428,7 +428,7 @@ class Room:
         self.connection_id = frame["connection_id"]
         self._seq.continuing = self._paging = False
         if frame.get("recovered") is False:
-            if self._seq.delivered:
+            if self._seq.started:
                 self._events.put_nowait(
                     {
                         "type": "discontinuity",

@@ -20,13 +20,15 @@ class Sequencer:
 
     resume: int = 0
     held: dict[int, Event] = field(default_factory=dict)
-    delivered: bool = False  # whether this history handed anything over (for discontinuity)
+    # Set once the first reply (the welcome) is in: from then on every id matters, and one
+    # skipped is reported. (The first welcome's own window, recent history, is not a loss.)
+    started: bool = False
     oldest: int | None = None  # the lowest id handed over: where scrolling back starts
     continuing: bool = False  # the last welcome/history frame said more of its reply follows
 
     def restart(self) -> None:
         """The room's history started over: ids count again from 1."""
-        self.resume, self.delivered, self.oldest = 0, False, None
+        self.resume, self.started, self.oldest = 0, False, None
         self.held.clear()
 
     def receive(self, message: Event) -> list[Event]:
@@ -51,6 +53,8 @@ class Sequencer:
         for message in messages:
             events += self.receive(message)
         self.continuing = bool(frame.get("more"))
+        if not self.continuing:
+            self.started = True
         more = not self.continuing and (self.resume < frame["latest_id"] or bool(self.held))
         return events, more
 
@@ -72,8 +76,8 @@ class Sequencer:
         return events + self._drain()
 
     def _gone(self, first: int, last: int) -> list[Event]:
-        if not self.delivered:
-            return []  # before anything was handed over, nothing was missed
+        if not self.started:
+            return []  # the first welcome's window: what came before it was never expected
         return [{"type": "discontinuity", "reason": "expired", "from": first, "to": last}]
 
     def _drain(self) -> list[Event]:
@@ -84,7 +88,6 @@ class Sequencer:
         return events
 
     def _hand_over(self, message: Event) -> Event:
-        self.delivered = True
         number = message["id"]
         self.oldest = number if self.oldest is None else min(self.oldest, number)
         return message

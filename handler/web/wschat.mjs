@@ -89,7 +89,9 @@ export class Room {
     // lower one may still be on its way.
     this._resume = 0;
     this._held = new Map(); // id -> message received above resume + 1, held until in order
-    this._delivered = false; // whether this epoch handed the app anything (for discontinuity)
+    // Set once the first reply (the welcome) is in: from then on every id matters, and one
+    // skipped is reported. (The first welcome's own window, recent history, is not a loss.)
+    this._started = false;
     this._oldest = null; // the lowest id handed over in this epoch: where scrolling back starts
     this._continuing = false; // the last welcome/history frame said more of its reply follows
     this._paging = false; // a `history` with `since` is out
@@ -267,7 +269,8 @@ export class Room {
     const params = url.searchParams;
     if (inQuery) params.set("room", this.room);
     params.set("format", "json");
-    if (this._resume > 0) {
+    if (this._started) {
+      // From 0 too: everything after the first welcome is expected.
       params.set("since", String(this._resume));
       if (this.epoch !== null) params.set("epoch", this.epoch);
     }
@@ -410,7 +413,7 @@ export class Room {
     this.count = frame.count;
     this.connectionId = frame.connection_id;
     this._continuing = this._paging = false;
-    if (frame.recovered === false && this._delivered) {
+    if (frame.recovered === false && this._started) {
       // The room's history started over (a server without persistence restarted): what was
       // missed meanwhile is gone, and ids count again from 1.
       this._emit("discontinuity", {
@@ -440,7 +443,7 @@ export class Room {
   _restart() {
     this._resume = 0;
     this._held.clear();
-    this._delivered = false;
+    this._started = false;
     this._oldest = null;
   }
 
@@ -455,6 +458,7 @@ export class Room {
     for (const message of messages) this._receive(message);
     this._continuing = Boolean(frame.more);
     if (this._continuing) return;
+    this._started = true;
     this._paging = false;
     if (this._resume < frame.latest_id || this._held.size) this._askSince();
   }
@@ -471,14 +475,14 @@ export class Room {
     const held = [...this._held.keys()].filter((id) => id <= through).sort((a, b) => a - b);
     let next = this._resume + 1;
     for (const id of held) {
-      if (id > next && this._delivered) {
+      if (id > next && this._started) {
         this._emit("discontinuity", { reason: "expired", from: next, to: id - 1 });
       }
       this._handOver(this._held.get(id));
       this._held.delete(id);
       next = id + 1;
     }
-    if (through >= next && this._delivered) {
+    if (through >= next && this._started) {
       this._emit("discontinuity", { reason: "expired", from: next, to: through });
     }
     this._resume = through;
@@ -509,7 +513,6 @@ export class Room {
   }
 
   _handOver(message) {
-    this._delivered = true;
     this._oldest = this._oldest === null ? message.id : Math.min(this._oldest, message.id);
     this._emit("message", message);
   }

@@ -33,7 +33,7 @@ async def checked(url: str, token: str | None = None, **options: Any) -> tuple[i
 
 async def test_it_passes_against_wschat_serve(server: Server) -> None:
     status, lines = await checked(f"ws://127.0.0.1:{server.port}")
-    assert status == 0 and len(lines) == 4 and all(line.startswith("ok") for line in lines)
+    assert status == 0 and len(lines) == 5 and all(line.startswith("ok") for line in lines)
 
 
 async def test_it_passes_against_the_emulator(tmp_path: Path) -> None:
@@ -73,7 +73,7 @@ async def test_it_fails_against_a_server_that_breaks_the_contract(
         port = next(iter(impostor.sockets)).getsockname()[1]
         status, lines = await checked(f"ws://127.0.0.1:{port}/prod")
     assert status == 1
-    assert lines[0].startswith("FAIL 1") and lines[-1].startswith("FAIL 4")
+    assert lines[0].startswith("FAIL 1") and lines[-1].startswith("FAIL 5")
 
 
 async def test_an_unreachable_url_exits_2() -> None:
@@ -90,7 +90,7 @@ def test_the_command_and_make_smoke_exit_with_its_status(server: Server) -> None
         timeout=120,
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert done.stdout.count("\nok") + done.stdout.startswith("ok") == 4
+    assert done.stdout.count("\nok") + done.stdout.startswith("ok") == 5
 
 
 # --- against broken or hostile servers, started here on loopback ------------------------------
@@ -125,9 +125,9 @@ async def test_each_check_has_a_deadline(monkeypatch: pytest.MonkeyPatch) -> Non
         started = time.monotonic()
         status, lines = await asyncio.wait_for(checked(url), 30)
         took = time.monotonic() - started
-    assert status == 1 and [line[:6] for line in lines] == ["FAIL 1", "FAIL 2", "FAIL 3", "FAIL 4"]
+    assert status == 1 and [line[:6] for line in lines] == [f"FAIL {n}" for n in range(1, 6)]
     assert "no verdict within 1 s" in lines[1] and "no verdict within 1 s" in lines[2]
-    assert took < 10  # two checks of 1 s; the flood held it until killed before
+    assert took < 15  # three checks of 1 s; the flood held it until killed before
 
 
 async def test_the_whole_run_has_a_deadline() -> None:
@@ -135,8 +135,8 @@ async def test_the_whole_run_has_a_deadline() -> None:
         started = time.monotonic()
         status, lines = await asyncio.wait_for(checked(url, timeout=1.5), 30)
         took = time.monotonic() - started
-    assert status == 1 and len(lines) == 4 and all(line.startswith("FAIL") for line in lines)
-    assert lines[-1].endswith("refused: not run: --timeout 1.5 s ran out")
+    assert status == 1 and len(lines) == 5 and all(line.startswith("FAIL") for line in lines)
+    assert lines[-1].endswith("client_and_verbs: not run: --timeout 1.5 s ran out")
     assert took < 5
 
 
@@ -148,7 +148,7 @@ async def test_the_command_ends_at_its_timeout() -> None:
         )
         out, _ = await asyncio.wait_for(command.communicate(), 60)
         took = time.monotonic() - started
-    assert command.returncode == 1 and out.decode().count("FAIL") == 4
+    assert command.returncode == 1 and out.decode().count("FAIL") == 5
     assert took < 10  # 2 s, the interpreter's start and exit
 
 
@@ -169,7 +169,7 @@ async def test_a_malformed_frame_fails_its_check_and_the_rest_run(
 
     with hostile(malformed) as url:
         status, lines = await asyncio.wait_for(checked(url), 30)
-    assert status == 1 and [line[:6] for line in lines] == ["FAIL 1", "FAIL 2", "FAIL 3", "FAIL 4"]
+    assert status == 1 and [line[:6] for line in lines] == [f"FAIL {n}" for n in range(1, 6)]
     assert "welcome_and_resume: a " in lines[2]
     assert ("binary frame" if isinstance(frame, bytes) else "JSON") in lines[2]
 
@@ -209,7 +209,7 @@ async def test_nothing_the_server_sent_back_is_printed(
         printed += (await checked(url, TOKEN, credential_in=where))[1]
     with hostile(_echo_in_frames, select_subprotocol=_bearer) as url:
         printed += (await checked(url, TOKEN, credential_in=where))[1]
-    assert len(printed) == 8 and sum(line.startswith("FAIL") for line in printed) >= 6, printed
+    assert len(printed) == 10 and sum(line.startswith("FAIL") for line in printed) >= 8, printed
     output = "\n".join(printed)
     assert "ECHOED" not in output and TOKEN not in output and "[redacted]" not in output
 

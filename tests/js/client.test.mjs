@@ -420,3 +420,18 @@ test("sends are paced below the server's rate limit", async () => {
   const paced = sockets[0].actions("sendmessage").length - DEFAULTS.sendBurst;
   assert.ok(Math.abs(paced - DEFAULTS.sendRate) <= 1, `${paced} sent in the next second`);
 });
+
+test("welcomed to an empty room and cut at once, a client resumes from 0", async () => {
+  const { clock, sockets, seen } = await opened(); // latest_id 0, nothing yet
+  sockets[0].drop(1006);
+  await clock.advance(clock.pending().at(-1));
+  assert.equal(sockets[1].url.searchParams.get("since"), "0");
+  sockets[1].welcome({ latest_id: 2, recovered: true, history: [message(1), message(2)] });
+  assert.deepEqual(ids(seen.message), [1, 2]);
+  // Without a since, the server would send recent history, and anything older would be
+  // skipped; here what the reply lacks is reported instead.
+  sockets[1].drop(1006);
+  await clock.advance(clock.pending().at(-1));
+  sockets[2].welcome({ latest_id: 6, recovered: true, history: [message(5), message(6)] });
+  assert.deepEqual(seen.discontinuity, [{ reason: "expired", from: 3, to: 4 }]);
+});

@@ -29,6 +29,7 @@ def test_each_id_once_in_order_whatever_order_they_arrive_in() -> None:
 
 def test_a_reply_fills_a_gap_and_reports_what_is_gone() -> None:
     seq = Sequencer()
+    seq.reply({"latest_id": 0, "more": False}, [])  # the welcome: an empty room
     assert ids(seq.receive(message(1))) == [1]
     assert seq.receive(message(4)) == [] and list(seq.held) == [4]
     events, more = seq.reply({"latest_id": 4, "more": False}, [message(3), message(4)])
@@ -44,7 +45,7 @@ def test_a_first_welcome_starts_where_its_history_starts_without_a_discontinuity
 
 
 def test_a_reply_in_frames_continues_and_asks_for_the_next_page() -> None:
-    seq = Sequencer(resume=10, delivered=True)
+    seq = Sequencer(resume=10, started=True)
     events, more = seq.reply({"latest_id": 50, "more": True}, [message(11), message(12)])
     assert ids(events) == [11, 12] and not more and seq.continuing
     events, more = seq.reply({"latest_id": 50, "more": False}, [message(13)])
@@ -57,7 +58,7 @@ def test_a_restart_forgets_the_old_history() -> None:
     seq.receive(message(1))
     seq.receive(message(3))
     seq.restart()
-    assert (seq.resume, seq.held, seq.delivered, seq.oldest) == (0, {}, False, None)
+    assert (seq.resume, seq.held, seq.started, seq.oldest) == (0, {}, False, None)
 
 
 def jwt(claims: dict[str, Any]) -> str:
@@ -73,3 +74,13 @@ def test_a_token_is_renewed_before_exp_by_its_lifetime() -> None:
     for token in (None, "", "opaque", "a.b.c", jwt({"exp": "soon"}), jwt({"exp": True})):
         assert lifetime_of(token) is None
     assert lifetime_of(jwt({"exp": 1e400})) is None  # JSON's Infinity: no time
+
+
+def test_after_the_first_welcome_every_id_counts_even_before_any_arrived() -> None:
+    """Welcomed to an empty room, cut before anything arrived: a reply that starts at 3 means
+    1 and 2 are gone, and says so (it skipped them without a word)."""
+    seq = Sequencer()
+    seq.reply({"latest_id": 0, "more": False}, [])
+    assert seq.started and seq.resume == 0
+    events, _ = seq.reply({"latest_id": 4, "more": False}, [message(3), message(4)])
+    assert ids(events) == [(1, 2), 3, 4]
