@@ -176,3 +176,53 @@ def test_the_js_client_through_serverless_offline(offline: int) -> None:
     assert len(set(acked)) == count and seen["alice"] == acked and seen["bob"] == acked
     assert seen["older"] == acked[2:5] and seen["count"] == 2
     assert seen["typing"] == [seen["aliceName"]]
+
+
+BROWSER_ROUND_TRIP = """async ([source, url]) => {
+  // The client as a page would load it, from its own source (a data: URL: no origin to serve it).
+  const encoded = btoa(String.fromCharCode(...new TextEncoder().encode(source)));
+  const { connect } = await import("data:text/javascript;base64," + encoded);
+  const options = { url, room: "browser-offline", roomIn: "query", minDelay: 100, maxDelay: 2000 };
+  const alice = connect({ ...options, token: "alice" });
+  const bob = connect({ ...options, token: "bob" });
+  const got = [];
+  bob.on("message", (m) => got.push(m.text));
+  const until = (check) => new Promise((resolve, reject) => {
+    const started = Date.now();
+    const poll = setInterval(() => {
+      if (check()) {
+        clearInterval(poll);
+        resolve();
+      } else if (Date.now() - started > 90000) {
+        clearInterval(poll);
+        reject(new Error("timed out"));
+      }
+    }, 50);
+  });
+  await until(() => alice.state === "open" && bob.state === "open");
+  const stored = await Promise.all([0, 1, 2, 3, 4].map((n) => alice.send(`b${n}`)));
+  await until(() => got.length >= 5);
+  alice.close();
+  bob.close();
+  return { stored: stored.map((m) => m.text), got };
+}"""
+
+
+@pytest.mark.timeout(180)
+def test_the_js_client_in_chromium_through_serverless_offline(offline: int) -> None:
+    from playwright.sync_api import sync_playwright
+
+    from tests.browser.conftest import CHROMIUM_ARGS
+
+    chromium = require("chromium", "run the browser tests")
+    source = (ROOT / "handler" / "web" / "wschat.mjs").read_text()
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.set_content("<!DOCTYPE html><title>offline</title>")
+            result = page.evaluate(BROWSER_ROUND_TRIP, [source, f"ws://127.0.0.1:{offline}"])
+        finally:
+            browser.close()
+    assert result["stored"] == [f"b{n}" for n in range(5)]
+    assert result["got"] == result["stored"]  # each once, in id order: the order they were sent

@@ -217,3 +217,28 @@ def _read(server: Server, room: str) -> Any:
     )
     with urllib.request.urlopen(request, timeout=10) as response:
         return json.loads(response.read())
+
+
+def test_two_pages_on_two_workers_sharing_redis(browser: Browser, tmp_path: Path) -> None:
+    """The page (on the JavaScript client) against two `wschat serve` on one Redis: each page
+    on its own worker, one room."""
+    from tests.support.redis_server import running_redis
+
+    with (
+        running_redis(tmp_path) as redis,
+        running_server(tmp_path, {"WSCHAT_REDIS_URL": redis.url()}) as first,
+        running_server(tmp_path, {"WSCHAT_REDIS_URL": redis.url()}) as second,
+    ):
+        alice, bob = browser.new_page(), browser.new_page()
+        open_chat(alice, first, room="shared", token="alice-token")
+        open_chat(bob, second, room="shared", token="bob-token")
+        expect(alice.locator("#online")).to_have_text("(2)")
+        say(alice, "across workers")
+        expect(bob.locator("#messages li.message .text")).to_have_text(["across workers"])
+        say(bob, "and back")
+        expect(alice.locator("#messages li.message .text")).to_have_text(
+            ["across workers", "and back"]
+        )
+        expect(alice.locator("#messages li.own .mark")).to_have_text([" ✓ sent"])
+        alice.close()
+        bob.close()
