@@ -38,6 +38,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.typing import Subprotocol
 
 from handler.client import Options, Room
+from handler.client.room import NoRedirects
 
 TIMEOUT = 60.0  # the whole run (--timeout)
 CHECK_TIMEOUT = 20.0  # one check, within what is left of the run
@@ -78,7 +79,7 @@ class Target:
                 query = {"token": token, **query}
         opened: ClientConnection | None = None
         try:
-            async with _WithoutRedirects(
+            async with NoRedirects(
                 self._room_url(query),
                 additional_headers=headers,
                 subprotocols=subprotocols,
@@ -151,15 +152,6 @@ async def shape_of(url: str, seconds: float = 10) -> bool:
         return bool(await asyncio.wait_for(_in_daemon_thread(ask), seconds))
     except Exception:
         return False  # API Gateway and serverless offline have no /healthz on the socket's host
-
-
-class _WithoutRedirects(websockets.connect):
-    """A check talks to the deployment it was given. websockets follows a redirect to any
-    origin with the subprotocols it was given, so the `bearer` pair (the token) would follow
-    a hostile server's 302 elsewhere: a redirect is an answer, not a place to go."""
-
-    def process_redirect(self, exc: Exception) -> Exception | str:
-        return exc
 
 
 async def recv_text(ws: ClientConnection) -> str:

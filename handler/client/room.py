@@ -51,7 +51,9 @@ class Options:
     ping_after: float = 30.0  # a ping after this long without a frame (API Gateway: 10 min)
     pong_timeout: float = 10.0  # no frame this long after a ping: the link is dead
     gap_wait: float = 1.0  # a missing id not filled in this long is asked for
-    in_flight: int = 8  # sends awaiting their answer at once
+    # Sends awaiting their answer at once: one keeps a sender's messages in the order sent on
+    # every transport (on Lambda, frames in flight together are stored in any order).
+    in_flight: int = 1
     max_frame_bytes: int = 32 * 1024  # WSCHAT_MAX_MESSAGE_BYTES: larger closes the socket
     refresh_margin: float = 60.0  # renew this long before `exp` (at most a tenth of it)
     typing_every: float = 2.0  # the server forwards one typing per user and room per 2 s
@@ -62,6 +64,7 @@ class Options:
     send_rate: float = 16.0
     send_burst: int = 30
     open_timeout: float = 10.0  # one handshake
+    close_timeout: float = 1.0  # `close()`'s closing handshake, then the link is dropped
     room_in: Literal["path", "query"] | None = None  # None: path for a URL without one
     token_in: Literal["subprotocol", "header", "query"] | None = None
 
@@ -74,6 +77,16 @@ class ClientError(Exception):
         super().__init__(detail or code)
         self.code = code
         self.detail = detail
+
+
+class NoRedirects(websockets.connect):
+    """A client talks to the server it was given. websockets follows a redirect to any origin
+    with the headers and subprotocols it was given, the token with them, so a hostile or
+    misconfigured server's 302 elsewhere would carry the credential there: a redirect is an
+    answer (a failed handshake), not a place to go."""
+
+    def process_redirect(self, exc: Exception) -> Exception | str:
+        return exc
 
 
 @dataclass
@@ -160,6 +173,12 @@ class Room:
 
     async def close(self) -> None:
         """Leave for good: unanswered sends and requests fail with `closed`."""
+        ws = self._ws
+        if ws is not None and self.state != "closed":
+            # A closing handshake, within a bound: a server that never answers it (one that
+            # floods, say, and so never reads) must not hold the caller.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(ws.close(), self._o.close_timeout)
         self._finish(None)
         if self._task is not None and self._task is not asyncio.current_task():
             with contextlib.suppress(asyncio.CancelledError):
@@ -261,12 +280,12 @@ class Room:
         """One session, from the handshake to the close: the close code and reason."""
         url, subprotocols, headers = self._handshake(token)
         try:
-            async with websockets.connect(
+            async with NoRedirects(
                 url,
                 subprotocols=subprotocols,
                 additional_headers=headers,
                 open_timeout=self._o.open_timeout,
-                close_timeout=2,
+                close_timeout=self._o.close_timeout,
                 ping_interval=None,  # the JSON dialect's ping, below, reaches API Gateway too
                 max_size=None,
             ) as ws:
@@ -349,6 +368,9 @@ class Room:
                 self._on_frame(raw)
         except ConnectionClosed:
             return
+        except asyncio.CancelledError:
+            ws.transport.abort()  # leaving for good: no handshake a server could stall
+            raise
         finally:
             self._out = self._ws = None
             writer.cancel()

@@ -32,7 +32,10 @@ export const DEFAULTS = Object.freeze({
   pingAfter: 30000, // a ping after this long without a frame (API Gateway drops at 10 min)
   pongTimeout: 10000, // no frame this long after a ping: the link is dead, reconnect
   gapWait: 1000, // a missing id not filled in this long is asked for with `history`
-  inFlight: 8, // sends awaiting their answer at once; the rest wait their turn
+  // Sends awaiting their answer at once; the rest wait their turn. One keeps a sender's
+  // messages in the order sent on every transport (on Lambda, frames in flight together are
+  // handled by concurrent invocations, and stored in any order); more, for throughput.
+  inFlight: 1,
   maxFrameBytes: 32 * 1024, // WSCHAT_MAX_MESSAGE_BYTES: a larger frame closes the socket
   refreshMargin: 60000, // refresh this long before `exp` (at most a tenth of the lifetime)
   typingEvery: 2000, // the server forwards one typing per user and room per 2 s

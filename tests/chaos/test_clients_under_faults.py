@@ -26,7 +26,7 @@ from handler.client import connect
 from tests.support.proxy import running_proxy
 from tests.support.redis_server import running_redis
 from tests.support.servers import ROOT, free_port, running_server
-from tests.support.tools import require, the_build_directory
+from tests.support.tools import node_with_ws
 
 CLIENTS, COUNT = 3, 200
 # The server's rate limit raised, and the clients' pace with it, so that 200 sends take
@@ -257,10 +257,7 @@ def check(runs: list[dict[str, Any]], kept: list[tuple[int, str]], loses_history
 
 @pytest.fixture(scope="module")
 def node() -> str:
-    path = require("node", "run the JavaScript client")
-    with the_build_directory():
-        subprocess.run(["make", "node_modules"], cwd=ROOT, check=True, capture_output=True)
-    return path
+    return node_with_ws()
 
 
 @pytest.mark.timeout(180)  # the emulator stores and posts about 20 messages a second

@@ -13,7 +13,7 @@ import pytest
 
 from tests.contract.conftest import Transport
 from tests.contract.test_rest import call
-from tests.support.tools import require, the_build_directory
+from tests.support.tools import node_with_ws
 
 ROOT = Path(__file__).resolve().parents[2]
 COUNT = 60
@@ -21,11 +21,7 @@ COUNT = 60
 
 @pytest.fixture(scope="module")
 def node() -> str:
-    """node, with the `ws` package installed (make node_modules, taking turns on it)."""
-    path = require("node", "run the JavaScript client")
-    with the_build_directory():
-        subprocess.run(["make", "node_modules"], cwd=ROOT, check=True, capture_output=True)
-    return path
+    return node_with_ws()
 
 
 def run_room(node: str, urls: list[str], room: str) -> dict[str, Any]:

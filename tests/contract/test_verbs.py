@@ -4,6 +4,8 @@ spread across two servers: the room is one room all the same."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 from typing import Any
 
@@ -75,13 +77,21 @@ async def test_typing_reaches_the_others_once_and_is_not_stored(transport: Trans
         # yet: a message that reached bob says its welcome is done.
         await ann.send(json.dumps({"action": "sendmessage", "text": "hello"}))
         await until(bob, "message")
-        for _ in range(3):  # within 2 s: one goes through
-            await ann.send(json.dumps({"action": "typing"}))
-        typing = await until(bob, "typing")
+        typing, rounds = None, 0
+        while typing is None and rounds < 3:  # on Lambda, bob's gate may still be opening
+            rounds += 1
+            for _ in range(3):  # within 2 s: one goes through
+                await ann.send(json.dumps({"action": "typing"}))
+            with contextlib.suppress(TimeoutError):
+                typing = await asyncio.wait_for(until(bob, "typing"), 2.5)
+        assert typing is not None
         assert typing == {"type": "typing", "room": "typing", "user": ann_welcome["user"]}
         await ann.send(json.dumps({"action": "sendmessage", "text": "after typing"}))
-        # The next frame bob gets is the message: the extra typings were dropped.
-        assert (await recv_json(bob))["text"] == "after typing"
+        # Then the message: of each round's three typings, one at most went through.
+        late = 0
+        while (frame := await recv_json(bob))["type"] == "typing":
+            late += 1
+        assert frame["text"] == "after typing" and late < rounds
         await ann.send(json.dumps({"action": "ping"}))
         answered: list[str] = []
         while not answered or answered[-1] != "pong":

@@ -224,7 +224,7 @@ test("a send answered in the resumed history is settled without going again", as
 });
 
 test("sends reject with the server's code; busy ones go again after a pause", async () => {
-  const { clock, sockets, room } = await opened();
+  const { clock, sockets, room } = await opened({ inFlight: 8 });
   const refused = room.send("not here");
   const busy = room.send("later");
   const [forbidden, later] = sockets[0].actions("sendmessage");

@@ -39,3 +39,19 @@ def the_build_directory() -> Iterator[None]:
             yield
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def node_with_ws() -> str:
+    """node, with the `ws` package that the JavaScript client's Node scripts import. `make
+    test` installs it (`make node_modules`) before pytest starts: a fixture that ran `npm ci`
+    itself would empty node_modules under a Node script running in another worker."""
+    import os
+    from pathlib import Path
+
+    node = require("node", "run the JavaScript client")
+    if not (Path(__file__).resolve().parents[2] / "node_modules" / "ws").is_dir():
+        message = "the ws package is missing: run `make node_modules`"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return node
