@@ -1,4 +1,6 @@
-"""Both clients while the server side misbehaves: three clients in one room each send 200
+"""What the clients' chaos tests share (test_python_client.py, test_js_client.py): the
+scenes, a runner for each client, and what must hold. Both clients while the server side
+misbehaves: three clients in one room each send 200
 messages while a worker is killed with SIGKILL (its clients land on the other through the
 proxy in front), Redis restarts with its append-only file (nothing lost) or without
 persistence (a discontinuity, then the chat goes on), the emulator restarts (its DynamoDB is
@@ -26,7 +28,6 @@ from handler.client import connect
 from tests.support.proxy import running_proxy
 from tests.support.redis_server import running_redis
 from tests.support.servers import ROOT, free_port, running_server
-from tests.support.tools import node_with_ws
 
 CLIENTS, COUNT = 3, 200
 # The server's rate limit raised, and the clients' pace with it, so that 200 sends take
@@ -253,23 +254,3 @@ def check(runs: list[dict[str, Any]], kept: list[tuple[int, str]], loses_history
         assert epochs[-1] == [i for i, _ in kept], f"{name}: not every stored message"
         if not loses_history:
             assert {ack["id"] for ack in run["acks"]} <= {i for i, _ in kept}
-
-
-@pytest.fixture(scope="module")
-def node() -> str:
-    return node_with_ws()
-
-
-@pytest.mark.timeout(180)  # the emulator stores and posts about 20 messages a second
-@pytest.mark.parametrize("client", ["python", "javascript"])
-@pytest.mark.parametrize("scene", list(SCENES))
-async def test_clients_lose_nothing_and_repeat_nothing_under_faults(
-    scene: str, client: str, tmp_path: Path, request: pytest.FixtureRequest
-) -> None:
-    room = f"chaos-{scene}"
-    with SCENES[scene](tmp_path) as staged:
-        if client == "python":
-            runs = await python_clients(staged, room)
-        else:
-            runs = await js_clients(staged, room, request.getfixturevalue("node"))
-        check(runs, stored(staged.http, room), staged.loses_history)
