@@ -47,6 +47,7 @@ def test_the_jwt_recipe_and_its_script_work_as_written(tmp_path: Path) -> None:
     import sys
 
     from tests.support.servers import running_server
+    from tests.support.tools import port_8000
 
     readme = (ROOT / "docs" / "auth.md").read_text()
     recipe = _block_after(readme, "JWT mode end to end, locally:", "sh")
@@ -60,7 +61,7 @@ def test_the_jwt_recipe_and_its_script_work_as_written(tmp_path: Path) -> None:
     )
     *settings, token = done.stdout.split()
     env = dict(setting.split("=", 1) for setting in settings)
-    with running_server(tmp_path, env, port=8000):
+    with port_8000(), running_server(tmp_path, env, port=8000):
         client = subprocess.run(
             [sys.executable, str(script)],
             input=token + "\n",

@@ -8,6 +8,7 @@ from pathlib import Path
 from playwright.sync_api import Browser, expect
 
 from tests.support.servers import running_server
+from tests.support.tools import port_8000
 
 SEED_PAGE = (Path(__file__).parent.parent / "fixtures" / "seed_page.html").read_text()
 SEED_PORT = 8000  # the page hard-codes ws://localhost:8000
@@ -24,6 +25,11 @@ def port_is_free(port: int) -> bool:
 
 def test_the_seed_page_works_unchanged(browser: Browser, tmp_path: Path) -> None:
     # On a machine where something else holds port 8000, only the port in the URL changes.
+    with port_8000():
+        _seed_page_in_two_tabs(browser, tmp_path)
+
+
+def _seed_page_in_two_tabs(browser: Browser, tmp_path: Path) -> None:
     port = SEED_PORT if port_is_free(SEED_PORT) else None
     with running_server(tmp_path, {}, "serve", port=port) as server:
         html = SEED_PAGE.replace("localhost:8000", f"localhost:{server.port}")

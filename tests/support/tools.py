@@ -27,13 +27,29 @@ def require(tool: str, why: str) -> str:
 def the_build_directory() -> Iterator[None]:
     """Hold build/ and node_modules/ alone. `make test` runs modules in parallel workers, and
     the modules that build the Lambda zip or run osls on it must take turns: one of them
-    deletes the zip to prove it is rebuilt. An exclusive lock, released with the process."""
+    deletes the zip to prove it is rebuilt."""
+    with _taking_turns("tests"):
+        yield
+
+
+@contextmanager
+def port_8000() -> Iterator[None]:
+    """Hold port 8000 alone: the seed's page and the JWT recipe name it, and a server started
+    there while another module's holds it would find that one answering its readiness
+    check, and the test would talk to the wrong server."""
+    with _taking_turns("port-8000"):
+        yield
+
+
+@contextmanager
+def _taking_turns(name: str) -> Iterator[None]:
+    """An exclusive lock across the test workers, released with the process."""
     import fcntl
     from pathlib import Path
 
     build = Path(__file__).resolve().parents[2] / "build"
     build.mkdir(exist_ok=True)
-    with (build / ".tests.lock").open("w") as lock:
+    with (build / f".{name}.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             yield

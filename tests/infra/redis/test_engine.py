@@ -493,6 +493,7 @@ async def test_a_big_worker_reaped_while_cut_off_registers_again_in_a_few_round_
     await cut_off(feed)
     await feed.membership.reap(feed.worker)  # what another worker does to one that stopped beating
     assert await feed.count("watched") == 0
+    await heard(watcher, 5 + 5)  # the joins, then the reap's leaves (late ones under load)
     watcher.frames.clear()
 
     with round_trips() as sends:
