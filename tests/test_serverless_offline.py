@@ -162,7 +162,9 @@ def test_the_js_client_through_serverless_offline(offline: int) -> None:
         "urls": [f"ws://127.0.0.1:{offline}"],
         "room": "js-offline",
         "count": count,
-        "roomIn": "query",
+        # Each frame is a Lambda started afresh under serverless offline, seconds apart when
+        # the machine is busy: a ping's answer too, which must not be taken for a dead link.
+        "options": {"roomIn": "query", "pongTimeout": 60_000},
         "timeoutMs": 120_000,
     }
     done = subprocess.run(
@@ -184,7 +186,12 @@ BROWSER_ROUND_TRIP = """async ([source, url]) => {
   // The client as a page would load it, from its own source (a data: URL: no origin to serve it).
   const encoded = btoa(String.fromCharCode(...new TextEncoder().encode(source)));
   const { connect } = await import("data:text/javascript;base64," + encoded);
-  const options = { url, room: "browser-offline", roomIn: "query", minDelay: 100, maxDelay: 2000 };
+  // Each frame is a Lambda started afresh here, seconds apart when the machine is busy: a
+  // ping's answer too, which must not be taken for a dead link.
+  const options = {
+    url, room: "browser-offline", roomIn: "query", minDelay: 100, maxDelay: 2000,
+    pongTimeout: 60000,
+  };
   const alice = connect({ ...options, token: "alice" });
   const bob = connect({ ...options, token: "bob" });
   const got = [];
@@ -195,7 +202,7 @@ BROWSER_ROUND_TRIP = """async ([source, url]) => {
       if (check()) {
         clearInterval(poll);
         resolve();
-      } else if (Date.now() - started > 90000) {
+      } else if (Date.now() - started > 150000) {
         clearInterval(poll);
         reject(new Error("timed out"));
       }
@@ -210,7 +217,7 @@ BROWSER_ROUND_TRIP = """async ([source, url]) => {
 }"""
 
 
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(240)
 def test_the_js_client_in_chromium_through_serverless_offline(offline: int) -> None:
     from playwright.sync_api import sync_playwright
 

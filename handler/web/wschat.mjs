@@ -31,6 +31,7 @@ export const DEFAULTS = Object.freeze({
   maxRetries: Infinity,
   pingAfter: 30000, // a ping after this long without a frame (API Gateway drops at 10 min)
   pongTimeout: 10000, // no frame this long after a ping: the link is dead, reconnect
+  welcomeTimeout: 20000, // an open socket without its welcome this long: try another
   gapWait: 1000, // a missing id not filled in this long is asked for with `history`
   // Sends awaiting their answer at once; the rest wait their turn. One keeps a sender's
   // messages in the order sent on every transport (on Lambda, frames in flight together are
@@ -241,6 +242,15 @@ export class Room {
       return;
     }
     this._socket = socket;
+    socket.onopen = () => {
+      if (generation !== this._generation) return;
+      // A server that accepts the socket but never welcomes it (its welcome lost on the way)
+      // would hold the room in `connecting` for ever.
+      this._startTimer("welcome", this._o.welcomeTimeout, () => {
+        this._socketGone();
+        this._retry("no welcome");
+      });
+    };
     socket.onmessage = (event) => {
       if (generation === this._generation) this._onFrame(event.data);
     };
@@ -294,7 +304,7 @@ export class Room {
 
   _onClose(code, reason) {
     this._socket = null;
-    this._stopTimers("ping", "pong", "refresh");
+    this._stopTimers("ping", "pong", "refresh", "welcome");
     if (this.state === "closed") return;
     if (FINAL_CLOSES.has(code)) {
       this._finish(new WschatError("closed", `closed by the server (${code} ${reason || ""})`));
@@ -411,6 +421,7 @@ export class Room {
   }
 
   _onWelcome(frame) {
+    this._stopTimers("welcome");
     this._attempt = 0;
     this.user = frame.user;
     this.count = frame.count;

@@ -435,3 +435,17 @@ test("welcomed to an empty room and cut at once, a client resumes from 0", async
   sockets[2].welcome({ latest_id: 6, recovered: true, history: [message(5), message(6)] });
   assert.deepEqual(seen.discontinuity, [{ reason: "expired", from: 3, to: 4 }]);
 });
+
+test("a socket that opens but never brings a welcome is replaced", async () => {
+  const { clock, sockets, room } = start();
+  await settle();
+  sockets[0].accept();
+  await clock.advance(DEFAULTS.welcomeTimeout);
+  assert.equal(sockets[0].closed?.code, 4000);
+  await clock.advance(clock.pending().at(-1));
+  assert.equal(sockets.length, 2);
+  sockets[1].welcome();
+  await clock.advance(DEFAULTS.welcomeTimeout);
+  assert.equal(room.state, "open");
+  assert.equal(sockets.length, 2);
+});

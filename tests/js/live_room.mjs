@@ -10,8 +10,8 @@ import WebSocket from "ws";
 
 import { connect } from "../../handler/web/wschat.mjs";
 
-const { urls, room, count, roomIn, timeoutMs = 20000 } = JSON.parse(process.argv[2]);
-const fast = { minDelay: 50, maxDelay: 500, WebSocket, window: null, document: null, roomIn };
+const { urls, room, count, options = {}, timeoutMs = 20000 } = JSON.parse(process.argv[2]);
+const fast = { minDelay: 50, maxDelay: 500, WebSocket, window: null, document: null, ...options };
 
 function until(what, check) {
   return new Promise((resolve, reject) => {
