@@ -1,5 +1,5 @@
-"""Ports for driving the core without sockets: a delivery that records what the core sent,
-and a credential check that answers from a table."""
+"""Ports for driving the core without sockets: a clock tests move, a delivery that records
+what the core sent, and a credential check that answers from a table."""
 
 from __future__ import annotations
 
@@ -10,6 +10,16 @@ from typing import Any
 
 from auth.errors import AuthError
 from auth.principal import Principal
+
+
+class FakeClock:
+    """A clock that moves only when a test moves it (`now`)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
 
 
 class RecordingDelivery:

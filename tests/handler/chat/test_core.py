@@ -17,18 +17,10 @@ from handler.chat.ports import Dialect, Draft, StoreBusy
 from handler.chat.wire import FrameError
 from infra.memory.connections import MemoryConnections
 from infra.memory.message_log import MemoryMessageLog
-from tests.handler.chat.recording import RecordingDelivery, TokenBook
+from tests.handler.chat.recording import FakeClock, RecordingDelivery, TokenBook
 
 TEXT = ConnectParams(Dialect.TEXT)
 JSON = ConnectParams(Dialect.JSON)
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def join(
@@ -46,16 +38,6 @@ def join(
 
 def principal(name: str, echo: str | None = None) -> Principal:
     return Principal(id=f"id-{name}", name=name, echo=echo or f"tok-{name}")
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def delivery() -> RecordingDelivery:
-    return RecordingDelivery()
 
 
 @pytest.fixture

@@ -16,21 +16,10 @@ from handler.chat.core import ChatCore, ConnectParams, Limits
 from handler.chat.ports import Dialect
 from infra.memory.connections import MemoryConnections
 from infra.memory.message_log import MemoryMessageLog
-from tests.handler.chat.recording import RecordingDelivery
-from tests.handler.chat.test_core import FakeClock
+from tests.handler.chat.recording import FakeClock, RecordingDelivery
 
 JSON = ConnectParams(Dialect.JSON)
 TEXT = ConnectParams(Dialect.TEXT)
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def delivery() -> RecordingDelivery:
-    return RecordingDelivery()
 
 
 @pytest.fixture
