@@ -12,6 +12,7 @@ reported discontinuity says is gone; each of its sends answered once, and stored
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import subprocess
 import time
@@ -125,7 +126,9 @@ async def python_clients(scene: Scene, room: str) -> list[dict[str, Any]]:
         except Exception as error:
             run["failures"].append(repr(error))
 
-    async with ExitStackAsync(rooms):
+    async with contextlib.AsyncExitStack() as stack:
+        for client in rooms:
+            await stack.enter_async_context(client)
         runs += [
             {"name": f"c{c}", "events": [], "acks": [], "failures": []} for c in range(CLIENTS)
         ]
@@ -151,21 +154,6 @@ async def python_clients(scene: Scene, room: str) -> list[dict[str, Any]]:
     for watcher in watchers:
         await watcher
     return runs
-
-
-class ExitStackAsync:
-    """Enter and leave several rooms together."""
-
-    def __init__(self, rooms: list[Any]) -> None:
-        self.rooms = rooms
-
-    async def __aenter__(self) -> None:
-        for room in self.rooms:
-            await room.__aenter__()
-
-    async def __aexit__(self, *exc: object) -> None:
-        for room in self.rooms:
-            await room.close()
 
 
 async def later(fault: Callable[[], None]) -> None:
