@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import NoReturn
 
 import pytest
 
@@ -11,16 +12,22 @@ import pytest
 def require(tool: str, why: str) -> str:
     """The path of an external tool. Missing on a developer's machine, the test is skipped;
     missing under CI=true, it fails: .ci/run must install it."""
-    import os
     import shutil
 
     path = shutil.which(tool)
     if path is None:
-        message = f"{tool} is needed to {why}; .ci/run installs it"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        _missing(f"{tool} is needed to {why}; .ci/run installs it")
     return path
+
+
+def _missing(message: str) -> NoReturn:
+    """Skip the test on a developer's machine; fail it under CI=true, where nothing may be
+    skipped."""
+    import os
+
+    if os.environ.get("CI") == "true":
+        pytest.fail(message)
+    pytest.skip(message)
 
 
 @contextmanager
@@ -61,13 +68,9 @@ def node_with_ws() -> str:
     """node, with the `ws` package that the JavaScript client's Node scripts import. `make
     test` installs it (`make node_modules`) before pytest starts: a fixture that ran `npm ci`
     itself would empty node_modules under a Node script running in another worker."""
-    import os
     from pathlib import Path
 
     node = require("node", "run the JavaScript client")
     if not (Path(__file__).resolve().parents[2] / "node_modules" / "ws").is_dir():
-        message = "the ws package is missing: run `make node_modules`"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        _missing("the ws package is missing: run `make node_modules` (make test does)")
     return node
