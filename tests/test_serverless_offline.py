@@ -20,6 +20,7 @@ import websockets
 
 from tests.support.aws import create_table, running_moto_server
 from tests.support.clients import recv, recv_json, until
+from tests.support.js import live_room
 from tests.support.servers import ROOT, free_port
 from tests.support.tools import node_with_ws, require, the_build_directory
 
@@ -164,21 +165,11 @@ def test_the_js_client_through_serverless_offline(offline: int) -> None:
     serverless offline serves at the root, with the room in the query."""
     node = node_with_ws()
     count = 12
-    config = {
-        "urls": [f"ws://127.0.0.1:{offline}"],
-        "room": "js-offline",
-        "count": count,
-        # Each frame is a Lambda started afresh under serverless offline, seconds apart when
-        # the machine is busy: a ping's answer too, which must not be taken for a dead link.
-        "options": {"roomIn": "query", "pongTimeout": 60_000},
-        "timeoutMs": 120_000,
-    }
-    done = subprocess.run(
-        [node, "tests/js/live_room.mjs", json.dumps(config)],
-        cwd=ROOT, capture_output=True, text=True, timeout=150,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    seen = json.loads(done.stdout)
+    # Each frame is a Lambda started afresh under serverless offline, seconds apart when the
+    # machine is busy: a ping's answer too, which must not be taken for a dead link.
+    options = {"roomIn": "query", "pongTimeout": 60_000}
+    url = f"ws://127.0.0.1:{offline}"
+    seen = live_room(node, [url], "js-offline", count, options, waits=120, seconds=150)
     acked = seen["acked"]
     assert seen["texts"] == [f"m{n}" for n in range(count)]
     # Sent one at a time (the clients' default), they are stored in the order sent.
