@@ -95,10 +95,14 @@ class Target:
         for ws in self._open:
             ws.transport.abort()
 
+    @property
+    def base(self) -> str:
+        """The server's URL without `/items/...`, where a URL given in that shape had it."""
+        return self.url.split("/items/")[0].rstrip("/")
+
     def _room_url(self, query: dict[str, str]) -> str:
         if self.items_style:
-            base = self.url.split("/items/")[0].rstrip("/")
-            path = f"{base}/items/{quote(self.room, safe='')}/ws"
+            path = f"{self.base}/items/{quote(self.room, safe='')}/ws"
         else:
             path, query = self.url, {"room": self.room, **query}
         return f"{path}?{urlencode(query)}" if query else path
@@ -245,9 +249,7 @@ async def client_and_verbs(target: Target) -> str:
     room_in: Literal["path", "query"] = "path" if target.items_style else "query"
     options = Options(token_in=target.credential_in, room_in=room_in, max_retries=3)
     token = target.token or "wschat-check-d"
-    async with Room(
-        target.url.split("/items/")[0], target.room, token=token, options=options
-    ) as room:
+    async with Room(target.base, target.room, token=token, options=options) as room:
         await room.wait_open()
         stored = await room.send("through the client")
         if not isinstance(stored.get("id"), int) or stored.get("text") != "through the client":

@@ -493,7 +493,7 @@ class ChatCore:
     def _history(self, connection: Connection, request: wire.HistoryRequest) -> None:
         room, limit = connection.room, min(request.limit, self.limits.history_page)
         if request.before is None:
-            history, latest = self.read(room, request.since or 0, limit)
+            history, latest = self.read(room, request.since, limit)
         else:
             history, latest = self.read_before(room, request.before, limit)
         frames = wire.history_frames(room, history, latest, request.before)

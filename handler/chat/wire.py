@@ -96,10 +96,10 @@ class SendMessage:
 
 @dataclass(frozen=True, slots=True)
 class HistoryRequest:
-    """`since`: the page after an id (a resume). `before`: the newest page below an id
-    (scrolling back); then `since` is None."""
+    """The page after `since` (a resume), or with `before`, the newest page below it
+    (scrolling back)."""
 
-    since: int | None = 0
+    since: int = 0
     before: int | None = None
     limit: int = HISTORY_PAGE
 
@@ -205,7 +205,7 @@ def _history_request(body: Mapping[str, Any]) -> HistoryRequest:
     before = body["before"]
     if not is_message_id(before):
         raise FrameError(ErrorCode.BAD_REQUEST, BEFORE_RANGE)
-    return HistoryRequest(None, before, limit)
+    return HistoryRequest(before=before, limit=limit)
 
 
 def is_refresh_request(frame: str) -> bool:
