@@ -72,3 +72,36 @@ def running_moto_server() -> Iterator[str]:
     finally:
         process.terminate()
         process.wait(10)
+
+
+class FirstWriteStall:
+    """Holds a publisher's first DynamoDB write (of `operations`) until `release()`: the
+    moment for another publisher to go ahead of it, or a welcome to run in between."""
+
+    def __init__(self, client: Any, *operations: str) -> None:
+        import threading
+
+        self._reached, self._released = threading.Event(), threading.Event()
+        self._thread: threading.Thread | None = None
+        for operation in operations:
+            client.meta.events.register(f"before-call.dynamodb.{operation}", self._hold)
+
+    def start(self, publish: Any) -> Any:
+        """Run `publish` in a thread of its own, and return that thread once its first write
+        is held."""
+        import threading
+
+        self._thread = threading.Thread(target=publish)
+        self._thread.start()
+        assert self._reached.wait(10)
+        return self._thread
+
+    def release(self) -> None:
+        self._released.set()
+
+    def _hold(self, **_: Any) -> None:
+        import threading
+
+        if threading.current_thread() is self._thread and not self._reached.is_set():
+            self._reached.set()
+            assert self._released.wait(10)

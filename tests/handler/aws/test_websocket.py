@@ -12,7 +12,7 @@ from botocore.stub import ANY, Stubber
 
 from handler.aws import websocket
 from handler.aws.runtime import runtime
-from tests.support.aws import event
+from tests.support.aws import FirstWriteStall, event
 from tests.support.management_api import ManagementApiStandIn, running_management_api
 
 pytestmark = pytest.mark.usefixtures("aws")
@@ -273,32 +273,18 @@ def test_a_publisher_paused_mid_append_leaves_no_gap_at_the_seam(
 ) -> None:
     """Concurrent publishers on Lambda: A takes its id, stalls before writing; B publishes; a
     newcomer's welcome runs; then A finishes. The newcomer must end up with both messages."""
-    import threading
-
     from auth.principal import Principal
     from handler.chat.core import ConnectParams
     from handler.chat.ports import Dialect
 
     core = runtime().core(posts.endpoint)
-    reached, release = threading.Event(), threading.Event()
-    publisher_a: list[threading.Thread] = []
-
-    def stall_a(**_: Any) -> None:
-        if threading.current_thread() in publisher_a and not reached.is_set():
-            reached.set()
-            assert release.wait(10)
-
-    events = runtime().dynamodb().meta.events
-    for write in ("PutItem", "TransactWriteItems"):  # A's first write, whichever it is
-        events.register(f"before-call.dynamodb.{write}", stall_a)
-    a = threading.Thread(target=lambda: core.publish("seam", "id-a", "a", "from a"))
-    publisher_a.append(a)
-    a.start()
-    assert reached.wait(10)
+    # A's first write, whichever it is.
+    stall = FirstWriteStall(runtime().dynamodb(), "PutItem", "TransactWriteItems")
+    a = stall.start(lambda: core.publish("seam", "id-a", "a", "from a"))
     core.publish("seam", "id-b", "b", "from b")
     core.connect("W", "seam", Principal(id="w", name="w", echo="w"), ConnectParams(Dialect.JSON))
     core.welcome("W", since=0)
-    release.set()
+    stall.release()
     a.join(10)
     received = set()
     for frame in posts.take_json("W"):

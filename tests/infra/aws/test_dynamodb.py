@@ -14,6 +14,7 @@ from handler.chat.ports import Connection, Dialect, Draft
 from infra.aws.connections import DynamoConnections
 from infra.aws.message_log import DynamoMessageLog
 from infra.aws.sealed_echo import EchoSeal
+from tests.support.aws import FirstWriteStall
 
 pytestmark = pytest.mark.usefixtures("aws")
 TABLE = "wschat-test"
@@ -203,37 +204,24 @@ def test_a_welcome_over_expired_history_opens_at_once(caplog: pytest.LogCaptureF
 def test_a_publisher_that_lost_the_race_takes_the_next_id() -> None:
     """A reads the counter, B stores a message, then A's write: A's transaction must fail its
     condition and retry with the next id, never store a second message 1 or skip one."""
-    import threading
-
     client = boto3.client("dynamodb")
     log = DynamoMessageLog(client, TABLE)
-    reached, release = threading.Event(), threading.Event()
-    publisher_a: list[threading.Thread] = []
-
-    def stall_a(**_: Any) -> None:
-        if threading.current_thread() in publisher_a and not reached.is_set():
-            reached.set()
-            assert release.wait(10)
-
-    client.meta.events.register("before-call.dynamodb.TransactWriteItems", stall_a)
+    stall = FirstWriteStall(client, "TransactWriteItems")
     results: list[int] = []
-    a = threading.Thread(
-        target=lambda: results.append(
+    a = stall.start(
+        lambda: results.append(
             log.append(
                 Draft(room="race", user_id="a", user_name="a", text="A", client_msg_id=None)
             )[0].id
         )
     )
-    publisher_a.append(a)
-    a.start()
-    assert reached.wait(10)
     assert (
         log.append(Draft(room="race", user_id="b", user_name="b", text="B", client_msg_id=None))[
             0
         ].id
         == 1
     )
-    release.set()
+    stall.release()
     a.join(10)
     assert results == [2]
     assert [(m.id, m.text) for m in log.after("race", 0, 10)] == [(1, "B"), (2, "A")]
