@@ -300,8 +300,15 @@ async def test_two_workers_share_their_rooms(tmp_path: Path, redis: RedisServer)
         for ws, inbox in zip(members, inboxes, strict=True):
             await read_until(ws, inbox, 1)
             assert list(inbox.texts.values()) == ["to everyone"]
-        # Either worker's /metrics covers both (prometheus-client's multiprocess mode).
+        # Either worker's /metrics covers both (prometheus-client's multiprocess mode). The
+        # sender's worker counts its frame once it has handled it, which may be after the
+        # other worker delivered the message: a moment to count it.
+        deadline = time.monotonic() + 5
         samples = scrape(server)
+        while value(samples, "wschat_messages_received_total") < 1:
+            assert time.monotonic() < deadline, samples
+            await asyncio.sleep(0.05)
+            samples = scrape(server)
         assert value(samples, "wschat_connections") == len(members)
         assert value(samples, "wschat_messages_received_total") == 1
         for ws in members:
