@@ -1,6 +1,7 @@
-"""Local delivery: one bounded queue and one writer task per connection.
+"""Local delivery: each frame encoded once, written straight to every socket that keeps up,
+and queued, with a writer task of its own, only for a socket that is behind.
 
-Broadcasting only enqueues, so a slow reader can never hold up a room. A connection whose
+Broadcasting never waits, so a slow reader can never hold up a room. A connection whose
 queue overflows is closed with 1013 instead of being allowed to grow without bound.
 """
 
@@ -12,10 +13,42 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
+from typing import Protocol
 
 from handler.chat.wire import CloseCode
 
 log = logging.getLogger(__name__)
+
+
+def text_frame(payload: str) -> bytes:
+    """A server's WebSocket text frame carrying `payload`, whole. Server frames are not
+    masked, so every uncompressed socket gets these same bytes (RFC 6455, 5.2)."""
+    data = payload.encode()
+    size = len(data)
+    if size < 126:
+        header = bytes((0x81, size))
+    elif size < 1 << 16:
+        header = bytes((0x81, 126)) + size.to_bytes(2, "big")
+    else:
+        header = bytes((0x81, 127)) + size.to_bytes(8, "big")
+    return header + data
+
+
+class FrameSink(Protocol):
+    """A socket's own transport, for frames encoded here (handler/local/protocols.py)."""
+
+    def ready(self) -> bool:
+        """True while a write goes out now: the socket is open, with no close sent or
+        received, and its transport is not paused."""
+        ...
+
+    def write(self, data: bytes) -> None:
+        """Write whole frames; nothing is written once the socket is closing."""
+        ...
+
+    async def drained(self) -> None:
+        """Wait until the transport takes writes again, or the socket is gone."""
+        ...
 
 
 class OutboxState(Enum):
@@ -24,7 +57,7 @@ class OutboxState(Enum):
     OPEN = "open"
     CLOSING = "closing"  # a close is queued behind the frames before it
     ABANDONED = "abandoned"  # the client did not take its close in time; the writer stopped
-    CLOSED = "closed"  # the writer finished: the close was sent, or the socket failed
+    CLOSED = "closed"  # the close was sent, or the socket failed
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,13 +67,35 @@ class _Close:
 
 
 class Outbox:
-    """The frames waiting for one client, and the task that writes them in order.
+    """What is on its way to one client, in order.
 
-    Call `start()` once the socket is accepted; the task it returns completes when the writer
-    stops (after sending a close, or when the socket fails). After a close is requested the
-    writer gets `close_grace` seconds to flush it; a client that still is not reading is
-    then abandoned so the server can let go of it.
+    A frame for a socket with nothing queued and a transport that takes writes is corked:
+    held until the end of the event loop's turn, then written with whatever else the socket
+    got in that turn, in one write (`Corks`). Otherwise it is queued, and a writer task,
+    started then and ended once the queue is empty, waits for the socket to drain. A socket
+    without a sink (permessage-deflate, or the emulator's) has every frame written by that
+    writer through the ASGI `send`.
+
+    Call `start()` once the socket is accepted. After a close is requested the writer gets
+    `close_grace` seconds to flush it; a client that still is not reading is then abandoned
+    so the server can let go of it.
     """
+
+    __slots__ = (
+        "_capacity",
+        "_close",
+        "_close_grace",
+        "_corked",
+        "_corks",
+        "_finished",
+        "_frames",
+        "_on_overflow",
+        "_send",
+        "_sink",
+        "_writer",
+        "close_code",
+        "state",
+    )
 
     def __init__(
         self,
@@ -49,32 +104,56 @@ class Outbox:
         capacity: int,
         close_grace: float = 10.0,
         on_overflow: Callable[[], None] = lambda: None,
+        sink: FrameSink | None = None,
+        corks: Corks | None = None,
     ) -> None:
-        """`on_overflow` is called when the queue overflows and the client is closed."""
+        """`on_overflow` is called when the queue overflows and the client is closed. With a
+        `sink`, frames go to it, corked by `corks` (one per event loop)."""
         self._send = send
-        self._on_overflow = on_overflow
-        self.close_code: int | None = None  # the close this side asked for, if any
         self._close = close
-        # A deque and one wake-up future rather than an asyncio.Queue: every delivery passes
-        # through here, and the queue's bookkeeping was a measurable share of its CPU.
-        self._frames: deque[str | _Close] = deque()
         self._capacity = capacity
-        self._wakeup: asyncio.Future[None] | None = None
         self._close_grace = close_grace
+        self._on_overflow = on_overflow
+        self._sink = sink
+        self._corks = corks if corks is not None else Corks()
+        self._corked: list[bytes] = []
+        # Encoded frames for the sink, payloads for `send`, and the close.
+        self._frames: deque[bytes | str | _Close] = deque()
+        self._writer: asyncio.Task[None] | None = None
+        self._finished: asyncio.Future[None] | None = None
+        self.close_code: int | None = None  # the close this side asked for, if any
         self.state = OutboxState.OPEN
-        self._task: asyncio.Task[None] | None = None
 
-    def start(self) -> asyncio.Task[None]:
-        self._task = asyncio.get_running_loop().create_task(self._run())
-        return self._task
+    def start(self) -> asyncio.Future[None]:
+        """Begin writing; returns what completes when the outbox is done with its socket
+        (its close sent, the socket failed, or the client abandoned). Cancelling it stops
+        the writer."""
+        self._finished = asyncio.get_running_loop().create_future()
+        self._finished.add_done_callback(self._stop)
+        if self._frames:
+            self._wake()  # what was queued before the accept goes first
+        return self._finished
 
     @property
     def closing(self) -> bool:
         return self.state is not OutboxState.OPEN
 
-    def offer(self, payload: str) -> None:
-        """Queue a frame; on overflow, drop the backlog and close the connection with 1013."""
+    def offer(self, payload: str, frame: bytes | None = None) -> None:
+        """Send `payload` (`frame`, when the caller has encoded it: `text_frame(payload)`).
+        On overflow, drop the backlog and close the connection with 1013."""
         if self.state is not OutboxState.OPEN:
+            return
+        sink = self._sink
+        # No writer means nothing queued nor in flight: a frame written now keeps its place.
+        if (
+            sink is not None
+            and self._writer is None
+            and self._finished is not None
+            and sink.ready()
+        ):
+            if not self._corked:
+                self._corks.add(self)
+            self._corked.append(frame if frame is not None else text_frame(payload))
             return
         if len(self._frames) >= self._capacity:
             log.warning("send queue full (%d frames); closing slow consumer", self._capacity)
@@ -82,10 +161,13 @@ class Outbox:
             self._frames.clear()
             self.request_close(CloseCode.TRY_AGAIN_LATER, "slow consumer: send queue full")
             return
-        self._push(payload)
+        if sink is None:
+            self._push(payload)
+        else:
+            self._push(frame if frame is not None else text_frame(payload))
 
     def request_close(self, code: int, reason: str) -> None:
-        """Close after the frames already queued. Only the first request counts."""
+        """Close after the frames already sent or queued. Only the first request counts."""
         if self.state is not OutboxState.OPEN:
             return
         self.state = OutboxState.CLOSING
@@ -93,40 +175,94 @@ class Outbox:
         if len(self._frames) >= self._capacity:
             self._frames.clear()
         self._push(_Close(code, reason))
-        if self._task is not None:
+        if self._finished is not None:
             asyncio.get_running_loop().call_later(self._close_grace, self._abandon)
 
-    def _push(self, item: str | _Close) -> None:
+    def uncork(self) -> None:
+        """Write what this turn corked, in one write."""
+        corked = self._corked
+        if corked and self._sink is not None:
+            self._sink.write(corked[0] if len(corked) == 1 else b"".join(corked))
+        corked.clear()
+
+    def _push(self, item: bytes | str | _Close) -> None:
         self._frames.append(item)
-        if self._wakeup is not None and not self._wakeup.done():
-            self._wakeup.set_result(None)
+        if self._finished is not None:
+            self._wake()
+
+    def _wake(self) -> None:
+        if self._writer is None and not self._finished_done():
+            self._writer = asyncio.get_running_loop().create_task(self._write())
+
+    def _finished_done(self) -> bool:
+        return self._finished is None or self._finished.done()
+
+    def _finish(self, state: OutboxState) -> None:
+        self.state = state
+        if self._finished is not None and not self._finished.done():
+            self._finished.set_result(None)
+
+    def _stop(self, finished: asyncio.Future[None]) -> None:
+        if finished.cancelled() and self._writer is not None:
+            self._writer.cancel()
 
     def _abandon(self) -> None:
-        if self._task is not None and not self._task.done():
-            self.state = OutboxState.ABANDONED
-            self._task.cancel()
+        if not self._finished_done():
+            log.info("client did not take its close frame in time; abandoning it")
+            if self._writer is not None:
+                self._writer.cancel()
+            self._finish(OutboxState.ABANDONED)
 
-    async def _run(self) -> None:
-        frames = self._frames
+    async def _write(self) -> None:
+        """Drain the queue, then end: a socket that keeps up has no task of its own."""
+        frames, sink = self._frames, self._sink
         try:
-            while True:
-                if not frames:
-                    self._wakeup = asyncio.get_running_loop().create_future()
-                    await self._wakeup
-                    continue
+            self.uncork()  # a frame corked earlier in this turn goes before the queue
+            while frames and not self._finished_done():
                 item = frames.popleft()
                 if isinstance(item, _Close):
                     await self._close(item.code, item.reason)
-                    self.state = OutboxState.CLOSED
-                    return
-                await self._send(item)
-        except asyncio.CancelledError:
-            if self.state is not OutboxState.ABANDONED:
-                raise
-            log.info("client did not take its close frame in time; abandoning it")
+                    self._finish(OutboxState.CLOSED)
+                elif isinstance(item, str):
+                    await self._send(item)
+                else:
+                    assert sink is not None  # only a socket with a sink gets frames encoded
+                    await sink.drained()
+                    if not sink.ready():
+                        raise ConnectionError("the socket closed with frames queued")
+                    batch = [item]  # with what queued while it waited, in one write
+                    while frames and isinstance(following := frames[0], bytes):
+                        batch.append(following)
+                        frames.popleft()
+                    sink.write(b"".join(batch))
         except Exception as error:  # the socket is gone; the reader side will notice too
-            self.state = OutboxState.CLOSED
             log.debug("writer stopped: %r", error)
+            self._finish(OutboxState.CLOSED)
+        finally:
+            self._writer = None
+
+
+class Corks:
+    """The outboxes with frames corked in this turn of the event loop, written at its end:
+    what one socket gets in one turn goes out in one write, one system call."""
+
+    __slots__ = ("_corked", "_loop")
+
+    def __init__(self) -> None:
+        self._corked: list[Outbox] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def add(self, outbox: Outbox) -> None:
+        if not self._corked:
+            if self._loop is None:
+                self._loop = asyncio.get_running_loop()
+            self._loop.call_soon(self._uncork)
+        self._corked.append(outbox)
+
+    def _uncork(self) -> None:
+        corked, self._corked = self._corked, []
+        for outbox in corked:
+            outbox.uncork()
 
 
 class LocalDelivery:
@@ -137,6 +273,7 @@ class LocalDelivery:
         """`delivered` is told how many frames each send queued."""
         self._outboxes: dict[str, Outbox] = {}
         self._delivered = delivered
+        self.corks = Corks()  # for the outboxes registered here
 
     def register(self, connection_id: str, outbox: Outbox) -> None:
         """Called when a socket is accepted."""
@@ -149,13 +286,15 @@ class LocalDelivery:
         return len(self._outboxes)
 
     def send(self, connection_ids: Sequence[str], payload: str) -> Sequence[str]:
+        frame = text_frame(payload)  # once, for every socket that takes it as it is
+        outboxes = self._outboxes
         gone: list[str] = []
         for connection_id in connection_ids:
-            outbox = self._outboxes.get(connection_id)
+            outbox = outboxes.get(connection_id)
             if outbox is None:
                 gone.append(connection_id)
             else:
-                outbox.offer(payload)
+                outbox.offer(payload, frame)
         self._delivered(len(connection_ids) - len(gone))
         return gone
 

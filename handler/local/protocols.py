@@ -10,6 +10,9 @@
   does not log "ASGI callable returned without completing handshake." at ERROR for each one.
 - A text frame that is not valid UTF-8 closes its connection with 1007 and one short log line,
   instead of a traceback at ERROR that a client could repeat to flood the log.
+- The app can write frames it has encoded itself straight to an uncompressed socket's
+  transport (`RawFrames`), without an ASGI `send` per frame: a broadcast encodes a frame once
+  and costs each recipient a write (handler/local/delivery.py).
 
 They build on uvicorn's `h11` and `websockets-sansio` implementations (pinned in
 pyproject.toml); tests/contract/test_hostile.py holds each behaviour, on both.
@@ -27,6 +30,8 @@ import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from uvicorn.server import ServerState
+from websockets.protocol import State
+from websockets.server import ServerProtocol
 
 from handler.chat.wire import CloseCode
 
@@ -39,9 +44,11 @@ log = logging.getLogger(__name__)
 # for it (handler/local/service.py); a stopping server calls it (ChatWebSocketProtocol).
 DRAIN = "wschat.drain"
 
-# The scope's extension under this key counts the frames a socket has received that the app
-# has not taken yet (ChatWebSocketProtocol): the app takes them together (handler/local/socket.py).
-QUEUED_FRAMES = "wschat.queued_frames"
+# The scope's extension under this key (an ASGI extension is a dict) gives the app, under
+# "queued", the count of the frames a socket has received that the app has not taken yet (it
+# takes them together, handler/local/socket.py), and under "sink", for a socket without
+# compression, its RawFrames.
+SOCKET = "wschat.socket"
 
 # A request is complete, or beyond our concern, in any of these states of the client's side.
 _REQUEST_OVER = frozenset({h11.DONE, h11.MUST_CLOSE, h11.CLOSED, h11.ERROR})
@@ -169,8 +176,10 @@ class ChatWebSocketProtocol(WebSocketsSansIOProtocol):
     def handle_connect(self, event: Any) -> None:
         super().handle_connect(event)
         if self.handshake_initiated and not self.handshake_complete:  # the app runs
-            # An ASGI extension is a dict; this one holds the count's function.
-            self.scope["extensions"][QUEUED_FRAMES] = {"count": self.queue.qsize}
+            access: dict[object, object] = {"queued": self.queue.qsize}
+            if not self.conn.extensions:  # a deflated frame is each socket's own
+                access["sink"] = RawFrames(self.conn, self.transport, self.writable)
+            self.scope["extensions"][SOCKET] = access
 
     def shutdown(self) -> None:
         """uvicorn closes each socket with 1012 at once, dropping what the app still had
@@ -206,3 +215,33 @@ class ChatWebSocketProtocol(WebSocketsSansIOProtocol):
                 self.handle_parser_exception()
                 return
         super().send_receive_event_to_app()
+
+
+class RawFrames:
+    """Writes frames the app encoded (whole, unmasked, uncompressed) to one socket's
+    transport. websockets' protocol state still governs the socket: nothing is written
+    unless it is OPEN, so never before the handshake's response nor after a close frame
+    either way; pings, pongs and the close handshake stay uvicorn's."""
+
+    __slots__ = ("_conn", "_transport", "_writable")
+
+    def __init__(
+        self, conn: ServerProtocol, transport: asyncio.Transport, writable: asyncio.Event
+    ) -> None:
+        self._conn = conn
+        self._transport = transport
+        self._writable = writable  # uvicorn's: clear while the transport is paused
+
+    def ready(self) -> bool:
+        return (
+            self._conn.state is State.OPEN
+            and self._writable.is_set()
+            and not self._transport.is_closing()
+        )
+
+    def write(self, data: bytes) -> None:
+        if self._conn.state is State.OPEN and not self._transport.is_closing():
+            self._transport.write(data)
+
+    async def drained(self) -> None:
+        await self._writable.wait()  # also set once the connection is lost

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import secrets
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fastapi import WebSocket, WebSocketException
 from starlette.concurrency import run_in_threadpool
@@ -21,7 +21,7 @@ from handler.chat.handshake import Accepted, Refused, negotiate
 from handler.chat.ports import StoreUnavailable
 from handler.chat.wire import CloseCode
 from handler.local.delivery import Outbox
-from handler.local.protocols import QUEUED_FRAMES
+from handler.local.protocols import SOCKET
 from infra.observability.log_json import log_context
 
 if TYPE_CHECKING:
@@ -72,16 +72,19 @@ async def _serve_socket(
     rights: Rights,
 ) -> None:
     metrics = chat.metrics
+    access = (websocket.scope.get("extensions") or {}).get(SOCKET, {})
     outbox = Outbox(
         websocket.send_text,
         websocket.close,
         chat.settings.send_queue_frames,
         on_overflow=metrics.slow_consumer_closes.inc,
+        sink=access.get("sink"),
+        corks=chat.delivery.corks,
     )
     chat.delivery.register(connection_id, outbox)
     metrics.joined(asked.room)
     reader: asyncio.Task[int] | None = None
-    writer: asyncio.Task[None] | None = None
+    finished: asyncio.Future[None] | None = None
     try:
         params = ConnectParams(asked.dialect, asked.q, rights)
         try:
@@ -92,16 +95,19 @@ async def _serve_socket(
         except Exception as error:
             _unavailable(outbox, error)
         await websocket.accept(subprotocol=asked.subprotocol)
-        writer = outbox.start()  # what was queued before the accept goes first
+        finished = outbox.start()
         try:
             await chat.call(chat.core.welcome, connection_id, asked.since, asked.epoch)
         except Exception as error:
             _unavailable(outbox, error)
-        reader = asyncio.create_task(_read(websocket, chat, connection_id, outbox))
+        reader = asyncio.create_task(
+            _read(websocket, chat, connection_id, outbox, access.get("queued", lambda: 0))
+        )
         # Whichever side ends first ends the connection: the client hanging up, or the
         # writer finishing a close (slow consumer, oversize frame, expiry, abuse).
         try:
-            await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
+            ends: list[asyncio.Future[Any]] = [reader, finished]
+            await asyncio.wait(ends, return_when=asyncio.FIRST_COMPLETED)
         finally:
             reader.cancel()
     finally:
@@ -111,8 +117,8 @@ async def _serve_socket(
             log.warning("could not record that %s left (store unavailable)", connection_id)
         finally:
             chat.delivery.unregister(connection_id)
-            if writer is not None:
-                writer.cancel()
+            if finished is not None:
+                finished.cancel()
             metrics.left(asked.room, _close_code(reader, outbox))
 
 
@@ -125,12 +131,16 @@ def _close_code(reader: asyncio.Task[int] | None, outbox: Outbox) -> int:
     return CloseCode.ABNORMAL
 
 
-async def _read(websocket: WebSocket, chat: LocalChat, connection_id: str, outbox: Outbox) -> int:
+async def _read(
+    websocket: WebSocket,
+    chat: LocalChat,
+    connection_id: str,
+    outbox: Outbox,
+    waiting: Callable[[], int],
+) -> int:
     """Hand the client's frames to the core until it goes; returns its close code. Frames that
-    arrived while the core was busy with earlier ones go to it together: on Redis, their
-    messages are then stored in one round trip instead of one each."""
-    extension = (websocket.scope.get("extensions") or {}).get(QUEUED_FRAMES, {})
-    waiting: Callable[[], int] = extension.get("count", lambda: 0)
+    arrived while the core was busy with earlier ones (`waiting` counts them) go to it
+    together: on Redis, their messages are then stored in one round trip instead of one each."""
     while True:
         message = await websocket.receive()
         frames: list[str | bytes] = []

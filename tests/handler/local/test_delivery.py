@@ -2,7 +2,10 @@ from __future__ import annotations
 
 import asyncio
 
-from handler.local.delivery import LocalDelivery, Outbox
+import pytest
+from websockets.frames import Frame, Opcode
+
+from handler.local.delivery import LocalDelivery, Outbox, OutboxState, text_frame
 
 
 class Socket:
@@ -84,3 +87,126 @@ async def test_a_failing_socket_ends_only_its_writer() -> None:
     outbox.offer("x")
     await asyncio.wait_for(task, 5)
     assert task.exception() is None
+
+
+class Sink:
+    """A socket's transport as RawFrames shows it: records writes; `ready` is false while
+    paused, as after a write the kernel could not take."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.open = True
+        self.resumed = asyncio.Event()
+        self.resumed.set()
+
+    def ready(self) -> bool:
+        return self.open and self.resumed.is_set()
+
+    def write(self, data: bytes) -> None:
+        if self.open:
+            self.writes.append(data)
+
+    async def drained(self) -> None:
+        await self.resumed.wait()
+
+    def frames(self) -> list[str]:
+        """The payloads written, in order (each frame here is under 126 bytes)."""
+        data, payloads = b"".join(self.writes), []
+        while data:
+            size = data[1]
+            payloads.append(data[2 : 2 + size].decode())
+            data = data[2 + size :]
+        return payloads
+
+
+def _sunk(capacity: int = 8) -> tuple[Outbox, Sink, Socket]:
+    sink, socket = Sink(), Socket()
+    return Outbox(socket.send, socket.close, capacity, sink=sink), sink, socket
+
+
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 127, 65535, 65536, 70000])
+def test_a_frame_is_encoded_as_websockets_would(size: int) -> None:
+    payload = "é" * (size // 2) + "x" * (size % 2)  # two bytes each in UTF-8
+    expected = Frame(Opcode.TEXT, payload.encode()).serialize(mask=False)
+    assert text_frame(payload) == expected
+
+
+async def test_a_socket_that_keeps_up_gets_a_turns_frames_in_one_write_and_no_task() -> None:
+    outbox, sink, socket = _sunk()
+    outbox.start()
+    tasks = len(asyncio.all_tasks())
+    for i in range(3):
+        outbox.offer(str(i), text_frame(str(i)))
+    assert sink.writes == []  # corked until the turn ends
+    assert len(asyncio.all_tasks()) == tasks  # no writer was started for them
+    await asyncio.sleep(0)
+    assert sink.writes == [text_frame("0") + text_frame("1") + text_frame("2")]
+    assert socket.sent == []  # nothing went through the ASGI send
+
+
+async def test_a_paused_transport_queues_frames_and_keeps_their_order() -> None:
+    outbox, sink, _ = _sunk()
+    outbox.start()
+    outbox.offer("a")
+    await asyncio.sleep(0)
+    sink.resumed.clear()  # the kernel took only part of a write: asyncio paused it
+    outbox.offer("b")
+    outbox.offer("c")
+    await asyncio.sleep(0.01)
+    assert sink.frames() == ["a"]
+    sink.resumed.set()
+    outbox.offer("d")  # while b and c wait their turn: after them, not before
+    await asyncio.sleep(0)
+    outbox.offer("e")  # the queue is empty again: straight through
+    await asyncio.sleep(0.01)
+    assert sink.frames() == ["a", "b", "c", "d", "e"]
+    assert len(sink.writes) == 3  # a; b, c and d together; e
+
+
+async def test_a_frame_corked_before_a_pause_goes_before_those_queued_after_it() -> None:
+    outbox, sink, _ = _sunk()
+    outbox.start()
+    outbox.offer("a")  # corked
+    sink.resumed.clear()  # something else written in this turn (a pong) paused it
+    outbox.offer("b")  # queued
+    sink.resumed.set()
+    await asyncio.sleep(0.01)
+    assert sink.frames() == ["a", "b"]
+
+
+async def test_a_paused_socket_that_overflows_is_closed_1013_after_its_sent_frames() -> None:
+    outbox, sink, socket = _sunk(capacity=4)
+    finished = outbox.start()
+    sink.resumed.clear()
+    for i in range(6):
+        outbox.offer(str(i))
+    sink.resumed.set()
+    await asyncio.wait_for(finished, 5)
+    assert socket.closed == (1013, "slow consumer: send queue full")
+    assert sink.frames() == []  # the backlog was dropped; the close is all it gets
+
+
+async def test_nothing_is_written_once_the_socket_closed() -> None:
+    outbox, sink, _ = _sunk()
+    finished = outbox.start()
+    sink.resumed.clear()
+    outbox.offer("queued")
+    sink.open = False  # the client's close frame arrived; uvicorn answered it
+    sink.resumed.set()
+    await asyncio.wait_for(finished, 5)
+    assert outbox.state is OutboxState.CLOSED and sink.writes == []
+
+
+async def test_one_encoding_serves_every_recipient_and_the_close_comes_after() -> None:
+    delivery = LocalDelivery()
+    sunk = [_sunk() for _ in range(3)]
+    for index, (outbox, _, _) in enumerate(sunk):
+        delivery.register(str(index), outbox)
+        outbox.start()
+    assert delivery.send(["0", "1", "2"], "hello") == []
+    delivery.close("1", 1000, "bye")
+    await asyncio.sleep(0.01)
+    writes = [sink.writes for _, sink, _ in sunk]
+    assert writes == [[text_frame("hello")]] * 3
+    assert writes[0][0] is writes[2][0]  # the same bytes object, encoded once
+    assert sunk[1][2].closed == (1000, "bye")
