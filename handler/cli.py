@@ -9,10 +9,14 @@ import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
 
 import handler.check as check_module
 from handler.emulate.gateway import EmulatorConfig
 from infra.settings import Settings, SettingsError, get_settings
+
+if TYPE_CHECKING:
+    from handler.local.protocols import ChatServerConfig
 
 H11_MAX_HEAD = 16 * 1024
 WS_MAX_LINE = 1024 * 1024
@@ -62,32 +66,38 @@ def _shared_metrics(workers: int) -> Iterator[None]:
 
 
 def _serve_app(args: argparse.Namespace, settings: Settings) -> None:
-    from handler.local.log_redaction import log_config
-    from handler.local.protocols import ChatServerConfig, serve
+    from handler.local.protocols import serve
 
-    serve(
-        ChatServerConfig(
-            "handler.local.service:create_local_app",
-            factory=True,
-            host=args.host or settings.host,
-            port=args.port if args.port is not None else settings.port,
-            reload=args.reload,
-            workers=args.workers,
-            h11_max_incomplete_event_size=H11_MAX_HEAD,
-            handshake_timeout=settings.handshake_timeout,
-            max_pending_handshakes=settings.max_pending_handshakes,
-            timeout_graceful_shutdown=settings.shutdown_timeout,
-            log_config=log_config(settings.log_level, settings.log_format),
-            log_level=settings.log_level,
-            # WebSocket safety: frames over our own limit are refused by the protocol layer
-            # (close 1009) before they are buffered, the inbound queue is bounded, and
-            # compression (a CPU and memory amplifier) is off unless asked for.
-            ws_max_size=settings.max_message_bytes,
-            ws_max_queue=16,
-            ws_per_message_deflate=settings.ws_per_message_deflate,
-            ws_ping_interval=settings.ws_ping_interval,
-            ws_ping_timeout=settings.ws_ping_timeout,
-        )
+    host = args.host or settings.host
+    port = args.port if args.port is not None else settings.port
+    serve(server_config(settings, host, port, reload=args.reload, workers=args.workers))
+
+
+def server_config(settings: Settings, host: str, port: int, **options: Any) -> ChatServerConfig:
+    """uvicorn's configuration for `wschat serve` (bench/idle_memory.py runs it in process)."""
+    from handler.local.log_redaction import log_config
+    from handler.local.protocols import ChatServerConfig
+
+    return ChatServerConfig(
+        "handler.local.service:create_local_app",
+        factory=True,
+        host=host,
+        port=port,
+        h11_max_incomplete_event_size=H11_MAX_HEAD,
+        handshake_timeout=settings.handshake_timeout,
+        max_pending_handshakes=settings.max_pending_handshakes,
+        timeout_graceful_shutdown=settings.shutdown_timeout,
+        log_config=log_config(settings.log_level, settings.log_format),
+        log_level=settings.log_level,
+        # WebSocket safety: frames over our own limit are refused by the protocol layer
+        # (close 1009) before they are buffered, the inbound queue is bounded, and
+        # compression (a CPU and memory amplifier) is off unless asked for.
+        ws_max_size=settings.max_message_bytes,
+        ws_max_queue=16,
+        ws_per_message_deflate=settings.ws_per_message_deflate,
+        ws_ping_interval=settings.ws_ping_interval,
+        ws_ping_timeout=settings.ws_ping_timeout,
+        **options,
     )
 
 

@@ -261,7 +261,8 @@ class Emulator:
             reader = asyncio.create_task(self._read(connection_id, socket))
             timer = asyncio.create_task(self._expire(socket))
             try:
-                done, _ = await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
+                ends: list[asyncio.Future[Any]] = [reader, writer]
+                done, _ = await asyncio.wait(ends, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 for task in (reader, writer, timer):
                     task.cancel()

@@ -117,8 +117,9 @@ class Outbox:
         self._sink = sink
         self._corks = corks if corks is not None else Corks()
         self._corked: list[bytes] = []
-        # Encoded frames for the sink, payloads for `send`, and the close.
-        self._frames: deque[bytes | str | _Close] = deque()
+        # Encoded frames for the sink, payloads for `send`, and the close; made when first
+        # needed (an empty deque takes 760 bytes, and most sockets never need one).
+        self._frames: deque[bytes | str | _Close] | None = None
         self._writer: asyncio.Task[None] | None = None
         self._finished: asyncio.Future[None] | None = None
         self.close_code: int | None = None  # the close this side asked for, if any
@@ -155,7 +156,7 @@ class Outbox:
                 self._corks.add(self)
             self._corked.append(frame if frame is not None else text_frame(payload))
             return
-        if len(self._frames) >= self._capacity:
+        if self._frames is not None and len(self._frames) >= self._capacity:
             log.warning("send queue full (%d frames); closing slow consumer", self._capacity)
             self._on_overflow()
             self._frames.clear()
@@ -172,7 +173,7 @@ class Outbox:
             return
         self.state = OutboxState.CLOSING
         self.close_code = code
-        if len(self._frames) >= self._capacity:
+        if self._frames is not None and len(self._frames) >= self._capacity:
             self._frames.clear()
         self._push(_Close(code, reason))
         if self._finished is not None:
@@ -186,6 +187,8 @@ class Outbox:
         corked.clear()
 
     def _push(self, item: bytes | str | _Close) -> None:
+        if self._frames is None:
+            self._frames = deque()
         self._frames.append(item)
         if self._finished is not None:
             self._wake()
@@ -216,6 +219,7 @@ class Outbox:
     async def _write(self) -> None:
         """Drain the queue, then end: a socket that keeps up has no task of its own."""
         frames, sink = self._frames, self._sink
+        assert frames is not None  # a writer is started for frames queued
         try:
             self.uncork()  # a frame corked earlier in this turn goes before the queue
             while frames and not self._finished_done():

@@ -36,7 +36,7 @@ from websockets.server import ServerProtocol
 from handler.chat.wire import CloseCode
 
 if TYPE_CHECKING:
-    from uvicorn._types import ASGISendEvent
+    from uvicorn._types import ASGIReceiveEvent, ASGISendEvent
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +172,9 @@ class ChatWebSocketProtocol(WebSocketsSansIOProtocol):
         # websockets' debug lines show every header and frame: cookies, bearer tokens, the
         # seed's echo of the credential, refresh requests. Not at any log level.
         self.conn.debug = False
+        # An idle socket holds these for hours: the lighter forms save about 3.5 KiB each.
+        self.queue = _Inbox()  # type: ignore[assignment]
+        self.writable = _Flag()  # type: ignore[assignment]
 
     def handle_connect(self, event: Any) -> None:
         super().handle_connect(event)
@@ -202,6 +205,12 @@ class ChatWebSocketProtocol(WebSocketsSansIOProtocol):
         await super().send(message)
         if message["type"] == "websocket.http.response.body" and not message.get("more_body"):
             self.handshake_complete = True  # the denial response was sent: nothing is pending
+        elif message["type"] == "websocket.accept" and hasattr(self, "response"):
+            # The upgrade request and its response (their headers, about 2.5 KiB) are
+            # needed no more; the scope keeps what the app reads. websockets' parser keeps
+            # the request for the socket's life (a local of its generator): empty it.
+            self.request.headers.clear()
+            del self.request, self.response
 
     def send_receive_event_to_app(self) -> None:
         if self.curr_msg_data_type == "text":
@@ -226,7 +235,7 @@ class RawFrames:
     __slots__ = ("_conn", "_transport", "_writable")
 
     def __init__(
-        self, conn: ServerProtocol, transport: asyncio.Transport, writable: asyncio.Event
+        self, conn: ServerProtocol, transport: asyncio.Transport, writable: asyncio.Event | _Flag
     ) -> None:
         self._conn = conn
         self._transport = transport
@@ -245,3 +254,69 @@ class RawFrames:
 
     async def drained(self) -> None:
         await self._writable.wait()  # also set once the connection is lost
+
+
+class _Inbox:
+    """The frames and events uvicorn's protocol queues for the app (its ASGI `receive`):
+    the part of asyncio.Queue that uvicorn uses, for one reader, without the three deques and
+    the Event an asyncio.Queue allocates up front. uvicorn pauses reading while anything
+    waits here, so it holds a few items at most."""
+
+    __slots__ = ("_items", "_waiter")
+
+    def __init__(self) -> None:
+        self._items: list[ASGIReceiveEvent] = []
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put_nowait(self, item: ASGIReceiveEvent) -> None:
+        self._items.append(item)
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def get(self) -> ASGIReceiveEvent:
+        while not self._items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._items.pop(0)
+
+    def empty(self) -> bool:
+        return not self._items
+
+    def qsize(self) -> int:
+        return len(self._items)
+
+
+class _Flag:
+    """asyncio.Event as uvicorn uses it for `writable`, whose waiters' deque is allocated
+    only when someone waits (a paused transport)."""
+
+    __slots__ = ("_set", "_waiters")
+
+    def __init__(self) -> None:
+        self._set = True
+        self._waiters: list[asyncio.Future[None]] | None = None
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def set(self) -> None:
+        self._set = True
+        waiters, self._waiters = self._waiters, None
+        for waiter in waiters or ():
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def clear(self) -> None:
+        self._set = False
+
+    async def wait(self) -> None:
+        if self._set:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        if self._waiters is None:
+            self._waiters = []
+        self._waiters.append(waiter)
+        await waiter

@@ -22,7 +22,7 @@ from handler.local.expiry import LoopExpiryTimers
 from handler.local.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from handler.local.metrics import ChatMetrics
 from handler.local.protocols import DRAIN
-from handler.local.socket import chat_socket
+from handler.local.socket import SocketsFirst
 from handler.web.app import create_app
 from infra.memory.connections import MemoryConnections
 from infra.memory.message_log import MemoryMessageLog
@@ -167,15 +167,12 @@ def _on_redis(
     )
 
 
-def create_local_app(settings: Settings | None = None) -> FastAPI:
+def create_local_app(settings: Settings | None = None) -> SocketsFirst:
     """The chat under uvicorn: the shared app plus the seed's WebSocket endpoint."""
     settings = settings or get_settings()
     chat = build_local_chat(settings)
     app = create_app(settings, rest=lambda: chat, health=chat.health)
     app.state.chat = chat
-    # `:path`, so that a room name with `/` reaches the handshake's rules and is refused
-    # with their reason, as on API Gateway, instead of matching no route.
-    app.add_api_websocket_route("/items/{item_id:path}/ws", chat_socket)
 
     async def metrics() -> Response:
         """Prometheus' scrape: every worker's figures when there are several."""
@@ -195,4 +192,4 @@ def create_local_app(settings: Settings | None = None) -> FastAPI:
                 await engine.stop()
 
     app.router.lifespan_context = lifespan
-    return app
+    return SocketsFirst(app)

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import secrets
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from fastapi import WebSocket, WebSocketException
+from fastapi import FastAPI, WebSocket, WebSocketException
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import PlainTextResponse
+from starlette.types import Receive, Scope, Send
 
 from auth.errors import AuthError
 from auth.handshake import Handshake
@@ -31,6 +33,36 @@ log = logging.getLogger(__name__)
 
 # At most this many frames go to the core in one call (one Redis pipeline).
 BATCH_FRAMES = 64
+
+# The seed's socket path. Any room name, `/` included, so that one with `/` reaches the
+# handshake's rules and is refused with their reason, as on API Gateway.
+SOCKET_PATH = re.compile(r"/items/(?P<item_id>.*)/ws")
+
+
+class SocketsFirst:
+    """The ASGI app `wschat serve` runs: a socket on the chat's path goes straight to
+    `chat_socket`, everything else to the FastAPI app. A socket lives for hours, and so does
+    each coroutine frame between uvicorn and its endpoint: FastAPI's middleware, exit stacks,
+    router and dependency solving held about 9 KiB for every idle connection
+    (docs/performance.md). What they did for this one route is done here: the app in the
+    scope, and a WebSocketException before the accept answered as a close (an HTTP 403)."""
+
+    def __init__(self, app: FastAPI) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            path = scope["path"].removeprefix(scope.get("root_path", ""))
+            match = SOCKET_PATH.fullmatch(path)
+            if match is not None:
+                scope["app"] = self.app
+                websocket = WebSocket(scope, receive, send)
+                try:
+                    await chat_socket(websocket, match["item_id"])
+                except WebSocketException as refused:
+                    await websocket.close(refused.code, refused.reason)
+                return
+        await self.app(scope, receive, send)
 
 
 async def chat_socket(websocket: WebSocket, item_id: str) -> None:
@@ -58,6 +90,7 @@ async def chat_socket(websocket: WebSocket, item_id: str) -> None:
         )
         return
 
+    del handshake  # its headers and query are not needed for the hours a socket may live
     connection_id = secrets.token_urlsafe(9)
     with log_context(connection_id=connection_id, room=asked.room, user_id=principal.id):
         await _serve_socket(websocket, chat, connection_id, asked, principal, rights)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
 from handler.local.service import create_local_app
+from handler.local.socket import SocketsFirst
 from infra.settings import Settings
 
 SEED_PAGE_MARKERS = ['id="itemId"', 'id="token"', 'id="messageText"', "<title>Chat</title>"]
@@ -48,8 +48,8 @@ def test_no_credential_is_a_policy_violation(client: TestClient) -> None:
     with pytest.raises(WebSocketDisconnect) as refused, client.websocket_connect("/items/foo/ws"):
         pass
     assert refused.value.code == 1008
-    assert isinstance(client.app, FastAPI)
-    chat = client.app.state.chat
+    assert isinstance(client.app, SocketsFirst)
+    chat = client.app.app.state.chat
     assert len(chat.delivery) == 0 and chat.core.connections.count("foo") == 0  # nothing kept
 
 
