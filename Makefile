@@ -91,6 +91,7 @@ bench: $(VENV)/.installed-bench
 	$(BIN)/python bench/local_fanout.py
 	$(BIN)/python bench/slow_consumer.py
 	$(BIN)/python bench/capacity.py
+	$(BIN)/python bench/idle_memory.py
 	$(BIN)/python bench/cold_start.py
 	$(BIN)/python bench/warm_path.py
 	$(BIN)/python bench/lambda_fanout.py

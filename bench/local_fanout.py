@@ -5,21 +5,27 @@ under uvicorn, the FastAPI docs ConnectionManager pattern (baseline) and `websoc
     .venv/bin/python bench/local_fanout.py [--sizes 10,100,1000]
 
 Per server and N: deliveries/s with at most 16 messages in flight, the server's CPU time per
-delivery (from /proc; the median of 5 phases, the servers taking turns), this client's CPU
-use, and p50/p99/max delivery latency at a paced 2,000 deliveries/s. Target (issue 7):
-server CPU per delivery at most 1.3x the websockets reference, and no worse than the FastAPI
-docs pattern.
+delivery (from /proc; the median of 5 phases, the servers taking turns), as a multiple of
+the websockets reference and of the floor (the CPU of one `transport.write` of a frame of
+the same size to a loopback socket on the same core, bench/write_floor.py), this client's
+CPU use, and p50/p99/max delivery latency at a paced 2,000 deliveries/s. Targets (issue 28):
+wschat's CPU per delivery at most 0.8x the FastAPI docs pattern's and 1.0x the reference's
+at every N, 0.6x the reference's at N = 1000; its p99 no worse than the docs pattern's.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import subprocess
 import time
 from contextlib import ExitStack
 from typing import Any
 
 from wsload import (
+    BENCH,
+    PYTHON,
+    SERVER_CORE,
     SUBJECTS,
     WEBSOCKETS,
     Room,
@@ -37,6 +43,14 @@ DELIVERIES = 30_000  # per throughput phase, whatever N is
 PACED_RATE = 2_000  # deliveries/s in the latency phase
 PACED_SECONDS = 3.0
 REPEATS = 5  # throughput phases per server, taking turns; the median is reported
+FRAME_BYTES = 64  # about the payload of the text line a receiver gets for a stamped message
+
+
+def write_floor() -> float:
+    """Microseconds of CPU per `transport.write` of one frame, on the servers' core."""
+    command = ["taskset", "-c", str(SERVER_CORE), PYTHON, str(BENCH / "write_floor.py")]
+    command += ["--size", str(FRAME_BYTES)]
+    return float(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
 
 
 async def phase(room: Room, messages: int) -> tuple[float, float, float]:
@@ -93,6 +107,7 @@ def main() -> int:
     args = parser.parse_args()
     subjects = [s for s in SUBJECTS if s.key in args.servers.split(",")]
     pin_to_client_core()
+    floor = write_floor()
     rows: list[dict[str, Any]] = []
     for receivers in (int(size) for size in args.sizes.split(",")):
         with ExitStack() as stack:  # fresh server processes for each N: no leftover state
@@ -100,19 +115,22 @@ def main() -> int:
             rows += asyncio.run(measure(servers, receivers))
     reference = {row["receivers"]: row for row in rows if row["server"] == WEBSOCKETS.label}
     lines = [
-        "| N | server | deliveries/s | server CPU/delivery | vs websockets | client CPU "
-        "| p50 | p99 | max |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| N | server | deliveries/s | server CPU/delivery | vs websockets | vs floor "
+        "| client CPU | p50 | p99 | max |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         base = reference.get(row["receivers"], row)
         row["vs_reference"] = row["server_us_per_delivery"] / base["server_us_per_delivery"]
+        row["floor_us"] = floor
+        row["vs_floor"] = row["server_us_per_delivery"] / floor
         lines.append(
             f"| {row['receivers']} | {row['server']} | {row['deliveries_per_s']:,.0f} "
             f"| {row['server_us_per_delivery']:.1f} µs | {row['vs_reference']:.2f}x "
-            f"| {row['client_cpu_pct']:.0f}% | {ms(row['p50'])} | {ms(row['p99'])} "
-            f"| {ms(row['max'])} |"
+            f"| {row['vs_floor']:.1f}x | {row['client_cpu_pct']:.0f}% | {ms(row['p50'])} "
+            f"| {ms(row['p99'])} | {ms(row['max'])} |"
         )
+    lines.append(f"\nFloor: one `transport.write` of a {FRAME_BYTES}-byte frame, {floor:.2f} µs.")
     return publish("local_fanout", lines, rows)
 
 

@@ -25,6 +25,7 @@ SECTIONS = {  # file name: heading, in the order of issue 7
     "local_fanout": "1. Local room fan-out (uvicorn)",
     "slow_consumer": "2. Slow consumer",
     "capacity": "3. Capacity",
+    "idle_memory": "3b. Where an idle connection's memory goes",
     "cold_start": "4. Lambda cold start",
     "warm_path": "5. Lambda warm path",
     "lambda_fanout": "6. Lambda fan-out",
@@ -35,7 +36,7 @@ SECTIONS = {  # file name: heading, in the order of issue 7
 }
 BAR_PANELS = (  # results file, panel, label field, value field, title, unit
     ("slow_consumer", (0, 2), "label", "p99", "2. Slow consumer: healthy receivers' p99", "ms"),
-    ("capacity", (0, 3), "server", "kib_per_connection", "3. Memory/idle connection (≤ 50)", "KiB"),
+    ("capacity", (0, 3), "server", "kib_per_connection", "3. Memory/idle connection (≤ 20)", "KiB"),
     ("cold_start", (1, 0), "what", "ms", "4. Lambda cold start, fresh process", "ms"),
     ("warm_path", (1, 1), "path", "us", "5. Warm $default CPU (≤ 1,000; log)", "µs"),
     ("lambda_fanout", (1, 2), "way", "seconds", "6. Lambda fan-out to 1,000 at 20 ms (≤ 1.5)", "s"),

@@ -51,6 +51,15 @@ def test_local_fanout_and_report(tmp_path: Path) -> None:
     assert (tmp_path / "chart.png").read_bytes().startswith(b"\x89PNG")
 
 
+@pytest.mark.timeout(120)
+def test_idle_memory_says_where_an_idle_connection_goes(tmp_path: Path) -> None:
+    require("taskset", "pin the benchmark's clients to a core")
+    table = run("idle_memory.py", tmp_path, "--connections", "50", "--top", "40")
+    (row,) = json.loads((tmp_path / "idle_memory.json").read_text())["rows"]
+    assert row["connections"] == 50 and row["traced_kib_per_connection"] > 0
+    assert "handler/local/socket.py:" in table  # the chat's own lines are among them
+
+
 @pytest.mark.timeout(180)
 def test_lambda_benchmarks_run_and_count_every_post(tmp_path: Path) -> None:
     require("taskset", "pin the benchmark's stand-ins and client to cores")
