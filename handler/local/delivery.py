@@ -69,12 +69,14 @@ class _Close:
 class Outbox:
     """What is on its way to one client, in order.
 
-    A frame for a socket with nothing queued and a transport that takes writes is corked:
-    held until the end of the event loop's turn, then written with whatever else the socket
-    got in that turn, in one write (`Corks`). Otherwise it is queued, and a writer task,
-    started then and ended once the queue is empty, waits for the socket to drain. A socket
-    without a sink (permessage-deflate, or the emulator's) has every frame written by that
-    writer through the ASGI `send`.
+    For a socket with nothing queued and a transport that takes writes, the first frame in a
+    turn of the event loop is written at once (the client starts reading while the rest of
+    the room is served); the frames after it in the same turn are corked, and go out together
+    at the turn's end, in one write (`Corks`): a burst costs a socket two system calls, not
+    one a frame. Otherwise a frame is queued, and a writer task, started then and ended once
+    the queue is empty, waits for the socket to drain. A socket without a sink
+    (permessage-deflate, or the emulator's) has every frame written by that writer through
+    the ASGI `send`.
 
     Call `start()` once the socket is accepted. After a close is requested the writer gets
     `close_grace` seconds to flush it; a client that still is not reading is then abandoned
@@ -116,7 +118,9 @@ class Outbox:
         self._on_overflow = on_overflow
         self._sink = sink
         self._corks = corks if corks is not None else Corks()
-        self._corked: list[bytes] = []
+        # None: nothing written in this turn of the loop; a list: the first frame was, and
+        # these wait for the turn's end.
+        self._corked: list[bytes] | None = None
         # Encoded frames for the sink, payloads for `send`, and the close; made when first
         # needed (an empty deque takes 760 bytes, and most sockets never need one).
         self._frames: deque[bytes | str | _Close] | None = None
@@ -152,9 +156,13 @@ class Outbox:
             and self._finished is not None
             and sink.ready()
         ):
-            if not self._corked:
+            data = frame if frame is not None else text_frame(payload)
+            if self._corked is None:  # the turn's first: out now, while the room is served
+                self._corked = []
                 self._corks.add(self)
-            self._corked.append(frame if frame is not None else text_frame(payload))
+                sink.write(data)
+            else:
+                self._corked.append(data)
             return
         if self._frames is not None and len(self._frames) >= self._capacity:
             log.warning("send queue full (%d frames); closing slow consumer", self._capacity)
@@ -180,11 +188,10 @@ class Outbox:
             asyncio.get_running_loop().call_later(self._close_grace, self._abandon)
 
     def uncork(self) -> None:
-        """Write what this turn corked, in one write."""
-        corked = self._corked
+        """Write what this turn corked, in one write; the next frame is a turn's first."""
+        corked, self._corked = self._corked, None
         if corked and self._sink is not None:
             self._sink.write(corked[0] if len(corked) == 1 else b"".join(corked))
-        corked.clear()
 
     def _push(self, item: bytes | str | _Close) -> None:
         if self._frames is None:
@@ -247,8 +254,9 @@ class Outbox:
 
 
 class Corks:
-    """The outboxes with frames corked in this turn of the event loop, written at its end:
-    what one socket gets in one turn goes out in one write, one system call."""
+    """The outboxes written to in this turn of the event loop: at its end, what each has
+    corked since its first frame goes out in one write, and its next frame is a turn's first
+    again."""
 
     __slots__ = ("_corked", "_loop")
 

@@ -131,16 +131,20 @@ def test_a_frame_is_encoded_as_websockets_would(size: int) -> None:
     assert text_frame(payload) == expected
 
 
-async def test_a_socket_that_keeps_up_gets_a_turns_frames_in_one_write_and_no_task() -> None:
+async def test_a_socket_that_keeps_up_gets_its_first_frame_at_once_the_rest_of_the_turn_in_one_write() -> (
+    None
+):
     outbox, sink, socket = _sunk()
     outbox.start()
     tasks = len(asyncio.all_tasks())
-    for i in range(3):
+    for i in range(4):
         outbox.offer(str(i), text_frame(str(i)))
-    assert sink.writes == []  # corked until the turn ends
-    assert len(asyncio.all_tasks()) == tasks  # no writer was started for them
+    assert sink.writes == [text_frame("0")]  # the first goes while the room is served
+    assert len(asyncio.all_tasks()) == tasks  # no writer was started for any of them
     await asyncio.sleep(0)
-    assert sink.writes == [text_frame("0") + text_frame("1") + text_frame("2")]
+    assert sink.writes == [text_frame("0"), text_frame("1") + text_frame("2") + text_frame("3")]
+    outbox.offer("4")  # a new turn: its first frame goes at once again
+    assert sink.frames() == ["0", "1", "2", "3", "4"] and len(sink.writes) == 3
     assert socket.sent == []  # nothing went through the ASGI send
 
 
