@@ -42,6 +42,8 @@ from wsload import (
 DELIVERIES = 30_000  # per throughput phase, whatever N is
 PACED_RATE = 2_000  # deliveries/s in the latency phase
 PACED_SECONDS = 3.0
+# At N = 1000 the rate is 2 messages/s: with fewer than this, one slow message was the p99.
+PACED_MIN_MESSAGES = 20
 REPEATS = 5  # throughput phases per server, taking turns; the median is reported
 FRAME_BYTES = 64  # about the payload of the text line a receiver gets for a stamped message
 
@@ -82,7 +84,7 @@ async def measure(servers: list[Server], receivers: int) -> list[dict[str, Any]]
         for room, runs in zip(rooms, phases, strict=True):
             server_cpu, wall, client_cpu = sorted(runs)[REPEATS // 2]  # the median phase
             rate = PACED_RATE / receivers
-            count = max(3, round(rate * PACED_SECONDS))
+            count = max(PACED_MIN_MESSAGES, round(rate * PACED_SECONDS))
             latency = await paced(room, rate, count, settle=10)
             rows.append(
                 {

@@ -131,9 +131,7 @@ def test_a_frame_is_encoded_as_websockets_would(size: int) -> None:
     assert text_frame(payload) == expected
 
 
-async def test_a_socket_that_keeps_up_gets_its_first_frame_at_once_the_rest_of_the_turn_in_one_write() -> (
-    None
-):
+async def test_a_turns_first_frame_goes_at_once_and_the_rest_of_the_turn_in_one_write() -> None:
     outbox, sink, socket = _sunk()
     outbox.start()
     tasks = len(asyncio.all_tasks())
