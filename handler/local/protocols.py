@@ -172,7 +172,7 @@ class ChatWebSocketProtocol(WebSocketsSansIOProtocol):
         # websockets' debug lines show every header and frame: cookies, bearer tokens, the
         # seed's echo of the credential, refresh requests. Not at any log level.
         self.conn.debug = False
-        # An idle socket holds these for hours: the lighter forms save about 3.5 KiB each.
+        # An idle socket holds these for hours: the lighter forms save 3.8 KiB together.
         self.queue = _Inbox()  # type: ignore[assignment]
         self.writable = _Flag()  # type: ignore[assignment]
 

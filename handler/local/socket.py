@@ -43,7 +43,7 @@ class SocketsFirst:
     """The ASGI app `wschat serve` runs: a socket on the chat's path goes straight to
     `chat_socket`, everything else to the FastAPI app. A socket lives for hours, and so does
     each coroutine frame between uvicorn and its endpoint: FastAPI's middleware, exit stacks,
-    router and dependency solving held about 9 KiB for every idle connection
+    router and dependency solving held about 11 KiB for every idle connection
     (docs/performance.md). What they did for this one route is done here: the app in the
     scope, and a WebSocketException before the accept answered as a close (an HTTP 403)."""
 
