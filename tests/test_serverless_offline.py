@@ -174,6 +174,21 @@ async def test_every_credential_form_of_wschat_serve_gets_in(offline: int) -> No
     assert refused.value.response.status_code == 403  # no credential, as `wschat serve` says
 
 
+async def test_a_binary_frame_is_dropped_not_closed_as_api_gateway_would(offline: int) -> None:
+    """A known difference (docs/serverless.md): API Gateway closes with 1003 on a binary frame
+    (`wschat emulate` does too); serverless offline hands it to $default as a body that is not
+    a string, which refuses the event. Nothing comes back and the connection stays."""
+    async with websockets.connect(
+        f"ws://127.0.0.1:{offline}?room=offline-binary&token=t", open_timeout=60
+    ) as ws:
+        await ws.send(b"\xff\xfe")
+        await ws.send("after")
+        assert [await recv(ws, 60) for _ in range(2)] == [
+            "Session cookie or query token value is: t",
+            "Message text was: after, for item ID: offline-binary",
+        ]
+
+
 @pytest.mark.timeout(240)
 async def test_wschat_check_passes_against_serverless_offline(
     offline: int, monkeypatch: pytest.MonkeyPatch
