@@ -115,7 +115,7 @@ def _allow_long_request_lines() -> None:
 
 def _emulate(args: argparse.Namespace) -> int:
     _allow_long_request_lines()
-    from handler.emulate import build_emulator
+    from handler.emulate import authorizer_identity_sources, build_emulator
     from handler.emulate.gateway import MAX_FRAME_BYTES, QuietPlumbing
     from handler.local.log_redaction import log_config
     from handler.local.protocols import ChatServerConfig, serve
@@ -124,6 +124,7 @@ def _emulate(args: argparse.Namespace) -> int:
     config = EmulatorConfig(
         stage=args.stage,
         authorizer=args.authorizer,
+        identity_sources=authorizer_identity_sources() if args.authorizer else (),
         idle_timeout=args.idle_timeout,
         max_duration=args.max_duration,
     )
@@ -275,7 +276,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     emulate.add_argument(
         "--authorizer",
         action="store_true",
-        help="run the REQUEST authorizer on $connect (needs ?token=)",
+        help="put the REQUEST authorizer in front of $connect, as a stage with `connectAuth: "
+        "authorizer` does (its identity sources from serverless.yml: ?token= only); without "
+        "it $connect authenticates every credential form, as serverless.yml's default",
     )
     emulate.add_argument(
         "--idle-timeout", type=float, default=EmulatorConfig.idle_timeout, help="seconds (10 min)"

@@ -151,7 +151,8 @@ class Settings:
     fanout_concurrency: int = _bounded(32, ge=1, le=256)
     # Big rooms (infra/aws/fanout.py): above `fanout_inline_max` members, a message goes out as
     # jobs of `fanout_chunk` members on this SQS queue; empty: always inline. The fanout
-    # function's `fanout_workers` (its reserved concurrency) share `fanout_rate` posts/s.
+    # functions that run at once, `fanout_workers` (the queue's event source mapping's maximum
+    # concurrency, serverless.yml sets both), share `fanout_rate` posts/s.
     fanout_queue_url: str = ""
     fanout_inline_max: int = _bounded(100, ge=1)
     fanout_chunk: int = _bounded(500, ge=1, le=10_000)

@@ -58,11 +58,7 @@ def test_osls_package_builds_the_stack(packaged: None) -> None:
     template = json.loads(TEMPLATE.read_text())
     resources = template["Resources"]
     types = {r["Type"] for r in resources.values()}
-    assert {
-        "AWS::DynamoDB::Table",
-        "AWS::ApiGatewayV2::Api",
-        "AWS::ApiGatewayV2::Authorizer",
-    } <= types
+    assert {"AWS::DynamoDB::Table", "AWS::ApiGatewayV2::Api", "AWS::SQS::Queue"} <= types
     runtimes = {
         r["Properties"]["Runtime"]
         for r in resources.values()
@@ -81,62 +77,182 @@ def test_osls_package_builds_the_stack(packaged: None) -> None:
     assert {"WebSocketUrl", "HttpUrl"} <= set(template["Outputs"])
 
 
-ROLES = {"ChatFunctionRole", "FanoutFunctionRole"}
+def _resources() -> dict[str, Any]:
+    resources: dict[str, Any] = json.loads(TEMPLATE.read_text())["Resources"]
+    return resources
 
 
-def test_iam_is_least_privilege(packaged: None) -> None:
-    resources = json.loads(TEMPLATE.read_text())["Resources"]
-    assert "IamRoleLambdaExecution" not in resources  # the framework's broader default role
-    roles = {name for name, r in resources.items() if r["Type"] == "AWS::IAM::Role"}
-    assert roles == ROLES
-    granted: dict[str, set[str]] = {}
-    for role in ROLES:
+def _of_type(kind: str) -> dict[str, Any]:
+    return {name: r for name, r in _resources().items() if r["Type"] == kind}
+
+
+def _actions(statement: dict[str, Any]) -> list[str]:
+    action = statement["Action"]
+    return action if isinstance(action, list) else [action]
+
+
+# Each function's role, and every action it grants: what the function's code calls.
+LOGS = {"logs:CreateLogStream", "logs:PutLogEvents"}
+TABLE_ITEMS = {
+    "dynamodb:GetItem",
+    "dynamodb:PutItem",
+    "dynamodb:UpdateItem",
+    "dynamodb:DeleteItem",
+    "dynamodb:Query",
+    "dynamodb:ConditionCheckItem",
+}
+POSTS = {"execute-api:ManageConnections"}
+ROLES = {
+    "ChatFunctionRole": LOGS | TABLE_ITEMS | POSTS,
+    "ConnectFunctionRole": LOGS | TABLE_ITEMS | POSTS | {"lambda:InvokeFunction"},
+    "MessageFunctionRole": LOGS | TABLE_ITEMS | POSTS | {"sqs:SendMessage"},
+    "AuthorizerFunctionRole": LOGS,
+    "FanoutFunctionRole": LOGS
+    | {"dynamodb:GetItem", "dynamodb:Query", "dynamodb:DeleteItem"}
+    | {"sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes", "sqs:SendMessage"}
+    | POSTS,
+}
+FUNCTION_ROLES = {
+    "HttpLambdaFunction": "MessageFunctionRole",
+    "DefaultLambdaFunction": "MessageFunctionRole",
+    "ConnectLambdaFunction": "ConnectFunctionRole",
+    "DisconnectLambdaFunction": "ChatFunctionRole",
+    "WelcomeLambdaFunction": "ChatFunctionRole",
+    "AuthorizerLambdaFunction": "AuthorizerFunctionRole",
+    "FanoutLambdaFunction": "FanoutFunctionRole",
+}
+
+
+def test_each_function_has_a_role_granting_what_its_code_calls(packaged: None) -> None:
+    """Only $connect invokes the welcome, only the message path enqueues, the authorizer
+    writes its logs and nothing else; every grant is on this stack's own resources."""
+    resources = _resources()
+    assert "IamRoleLambdaExecution" not in resources  # the framework's one role for all
+    assert set(_of_type("AWS::IAM::Role")) == set(ROLES)
+    functions = _of_type("AWS::Lambda::Function")
+    assert {
+        name: function["Properties"]["Role"]["Fn::GetAtt"][0]
+        for name, function in functions.items()
+    } == FUNCTION_ROLES
+    for role, expected in ROLES.items():
         statements = [
             s
             for policy in resources[role]["Properties"]["Policies"]
             for s in policy["PolicyDocument"]["Statement"]
         ]
-        granted[role] = set()
+        granted = {a for s in statements for a in _actions(s)}
+        assert granted == expected, role
+        served = sorted(f for f, r in FUNCTION_ROLES.items() if r == role)
         for statement in statements:
-            action = statement["Action"]
-            actions = action if isinstance(action, list) else [action]
-            granted[role] |= set(actions)
-            assert not any(a.endswith(":*") or a == "*" for a in actions), statement
+            actions = _actions(statement)
             rendered = json.dumps(statement["Resource"])
             assert statement["Resource"] != "*" and ":*:*:*" not in rendered
             if any(a.startswith("dynamodb:") for a in actions):
-                assert "dynamodb:Scan" not in actions
                 assert statement["Resource"] == [{"Fn::GetAtt": ["ChatTable", "Arn"]}]
             if any(a.startswith("sqs:") for a in actions):
                 assert statement["Resource"] == [{"Fn::GetAtt": ["FanoutQueue", "Arn"]}]
             if "execute-api:ManageConnections" in actions:
                 assert '{"Ref": "WebsocketsApi"}' in rendered
-    # The chat functions only enqueue; the fanout function consumes, and writes no table item.
-    assert {"sqs:SendMessage"} == {a for a in granted["ChatFunctionRole"] if "sqs:" in a}
-    assert {"sqs:ReceiveMessage", "sqs:DeleteMessage"} <= granted["FanoutFunctionRole"]
-    assert not {"dynamodb:PutItem", "dynamodb:UpdateItem"} & granted["FanoutFunctionRole"]
-    functions = {name: r for name, r in resources.items() if r["Type"] == "AWS::Lambda::Function"}
-    for name, function in functions.items():
-        role = "FanoutFunctionRole" if name == "FanoutLambdaFunction" else "ChatFunctionRole"
-        assert function["Properties"]["Role"] == {"Fn::GetAtt": [role, "Arn"]}, name
-    fanout = functions["FanoutLambdaFunction"]["Properties"]
-    assert fanout["ReservedConcurrentExecutions"] == 4
-    (mapping,) = [r for r in resources.values() if r["Type"] == "AWS::Lambda::EventSourceMapping"]
-    assert mapping["Properties"]["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
-    queue = resources["FanoutQueue"]["Properties"]
-    assert queue["RedrivePolicy"]["deadLetterTargetArn"] == {
-        "Fn::GetAtt": ["FanoutDeadLetterQueue", "Arn"]
+            if "lambda:InvokeFunction" in actions:
+                assert rendered.endswith('function:wschat-ci-welcome"]]}]')
+            if "logs:PutLogEvents" in actions:
+                # Its own functions' log groups, one by one.
+                groups = [r["Fn::Join"][1][-1] for r in statement["Resource"]]
+                names = [f.removesuffix("LambdaFunction").lower() for f in served]
+                assert sorted(groups) == [f":log-group:/aws/lambda/wschat-ci-{n}:*" for n in names]
+
+
+def test_every_lambda_permission_is_scoped_to_this_stacks_api(packaged: None) -> None:
+    """Without a SourceArn any API Gateway API, in any account, may invoke the function with
+    an event of its choosing: a forged $connect with an authorizer context registers anyone."""
+    permissions = _of_type("AWS::Lambda::Permission")
+    assert {"ConnectLambdaPermissionWebsockets", "HttpLambdaPermissionHttpApi"} <= set(permissions)
+    for name, permission in permissions.items():
+        properties = permission["Properties"]
+        assert properties["Principal"] == "apigateway.amazonaws.com", name
+        assert "SourceArn" in properties, f"{name} has no SourceArn"
+        parts = properties["SourceArn"]["Fn::Join"][1]
+        api = "WebsocketsApi" if name.endswith("Websockets") else "HttpApi"
+        assert parts[-2:] == [{"Ref": api}, "/*"], name
+        assert parts[:3] == ["arn:", {"Ref": "AWS::Partition"}, ":execute-api:"], name
+
+
+def test_connect_authenticates_every_credential_form_itself(packaged: None) -> None:
+    """No authorizer by default: API Gateway would answer 401 for any credential its identity
+    source does not name. $connect runs the same auth code as `wschat serve`."""
+    routes = {
+        r["Properties"]["RouteKey"]: r["Properties"]
+        for r in _of_type("AWS::ApiGatewayV2::Route").values()
     }
+    assert routes["$connect"]["AuthorizationType"] == "NONE"
+    assert "AuthorizerId" not in routes["$connect"]
+    assert _of_type("AWS::ApiGatewayV2::Authorizer") == {}
+    connect = _resources()["ConnectLambdaFunction"]["Properties"]["Environment"]["Variables"]
+    assert connect["WSCHAT_AUTH"] == "token" and connect["WSCHAT_TOKENS"] == ""
+
+
+def test_the_fanout_is_bounded_by_its_mapping_not_a_reservation(packaged: None) -> None:
+    """A reservation fails the deploy on a new account (its quota keeps a minimum unreserved)
+    and throttles the mapping, which starts five batches at once: the mapping's maximum
+    concurrency bounds the workers, and they share WSCHAT_FANOUT_RATE among exactly that many."""
+    functions = _of_type("AWS::Lambda::Function")
+    for name, function in functions.items():
+        assert "ReservedConcurrentExecutions" not in function["Properties"], name
+    (mapping,) = _of_type("AWS::Lambda::EventSourceMapping").values()
+    properties = mapping["Properties"]
+    assert properties["FunctionName"] == {"Fn::GetAtt": ["FanoutLambdaFunction", "Arn"]}
+    assert properties["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    workers = properties["ScalingConfig"]["MaximumConcurrency"]
+    assert workers >= 2
+    fanout = functions["FanoutLambdaFunction"]["Properties"]
+    assert fanout["Environment"]["Variables"]["WSCHAT_FANOUT_WORKERS"] == str(workers)
+    queue = _resources()["FanoutQueue"]["Properties"]
     assert queue["VisibilityTimeout"] >= 6 * fanout["Timeout"]
 
 
-def test_cfn_lint_finds_no_errors(packaged: None) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "cfnlint", "--format", "json", str(TEMPLATE)],
+def test_a_throttled_fanout_job_is_not_dead_lettered_early(packaged: None) -> None:
+    """The Lambda guide's floor for an SQS source: at least five receives before the
+    dead-letter queue, so that throttled receives do not send a slice of a big room there."""
+    queue = _resources()["FanoutQueue"]["Properties"]
+    assert queue["RedrivePolicy"]["deadLetterTargetArn"] == {
+        "Fn::GetAtt": ["FanoutDeadLetterQueue", "Arn"]
+    }
+    assert queue["RedrivePolicy"]["maxReceiveCount"] >= 5
+
+
+def test_the_table_is_encrypted_with_the_free_aws_owned_key(packaged: None) -> None:
+    """`SSEEnabled: true` would switch to the AWS-managed KMS key, billed per request, for the
+    same encryption at rest (docs/serverless.md)."""
+    table = _resources()["ChatTable"]["Properties"]
+    assert table.get("SSESpecification", {}).get("SSEEnabled", False) is False
+    for queue in ("FanoutQueue", "FanoutDeadLetterQueue"):
+        assert _resources()[queue]["Properties"]["SqsManagedSseEnabled"] is True
+
+
+def test_osls_deploy_refuses_an_open_chat(packaged: None) -> None:
+    """The default stage is an open chat (token auth, no tokens): `osls deploy` refuses it
+    before it reaches AWS, and says how to go on."""
+    done = subprocess.run(
+        ["npx", "osls", "deploy", "--stage", "ci"],
+        cwd=ROOT,
+        env={**os.environ, "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x"},
         capture_output=True,
         text=True,
+        timeout=120,
     )
-    findings = json.loads(result.stdout or "[]")
+    output = done.stdout + done.stderr
+    assert done.returncode != 0
+    assert "would deploy an open chat" in output and "openChat: true" in output
+
+
+def test_cfn_lint_finds_no_errors(packaged: None) -> None:
+    # cfn-lint's console script: `python -m cfnlint` has no __main__ in cfn-lint 1.x, and
+    # its empty output read as no findings.
+    cfn_lint = Path(sys.executable).with_name("cfn-lint")
+    result = subprocess.run(
+        [str(cfn_lint), "--format", "json", str(TEMPLATE)], capture_output=True, text=True
+    )
+    findings = json.loads(result.stdout)
     errors = [f for f in findings if f["Level"] == "Error"]
     unexpected = [f for f in findings if f["Rule"]["Id"] not in ACCEPTED_WARNINGS]
     assert errors == [] and unexpected == [], json.dumps(findings, indent=1)

@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import boto3
 import pytest
@@ -135,12 +136,58 @@ async def test_messages_flow_through_serverless_offline(offline: int) -> None:
         assert (await recv(a, 60)).endswith(": hi")
 
 
-async def test_the_authorizer_refuses_a_missing_token(offline: int) -> None:
+@pytest.mark.timeout(180)
+async def test_every_credential_form_of_wschat_serve_gets_in(offline: int) -> None:
+    """serverless.yml's default attaches no authorizer (whose identity source would let only
+    `?token=` through): $connect authenticates, with the same code as `wschat serve`."""
+    # A room each: every socket hears only its own echo.
+    base = f"ws://127.0.0.1:{offline}?room=creds"
+    forms: dict[str, dict[str, Any]] = {
+        "query": {"uri": f"{base}-q&token=by-query"},
+        "empty query": {"uri": f"{base}-e&token="},
+        "header": {"uri": f"{base}-h", "additional_headers": {"Authorization": "Bearer by-header"}},
+        "subprotocol pair": {"uri": f"{base}-s", "subprotocols": ["bearer", "by-pair"]},
+        "cookie": {"uri": f"{base}-c", "additional_headers": {"Cookie": "session=by-cookie"}},
+    }
+    expected = {
+        "query": "by-query",
+        "empty query": "",
+        "header": "by-header",
+        "subprotocol pair": "by-pair",
+        "cookie": "by-cookie",
+    }
+
+    async def echo(options: dict[str, Any]) -> str:
+        async with websockets.connect(**options, open_timeout=60) as ws:
+            await ws.send("hi")
+            return await recv(ws, 60)
+
+    # One at a time: each is a Lambda cold start under serverless offline, and five at once
+    # on a busy machine ran past the function's timeout (502).
+    lines = [await echo(options) for options in forms.values()]
+    assert dict(zip(forms, lines, strict=True)) == {
+        form: f"Session cookie or query token value is: {credential}"
+        for form, credential in expected.items()
+    }
     with pytest.raises(websockets.exceptions.InvalidStatus) as refused:
-        async with websockets.connect(f"ws://127.0.0.1:{offline}?room=foo", open_timeout=60):
+        async with websockets.connect(base, open_timeout=60):
             pass
-    # API Gateway answers 401 for a missing identity source; serverless-offline answers 403.
-    assert refused.value.response.status_code in (401, 403)
+    assert refused.value.response.status_code == 403  # no credential, as `wschat serve` says
+
+
+async def test_a_binary_frame_is_dropped_not_closed_as_api_gateway_would(offline: int) -> None:
+    """A known difference (docs/serverless.md): API Gateway closes with 1003 on a binary frame
+    (`wschat emulate` does too); serverless offline hands it to $default as a body that is not
+    a string, which refuses the event. Nothing comes back and the connection stays."""
+    async with websockets.connect(
+        f"ws://127.0.0.1:{offline}?room=offline-binary&token=t", open_timeout=60
+    ) as ws:
+        await ws.send(b"\xff\xfe")
+        await ws.send("after")
+        assert [await recv(ws, 60) for _ in range(2)] == [
+            "Session cookie or query token value is: t",
+            "Message text was: after, for item ID: offline-binary",
+        ]
 
 
 @pytest.mark.timeout(240)
@@ -154,9 +201,9 @@ async def test_wschat_check_passes_against_serverless_offline(
     # longer than the 20 s a check has against a real deployment.
     monkeypatch.setattr("handler.check.CHECK_TIMEOUT", 60.0)
     lines: list[str] = []
-    # The authorizer's identity source is the query's token, as on API Gateway.
+    # In an Authorization header (wschat check's default): $connect reads every form.
     url = f"ws://127.0.0.1:{offline}"
-    assert await run(url, None, lines.append, credential_in="query", timeout=200) == 0, lines
+    assert await run(url, None, lines.append, timeout=200) == 0, lines
 
 
 @pytest.mark.timeout(180)

@@ -28,6 +28,7 @@ HISTORY_PAGE = 500
 class CloseCode(IntEnum):
     NORMAL = 1000
     GOING_AWAY = 1001
+    UNSUPPORTED_DATA = 1003  # API Gateway's answer to any binary frame
     NO_STATUS = 1005  # the peer closed without a code
     ABNORMAL = 1006  # the connection dropped without a close frame
     INVALID_PAYLOAD = 1007  # a text frame that is not UTF-8

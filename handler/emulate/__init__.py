@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable
+from pathlib import Path
 
 import boto3
 
@@ -19,9 +20,23 @@ from infra.local_aws.dynamodb import (
 )
 from infra.local_aws.sqs_source import SqsEventSource
 
+# The deployable: the emulated authorizer reads its identity sources from it, not a copy.
+SERVERLESS_YML = Path(__file__).resolve().parents[2] / "serverless.yml"
+
 # How long a failed fan-out job stays invisible before it is received again: seconds here,
 # not the deployed six minutes, so a developer sees a retry while watching.
 FANOUT_VISIBILITY_SECONDS = 5
+
+
+def authorizer_identity_sources() -> tuple[str, ...]:
+    """The identity sources of the REQUEST authorizer serverless.yml attaches to `$connect`
+    when a stage sets `connectAuth: authorizer`."""
+    import yaml
+
+    if not SERVERLESS_YML.exists():
+        raise FileNotFoundError(f"--authorizer reads its identity sources from {SERVERLESS_YML}")
+    service = yaml.safe_load(SERVERLESS_YML.read_text())
+    return tuple(service["custom"]["connectAuthorizers"]["authorizer"]["identitySource"])
 
 
 def build_emulator(

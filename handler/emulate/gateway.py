@@ -60,6 +60,10 @@ class EmulatorConfig:
 
     stage: str = "local"
     authorizer: bool = False
+    # The authorizer's identity sources (`route.request.querystring.NAME`,
+    # `route.request.header.NAME`), as serverless.yml lists them: API Gateway invokes the
+    # authorizer only when every one is present and not empty, and answers 401 itself otherwise.
+    identity_sources: tuple[str, ...] = ()
     idle_timeout: float = 600.0
     max_duration: float = 7200.0
     send_queue_frames: int = field(default_factory=lambda: get_settings().send_queue_frames)
@@ -270,8 +274,8 @@ class Emulator:
                 status_code = reader.result()
             elif reader in done:
                 log.error("reading from %s failed", connection_id, exc_info=reader.exception())
-            else:
-                status_code = CloseCode.NORMAL  # the server side closed it
+            else:  # the server side closed it, with the code it chose
+                status_code = socket.outbox.close_code or CloseCode.NORMAL
         finally:
             # API Gateway runs $disconnect for every connection it accepted, whatever ended it.
             self._sockets.pop(connection_id, None)
@@ -285,18 +289,23 @@ class Emulator:
     async def _read(self, connection_id: str, socket: _Socket) -> int:
         """Feed frames to `$default` one at a time, in order. Returns the client's close code."""
         websocket = socket.websocket
+        closing = False
         while True:
             message = await websocket.receive()
             if message["type"] == "websocket.disconnect":
                 return int(message.get("code", CloseCode.NO_STATUS))
+            text = message.get("text")
+            if closing:
+                continue  # sent before the client saw our close: API Gateway drops it too
+            if text is None:
+                # API Gateway takes no binary frame: it closes the connection with 1003 and
+                # invokes no route (docs/serverless.md, "Binary frames").
+                socket.outbox.request_close(CloseCode.UNSUPPORTED_DATA, "")
+                closing = True
+                continue
             socket.last_active = time.time()
             event = self._event("$default", "MESSAGE", connection_id, websocket, socket.source_ip)
-            text, data = message.get("text"), message.get("bytes")
-            if text is not None:
-                event["body"], event["isBase64Encoded"] = text, False
-            else:
-                event["body"] = base64.b64encode(data or b"").decode()
-                event["isBase64Encoded"] = True
+            event["body"], event["isBase64Encoded"] = text, False
             event["requestContext"]["messageId"] = secrets.token_urlsafe(9)
             event["requestContext"]["routeKey"] = self._route_for(text)
             response = await self._call(event["requestContext"]["routeKey"], event)
@@ -334,8 +343,12 @@ class Emulator:
         """Run the REQUEST authorizer as API Gateway does; None when the connection may go on."""
         if not self.config.authorizer or self._authorizer is None:
             return None
-        if not query.get("token"):  # the identity source is missing: 401, no invocation
-            return PlainTextResponse("Unauthorized", status_code=401)
+        headers = {name.lower(): value for name, value in connect["headers"].items()}
+        for source in self.config.identity_sources:
+            kind, _, name = source.removeprefix("route.request.").partition(".")
+            value = query.get(name) if kind == "querystring" else headers.get(name.lower())
+            if not value:  # an identity source is missing or empty: 401, no invocation
+                return PlainTextResponse("Unauthorized", status_code=401)
         request = {
             **connect,
             "type": "REQUEST",

@@ -168,8 +168,6 @@ async def test_bad_frames_keep_the_connection(transport: Transport) -> None:
                 "code": code,
                 "detail": (await _detail(code)),
             }
-        await ws.send(b"\x00binary")
-        assert (await recv_json(ws))["code"] == "binary_unsupported"
         await send_json(ws, action="ping")
         assert await recv_json(ws) == {"type": "pong"}
 
@@ -184,12 +182,25 @@ async def _detail(code: str) -> str:
     }[code]
 
 
-async def test_binary_frame_in_text_dialect(transport: Transport) -> None:
-    async with transport.connect("bin", token="t") as ws:
+@pytest.mark.parametrize("dialect", ["text", "json"])
+async def test_a_binary_frame(transport: Transport, dialect: str) -> None:
+    """`wschat serve` answers a binary frame with an error and keeps the connection; API
+    Gateway closes it with 1003 before any function runs, and the emulator does as it does
+    (docs/protocol.md, docs/serverless.md)."""
+    async with transport.connect("bin", token="t", format=dialect) as ws:
+        if dialect == "json":
+            await until(ws, "welcome")
         await ws.send(b"\xff\xfe")
-        assert await recv(ws) == "Error: binary frames are not supported; send text"
-        await ws.send("still here")
-        assert [await recv(ws) for _ in range(2)][-1].startswith("Message text was: still here")
+        if transport.name == "emulator":
+            assert await close_code(ws) == 1003
+        elif dialect == "json":
+            assert (await recv_json(ws))["code"] == "binary_unsupported"
+            await send_json(ws, action="ping")
+            assert await recv_json(ws) == {"type": "pong"}
+        else:
+            assert await recv(ws) == "Error: binary frames are not supported; send text"
+            await ws.send("still here")
+            assert [await recv(ws) for _ in range(2)][-1].startswith("Message text was: still")
 
 
 async def test_empty_message_is_echoed_not_broadcast(transport: Transport) -> None:

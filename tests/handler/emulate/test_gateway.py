@@ -11,6 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
+from handler.emulate import authorizer_identity_sources
 from handler.emulate.gateway import Emulator, EmulatorConfig, Handler
 
 
@@ -56,12 +57,11 @@ def test_events_are_shaped_like_api_gateways() -> None:
     ) as ws:
         ws.send_text('{"action": "sendmessage", "text": "hi"}')
         ws.send_text('{"action": "history"}')
-        ws.send_bytes(b"\x00\x01")
         ws.send_text("plain")
-        handler.wait_for(5)
+        handler.wait_for(4)
         ws.close(4000)
-        handler.wait_for(6)
-    connect, routed, defaulted, binary, plain, disconnect = handler.events
+        handler.wait_for(5)
+    connect, routed, defaulted, plain, disconnect = handler.events
     assert connect["requestContext"]["routeKey"] == "$connect"
     # A repeated parameter: every value in the multi-value map, the last in the single-value
     # one, as API Gateway builds them.
@@ -75,7 +75,6 @@ def test_events_are_shaped_like_api_gateways() -> None:
     assert routed["requestContext"]["routeKey"] == "sendmessage"
     assert defaulted["requestContext"]["routeKey"] == "$default"
     assert "headers" not in routed and "queryStringParameters" not in routed
-    assert binary["isBase64Encoded"] is True and binary["body"] == "AAE="
     assert plain["body"] == "plain" and plain["isBase64Encoded"] is False
     assert disconnect["requestContext"]["disconnectStatusCode"] == 4000
     ids = {e["requestContext"]["connectionId"] for e in handler.events}
@@ -117,6 +116,20 @@ def test_subprotocol_from_the_connect_response() -> None:
         assert ws.accepted_subprotocol == "wschat.json"
 
 
+def test_a_binary_frame_closes_with_1003_and_reaches_no_route() -> None:
+    """As API Gateway: it takes no binary frame, and closes the connection with 1003."""
+    handler = Lambda()
+    with emulator(handler).websocket_connect("/local") as ws:
+        ws.send_bytes(b"\x00\x01")
+        with pytest.raises(WebSocketDisconnect) as closed:
+            ws.receive_text()
+        assert closed.value.code == 1003
+        handler.wait_for(2)
+    _, disconnect = handler.events
+    assert handler.routes() == ["$connect", "$disconnect"]
+    assert disconnect["requestContext"]["disconnectStatusCode"] == 1003
+
+
 def test_idle_timeout_closes_going_away() -> None:
     handler = Lambda()
     with emulator(handler, idle_timeout=0.2).websocket_connect("/local") as ws:
@@ -149,15 +162,53 @@ def test_authorizer_runs_with_identity_source() -> None:
             "context": {"name": "Pat"},
         }
 
-    client = emulator(handler, authorizer, authorizer=True)
-    for query in ("", "?token=", "?token=bad"):
-        with pytest.raises(WebSocketDisconnect), client.websocket_connect(f"/local{query}"):
+    sources = ("route.request.querystring.token", "route.request.header.X-Tenant")
+    client = emulator(handler, authorizer, authorizer=True, identity_sources=sources)
+    tenant = {"X-Tenant": "t1"}
+    for query, headers in [
+        ("", tenant),
+        ("?token=", tenant),
+        ("?token=good", {}),
+        ("?token=bad", tenant),
+    ]:
+        with (
+            pytest.raises(WebSocketDisconnect),
+            client.websocket_connect(f"/local{query}", headers=headers),
+        ):
             pass
-    assert len(calls) == 1  # no token, no invocation: API Gateway answers 401 itself
-    with client.websocket_connect("/local?token=good"):
+    # A source missing or empty, no invocation: API Gateway answers 401 itself.
+    assert len(calls) == 1
+    with client.websocket_connect("/local?token=good", headers=tenant):
         pass
     assert handler.events[0]["requestContext"]["authorizer"] == {"principalId": "p1", "name": "Pat"}
     assert calls[-1]["methodArn"].endswith("/local/$connect")
+
+
+def test_behind_serverless_ymls_authorizer_only_the_query_token_gets_in() -> None:
+    """`--authorizer` puts serverless.yml's authorizer in front, with its identity sources:
+    a header, a cookie or the subprotocol pair is refused with 401, never reaching it."""
+    calls: list[dict[str, Any]] = []
+
+    def authorizer(event: dict[str, Any], context: Any) -> dict[str, Any]:
+        calls.append(event)
+        return {"principalId": "p1", "policyDocument": {"Statement": [{"Effect": "Allow"}]}}
+
+    sources = authorizer_identity_sources()
+    client = emulator(Lambda(), authorizer, authorizer=True, identity_sources=sources)
+    for headers, subprotocols in [
+        ({"Authorization": "Bearer good"}, []),
+        ({"Cookie": "session=good"}, []),
+        ({}, ["bearer", "good"]),
+    ]:
+        with (
+            pytest.raises(WebSocketDisconnect),
+            client.websocket_connect("/local", headers=headers, subprotocols=subprotocols),
+        ):
+            pass
+    assert calls == []
+    with client.websocket_connect("/local?token=good"):
+        pass
+    assert len(calls) == 1
 
 
 def test_handler_crash_sends_api_gateways_error_frame() -> None:
