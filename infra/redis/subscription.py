@@ -25,6 +25,7 @@ from redis.asyncio.client import PubSub
 from handler.chat.core import ChatCore
 from handler.chat.ports import ChatMessage, Connection, Dialect
 from handler.chat.wire import CloseCode
+from infra.redis.high_water import epoch_base
 from infra.redis.history import RedisHistory, channel, messages_of, text
 from infra.redis.liveness import Canary, RedisLink
 from infra.redis.membership import member_from
@@ -50,6 +51,7 @@ class _Subscription(PubSub):
 
 @dataclass
 class _Room:
+    name: str
     members: dict[str, Connection]
     delivered: int = 0  # the last id delivered here (or known to be old when subscribing)
     epoch: str = ""  # "" while the room has had no history since this worker subscribed
@@ -82,6 +84,10 @@ class RoomSubscription:
         self._lag = lag
         self._served: ChatCore | None = None
         self.rooms: dict[str, _Room] = {}
+        # What /metrics and /healthz tell (docs/operations.md): fresh subscriptions made
+        # after a lost or deaf one, and rooms heard to start over under a new epoch.
+        self.resubscribes = 0
+        self.restarts = 0
         self._pubsub: Any = None
         # Held by whatever changes the subscription. A fresh PubSub fetches its connection on
         # its first call: two first calls at once (a renewal's and a join's) would fetch two
@@ -115,7 +121,8 @@ class RoomSubscription:
         room = connection.room
         state = self.rooms.get(room)
         if state is None:
-            state = self.rooms[room] = _Room({connection.id: connection})
+            state = self.rooms[room] = _Room(room, {connection.id: connection})
+            self._history.high_water.hold(room)
             await self._subscribe(room, state)
         else:
             state.members[connection.id] = connection
@@ -218,6 +225,7 @@ class RoomSubscription:
         if state is None or not state.ready.is_set() or message.id <= state.delivered:
             return
         state.delivered = message.id
+        self._history.high_water.saw(message.room, state.epoch, message.id)
         members = list(state.members.values())
         # With no switch in between: a welcome cannot open a gate between this delivery and
         # its id.
@@ -264,8 +272,13 @@ class RoomSubscription:
         here has ids of the old history, which the new ones repeat: its client would drop
         them as seen, and its gate would hold back those up to where its welcome went. So it
         is closed with 1012, and reconnects: its welcome says `recovered: false`. (Not
-        `sparing`, which is joining now, under the new epoch.)"""
-        state.epoch, state.delivered = epoch, 0
+        `sparing`, which is joining now, under the new epoch.) The new epoch's ids begin
+        above its base: 0 for a room made afresh, its counter for one found behind a
+        caller's mark (infra/redis/high_water.py); what its stream holds up to there is not
+        news here."""
+        state.epoch, state.delivered = epoch, epoch_base(epoch)
+        self._history.high_water.restarted(state.name, epoch)
+        self.restarts += 1
         for member in list(state.members.values()):
             if member.dialect is Dialect.JSON and member.id != sparing:
                 self._core.delivery.close(
@@ -287,6 +300,7 @@ class RoomSubscription:
                     await self._catch_up(room)
                 self._canary.heard()
                 self._link.up = True
+                self.resubscribes += 1
                 log.info("redis subscription restored for %d room(s)", len(rooms))
                 return
             except Exception as error:
@@ -305,6 +319,7 @@ class RoomSubscription:
         idle = [room for room, state in self.rooms.items() if not state.members]
         for room in idle:
             del self.rooms[room]
+            self._history.high_water.drop(room)
         async with self._subscribing:
             wanted = {channel(room) for room in self.rooms} | {self._canary.channel}
             pubsub = self._pubsub
