@@ -18,7 +18,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from redis.asyncio.client import PubSub
 
@@ -49,6 +49,34 @@ class _Subscription(PubSub):
         self._reconnected()
 
 
+class FeedMetrics(Protocol):
+    """What the subscription tells /metrics (handler/local/metrics.py)."""
+
+    def lag(self, seconds: float) -> None:
+        """A message arrived live, `seconds` after its publication."""
+
+    def resubscribed(self) -> None:
+        """A fresh subscription replaced a lost or deaf one, every room caught up."""
+
+    def restarted(self) -> None:
+        """A room was heard to start over under a new epoch (its history lost, or its
+        counter found behind what was seen: a failover that lost writes)."""
+
+
+class _Quiet:
+    def lag(self, seconds: float) -> None:
+        pass
+
+    def resubscribed(self) -> None:
+        pass
+
+    def restarted(self) -> None:
+        pass
+
+
+QUIET: FeedMetrics = _Quiet()
+
+
 @dataclass
 class _Room:
     name: str
@@ -73,15 +101,15 @@ class RoomSubscription:
         history: RedisHistory,
         link: RedisLink,
         canary: Canary,
-        lag: Callable[[float], None],
+        metrics: FeedMetrics,
     ) -> None:
-        """`lag` is told, for each message that arrives live, how long after its publication
-        it reached this worker. The core it delivers through is given by the feed (`serve`)."""
+        """`metrics` is told what happens here (FeedMetrics). The core it delivers through
+        is given by the feed (`serve`)."""
         self._redis = redis
         self._history = history
         self._link = link
         self._canary = canary
-        self._lag = lag
+        self._metrics = metrics
         self._served: ChatCore | None = None
         self.rooms: dict[str, _Room] = {}
         # What /metrics and /healthz tell (docs/operations.md): fresh subscriptions made
@@ -217,7 +245,7 @@ class RoomSubscription:
                 log.warning("could not fill a gap in %r (%r); renewing", room, error)
                 self._canary.renew.set()
                 return
-        self._lag(max(0.0, time.time() - message.ts))
+        self._metrics.lag(max(0.0, time.time() - message.ts))
         self._fan_out(message, sender_id)
 
     def _fan_out(self, message: ChatMessage, sender_id: str | None = None) -> None:
@@ -279,6 +307,7 @@ class RoomSubscription:
         state.epoch, state.delivered = epoch, epoch_base(epoch)
         self._history.high_water.restarted(state.name, epoch)
         self.restarts += 1
+        self._metrics.restarted()
         for member in list(state.members.values()):
             if member.dialect is Dialect.JSON and member.id != sparing:
                 self._core.delivery.close(
@@ -301,6 +330,7 @@ class RoomSubscription:
                 self._canary.heard()
                 self._link.up = True
                 self.resubscribes += 1
+                self._metrics.resubscribed()
                 log.info("redis subscription restored for %d room(s)", len(rooms))
                 return
             except Exception as error:
