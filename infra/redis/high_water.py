@@ -12,8 +12,10 @@ docs/scaling.md, "Redis in production", has the cases this covers and the one it
 
 from __future__ import annotations
 
-Mark = tuple[str, int]  # (epoch, the highest id seen under it)
-NO_MARK: Mark = ("", 0)
+# (epoch, the highest id seen under it, and that message's `ts` as text, "" if not known):
+# the time tells the message that had the id from another that took it again.
+Mark = tuple[str, int, str]
+NO_MARK: Mark = ("", 0, "")
 
 
 class HighWater:
@@ -34,20 +36,24 @@ class HighWater:
         """The room's mark, or NO_MARK (no epoch: nothing to hold Redis to)."""
         return self._marks.get(room, NO_MARK)
 
-    def saw(self, room: str, epoch: str, message_id: int) -> None:
-        """Redis said `epoch` is the room's and `message_id` one of its ids: a new epoch is
-        the room's now (Redis made it), and under the same one the mark only rises."""
+    def saw(self, room: str, epoch: str, message_id: int, ts: float | None = None) -> None:
+        """Redis said `epoch` is the room's and `message_id` one of its ids (the id of a
+        message sent at `ts`, if given): a new epoch is the room's now (Redis made it), and
+        under the same one the mark only rises."""
         held = self._marks.get(room)
         if held is None or not epoch:
             return
-        held_epoch, held_id = held
-        if epoch != held_epoch or message_id > held_id:
-            self._marks[room] = (epoch, message_id)
+        held_epoch, held_id, held_ts = held
+        # repr: the shortest text that reads back as the same float, in Lua as in Python.
+        when = "" if ts is None else repr(ts)
+        rises = epoch != held_epoch or message_id > held_id
+        if rises or (message_id == held_id and when and not held_ts):  # or its time learnt
+            self._marks[room] = (epoch, message_id, when)
 
     def restarted(self, room: str, epoch: str) -> None:
         """The room started over under `epoch`: its ids begin above `epoch_base(epoch)`."""
         if room in self._marks:
-            self._marks[room] = (epoch, epoch_base(epoch))
+            self._marks[room] = (epoch, epoch_base(epoch), "")
 
 
 def epoch_base(epoch: str) -> int:

@@ -55,14 +55,28 @@ from infra.redis.high_water import NO_MARK, HighWater, Mark
 # the failover kept, the same messages under the same ids, and is the new epoch's history;
 # its next ids, which the lost writes had, are new ones under the new epoch, which every
 # client that holds the old ones is told of (infra/redis/high_water.py, epoch_base).
+# With the mark's `ts` (LATEST's callers), the id is also checked to be the same message:
+# one that gets to a promoted replica first with no mark (a REST publication, say) takes
+# the lost ids again, and may take the counter past the mark before a worker that holds it
+# gets there; the message at the mark's id then has another time. (Not in PUBLISH, which
+# is the hot path: every worker that holds a mark resubscribes after a failover, and its
+# catch-up reads the counter with it.)
 BEHIND = """
-local function BEHIND(seq, known_epoch, known_id, fresh)
+local function BEHIND(seq, log, known_epoch, known_id, known_ts, fresh)
   if known_epoch == '' then
     return
   end
   local now = redis.call('HMGET', seq, 'id', 'epoch')
+  if now[2] ~= known_epoch then
+    return
+  end
   local counter = tonumber(now[1]) or 0
-  if now[2] == known_epoch and counter < tonumber(known_id) then
+  local lost = counter < tonumber(known_id)
+  if not lost and known_ts ~= '' then
+    local entry = redis.call('XRANGE', log, known_id .. '-0', known_id .. '-0')[1]
+    lost = entry ~= nil and cjson.decode(entry[2][2]).ts ~= tonumber(known_ts)
+  end
+  if lost then
     redis.call('HSET', seq, 'epoch', fresh .. '+' .. string.format('%d', counter))
   end
 end
@@ -110,7 +124,7 @@ for i = 7, #ARGV, 3 do
       if redis.call('HSETNX', seq, 'epoch', ARGV[1]) == 1 then
         redis.call('DEL', log, retries)  -- a room that starts over starts empty
       else
-        BEHIND(seq, ARGV[5], ARGV[6], ARGV[1])
+        BEHIND(seq, log, ARGV[5], ARGV[6], '', ARGV[1])
       end
       epoch = redis.call('HGET', seq, 'epoch')
     end
@@ -159,15 +173,16 @@ CALL_KEPT = 120  # seconds: longer than redis-py's retries of one pipeline can t
 
 
 # KEYS: seq hash, stream, retry keys. ARGV: an epoch should the room start over, then the
-# callers' marks (epoch, id; "" for none): a worker's and a client's. Returns {latest id,
-# epoch}, or {0, nil} for a room without a counter: a read stores nothing (each name read
-# would be a key kept for days), and the room's first publication or join makes its epoch.
-# Only a counter behind a caller's mark is written to (BEHIND).
+# callers' marks (epoch, id, that message's ts or ""; "" for none): a worker's and a
+# client's. Returns {latest id, epoch}, or {0, nil} for a room without a counter: a read
+# stores nothing (each name read would be a key kept for days), and the room's first
+# publication or join makes its epoch. Only a counter behind a caller's mark is written to
+# (BEHIND).
 LATEST = (
     BEHIND
     + """
-for i = 2, #ARGV, 2 do
-  BEHIND(KEYS[1], ARGV[i], ARGV[i + 1], ARGV[1])
+for i = 2, #ARGV, 3 do
+  BEHIND(KEYS[1], KEYS[2], ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[1])
 end
 local seq = redis.call('HMGET', KEYS[1], 'id', 'epoch')
 if not seq[2] then
@@ -354,7 +369,7 @@ class RedisHistory:
                     stored = _stored(caller.drafts[place], caller.ts, answer)
                     answers[n][place] = stored
                     message, _ = stored
-                    self.high_water.saw(message.room, text(epoch), message.id)
+                    self.high_water.saw(message.room, text(epoch), message.id, message.ts)
         except Exception as error:  # not one caller may wait for an answer that cannot come
             answers, failed = [], dict.fromkeys(range(len(queued)), error)
         for n, caller in enumerate(queued):
@@ -405,7 +420,7 @@ class RedisHistory:
             retries_key(room),
         ]
         args: list[Any] = [new_epoch(), self._size, self.ttl, CALL_KEPT]
-        args += self.high_water.mark(room)
+        args += self.high_water.mark(room)[:2]  # no message check here (BEHIND)
         for draft, ts in run:
             fields: dict[str, Any] = {
                 "room": room,

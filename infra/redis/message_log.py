@@ -38,4 +38,4 @@ class RedisMessageLog:
         return latest
 
     def head(self, room: str, since: int = 0, epoch: str = "") -> tuple[int, str]:
-        return self._bridge.run(self._history.latest(room, (epoch, since)))
+        return self._bridge.run(self._history.latest(room, (epoch, since, "")))

@@ -253,7 +253,7 @@ class RoomSubscription:
         if state is None or not state.ready.is_set() or message.id <= state.delivered:
             return
         state.delivered = message.id
-        self._history.high_water.saw(message.room, state.epoch, message.id)
+        self._history.high_water.saw(message.room, state.epoch, message.id, message.ts)
         members = list(state.members.values())
         # With no switch in between: a welcome cannot open a gate between this delivery and
         # its id.

@@ -1226,3 +1226,38 @@ async def test_a_client_resuming_past_a_counter_that_fell_behind_is_not_recovere
     _, latest_epoch = await history.latest("resumed")
     assert latest_epoch == welcome["epoch"]
     member.writer.cancel()
+
+
+@pytest.mark.timeout(30)
+async def test_ids_taken_again_past_a_workers_mark_by_one_without_it_are_found(
+    chat: LocalChat,
+) -> None:
+    """After the failover, a worker with no member in the room (a REST publication) gets to
+    the promoted replica first, while this worker's subscription is down, and takes ids 2, 3
+    and 4 again: the counter is past the 3 this worker delivered, so the counter alone says
+    nothing. But the message at id 3 is not the one this worker delivered there (it was sent
+    at another time): its catch-up starts the room over, and the JSON member here, which
+    holds the old 2 and 3, is closed with 1012 (it used to be sent 4 and miss the new 2 and
+    3 for good)."""
+    assert chat.engine is not None
+    client = chat.engine.client
+    history = chat.engine.feed.subscription._history
+    member = await watch(chat, "raced")
+    for text in ("one", "two", "three"):
+        await history.append(Draft("raced", "u2", "u2", text), ts=time.time())
+    await member.wait_for("three", 5)
+    await fail_over_losing(chat, "raced", kept=1)
+    elsewhere = RedisHistory(client, 1000, 3600)  # holds no mark for the room
+    sha = await client.script_load(PUBLISH)
+    pipe = client.pipeline(transaction=False)
+    pipe.execute_command("CLIENT", "KILL", "TYPE", "pubsub")  # the failover's lost link
+    for text in ("new two", "new three", "new four"):
+        keys, args = elsewhere._publication([(Draft("raced", "u3", "u3", text), time.time())])
+        pipe.evalsha(sha, len(keys), *keys, *args)
+    await pipe.execute()
+    deadline = time.monotonic() + DEAF_AFTER
+    while not member.closes:
+        assert time.monotonic() < deadline, member.frames
+        await asyncio.sleep(0.05)
+    assert member.closes == [1012]
+    member.writer.cancel()
