@@ -51,8 +51,10 @@ class HighWater:
             self._marks[room] = (epoch, message_id, when)
 
     def restarted(self, room: str, epoch: str) -> None:
-        """The room started over under `epoch`: its ids begin above `epoch_base(epoch)`."""
-        if room in self._marks:
+        """The room started over under `epoch`: its ids begin above `epoch_base(epoch)` (a
+        mark already under it, from the read that found it, stands)."""
+        held = self._marks.get(room)
+        if held is not None and held[0] != epoch:
             self._marks[room] = (epoch, epoch_base(epoch), "")
 
 

@@ -170,6 +170,7 @@ class RoomSubscription:
             state.failed = True
             if self.rooms.get(room) is state:
                 del self.rooms[room]
+                self._history.high_water.drop(room)
             raise
         finally:
             state.ready.set()
