@@ -51,19 +51,24 @@ class HighWater:
             self._marks[room] = (epoch, message_id, when)
 
     def restarted(self, room: str, epoch: str) -> None:
-        """The room started over under `epoch`: its ids begin above `epoch_base(epoch)` (a
-        mark already under it, from the read that found it, stands)."""
+        """The room started over under `epoch`: its new ids begin above its `next`
+        (epoch_bounds; a mark already under it, from the read that found it, stands)."""
         held = self._marks.get(room)
         if held is not None and held[0] != epoch:
-            self._marks[room] = (epoch, epoch_base(epoch), "")
+            self._marks[room] = (epoch, epoch_bounds(epoch)[1], "")
 
 
-def epoch_base(epoch: str) -> int:
-    """The id an epoch's new ids begin above. A room made afresh (its counter missing) counts
-    from 1 under a plain epoch; one started over because its counter was behind a caller's
-    mark goes on from its counter, and its epoch says where: `<random>+<counter>`. What its
-    stream holds up to there (the writes the failover kept) stays, as its history under the
-    new epoch, with no gap; the ids above, which the lost writes had under the old epoch,
-    are new ones under the new epoch."""
-    _, plus, base = epoch.partition("+")
-    return int(base) if plus and base.isdigit() else 0
+def epoch_bounds(epoch: str) -> tuple[int, int]:
+    """Where an epoch's ids stand against the epoch before it: (kept, next), ids up to `kept`
+    being the same messages under both, and new ids beginning above `next`. A room made
+    afresh (its counter missing, its stream emptied) is (0, 0): `<random>`. One started over
+    because its counter was behind a caller's mark goes on from its counter, N, and keeps
+    its stream, which the failover kept whole up to there: `<random>+N`, (N, N). One
+    started over because a message at a caller's mark was not the one the caller saw (the
+    ids were taken again) also goes on from N, but which of its ids up to N are the old
+    messages nobody knows: `<random>~N`, (0, N)."""
+    for mark, kept in (("+", True), ("~", False)):
+        _, found, number = epoch.partition(mark)
+        if found and number.isdigit():
+            return (int(number) if kept else 0), int(number)
+    return 0, 0

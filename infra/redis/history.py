@@ -54,7 +54,7 @@ from infra.redis.high_water import NO_MARK, HighWater, Mark
 # `fresh .. '+' .. counter`. Its stream and counter are kept: what the stream holds is what
 # the failover kept, the same messages under the same ids, and is the new epoch's history;
 # its next ids, which the lost writes had, are new ones under the new epoch, which every
-# client that holds the old ones is told of (infra/redis/high_water.py, epoch_base).
+# client that holds the old ones is told of (infra/redis/high_water.py, epoch_bounds).
 # With the mark's `ts` (LATEST's callers), the id is also checked to be the same message:
 # one that gets to a promoted replica first with no mark (a REST publication, say) takes
 # the lost ids again, and may take the counter past the mark before a worker that holds it
@@ -71,13 +71,17 @@ local function BEHIND(seq, log, known_epoch, known_id, known_ts, fresh)
     return
   end
   local counter = tonumber(now[1]) or 0
-  local lost = counter < tonumber(known_id)
-  if not lost and known_ts ~= '' then
+  local went_on = nil  -- '+': the stream is the old one up to the counter; '~': not known
+  if counter < tonumber(known_id) then
+    went_on = '+'
+  elseif known_ts ~= '' then
     local entry = redis.call('XRANGE', log, known_id .. '-0', known_id .. '-0')[1]
-    lost = entry ~= nil and cjson.decode(entry[2][2]).ts ~= tonumber(known_ts)
+    if entry ~= nil and cjson.decode(entry[2][2]).ts ~= tonumber(known_ts) then
+      went_on = '~'
+    end
   end
-  if lost then
-    redis.call('HSET', seq, 'epoch', fresh .. '+' .. string.format('%d', counter))
+  if went_on then
+    redis.call('HSET', seq, 'epoch', fresh .. went_on .. string.format('%d', counter))
   end
 end
 """

@@ -25,7 +25,7 @@ from redis.asyncio.client import PubSub
 from handler.chat.core import ChatCore
 from handler.chat.ports import ChatMessage, Connection, Dialect
 from handler.chat.wire import CloseCode
-from infra.redis.high_water import epoch_base
+from infra.redis.high_water import epoch_bounds
 from infra.redis.history import RedisHistory, channel, messages_of, text
 from infra.redis.liveness import Canary, RedisLink
 from infra.redis.membership import member_from
@@ -297,23 +297,33 @@ class RoomSubscription:
             self._start_over(state, epoch, sparing)
 
     def _start_over(self, state: _Room, epoch: str, sparing: str | None = None) -> None:
-        """The room's history was lost, and its ids start over under `epoch`. A JSON member
-        here has ids of the old history, which the new ones repeat: its client would drop
-        them as seen, and its gate would hold back those up to where its welcome went. So it
-        is closed with 1012, and reconnects: its welcome says `recovered: false`. (Not
-        `sparing`, which is joining now, under the new epoch.) The new epoch's ids begin
-        above its base: 0 for a room made afresh, its counter for one found behind a
-        caller's mark (infra/redis/high_water.py); what its stream holds up to there is not
-        news here."""
-        state.epoch, state.delivered = epoch, epoch_base(epoch)
+        """The room's history was lost, and its ids start over under `epoch`: above 0 for a
+        room made afresh, above its counter for one found behind a caller's mark, whose
+        stream up to the counter is then the same messages under the same ids (`kept`:
+        infra/redis/high_water.py, epoch_bounds). A JSON member here that may hold an id
+        above `kept` has ids of the old history, which the new ones repeat: its client would
+        drop them as seen, and its gate would hold back those up to where its welcome went.
+        So it is closed with 1012, and reconnects: its welcome says `recovered: false`. (Not
+        `sparing`, which is joining now, under the new epoch.) One that holds nothing above
+        `kept` stays: a client's `since` alone can start a room over, and one that claims
+        more than the room has (a client may lie) must not close every member of it."""
+        kept, following = epoch_bounds(epoch)
+        held = state.delivered
+        # Ids up to where new ones begin that this worker had yet to deliver are still to
+        # come, from the stream.
+        state.epoch, state.delivered = epoch, min(held, following)
         self._history.high_water.restarted(state.name, epoch)
         self.restarts += 1
         self._metrics.restarted()
         for member in list(state.members.values()):
-            if member.dialect is Dialect.JSON and member.id != sparing:
-                self._core.delivery.close(
-                    member.id, CloseCode.SERVICE_RESTART, "the room's history was lost"
-                )
+            if member.dialect is not Dialect.JSON or member.id == sparing:
+                continue
+            through = member.welcomed_through
+            if kept and held <= kept and through is not None and through <= kept:
+                continue  # it holds only what the new epoch holds too
+            self._core.delivery.close(
+                member.id, CloseCode.SERVICE_RESTART, "the room's history was lost"
+            )
 
     async def _resubscribe(self) -> None:
         """A fresh subscription to every room with members here, then a catch-up of each."""

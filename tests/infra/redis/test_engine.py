@@ -1261,3 +1261,33 @@ async def test_ids_taken_again_past_a_workers_mark_by_one_without_it_are_found(
         await asyncio.sleep(0.05)
     assert member.closes == [1012]
     member.writer.cancel()
+
+
+@pytest.mark.timeout(30)
+async def test_a_client_claiming_more_than_a_room_has_closes_no_one_else(
+    chat: LocalChat,
+) -> None:
+    """A client resumes with the room's epoch and a `since` past its counter: either Redis
+    lost writes that client saw, or the client lies. The room goes on under a new epoch all
+    the same, but a JSON member here that holds nothing past the counter holds the same
+    messages under the same ids as the new epoch: it stays, and hears what comes next (a
+    client could otherwise close every member of a room with one handshake)."""
+    assert chat.engine is not None
+    history = chat.engine.feed.subscription._history
+    member = await watch(chat, "claimed")
+    for text in ("one", "two"):
+        await post(history, "claimed", text)
+    await member.wait_for("two", 5)
+    _, epoch = await history.latest("claimed")
+    liar = Member(chat, "j2")
+    principal = Principal(id="u-j2", name="u-j2", echo="u-j2")
+    await chat.call(chat.core.connect, "j2", "claimed", principal, ConnectParams(Dialect.JSON))
+    await chat.call(chat.core.welcome, "j2", 50, epoch)
+    await liar.wait_for('"welcome"', 5)
+    assert json.loads(liar.frames[0])["recovered"] is False
+    await post(history, "claimed", "three")
+    await member.wait_for("three", 5)
+    assert member.closes == []
+    assert (await history.latest("claimed"))[1] != epoch
+    member.writer.cancel()
+    liar.writer.cancel()

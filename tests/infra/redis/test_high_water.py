@@ -3,7 +3,7 @@ scripts that read the marks are tested against a real redis-server in test_engin
 
 from __future__ import annotations
 
-from infra.redis.high_water import NO_MARK, HighWater, epoch_base
+from infra.redis.high_water import NO_MARK, HighWater, epoch_bounds
 
 
 def test_a_mark_rises_under_its_epoch_and_a_new_epoch_replaces_it() -> None:
@@ -48,5 +48,6 @@ def test_a_restart_heard_keeps_a_mark_already_under_the_new_epoch() -> None:
     assert marks.mark("r") == ("e3+6", 6, "")
 
 
-def test_an_epoch_says_where_its_new_ids_begin() -> None:
-    assert [epoch_base(e) for e in ("a1b2", "a1b2+41", "", "a1b2+x")] == [0, 41, 0, 0]
+def test_an_epoch_says_what_it_kept_and_where_its_new_ids_begin() -> None:
+    epochs = ("a1b2", "a1b2+41", "a1b2~41", "", "a1b2+x")
+    assert [epoch_bounds(e) for e in epochs] == [(0, 0), (41, 41), (0, 41), (0, 0), (0, 0)]
