@@ -27,6 +27,7 @@ from infra.redis.liveness import RedisLink
 
 REDIS_CONNECTIONS = 64  # per worker; the subscription holds one of them
 SENTINEL_SCHEME = "redis+sentinel"
+CLUSTER_SCHEME = "redis+cluster"
 SENTINEL_TIMEOUT = 1.0  # seconds for a Sentinel to answer before the next one is asked
 
 
@@ -83,7 +84,14 @@ class Endpoint:
         }
         self._sentinel: SentinelConnectionPool | None = None
         pool: Any  # redis-py's Sentinel is untyped
-        if urlsplit(url).scheme == SENTINEL_SCHEME:
+        scheme = urlsplit(url).scheme
+        if scheme == CLUSTER_SCHEME:
+            raise RedisUrlError(
+                "WSCHAT_REDIS_URL: Redis Cluster is not supported yet (joining a room touches "
+                "a room's key and a worker's in one script); use one Redis, or a primary with "
+                "replicas behind Sentinel (docs/scaling.md, Redis in production)"
+            )
+        if scheme == SENTINEL_SCHEME:
             where = read_sentinel_url(url)
             sentinel = Sentinel(
                 where.sentinels,

@@ -33,6 +33,11 @@ def test_a_sentinel_url_without_its_parts_says_what_form_it_takes(url: str) -> N
         read_sentinel_url(url)
 
 
+def test_a_cluster_url_is_refused_with_what_to_use_instead() -> None:
+    with pytest.raises(RedisUrlError, match=r"not supported yet.*Sentinel"):
+        Endpoint("redis+cluster://127.0.0.1:7000,127.0.0.1:7001", RedisLink())
+
+
 async def test_the_node_a_worker_talks_to_is_the_urls_or_the_primary_sentinel_named() -> None:
     plain = Endpoint("redis://10.0.0.5:6380/0", RedisLink())
     assert (plain.kind, plain.node) == ("redis", "10.0.0.5:6380")
