@@ -62,6 +62,14 @@ class Member:
             await asyncio.sleep(0.05)
         return time.monotonic() - started
 
+    async def closed(self, seconds: float) -> list[int]:
+        """The close codes sent to it, once there is one (at most `seconds`)."""
+        deadline = time.monotonic() + seconds
+        while not self.closes:
+            assert time.monotonic() < deadline, self.frames
+            await asyncio.sleep(0.05)
+        return self.closes
+
 
 @pytest.fixture
 async def chat(redis: RedisServer) -> AsyncIterator[LocalChat]:
@@ -298,11 +306,7 @@ async def test_json_members_are_closed_to_resume_when_their_room_starts_over(
     await member.wait_for("after it joined", 5)
     await chat.engine.client.flushall()
     await post(history, "epochs", "after the loss")
-    deadline = time.monotonic() + 3
-    while not member.closes:
-        assert time.monotonic() < deadline, member.frames
-        await asyncio.sleep(0.05)
-    assert member.closes == [1012]
+    assert await member.closed(3) == [1012]
     member.writer.cancel()
 
 
@@ -1183,11 +1187,7 @@ async def test_a_counter_behind_what_a_worker_delivered_starts_the_room_over_abo
     _, epoch = await history.latest("failover")
     assert epoch != before and epoch.endswith("+1")
     await text_member.wait_for("after the failover", 5)
-    deadline = time.monotonic() + 3
-    while not member.closes:
-        assert time.monotonic() < deadline, member.frames
-        await asyncio.sleep(0.05)
-    assert member.closes == [1012]
+    assert await member.closed(3) == [1012]
     # The text member heard each message once: the kept history is not sent again.
     assert sum("one" in frame for frame in text_member.frames) == 1
     # What the failover kept is the room's history under its new epoch.
@@ -1255,11 +1255,7 @@ async def test_ids_taken_again_past_a_workers_mark_by_one_without_it_are_found(
         keys, args = elsewhere._publication([(Draft("raced", "u3", "u3", text), time.time())])
         pipe.evalsha(sha, len(keys), *keys, *args)
     await pipe.execute()
-    deadline = time.monotonic() + DEAF_AFTER
-    while not member.closes:
-        assert time.monotonic() < deadline, member.frames
-        await asyncio.sleep(0.05)
-    assert member.closes == [1012]
+    assert await member.closed(DEAF_AFTER) == [1012]
     member.writer.cancel()
 
 
