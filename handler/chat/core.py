@@ -175,7 +175,9 @@ class ChatCore:
         room = connection.room
         # The latest id is read before the history: the store writes a message and its id
         # together, so every id up to `latest` that is not in the history has expired.
-        latest, current = self.messages.head(room)
+        # The client's resume point holds the store to what it was sent (a Redis failover
+        # that lost it starts the room over under a new epoch: then not recovered).
+        latest, current = self.messages.head(room, since or 0, epoch or "")
         recovered: bool | None = None
         if since is None:
             history = list(self.messages.recent(room, self.limits.welcome_history))

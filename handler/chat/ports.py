@@ -173,11 +173,17 @@ class MessageLog(Protocol):
 
     def latest_id(self, room: str) -> int: ...
 
-    def head(self, room: str) -> tuple[int, str]:
+    def head(self, room: str, since: int = 0, epoch: str = "") -> tuple[int, str]:
         """The room's latest id and its epoch, read together. The epoch says which history
         the room's ids belong to. It changes only when the history was lost and ids started
         over (an in-memory server restarted, a Redis without persistence), so a client
-        resuming with an older epoch is told its `since` cannot be honoured."""
+        resuming with an older epoch is told its `since` cannot be honoured.
+
+        `since` under `epoch` is what the caller (a resuming client) has seen. A store that
+        can lose acknowledged writes (Redis after a failover to a replica that lacked them)
+        must not answer a latest id below it under that epoch: it starts the room over under
+        a new one instead, so that no id the client holds is given again. One that cannot
+        lose them (memory, DynamoDB) has nothing to check."""
         ...
 
 

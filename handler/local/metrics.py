@@ -95,6 +95,7 @@ class ChatMetrics:
             registry=registry,
         )
         self._members: Tally[str] = Tally()  # this process's connections per room
+        self.redis = RedisMetrics(registry, self.pubsub_lag)
 
     # --- the core's Metrics port --------------------------------------------------------------
 
@@ -123,6 +124,10 @@ class ChatMetrics:
     def refused(self, status: int) -> None:
         self.handshakes_refused.labels(status=str(status)).inc()
 
+    def talks_to(self, kind: str, node: str) -> None:
+        """Which Redis this worker talks to now (asked at each scrape)."""
+        self.redis.talks_to(kind, node)
+
     def exposition(self) -> bytes:
         """Every metric in Prometheus' text format: this process's, or every worker's."""
         if self.registry is not None:
@@ -130,3 +135,48 @@ class ChatMetrics:
         registry = CollectorRegistry()
         MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         return generate_latest(registry)
+
+
+class RedisMetrics:
+    """With Redis: what a worker's subscription sees (infra/redis/subscription.py,
+    FeedMetrics), and which node it talks to. The node is a label, but a bounded one: the
+    few addresses of one deployment's Redis nodes."""
+
+    def __init__(self, registry: CollectorRegistry | None, lag: Histogram) -> None:
+        self._lag = lag
+        self.resubscribes = Counter(
+            "wschat_redis_resubscribes",
+            "Fresh subscriptions after a lost or deaf one (each room then caught up).",
+            registry=registry,
+        )
+        self.epoch_restarts = Counter(
+            "wschat_redis_epoch_restarts",
+            "Rooms heard to start over under a new epoch (history lost, or a failover that "
+            "lost writes); their JSON members here were closed with 1012 to resume.",
+            registry=registry,
+        )
+        self.node = Gauge(
+            "wschat_redis_node",
+            "1 for the Redis node (host:port) this worker talks to, by how it finds it.",
+            ["kind", "node"],
+            registry=registry,
+            multiprocess_mode="liveall",
+        )
+        self._node: tuple[str, str] | None = None
+
+    def lag(self, seconds: float) -> None:
+        self._lag.observe(seconds)
+
+    def resubscribed(self) -> None:
+        self.resubscribes.inc()
+
+    def restarted(self) -> None:
+        self.epoch_restarts.inc()
+
+    def talks_to(self, kind: str, node: str) -> None:
+        if self._node == (kind, node):
+            return
+        if self._node is not None:
+            self.node.remove(*self._node)
+        self._node = (kind, node)
+        self.node.labels(kind=kind, node=node).set(1)

@@ -26,9 +26,10 @@ from handler.local.socket import SocketsFirst
 from handler.web.app import create_app
 from infra.memory.connections import MemoryConnections
 from infra.memory.message_log import MemoryMessageLog
-from infra.redis.bridge import CALL_TIMEOUT, LoopBridge
+from infra.redis.bridge import LoopBridge
 from infra.redis.broadcast import RedisBroadcast
 from infra.redis.connections import RedisConnections
+from infra.redis.endpoint import Endpoint
 from infra.redis.feed import RoomFeed
 from infra.redis.history import RedisHistory
 from infra.redis.liveness import RedisLink
@@ -36,7 +37,6 @@ from infra.redis.message_log import RedisMessageLog
 from infra.settings import Settings, get_settings
 
 T = TypeVar("T")
-REDIS_CONNECTIONS = 64  # per worker; the subscription holds one of them
 
 
 @dataclass
@@ -72,6 +72,9 @@ class LocalChat:
             health["redis"] = self.engine.link()
             if health["redis"] != "linked":
                 health["status"] = "degraded"
+            health["redis_node"] = self.engine.endpoint.node
+            health["redis_resubscribes"] = self.engine.feed.subscription.resubscribes
+            health["redis_epoch_restarts"] = self.engine.feed.subscription.restarts
         return health
 
 
@@ -79,8 +82,12 @@ class LocalChat:
 class RedisEngine:
     """The Redis side of a worker: started with the app, on its event loop."""
 
-    client: Any
+    endpoint: Endpoint
     feed: RoomFeed
+
+    @property
+    def client(self) -> Any:
+        return self.endpoint.client
 
     async def start(self) -> None:
         await self.feed.start()
@@ -128,28 +135,12 @@ def _on_redis(
     policy: RoomPolicy,
     metrics: ChatMetrics,
 ) -> LocalChat:
-    import redis.asyncio
-    from redis.backoff import ExponentialBackoff
-    from redis.exceptions import ConnectionError as RedisConnectionError
-    from redis.exceptions import TimeoutError as RedisTimeoutError
-
-    # A burst of calls waits its turn for one of REDIS_CONNECTIONS (redis-py's default pool
-    # raises "Too many connections" instead). After Redis restarts, every pooled connection
-    # is stale and fails once: retry enough to get past them all, quickly. Health hears of
-    # the first failure all the same (RedisLink).
     link = RedisLink()
-    pool = redis.asyncio.BlockingConnectionPool.from_url(
-        settings.redis_url,
-        max_connections=REDIS_CONNECTIONS,
-        timeout=CALL_TIMEOUT,
-        health_check_interval=10,
-        retry=link.retry(ExponentialBackoff(cap=1.0, base=0.05), 10),
-        retry_on_error=[RedisConnectionError, RedisTimeoutError],
-    )
-    client = redis.asyncio.Redis.from_pool(pool)  # closed with the client
+    endpoint = Endpoint(settings.redis_url, link)
+    client = endpoint.client
     history = RedisHistory(client, settings.history_size, settings.history_ttl_seconds)
     bridge = LoopBridge(greenbridge)
-    feed = RoomFeed(client, history, link, metrics.pubsub_lag.observe)
+    feed = RoomFeed(client, history, link, metrics.redis)
     core = ChatCore(
         RedisConnections(feed, bridge),
         RedisMessageLog(history, bridge),
@@ -161,7 +152,7 @@ def _on_redis(
         metrics=metrics,
         timers=LoopExpiryTimers(),
     )
-    engine = RedisEngine(client, feed)
+    engine = RedisEngine(endpoint, feed)
     return LocalChat(
         settings, core, delivery, authenticator, bridged=True, engine=engine, metrics=metrics
     )
@@ -176,6 +167,8 @@ def create_local_app(settings: Settings | None = None) -> SocketsFirst:
 
     async def metrics() -> Response:
         """Prometheus' scrape: every worker's figures when there are several."""
+        if chat.engine is not None:
+            chat.metrics.talks_to(chat.engine.endpoint.kind, chat.engine.endpoint.node)
         return Response(chat.metrics.exposition(), media_type=METRICS_CONTENT_TYPE)
 
     app.add_api_route("/metrics", metrics, methods=["GET"], include_in_schema=False)

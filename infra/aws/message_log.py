@@ -198,8 +198,9 @@ class DynamoMessageLog:
         ).get("Item")
         return int(item["last_id"]["N"]) if item else 0
 
-    def head(self, room: str) -> tuple[int, str]:
-        """DynamoDB never loses a room's counter: one epoch, always."""
+    def head(self, room: str, since: int = 0, epoch: str = "") -> tuple[int, str]:
+        """DynamoDB never loses a room's counter (its writes are acknowledged once durable
+        in several zones): one epoch, always, whatever the client has seen."""
         return self.latest_id(room), "1"
 
     def _messages(

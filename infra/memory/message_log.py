@@ -142,7 +142,7 @@ class MemoryMessageLog:
         state = self._rooms.get(room)
         return state.last_id if state is not None else self._floor
 
-    def head(self, room: str) -> tuple[int, str]:
+    def head(self, room: str, since: int = 0, epoch: str = "") -> tuple[int, str]:
         return self.latest_id(room), self._epoch
 
     def _use(self, room: str, create: bool = False) -> _Room | None:

@@ -30,7 +30,6 @@ import contextlib
 import json
 import logging
 import secrets
-from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -39,7 +38,7 @@ from handler.chat.ports import Connection, User, keep_presence
 from infra.redis.history import RedisHistory, channel
 from infra.redis.liveness import Canary, RedisLink
 from infra.redis.membership import HEARTBEAT_SECONDS, Membership, member_fields
-from infra.redis.subscription import RoomSubscription
+from infra.redis.subscription import QUIET, FeedMetrics, RoomSubscription
 
 log = logging.getLogger(__name__)
 
@@ -54,17 +53,17 @@ class RoomFeed:
         redis: Any,
         history: RedisHistory,
         link: RedisLink,
-        lag: Callable[[float], None] = lambda seconds: None,
+        metrics: FeedMetrics = QUIET,
     ) -> None:
         """`link` is what `redis`'s connections report their failures to (RedisLink.retry);
-        `lag` is told, for each message that arrives live, how long after its publication it
-        reached this worker. The core it delivers through registers itself (`serve`)."""
+        `metrics` is told what the subscription sees (FeedMetrics). The core it delivers
+        through registers itself (`serve`)."""
         self.worker = secrets.token_hex(6)
         self._redis = redis
         self._link = link
         self.canary = Canary(redis, link, self.worker)
         self.membership = Membership(redis, self.worker, history.ttl)
-        self.subscription = RoomSubscription(redis, history, link, self.canary, lag)
+        self.subscription = RoomSubscription(redis, history, link, self.canary, metrics)
         self._connections: dict[str, Connection] = {}
         self._deferred: dict[str, list[str]] = {}  # presence for members not yet welcomed
         self._tasks: list[asyncio.Task[None]] = []

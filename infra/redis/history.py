@@ -47,12 +47,54 @@ from typing import Any
 from redis.exceptions import NoScriptError
 
 from handler.chat.ports import ChatMessage, Draft
+from infra.redis.high_water import NO_MARK, HighWater, Mark
+
+# Shared by the scripts that read a room's counter for a caller with a mark: if the counter
+# is behind the mark under the same epoch, the room goes on under a new epoch,
+# `fresh .. '+' .. counter`. Its stream and counter are kept: what the stream holds is what
+# the failover kept, the same messages under the same ids, and is the new epoch's history;
+# its next ids, which the lost writes had, are new ones under the new epoch, which every
+# client that holds the old ones is told of (infra/redis/high_water.py, epoch_bounds).
+# With the mark's `ts` (LATEST's callers), the id is also checked to be the same message:
+# one that gets to a promoted replica first with no mark (a REST publication, say) takes
+# the lost ids again, and may take the counter past the mark before a worker that holds it
+# gets there; the message at the mark's id then has another time. (Not in PUBLISH, which
+# is the hot path: every worker that holds a mark resubscribes after a failover, and its
+# catch-up reads the counter with it.)
+BEHIND = """
+local function BEHIND(seq, log, known_epoch, known_id, known_ts, fresh)
+  if known_epoch == '' then
+    return
+  end
+  local now = redis.call('HMGET', seq, 'id', 'epoch')
+  if now[2] ~= known_epoch then
+    return
+  end
+  local counter = tonumber(now[1]) or 0
+  local went_on = nil  -- '+': the stream is the old one up to the counter; '~': not known
+  if counter < tonumber(known_id) then
+    went_on = '+'
+  elseif known_ts ~= '' then
+    local entry = redis.call('XRANGE', log, known_id .. '-0', known_id .. '-0')[1]
+    if entry ~= nil and cjson.decode(entry[2][2]).ts ~= tonumber(known_ts) then
+      went_on = '~'
+    end
+  end
+  if went_on then
+    redis.call('HSET', seq, 'epoch', fresh .. went_on .. string.format('%d', counter))
+  end
+end
+"""
 
 # One room's drafts, in order. KEYS: seq hash, stream, channel, this call's key, members,
-# retry keys. ARGV: epoch if new, stream cap, ttl seconds, the call's ttl seconds, then for
-# each draft: its retry key (its user and client_msg_id, or "" for none), the sending
-# connection's id (or ""), and its message JSON without the id.
+# retry keys. ARGV: epoch if new, stream cap, ttl seconds, the call's ttl seconds, the
+# caller's mark (the epoch and highest id it has seen of the room: infra/redis/high_water.py),
+# then for each draft: its retry key (its user and client_msg_id, or "" for none), the
+# sending connection's id (or ""), and its message JSON without the id.
 # Returns {epoch, {created, id, message} for each draft}.
+# A counter behind the caller's mark under the mark's epoch is a Redis that lost writes (a
+# failover to a replica that lacked them): the room goes on under a new epoch, above the
+# mark (BEHIND), before any id is taken, so no id anyone saw is given again.
 # A retry key is a member of the room's retry keys, scored with its message's id, for as long
 # as that message is in the stream: ids are consecutive, so the `cap` newest are what the
 # stream holds. So a room's retry keys are bounded by its history's cap, as its stream is.
@@ -66,7 +108,9 @@ from handler.chat.ports import ChatMessage, Draft
 # message has left it meanwhile, stores the draft as a new one, as any retry of a message no
 # longer in history is; the call keeps that id too. A call that stored nothing keeps no key.
 # Ids are written with '%d': Lua's own number format turns 10^14 into `1e+14`.
-PUBLISH = """
+PUBLISH = (
+    BEHIND
+    + """
 local seq, log, channel, call, members, retries = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5],
   KEYS[6]
 local ran = redis.call('GET', call)
@@ -74,7 +118,7 @@ local stored = ran and cjson.decode(ran) or {}  -- each draft's id, if this call
 local epoch = nil
 local replies, bodies, senders, last = {false}, {}, {}, nil
 local n = 0
-for i = 5, #ARGV, 3 do
+for i = 7, #ARGV, 3 do
   n = n + 1
   local id = stored[n] or 0
   if id ~= 0 then  -- stored by this call when it ran before
@@ -83,6 +127,8 @@ for i = 5, #ARGV, 3 do
     if not epoch then
       if redis.call('HSETNX', seq, 'epoch', ARGV[1]) == 1 then
         redis.call('DEL', log, retries)  -- a room that starts over starts empty
+      else
+        BEHIND(seq, log, ARGV[5], ARGV[6], '', ARGV[1])
       end
       epoch = redis.call('HGET', seq, 'epoch')
     end
@@ -126,13 +172,22 @@ if last then
 end
 return replies
 """
+)
 CALL_KEPT = 120  # seconds: longer than redis-py's retries of one pipeline can take
 
 
-# KEYS: seq hash, stream, retry keys. Returns {latest id, epoch}, or {0, nil} for a room
-# without a counter: a read stores nothing (each name read would be a key kept for days), and
-# the room's first publication or join makes its epoch.
-LATEST = """
+# KEYS: seq hash, stream, retry keys. ARGV: an epoch should the room start over, then the
+# callers' marks (epoch, id, that message's ts or ""; "" for none): a worker's and a
+# client's. Returns {latest id, epoch}, or {0, nil} for a room without a counter: a read
+# stores nothing (each name read would be a key kept for days), and the room's first
+# publication or join makes its epoch. Only a counter behind a caller's mark is written to
+# (BEHIND).
+LATEST = (
+    BEHIND
+    + """
+for i = 2, #ARGV, 3 do
+  BEHIND(KEYS[1], KEYS[2], ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[1])
+end
 local seq = redis.call('HMGET', KEYS[1], 'id', 'epoch')
 if not seq[2] then
   redis.call('DEL', KEYS[2], KEYS[3])  -- a stream without its counter is an old history's
@@ -140,6 +195,7 @@ if not seq[2] then
 end
 return {tonumber(seq[1]) or 0, seq[2]}
 """
+)
 
 
 _ESCAPES = str.maketrans({"%": "%25", "{": "%7B", "}": "%7D", ":": "%3A"})
@@ -255,6 +311,8 @@ class RedisHistory:
         self._redis = redis
         self._size = size
         self.ttl = ttl
+        # This worker's marks: each publication and catch-up holds Redis to them.
+        self.high_water = HighWater()
         self._publish = redis.register_script(PUBLISH)
         self._latest = redis.register_script(LATEST)
         self._queued: list[_Queued] = []  # publications waiting for this turn's pipeline
@@ -309,10 +367,13 @@ class RedisHistory:
                 if isinstance(reply, Exception):  # part may have run: the caller closes the
                     failed.update(dict.fromkeys((n for n, _ in chunk), reply))  # socket
                     continue
-                _, *each = reply  # the epoch, then each draft's answer
+                epoch, *each = reply  # the epoch, then each draft's answer
                 for (n, place), answer in zip(chunk, each, strict=True):
                     caller = queued[n]
-                    answers[n][place] = _stored(caller.drafts[place], caller.ts, answer)
+                    stored = _stored(caller.drafts[place], caller.ts, answer)
+                    answers[n][place] = stored
+                    message, _ = stored
+                    self.high_water.saw(message.room, text(epoch), message.id, message.ts)
         except Exception as error:  # not one caller may wait for an answer that cannot come
             answers, failed = [], dict.fromkeys(range(len(queued)), error)
         for n, caller in enumerate(queued):
@@ -363,6 +424,7 @@ class RedisHistory:
             retries_key(room),
         ]
         args: list[Any] = [new_epoch(), self._size, self.ttl, CALL_KEPT]
+        args += self.high_water.mark(room)[:2]  # no message check here (BEHIND)
         for draft, ts in run:
             fields: dict[str, Any] = {
                 "room": room,
@@ -407,9 +469,15 @@ class RedisHistory:
         )
         return [_message(entry[b"m"]) for _, entry in reversed(entries)]
 
-    async def latest(self, room: str) -> tuple[int, str]:
+    async def latest(self, room: str, seen: Mark = NO_MARK) -> tuple[int, str]:
         """The room's latest id and its epoch; NO_HISTORY for a room that has no counter
-        (none yet, or it expired or was lost), for which nothing is stored."""
+        (none yet, or it expired or was lost), for which nothing is stored. Held to this
+        worker's mark of the room and to `seen` (a client's): a counter behind either under
+        its epoch starts the room over above it."""
         keys = [seq_key(room), log_key(room), retries_key(room)]
-        latest, epoch = await self._latest(keys=keys)
-        return (int(latest), text(epoch)) if epoch is not None else NO_HISTORY
+        args = [new_epoch(), *self.high_water.mark(room), *seen]
+        latest, epoch = await self._latest(keys=keys, args=args)
+        if epoch is None:
+            return NO_HISTORY
+        self.high_water.saw(room, text(epoch), int(latest))
+        return int(latest), text(epoch)

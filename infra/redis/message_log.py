@@ -37,5 +37,5 @@ class RedisMessageLog:
         latest, _ = self.head(room)
         return latest
 
-    def head(self, room: str) -> tuple[int, str]:
-        return self._bridge.run(self._history.latest(room))
+    def head(self, room: str, since: int = 0, epoch: str = "") -> tuple[int, str]:
+        return self._bridge.run(self._history.latest(room, (epoch, since, "")))

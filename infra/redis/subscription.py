@@ -18,13 +18,14 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from redis.asyncio.client import PubSub
 
 from handler.chat.core import ChatCore
 from handler.chat.ports import ChatMessage, Connection, Dialect
 from handler.chat.wire import CloseCode
+from infra.redis.high_water import epoch_bounds
 from infra.redis.history import RedisHistory, channel, messages_of, text
 from infra.redis.liveness import Canary, RedisLink
 from infra.redis.membership import member_from
@@ -48,8 +49,37 @@ class _Subscription(PubSub):
         self._reconnected()
 
 
+class FeedMetrics(Protocol):
+    """What the subscription tells /metrics (handler/local/metrics.py)."""
+
+    def lag(self, seconds: float) -> None:
+        """A message arrived live, `seconds` after its publication."""
+
+    def resubscribed(self) -> None:
+        """A fresh subscription replaced a lost or deaf one, every room caught up."""
+
+    def restarted(self) -> None:
+        """A room was heard to start over under a new epoch (its history lost, or its
+        counter found behind what was seen: a failover that lost writes)."""
+
+
+class _Quiet:
+    def lag(self, seconds: float) -> None:
+        pass
+
+    def resubscribed(self) -> None:
+        pass
+
+    def restarted(self) -> None:
+        pass
+
+
+QUIET: FeedMetrics = _Quiet()
+
+
 @dataclass
 class _Room:
+    name: str
     members: dict[str, Connection]
     delivered: int = 0  # the last id delivered here (or known to be old when subscribing)
     epoch: str = ""  # "" while the room has had no history since this worker subscribed
@@ -71,17 +101,21 @@ class RoomSubscription:
         history: RedisHistory,
         link: RedisLink,
         canary: Canary,
-        lag: Callable[[float], None],
+        metrics: FeedMetrics,
     ) -> None:
-        """`lag` is told, for each message that arrives live, how long after its publication
-        it reached this worker. The core it delivers through is given by the feed (`serve`)."""
+        """`metrics` is told what happens here (FeedMetrics). The core it delivers through
+        is given by the feed (`serve`)."""
         self._redis = redis
         self._history = history
         self._link = link
         self._canary = canary
-        self._lag = lag
+        self._metrics = metrics
         self._served: ChatCore | None = None
         self.rooms: dict[str, _Room] = {}
+        # What /metrics and /healthz tell (docs/operations.md): fresh subscriptions made
+        # after a lost or deaf one, and rooms heard to start over under a new epoch.
+        self.resubscribes = 0
+        self.restarts = 0
         self._pubsub: Any = None
         # Held by whatever changes the subscription. A fresh PubSub fetches its connection on
         # its first call: two first calls at once (a renewal's and a join's) would fetch two
@@ -115,7 +149,8 @@ class RoomSubscription:
         room = connection.room
         state = self.rooms.get(room)
         if state is None:
-            state = self.rooms[room] = _Room({connection.id: connection})
+            state = self.rooms[room] = _Room(room, {connection.id: connection})
+            self._history.high_water.hold(room)
             await self._subscribe(room, state)
         else:
             state.members[connection.id] = connection
@@ -135,6 +170,7 @@ class RoomSubscription:
             state.failed = True
             if self.rooms.get(room) is state:
                 del self.rooms[room]
+                self._history.high_water.drop(room)
             raise
         finally:
             state.ready.set()
@@ -210,7 +246,7 @@ class RoomSubscription:
                 log.warning("could not fill a gap in %r (%r); renewing", room, error)
                 self._canary.renew.set()
                 return
-        self._lag(max(0.0, time.time() - message.ts))
+        self._metrics.lag(max(0.0, time.time() - message.ts))
         self._fan_out(message, sender_id)
 
     def _fan_out(self, message: ChatMessage, sender_id: str | None = None) -> None:
@@ -218,6 +254,7 @@ class RoomSubscription:
         if state is None or not state.ready.is_set() or message.id <= state.delivered:
             return
         state.delivered = message.id
+        self._history.high_water.saw(message.room, state.epoch, message.id, message.ts)
         members = list(state.members.values())
         # With no switch in between: a welcome cannot open a gate between this delivery and
         # its id.
@@ -260,17 +297,33 @@ class RoomSubscription:
             self._start_over(state, epoch, sparing)
 
     def _start_over(self, state: _Room, epoch: str, sparing: str | None = None) -> None:
-        """The room's history was lost, and its ids start over under `epoch`. A JSON member
-        here has ids of the old history, which the new ones repeat: its client would drop
-        them as seen, and its gate would hold back those up to where its welcome went. So it
-        is closed with 1012, and reconnects: its welcome says `recovered: false`. (Not
-        `sparing`, which is joining now, under the new epoch.)"""
-        state.epoch, state.delivered = epoch, 0
+        """The room's history was lost, and its ids start over under `epoch`: above 0 for a
+        room made afresh, above its counter for one found behind a caller's mark, whose
+        stream up to the counter is then the same messages under the same ids (`kept`:
+        infra/redis/high_water.py, epoch_bounds). A JSON member here that may hold an id
+        above `kept` has ids of the old history, which the new ones repeat: its client would
+        drop them as seen, and its gate would hold back those up to where its welcome went.
+        So it is closed with 1012, and reconnects: its welcome says `recovered: false`. (Not
+        `sparing`, which is joining now, under the new epoch.) One that holds nothing above
+        `kept` stays: a client's `since` alone can start a room over, and one that claims
+        more than the room has (a client may lie) must not close every member of it."""
+        kept, following = epoch_bounds(epoch)
+        held = state.delivered
+        # Ids up to where new ones begin that this worker had yet to deliver are still to
+        # come, from the stream.
+        state.epoch, state.delivered = epoch, min(held, following)
+        self._history.high_water.restarted(state.name, epoch)
+        self.restarts += 1
+        self._metrics.restarted()
         for member in list(state.members.values()):
-            if member.dialect is Dialect.JSON and member.id != sparing:
-                self._core.delivery.close(
-                    member.id, CloseCode.SERVICE_RESTART, "the room's history was lost"
-                )
+            if member.dialect is not Dialect.JSON or member.id == sparing:
+                continue
+            through = member.welcomed_through
+            if kept and held <= kept and through is not None and through <= kept:
+                continue  # it holds only what the new epoch holds too
+            self._core.delivery.close(
+                member.id, CloseCode.SERVICE_RESTART, "the room's history was lost"
+            )
 
     async def _resubscribe(self) -> None:
         """A fresh subscription to every room with members here, then a catch-up of each."""
@@ -287,6 +340,8 @@ class RoomSubscription:
                     await self._catch_up(room)
                 self._canary.heard()
                 self._link.up = True
+                self.resubscribes += 1
+                self._metrics.resubscribed()
                 log.info("redis subscription restored for %d room(s)", len(rooms))
                 return
             except Exception as error:
@@ -305,6 +360,7 @@ class RoomSubscription:
         idle = [room for room, state in self.rooms.items() if not state.members]
         for room in idle:
             del self.rooms[room]
+            self._history.high_water.drop(room)
         async with self._subscribing:
             wanted = {channel(room) for room in self.rooms} | {self._canary.channel}
             pubsub = self._pubsub

@@ -1,7 +1,9 @@
-"""A real `redis-server` on a free loopback port, for the tests that need one (no fakes)."""
+"""Real `redis-server` processes on free loopback ports, for the tests that need them (no
+fakes): one Redis, a primary with its replica, and Sentinels watching them."""
 
 from __future__ import annotations
 
+import signal
 import socket
 import subprocess
 import time
@@ -20,6 +22,8 @@ class RedisServer:
     directory: Path
     persistent: bool
     process: subprocess.Popen[bytes] | None = None
+    replica_of: int | None = None  # the primary's port, for a replica
+    sentinel: bool = False  # a Sentinel (`redis-server --sentinel`), with its config file
 
     def url(self, db: int = 0) -> str:
         return f"redis://127.0.0.1:{self.port}/{db}"
@@ -28,8 +32,9 @@ class RedisServer:
         # Persistence, when asked for, is an append-only file fsynced on every write, so a
         # restart finds everything that was acknowledged.
         persistence = ["--appendonly", "yes", "--appendfsync", "always"]
+        server = require("redis-server", "run the Redis engine's tests")
         command = [
-            require("redis-server", "run the Redis engine's tests"),
+            server,
             "--port", str(self.port),
             "--bind", "127.0.0.1",
             "--dir", str(self.directory),
@@ -37,6 +42,10 @@ class RedisServer:
             "--enable-debug-command", "local",  # DEBUG SLEEP: a Redis that stalls
             *(persistence if self.persistent else ["--appendonly", "no"]),
         ]  # fmt: skip
+        if self.replica_of is not None:
+            command += ["--replicaof", "127.0.0.1", str(self.replica_of)]
+        if self.sentinel:  # Sentinel rewrites its config file: one of its own
+            command = [server, str(self.directory / "sentinel.conf"), "--sentinel"]
         with (self.directory / "redis.log").open("ab") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=log)
         deadline = time.monotonic() + 10
@@ -68,6 +77,15 @@ class RedisServer:
         self.stop()
         self.start()
 
+    def pause(self) -> None:
+        """Freeze the process (SIGSTOP): a replica paused so holds its replication back."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
+
 
 @contextmanager
 def running_redis(directory: Path, persistent: bool = False) -> Iterator[RedisServer]:
@@ -77,3 +95,59 @@ def running_redis(directory: Path, persistent: bool = False) -> Iterator[RedisSe
         yield server
     finally:
         server.stop()
+
+
+# Sentinel's timeouts, shortened from its defaults (30 s, 3 min) so that a failover takes a
+# few seconds: a primary unanswering for DOWN_AFTER_MS is down.
+DOWN_AFTER_MS = 1000
+FAILOVER_TIMEOUT_MS = 3000
+SERVICE = "mymaster"
+
+
+@contextmanager
+def running_replicated(directory: Path, sentinels: int = 0) -> Iterator[list[RedisServer]]:
+    """A primary, its replica (in sync before this returns), then `sentinels` Sentinels
+    watching them under SERVICE (quorum 2). Stopped at the end, whichever are still running;
+    a process a test killed is not signalled again."""
+    primary = RedisServer(free_port(), _own(directory, "primary"), persistent=False)
+    replica = RedisServer(free_port(), _own(directory, "replica"), False, replica_of=primary.port)
+    watchers = [
+        RedisServer(free_port(), _own(directory, f"sentinel-{n}"), False, sentinel=True)
+        for n in range(sentinels)
+    ]
+    for watcher in watchers:
+        (watcher.directory / "sentinel.conf").write_text(
+            f"port {watcher.port}\nbind 127.0.0.1\ndir {watcher.directory}\n"
+            f"sentinel monitor {SERVICE} 127.0.0.1 {primary.port} 2\n"
+            f"sentinel down-after-milliseconds {SERVICE} {DOWN_AFTER_MS}\n"
+            f"sentinel failover-timeout {SERVICE} {FAILOVER_TIMEOUT_MS}\n"
+        )
+    started: list[RedisServer] = []
+    try:
+        for server in [primary, replica, *watchers]:
+            server.start()
+            started.append(server)
+        _wait_for_sync(replica)
+        yield [primary, replica, *watchers]
+    finally:
+        for server in reversed(started):
+            if server.process is not None:
+                server.resume()  # a paused process would not take SIGTERM
+                server.stop()
+
+
+def _own(directory: Path, name: str) -> Path:
+    path = directory / name
+    path.mkdir(exist_ok=True)
+    return path
+
+
+def _wait_for_sync(replica: RedisServer) -> None:
+    import redis
+
+    with redis.Redis(port=replica.port, socket_timeout=2) as client:
+        deadline = time.monotonic() + 10
+        while client.info("replication").get("master_link_status") != "up":
+            if time.monotonic() > deadline:
+                raise RuntimeError("the replica did not sync with its primary in 10 s")
+            time.sleep(0.05)

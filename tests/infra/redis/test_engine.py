@@ -23,6 +23,7 @@ from handler.chat.wire import MAX_MESSAGE_ID
 from handler.local.delivery import Outbox
 from handler.local.service import LocalChat, build_local_chat
 from infra.redis.feed import RoomFeed
+from infra.redis.high_water import NO_MARK, Mark
 from infra.redis.history import (
     PUBLISH,
     RedisHistory,
@@ -60,6 +61,14 @@ class Member:
             assert time.monotonic() - started < seconds, self.frames
             await asyncio.sleep(0.05)
         return time.monotonic() - started
+
+    async def closed(self, seconds: float) -> list[int]:
+        """The close codes sent to it, once there is one (at most `seconds`)."""
+        deadline = time.monotonic() + seconds
+        while not self.closes:
+            assert time.monotonic() < deadline, self.frames
+            await asyncio.sleep(0.05)
+        return self.closes
 
 
 @pytest.fixture
@@ -192,8 +201,8 @@ async def test_a_message_that_reaches_the_subscription_before_its_room_is_set_up
     history: RedisHistory = chat.engine.feed.subscription._history
     read_latest = history.latest
 
-    async def latest_then_a_message(room: str) -> tuple[int, str]:
-        answer = await read_latest(room)
+    async def latest_then_a_message(room: str, seen: Mark = NO_MARK) -> tuple[int, str]:
+        answer = await read_latest(room, seen)
         await post(history, room, "early")
         await asyncio.sleep(0.5)  # the subscription takes it while the room is not yet here
         return answer
@@ -297,11 +306,7 @@ async def test_json_members_are_closed_to_resume_when_their_room_starts_over(
     await member.wait_for("after it joined", 5)
     await chat.engine.client.flushall()
     await post(history, "epochs", "after the loss")
-    deadline = time.monotonic() + 3
-    while not member.closes:
-        assert time.monotonic() < deadline, member.frames
-        await asyncio.sleep(0.05)
-    assert member.closes == [1012]
+    assert await member.closed(3) == [1012]
     member.writer.cancel()
 
 
@@ -335,9 +340,9 @@ async def test_a_room_joined_while_the_worker_resubscribes_is_in_the_new_subscri
     read_latest = feed.subscription._history.latest
     joining = True  # the renewal reads the room's latest too: renew only for the join
 
-    async def latest_during_a_renewal(room: str) -> tuple[int, str]:
+    async def latest_during_a_renewal(room: str, seen: Mark = NO_MARK) -> tuple[int, str]:
         nonlocal joining
-        answer = await read_latest(room)
+        answer = await read_latest(room, seen)
         if room == "late" and joining:
             joining = False
             renewed = feed.subscription._pubsub
@@ -397,7 +402,7 @@ async def test_a_subscription_left_by_a_failed_join_is_dropped(chat: LocalChat) 
     feed = engine.feed
     history: RedisHistory = feed.subscription._history
 
-    async def unreachable(room: str) -> tuple[int, str]:
+    async def unreachable(room: str, seen: Mark = NO_MARK) -> tuple[int, str]:
         raise ConnectionError("Redis went away")
 
     history.latest = unreachable  # type: ignore[method-assign]
@@ -1140,3 +1145,145 @@ async def test_a_message_published_before_batching_is_still_delivered(chat: Loca
     await engine.client.spublish(channel("mixed"), json.dumps(payload))
     await member.wait_for("two", 5)
     member.writer.cancel()
+
+
+async def fail_over_losing(chat: LocalChat, room: str, kept: int) -> str:
+    """What a failover to a replica that lacked the room's last writes leaves: its counter
+    back at `kept`, its stream without the ids above, under the same epoch. Returns it."""
+    assert chat.engine is not None
+    client = chat.engine.client
+    epoch = await client.hget(seq_key(room), "epoch")
+    entries = await client.xrange(log_key(room), max=f"{kept}-0")
+    pipe = client.pipeline(transaction=True)
+    pipe.delete(log_key(room))  # the replica's stream never had the rest, nor its top id
+    for entry_id, fields in entries:
+        pipe.xadd(log_key(room), fields, id=entry_id)
+    pipe.hset(seq_key(room), "id", kept)
+    await pipe.execute()
+    return str(epoch.decode())
+
+
+@pytest.mark.timeout(30)
+async def test_a_counter_behind_what_a_worker_delivered_starts_the_room_over_above_it(
+    chat: LocalChat,
+) -> None:
+    """Redis fails over to a replica that lacked the room's last writes: its counter is back
+    at 1 under the same epoch, though this worker delivered 3. The next publication used to
+    take ids 2 and 3 again, which the worker (and every client) dropped as repeats: silent
+    loss. It now goes on under a new epoch, from what the failover kept, and the JSON member
+    here, holding the old ids, is closed with 1012 to resume and be told `recovered: false`."""
+    assert chat.engine is not None
+    history = chat.engine.feed.subscription._history
+    member = await watch(chat, "failover")
+    text_member = await join(chat, "failover", "t1")
+    for text in ("one", "two", "three"):
+        await post(history, "failover", text)
+    await text_member.wait_for("three", 5)
+    before = await fail_over_losing(chat, "failover", kept=1)
+    (message, created), *_ = await history.append_many(
+        [Draft("failover", "u2", "u2", "after the failover")], ts=0.0
+    )
+    assert created and message.id == 2
+    _, epoch = await history.latest("failover")
+    assert epoch != before and epoch.endswith("+1")
+    await text_member.wait_for("after the failover", 5)
+    assert await member.closed(3) == [1012]
+    # The text member heard each message once: the kept history is not sent again.
+    assert sum("one" in frame for frame in text_member.frames) == 1
+    # What the failover kept is the room's history under its new epoch.
+    assert [(m.id, m.text) for m in await history.after("failover", 0, 10)] == [
+        (1, "one"),
+        (2, "after the failover"),
+    ]
+    member.writer.cancel()
+    text_member.writer.cancel()
+
+
+@pytest.mark.timeout(30)
+async def test_a_client_resuming_past_a_counter_that_fell_behind_is_not_recovered(
+    chat: LocalChat,
+) -> None:
+    """A worker with no member in the room knows nothing of its ids; the client resuming
+    with `since=3` and its epoch does. Its welcome holds Redis to that: the room goes on under
+    a new epoch, the welcome says `recovered: false` with it, and the next message is not id
+    2 under the old one (which the client would drop as a repeat). (This worker
+    subscribed the room before the welcome, under the old epoch: it hears the new one with
+    the next message and closes its JSON members, this one too, which then resumes under
+    the new epoch, recovered.)"""
+    assert chat.engine is not None
+    history = chat.engine.feed.subscription._history
+    for text in ("one", "two", "three"):
+        await post(history, "resumed", text)
+    before = await fail_over_losing(chat, "resumed", kept=1)
+    member = Member(chat, "j1")
+    principal = Principal(id="u-j1", name="u-j1", echo="u-j1")
+    params = ConnectParams(Dialect.JSON)
+    await chat.call(chat.core.connect, "j1", "resumed", principal, params)
+    await chat.call(chat.core.welcome, "j1", 3, before)
+    await member.wait_for('"welcome"', 5)
+    welcome = json.loads(member.frames[0])
+    assert welcome["recovered"] is False and welcome["epoch"] != before
+    _, latest_epoch = await history.latest("resumed")
+    assert latest_epoch == welcome["epoch"]
+    member.writer.cancel()
+
+
+@pytest.mark.timeout(30)
+async def test_ids_taken_again_past_a_workers_mark_by_one_without_it_are_found(
+    chat: LocalChat,
+) -> None:
+    """After the failover, a worker with no member in the room (a REST publication) gets to
+    the promoted replica first, while this worker's subscription is down, and takes ids 2, 3
+    and 4 again: the counter is past the 3 this worker delivered, so the counter alone says
+    nothing. But the message at id 3 is not the one this worker delivered there (it was sent
+    at another time): its catch-up starts the room over, and the JSON member here, which
+    holds the old 2 and 3, is closed with 1012 (it used to be sent 4 and miss the new 2 and
+    3 for good)."""
+    assert chat.engine is not None
+    client = chat.engine.client
+    history = chat.engine.feed.subscription._history
+    member = await watch(chat, "raced")
+    for text in ("one", "two", "three"):
+        await history.append(Draft("raced", "u2", "u2", text), ts=time.time())
+    await member.wait_for("three", 5)
+    await fail_over_losing(chat, "raced", kept=1)
+    elsewhere = RedisHistory(client, 1000, 3600)  # holds no mark for the room
+    sha = await client.script_load(PUBLISH)
+    pipe = client.pipeline(transaction=False)
+    pipe.execute_command("CLIENT", "KILL", "TYPE", "pubsub")  # the failover's lost link
+    for text in ("new two", "new three", "new four"):
+        keys, args = elsewhere._publication([(Draft("raced", "u3", "u3", text), time.time())])
+        pipe.evalsha(sha, len(keys), *keys, *args)
+    await pipe.execute()
+    assert await member.closed(DEAF_AFTER) == [1012]
+    member.writer.cancel()
+
+
+@pytest.mark.timeout(30)
+async def test_a_client_claiming_more_than_a_room_has_closes_no_one_else(
+    chat: LocalChat,
+) -> None:
+    """A client resumes with the room's epoch and a `since` past its counter: either Redis
+    lost writes that client saw, or the client lies. The room goes on under a new epoch all
+    the same, but a JSON member here that holds nothing past the counter holds the same
+    messages under the same ids as the new epoch: it stays, and hears what comes next (a
+    client could otherwise close every member of a room with one handshake)."""
+    assert chat.engine is not None
+    history = chat.engine.feed.subscription._history
+    member = await watch(chat, "claimed")
+    for text in ("one", "two"):
+        await post(history, "claimed", text)
+    await member.wait_for("two", 5)
+    _, epoch = await history.latest("claimed")
+    liar = Member(chat, "j2")
+    principal = Principal(id="u-j2", name="u-j2", echo="u-j2")
+    await chat.call(chat.core.connect, "j2", "claimed", principal, ConnectParams(Dialect.JSON))
+    await chat.call(chat.core.welcome, "j2", 50, epoch)
+    await liar.wait_for('"welcome"', 5)
+    assert json.loads(liar.frames[0])["recovered"] is False
+    await post(history, "claimed", "three")
+    await member.wait_for("three", 5)
+    assert member.closes == []
+    assert (await history.latest("claimed"))[1] != epoch
+    member.writer.cancel()
+    liar.writer.cancel()
