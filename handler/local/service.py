@@ -23,6 +23,7 @@ from handler.local.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from handler.local.metrics import ChatMetrics
 from handler.local.protocols import DRAIN
 from handler.local.socket import SocketsFirst
+from handler.local.timer import LoopTimer
 from handler.web.app import create_app
 from infra.memory.connections import MemoryConnections
 from infra.memory.message_log import MemoryMessageLog
@@ -117,6 +118,7 @@ def build_local_chat(settings: Settings) -> LocalChat:
         credentials=ThreadedCheck(authenticator),
         metrics=metrics,
         timers=LoopExpiryTimers(),
+        timer=LoopTimer(),
     )
     return LocalChat(settings, core, delivery, authenticator, metrics=metrics)
 
@@ -160,6 +162,7 @@ def _on_redis(
         broadcast=lambda core: RedisBroadcast(feed, core, bridge),
         metrics=metrics,
         timers=LoopExpiryTimers(),
+        timer=LoopTimer(),
     )
     engine = RedisEngine(client, feed)
     return LocalChat(
