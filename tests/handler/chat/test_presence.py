@@ -9,7 +9,7 @@ import pytest
 
 from auth.principal import Principal
 from handler.chat.core import ChatCore, ConnectParams, Limits
-from handler.chat.ports import Dialect
+from handler.chat.ports import Connection, Dialect
 from infra.memory.connections import MemoryConnections
 from infra.memory.message_log import MemoryMessageLog
 from tests.handler.chat.recording import FakeClock, ManualTimer, RecordingDelivery
@@ -221,3 +221,25 @@ def test_an_idle_room_keeps_nothing(
     timer.run()
     assert core._presence is not None and len(core._presence) == 0
     assert json.loads(delivery.take("c0")[0])["type"] == "welcome"
+
+
+def test_a_join_and_a_welcome_read_no_member_list(
+    delivery: RecordingDelivery, clock: FakeClock, timer: ManualTimer
+) -> None:
+    """A join into a room of N cost O(N) at once (its members read, to send it to each): a
+    storm of N joins, O(N²). Now the batch reads them, once per interval."""
+
+    class Counting(MemoryConnections):
+        reads = 0
+
+        def in_room(self, room: str) -> list[Connection]:
+            self.reads += 1
+            return list(super().in_room(room))
+
+    store = Counting()
+    core = batching(delivery, clock, timer, connections=store)
+    for n in range(100):
+        enter(core, f"c{n}")
+    assert store.reads == 0
+    timer.run()
+    assert store.reads == 1
