@@ -99,6 +99,8 @@ bench: $(VENV)/.installed-bench
 	$(BIN)/python bench/artifact_size.py
 	$(BIN)/python bench/emulator_soak.py
 	$(BIN)/python bench/redis_fanout.py
+	$(BIN)/python bench/storm.py
+	$(BIN)/python bench/connect_profile.py
 	$(BIN)/python bench/report.py
 	$(BIN)/python bench/dashboard.py
 

@@ -51,6 +51,9 @@ class JwtAuthenticator:
             if config.jwks_url
             else None
         )
+        # A key set is fetched when a token names a key not yet cached: that waits on the
+        # network. With a secret or a PEM key, verifying is CPU alone.
+        self.may_block = self._jwks is not None
 
     def authenticate(self, handshake: Handshake) -> Principal:
         credential = find_credential(handshake)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from auth.base import Authenticator
+from auth.base import Authenticator, may_block
 from auth.errors import AuthError
 from auth.handshake import Handshake
 from auth.principal import Principal
@@ -20,6 +20,7 @@ class OriginCheck:
         self._inner = inner
         self._allowed = frozenset(allowed)
         self.accepts_cookies = inner.accepts_cookies
+        self.may_block = may_block(inner)
 
     def authenticate(self, handshake: Handshake) -> Principal:
         origin = handshake.origin

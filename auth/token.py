@@ -34,6 +34,7 @@ class TokenAuthenticator:
     in which case only those tokens are, each under its configured display name."""
 
     accepts_cookies = True
+    may_block = False  # a dict look-up and a hash
 
     def __init__(self, tokens: Mapping[str, TokenEntry] | None = None) -> None:
         self._entries = dict(tokens or {})

@@ -33,6 +33,8 @@ SECTIONS = {  # file name: heading, in the order of issue 7
     "emulator_soak": "8. The emulator over a dev loop",
     "redis_fanout": "9. Rooms on Redis",
     "lambda_big_room": "10. Big rooms on Lambda",
+    "storm": "11. A reconnect storm",
+    "connect_profile": "11b. Where a text-dialect connect's CPU goes",
 }
 BAR_PANELS = (  # results file, panel, label field, value field, title, unit
     ("slow_consumer", (0, 2), "label", "p99", "2. Slow consumer: healthy receivers' p99", "ms"),

@@ -173,9 +173,17 @@ class Receiver(asyncio.Protocol):
     receiver the load generator outruns the server, so its CPU per delivery is its own.
     """
 
-    def __init__(self, path: str, on_stamp: Callable[[int, float], None]) -> None:
+    def __init__(
+        self,
+        path: str,
+        on_stamp: Callable[[int, float], None],
+        on_text: Callable[[bytes], None] | None = None,
+    ) -> None:
+        """`on_text`, if given, sees every text frame (the storm counts welcomes and presence);
+        stamped ones go to `on_stamp` as well."""
         self.path = path
         self.on_stamp = on_stamp
+        self.on_text = on_text
         self.buffer = bytearray()
         self.opened: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.transport: asyncio.Transport
@@ -216,6 +224,8 @@ class Receiver(asyncio.Protocol):
             if len(buffer) < start + length:
                 break
             if opcode == 0x1:
+                if self.on_text is not None:
+                    self.on_text(bytes(buffer[start : start + length]))
                 stamp = STAMP.search(buffer, start, start + length)
                 if stamp:
                     self.on_stamp(int(stamp.group(1)), time.perf_counter() - float(stamp.group(2)))

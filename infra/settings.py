@@ -132,6 +132,9 @@ class Settings:
     rate_burst: int = _bounded(_CORE.rate_burst, ge=1)
     rate_abuse_strikes: int = _bounded(_CORE.rate_abuse_strikes, ge=1)
     welcome_history: int = _bounded(_CORE.welcome_history, ge=0)
+    presence_interval: float = _bounded(_CORE.presence_interval, ge=0, le=10)
+    # Bounded so that a batch's frame stays far below 128 KiB (names are short).
+    presence_occupancy: int = _bounded(_CORE.presence_occupancy, ge=0, le=1000)
     send_queue_frames: int = _bounded(256, ge=1)
 
     # `wschat serve` on Redis (workers and hosts sharing rooms); empty: in memory.
@@ -231,6 +234,8 @@ class Settings:
             rate_burst=self.rate_burst,
             rate_abuse_strikes=self.rate_abuse_strikes,
             welcome_history=self.welcome_history,
+            presence_interval=self.presence_interval,
+            presence_occupancy=self.presence_occupancy,
         )
 
 

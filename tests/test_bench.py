@@ -52,6 +52,30 @@ def test_local_fanout_and_report(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(120)
+def test_the_storm_welcomes_everyone_and_counts_presence_frames(tmp_path: Path) -> None:
+    require("taskset", "pin the benchmark's server and clients to cores")
+    scenarios = "json-rooms,json-one"
+    table = run(
+        "storm.py", tmp_path, "--clients", "60", "--in-flight", "20", "--scenarios", scenarios
+    )
+    assert "JSON, one room vs each into its own room" in table
+    rows = {row["key"]: row for row in json.loads((tmp_path / "storm.json").read_text())["rows"]}
+    assert list(rows) == scenarios.split(",")
+    for row in rows.values():
+        assert row["clients"] == 60 and row["cpu_ms_per_connect"] > 0
+    assert rows["json-rooms"]["presence_max"] == 0  # a room of one hears no one
+    assert 1 <= rows["json-one"]["presence_max"] <= rows["json-one"]["presence_bound"]
+
+
+@pytest.mark.timeout(120)
+def test_connect_profile_says_where_a_connect_goes(tmp_path: Path) -> None:
+    table = run("connect_profile.py", tmp_path, "--connections", "50", "--top", "10")
+    (row,) = json.loads((tmp_path / "connect_profile.json").read_text())["rows"]
+    assert row["cpu_us_per_connect"] > 0 and row["steps"]["registration: ChatCore.connect"] > 0
+    assert "handler/local/socket.py" in table
+
+
+@pytest.mark.timeout(120)
 def test_idle_memory_says_where_an_idle_connection_goes(tmp_path: Path) -> None:
     require("taskset", "pin the benchmark's clients to a core")
     table = run("idle_memory.py", tmp_path, "--connections", "50", "--top", "40")

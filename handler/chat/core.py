@@ -30,8 +30,10 @@ from handler.chat.ports import (
     Metrics,
     NoMetrics,
     StoreBusy,
+    Timer,
     User,
 )
+from handler.chat.presence import PresenceBatches
 from handler.chat.ratelimit import TokenBucket, TokenBuckets
 from handler.chat.wire import CloseCode, ErrorCode, FrameError
 
@@ -62,6 +64,11 @@ class Limits:
     members_listed: int = 1000
     # A user's `typing` reaches the room at most once per this many seconds; extras drop.
     typing_seconds: float = 2.0
+    # Where the transport has a Timer: a room's joins and leaves go out together, in at most
+    # one `presence` frame per this many seconds (handler/chat/presence.py); 0: each at once.
+    presence_interval: float = 0.3
+    # Above this many connections, a room's `presence` carries only its count.
+    presence_occupancy: int = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,8 +95,12 @@ class DirectBroadcast:
         self._core.fan_out(message, sender_id, self._core.connections.in_room(message.room))
 
     def presence(self, event: str, connection: Connection) -> None:
-        members = self._core.connections.in_room(connection.room)
-        self._core.fan_out_presence(event, connection, len(members), members)
+        core, room = self._core, connection.room
+        if core.batches_presence:  # its members are read when the batch goes out
+            core.fan_out_presence(event, connection, core.connections.count(room), ())
+            return
+        members = core.connections.in_room(room)
+        core.fan_out_presence(event, connection, len(members), members)
 
     def typing(self, connection: Connection) -> None:
         self._core.fan_out_typing(connection, self._core.connections.in_room(connection.room))
@@ -109,6 +120,7 @@ class ChatCore:
         broadcast: Callable[[ChatCore], Broadcast] | None = None,
         metrics: Metrics | None = None,
         timers: ExpiryTimers | None = None,
+        timer: Timer | None = None,
     ) -> None:
         self.connections = connections
         self.messages = messages
@@ -120,6 +132,18 @@ class ChatCore:
         self.broadcast = broadcast(self) if broadcast is not None else DirectBroadcast(self)
         self.metrics = metrics or NoMetrics()
         self._timers = timers  # None: expiry is noticed at the next frame
+        # None: each join and leave goes out as it happens (Lambda; or an interval of 0).
+        self._presence = (
+            PresenceBatches(
+                connections,
+                self._deliver,
+                timer,
+                self.limits.presence_interval,
+                self.limits.presence_occupancy,
+            )
+            if timer is not None and self.limits.presence_interval > 0
+            else None
+        )
         self._clock = clock
         self._wall_clock = wall_clock
         # Rate state lives with the process: exact locally, per warm container on Lambda.
@@ -189,6 +213,8 @@ class ChatCore:
             history = self._page(room, since if recovered else 0)
         through = history[-1].id if history else latest  # what the client will have
         behind = through < latest  # more than a page after `since`
+        if self._presence is not None:
+            self._presence.counting(connection)
         count = self.connections.count(room)
         frames = wire.welcome_frames(
             connection, count, history, max(latest, through), current, recovered
@@ -220,7 +246,10 @@ class ChatCore:
         on: False), and send it the presence events kept for it meanwhile."""
         if not self.connections.mark_welcomed(connection.id, connection.room, through, force):
             return False
-        self._deliver_all([connection.id], self.connections.take_deferred(connection))
+        if self._presence is not None:
+            self._presence.opened(connection)
+        else:
+            self._deliver_all([connection.id], self.connections.take_deferred(connection))
         return True
 
     def message(self, connection_id: str, frame: str | bytes) -> None:
@@ -418,13 +447,36 @@ class ChatCore:
         if to:
             self._deliver(to, wire.typing_frame(connection))
 
+    @property
+    def batches_presence(self) -> bool:
+        """Whether presence goes out in batches (a Timer was given): `fan_out_presence` then
+        needs only the count."""
+        return self._presence is not None
+
     def fan_out_presence(
         self, event: str, connection: Connection, count: int, members: Sequence[Connection]
     ) -> None:
-        """Tell the JSON `members` (but `connection` itself) that it joined or left. One
-        still waiting for its welcome gets it after the welcome, once its gate opens: the
-        welcome comes first, and its count may predate the event (`_open`)."""
-        frame = wire.presence_frame(event, connection, count)
+        """Tell the room's JSON members (but `connection` itself) that it joined or left,
+        and that the room has `count` connections now: with the room's next batch, where
+        there is a Timer (`members` is then not read), else at once to `members`. Above
+        `presence_occupancy`, only the count goes out."""
+        if self._presence is not None:
+            self._presence.record(event, connection, count)
+            return
+        self._presence_now(event, connection, count, members)
+
+    def _presence_now(
+        self, event: str, connection: Connection, count: int, members: Sequence[Connection]
+    ) -> None:
+        """One frame for one event. A member still waiting for its welcome gets it after the
+        welcome, once its gate opens: the welcome comes first, and its count may predate the
+        event (`_open`)."""
+        if count > self.limits.presence_occupancy:
+            frame = wire.occupancy_frame(connection.room, count)
+        else:
+            user = [User(connection.user_id, connection.user_name)]
+            joins, leaves = (user, []) if event == "join" else ([], user)
+            frame = wire.presence_frame(connection.room, joins, leaves, count)
         now = []
         for m in members:
             if m.dialect is not Dialect.JSON or m.id == connection.id:

@@ -223,6 +223,16 @@ class ExpiryTimers(Protocol):
         ...
 
 
+class Timer(Protocol):
+    """Where a transport can act later (uvicorn's event loop), the core sends presence in
+    batches, one frame per room and interval (handler/chat/presence.py). Without one (Lambda,
+    where nothing runs between events), each join and leave goes out as it happens."""
+
+    def call_later(self, seconds: float, action: Callable[[], None]) -> None:
+        """Call `action()` in `seconds`, where the core runs."""
+        ...
+
+
 class Broadcast(Protocol):
     """Carries what concerns a whole room to its members, once it is in the store. Where
     every member is reachable from here (memory, DynamoDB), the core delivers directly (and

@@ -426,16 +426,25 @@ def welcome_frames(
     return [welcome, *(_split(more, "messages", rest) if rest else [])]
 
 
-def presence_frame(event: str, connection: Connection, count: int) -> str:
-    return _dump(
+def presence_frame(room: str, joins: Sequence[User], leaves: Sequence[User], count: int) -> str:
+    """Who joined and who left the room since its last `presence` frame (one entry per
+    connection), and how many connections it has now. So many that the frame would be over
+    MAX_SEND_BYTES (long names): the count alone, as for a big room."""
+    frame = _dump(
         {
             "type": "presence",
-            "event": event,
-            "room": connection.room,
-            "user": _user(connection.user_id, connection.user_name),
+            "room": room,
+            "joins": [_user(u.id, u.name) for u in joins],
+            "leaves": [_user(u.id, u.name) for u in leaves],
             "count": count,
         }
     )
+    return frame if _size(frame) <= MAX_SEND_BYTES else occupancy_frame(room, count)
+
+
+def occupancy_frame(room: str, count: int) -> str:
+    """A big room's `presence`: only how many connections it has (no joins, no leaves)."""
+    return _dump({"type": "presence", "room": room, "count": count})
 
 
 def refreshed_frame(expires_at: float | None) -> str:

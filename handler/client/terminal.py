@@ -21,14 +21,24 @@ def printable(text: str) -> str:
     return _UNPRINTABLE.sub(lambda found: f"\\u{ord(found.group()):04x}", text)
 
 
+def presence_line(frame: dict[str, Any]) -> str:
+    """A `presence` frame in words: "alice, bob joined; carol left (3 here)", or, for a room
+    above the server's occupancy threshold (the count alone), "250 here"."""
+    parts = [
+        f"{', '.join(user['name'] for user in frame[key])} {verb}"
+        for key, verb in (("joins", "joined"), ("leaves", "left"))
+        if frame.get(key)
+    ]
+    return f"{'; '.join(parts)} ({frame['count']} here)" if parts else f"{frame['count']} here"
+
+
 def line_for(event: dict[str, Any]) -> str | None:
     """What the terminal shows for an event, or None."""
     kind = event["type"]
     if kind == "message":
         return printable(f"{event['user']['name']}: {event['text']}")
     if kind == "presence":
-        verb = "joined" if event["event"] == "join" else "left"
-        return printable(f"* {event['user']['name']} {verb} ({event['count']} here)")
+        return printable(f"* {presence_line(event)}")
     if kind == "discontinuity":
         return "* some messages were lost while away; the chat goes on"
     if kind == "state" and event["state"] == "reconnecting" and "retry_in" in event:

@@ -23,6 +23,7 @@ from handler.local.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from handler.local.metrics import ChatMetrics
 from handler.local.protocols import DRAIN
 from handler.local.socket import SocketsFirst
+from handler.local.timer import LoopTimer
 from handler.web.app import create_app
 from infra.memory.connections import MemoryConnections
 from infra.memory.message_log import MemoryMessageLog
@@ -124,6 +125,7 @@ def build_local_chat(settings: Settings) -> LocalChat:
         credentials=ThreadedCheck(authenticator),
         metrics=metrics,
         timers=LoopExpiryTimers(),
+        timer=LoopTimer(),
     )
     return LocalChat(settings, core, delivery, authenticator, metrics=metrics)
 
@@ -151,6 +153,7 @@ def _on_redis(
         broadcast=lambda core: RedisBroadcast(feed, core, bridge),
         metrics=metrics,
         timers=LoopExpiryTimers(),
+        timer=LoopTimer(),
     )
     engine = RedisEngine(endpoint, feed)
     return LocalChat(

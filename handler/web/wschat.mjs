@@ -694,6 +694,16 @@ export class Room {
   }
 }
 
+/** A `presence` frame in words: "alice, bob joined; carol left (3 here)", or, for a room
+ * above the server's occupancy threshold (the count alone), "250 here". */
+export function describePresence(frame) {
+  const names = (users) => (users ?? []).map((user) => user.name).join(", ");
+  const parts = [];
+  if (frame.joins?.length) parts.push(`${names(frame.joins)} joined`);
+  if (frame.leaves?.length) parts.push(`${names(frame.leaves)} left`);
+  return parts.length ? `${parts.join("; ")} (${frame.count} here)` : `${frame.count} here`;
+}
+
 /** A JWT's `exp` and `iat` (seconds, `iat` null if absent), read without verifying it (the
  * server verifies); null for a token that is not a JWT or has no `exp`. */
 export function claimsOf(token) {

@@ -126,10 +126,11 @@ async def test_presence_join_and_leave(transport: Transport) -> None:
         assert (await until(watcher, "welcome"))["count"] == 1
         async with transport.connect("presence", token="p2", format="json") as other:
             join = await until(watcher, "presence")
-            assert (join["event"], join["count"]) == ("join", 2)
-            assert join["user"]["name"] == (await until(other, "welcome"))["user"]["name"]
+            (user,) = join["joins"]
+            assert (join["leaves"], join["count"]) == ([], 2)
+            assert user == (await until(other, "welcome"))["user"]
         leave = await until(watcher, "presence")
-        assert leave == {**join, "event": "leave", "count": 1}
+        assert leave == {**join, "joins": [], "leaves": [user], "count": 1}
 
 
 async def test_json_subprotocol_and_ping(transport: Transport) -> None:

@@ -4,7 +4,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import { claimsOf, connect, DEFAULTS } from "../../handler/web/wschat.mjs";
+import { claimsOf, connect, DEFAULTS, describePresence } from "../../handler/web/wschat.mjs";
 import { FakeClock, jwt, message, settle, socketClass } from "./fakes.mjs";
 
 function start(options = {}) {
@@ -51,6 +51,20 @@ test("on API Gateway the room and the token go in the query", async () => {
   assert.equal(url.pathname, "/prod");
   assert.equal(url.searchParams.get("room"), "a b");
   assert.equal(url.searchParams.get("token"), "tok");
+});
+
+test("presence diffs and a big room's count alone both reach the app and set the count", async () => {
+  const { room, sockets } = await opened();
+  const heard = [];
+  room.on("presence", (event) => heard.push(event));
+  const alice = { id: "a", name: "alice" };
+  sockets[0].receive({ type: "presence", room: "r", joins: [alice], leaves: [], count: 2 });
+  assert.equal(room.count, 2);
+  sockets[0].receive({ type: "presence", room: "r", count: 250 });
+  assert.equal(room.count, 250);
+  assert.deepEqual(heard.map(describePresence), ["alice joined (2 here)", "250 here"]);
+  const batch = { joins: [alice, { name: "bob" }], leaves: [{ name: "carol" }], count: 3 };
+  assert.equal(describePresence(batch), "alice, bob joined; carol left (3 here)");
 });
 
 test("backoff has full jitter, doubles from 0.5 s to 20 s, and never gives up", async () => {

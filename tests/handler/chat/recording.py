@@ -55,3 +55,21 @@ class TokenBook:
 
     def verify(self, token: str, done: Callable[[Principal | AuthError], None]) -> None:
         done(self.tokens.get(token, AuthError("invalid token")))
+
+
+class ManualTimer:
+    """The Timer port, run by hand: `run()` calls what came due, as the loop would after the
+    interval."""
+
+    def __init__(self) -> None:
+        self.waiting: list[tuple[float, Callable[[], None]]] = []
+
+    def call_later(self, seconds: float, action: Callable[[], None]) -> None:
+        self.waiting.append((seconds, action))
+
+    def run(self) -> int:
+        """Call every action waiting (not those they set in turn); returns how many."""
+        due, self.waiting = self.waiting, []
+        for _, action in due:
+            action()
+        return len(due)

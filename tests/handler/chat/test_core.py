@@ -18,6 +18,7 @@ from handler.chat.wire import FrameError
 from infra.memory.connections import MemoryConnections
 from infra.memory.message_log import MemoryMessageLog
 from tests.handler.chat.recording import FakeClock, RecordingDelivery, TokenBook
+from tests.support import presence
 
 TEXT = ConnectParams(Dialect.TEXT)
 JSON = ConnectParams(Dialect.JSON)
@@ -96,9 +97,9 @@ def test_json_dialect_welcome_presence_and_message(
     join(core, "k", "foo", principal("kay"), JSON)
     assert delivery.take_json("j")[0] == {
         "type": "presence",
-        "event": "join",
         "room": "foo",
-        "user": {"id": "id-kay", "name": "kay"},
+        "joins": [{"id": "id-kay", "name": "kay"}],
+        "leaves": [],
         "count": 3,
     }
     assert delivery.take("t") == [
@@ -114,9 +115,9 @@ def test_json_dialect_welcome_presence_and_message(
     assert delivery.take_json("j") == [
         {
             "type": "presence",
-            "event": "leave",
             "room": "foo",
-            "user": {"id": "id-kay", "name": "kay"},
+            "joins": [],
+            "leaves": [{"id": "id-kay", "name": "kay"}],
             "count": 2,
         }
     ]
@@ -253,8 +254,7 @@ def test_a_gone_recipient_is_announced_as_leaving_once(
     delivery.gone.add("b")
     core.message("a", "hi")
     core.disconnect("b")  # its $disconnect, later
-    events = [frame for frame in delivery.take_json("w") if frame["type"] == "presence"]
-    assert [(e["event"], e["user"]["id"], e["count"]) for e in events] == [("leave", "id-b", 2)]
+    assert presence.events(delivery.take_json("w")) == [("leave", "id-b", 2)]
 
 
 def test_gone_during_its_handshake_is_not_forgotten(
@@ -399,9 +399,9 @@ def test_presence_announced_while_a_welcome_is_on_its_way_follows_the_welcome(
     frames = delivery.take_json("j")
     assert [f["type"] for f in frames] == ["welcome", "presence"]
     assert frames[0]["count"] == 1
-    assert (frames[1]["event"], frames[1]["user"]["name"], frames[1]["count"]) == ("join", "kim", 2)
+    assert presence.events(frames[1:]) == [("join", "id-kim", 2)]
     racing_core.disconnect("k")  # and, the gate open, the next one comes at once
-    assert [(f["event"], f["count"]) for f in delivery.take_json("j")] == [("leave", 1)]
+    assert presence.events(delivery.take_json("j")) == [("leave", "id-kim", 1)]
 
 
 def test_a_room_that_never_stands_still_gets_repeats_not_gaps(

@@ -24,7 +24,8 @@ import pytest
 import websockets
 
 from tests.handler.local.test_metrics import scrape, value
-from tests.support.clients import ResumePoint, masked_frame, raw_upgrade, recv_json
+from tests.support import presence
+from tests.support.clients import ResumePoint, masked_frame, raw_upgrade, recv_json, until
 from tests.support.redis_server import RedisServer, running_redis
 from tests.support.servers import WSCHAT, Server, free_port, running_server
 
@@ -191,7 +192,7 @@ async def test_a_server_killed_mid_stream_its_clients_resume_on_the_other(
         deadline = time.monotonic() + 30
         while True:
             frame = await recv_json(watcher, max(0.1, deadline - time.monotonic()))
-            if frame["type"] == "presence" and frame["event"] == "leave":
+            if frame["type"] == "presence" and frame.get("leaves"):
                 break
         for ws in (watcher, reader, writer):
             await ws.close()
@@ -450,3 +451,50 @@ async def test_rest_answers_503_while_redis_is_down_or_frozen(
         assert "Traceback" not in log and "ERROR" not in log, log
         assert log.count("REST answered 503") == 4, log
         assert log.count("unavailable (Redis") == 6 and log.count("closing with 1013") == 2, log
+
+
+@pytest.mark.timeout(120)
+async def test_each_worker_batches_the_presence_it_delivers_to_its_members(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    """Joins and leaves through two servers on one Redis: a watcher on each hears them in at
+    most one frame per interval, those through both servers together, and ends with the room
+    as `members` has it. (Before, one frame per join and leave: 31 and 30 of them.)"""
+    interval = 0.5
+    env = on_redis(redis, WSCHAT_PRESENCE_INTERVAL=str(interval))
+    with running_server(tmp_path, env) as one, running_server(tmp_path, env) as two:
+        watchers, counted = [], []
+        for server in (one, two):
+            watchers.append(await websockets.connect(url(server, "storm", f"w{server.port}")))
+            counted.append((await recv_json(watchers[-1]))["user"]["id"])
+        started = time.monotonic()
+        joiners = [
+            await websockets.connect(url((one, two)[n % 2], "storm", f"j{n}")) for n in range(20)
+        ]
+        through: list[set[str]] = [set(), set()]  # who joined through each server
+        ids = []
+        for n, ws in enumerate(joiners):
+            ids.append((await recv_json(ws))["user"]["id"])
+            through[n % 2].add(ids[-1])
+        for ws in joiners[:10]:  # five through each server
+            await ws.close()
+        # Each watcher ends with the room as it is: the second watcher and those who stayed,
+        # each once, but itself and those its welcome counted.
+        staying = [{counted[1], *ids[10:]}, set(ids[10:])]
+        heard: list[list[dict[str, Any]]] = [[], []]
+        for ws, frames, expected in zip(watchers, heard, staying, strict=True):
+            while presence.present(frames) != dict.fromkeys(expected, 1):
+                frame = await recv_json(ws, 10)
+                if frame["type"] == "presence":
+                    frames.append(frame)
+            assert frames[-1]["count"] == 12
+        elapsed = time.monotonic() - started
+        await watchers[0].send(json.dumps({"action": "members"}))
+        members = {user["id"] for user in (await until(watchers[0], "members"))["members"]}
+        assert members == {*counted, *ids[10:]}
+        for frames in heard:
+            assert len(frames) <= elapsed / interval + 1, (elapsed, frames)
+            joined = [{user["id"] for user in frame["joins"]} for frame in frames]
+            assert any(j & through[0] and j & through[1] for j in joined), frames
+        for ws in [*watchers, *joiners[10:]]:
+            await ws.close()
