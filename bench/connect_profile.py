@@ -23,7 +23,7 @@ import time
 from typing import Any
 
 import uvicorn
-from wsload import ROOT, SERVER_CORE, Receiver, free_port, pin_to_client_core, publish
+from wsload import ROOT, SERVER_CORE, connect_receivers, free_port, pin_to_client_core, publish
 
 CHILD = "--connect"  # the child's mode: open the sockets, say so, drop them
 IN_FLIGHT = 100
@@ -49,19 +49,8 @@ STEPS = (
 async def connect_all(port: int, connections: int) -> None:
     """The child: open `connections` text-dialect sockets into one room, then drop them."""
     pin_to_client_core()
-    loop = asyncio.get_running_loop()
-    gate = asyncio.Semaphore(IN_FLIGHT)
-
-    async def one(index: int) -> Receiver:
-        path = f"/items/storm/ws?token=u{index}"
-        async with gate:
-            _, receiver = await loop.create_connection(
-                lambda: Receiver(path, lambda seq, latency: None), "127.0.0.1", port
-            )
-            await asyncio.wait_for(receiver.opened, 120)
-            return receiver
-
-    receivers = await asyncio.gather(*(one(i) for i in range(connections)))
+    paths = [f"/items/storm/ws?token=u{i}" for i in range(connections)]
+    receivers = await connect_receivers(port, paths, in_flight=IN_FLIGHT, timeout=120)
     for receiver in receivers:
         receiver.transport.abort()
     print("done", flush=True)

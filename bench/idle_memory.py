@@ -21,7 +21,7 @@ import tracemalloc
 from typing import Any
 
 import uvicorn
-from wsload import ROOT, Receiver, free_port, pin_to_client_core, publish
+from wsload import ROOT, connect_receivers, free_port, pin_to_client_core, publish
 
 ROOMS = 10
 CHILD = "--hold"  # the child's mode: open the sockets, say so, hold them until stdin closes
@@ -38,21 +38,10 @@ def rss_bytes() -> int:
 async def hold(port: int, connections: int) -> None:
     """The child: open `connections` sockets, 50 handshakes at a time, then wait."""
     pin_to_client_core()
-    loop = asyncio.get_running_loop()
-    gate = asyncio.Semaphore(50)
-
-    async def one(index: int) -> Receiver:
-        path = f"/items/room{index % ROOMS}/ws?token=u{index}"
-        async with gate:
-            _, receiver = await loop.create_connection(
-                lambda: Receiver(path, lambda seq, latency: None), "127.0.0.1", port
-            )
-            await asyncio.wait_for(receiver.opened, 60)
-            return receiver
-
-    receivers = await asyncio.gather(*(one(i) for i in range(connections)))
+    paths = [f"/items/room{i % ROOMS}/ws?token=u{i}" for i in range(connections)]
+    receivers = await connect_receivers(port, paths)
     print("open", flush=True)
-    await loop.run_in_executor(None, sys.stdin.read)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
     for receiver in receivers:
         receiver.transport.abort()
 

@@ -240,19 +240,31 @@ async def open_receivers(
     server: Server, room: str, indexes: range, on_stamp: Callable[[int, float], None]
 ) -> list[Receiver]:
     """Open Receivers, 50 handshakes at a time."""
-    loop = asyncio.get_running_loop()
-    gate = asyncio.Semaphore(50)
+    paths = [server.subject.target(room, index) for index in indexes]
+    return await connect_receivers(server.port, paths, on_stamp)
 
-    async def one(index: int) -> Receiver:
-        path = server.subject.target(room, index)
+
+async def connect_receivers(
+    port: int,
+    paths: Sequence[str],
+    on_stamp: Callable[[int, float], None] = lambda seq, latency: None,
+    in_flight: int = 50,
+    timeout: float = 60,
+) -> list[Receiver]:
+    """A Receiver on each of `paths` (request targets) of the server on `port`, with at most
+    `in_flight` handshakes at a time, each within `timeout` seconds."""
+    loop = asyncio.get_running_loop()
+    gate = asyncio.Semaphore(in_flight)
+
+    async def one(path: str) -> Receiver:
         async with gate:
             _, receiver = await loop.create_connection(
-                lambda: Receiver(path, on_stamp), "127.0.0.1", server.port
+                lambda: Receiver(path, on_stamp), "127.0.0.1", port
             )
-            await asyncio.wait_for(receiver.opened, 60)
+            await asyncio.wait_for(receiver.opened, timeout)
             return receiver
 
-    return list(await asyncio.gather(*(one(index) for index in indexes)))
+    return list(await asyncio.gather(*(one(path) for path in paths)))
 
 
 def abort_all(sockets: Sequence[ClientConnection | Receiver]) -> None:
