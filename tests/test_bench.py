@@ -72,7 +72,10 @@ def test_connect_profile_says_where_a_connect_goes(tmp_path: Path) -> None:
     table = run("connect_profile.py", tmp_path, "--connections", "50", "--top", "10")
     (row,) = json.loads((tmp_path / "connect_profile.json").read_text())["rows"]
     assert row["cpu_us_per_connect"] > 0 and row["steps"]["registration: ChatCore.connect"] > 0
-    assert "handler/local/socket.py" in table
+    # Every connect passes through the chat's socket path; which of its lines make the top
+    # ten of 50 connects depends on the machine's timing.
+    assert row["steps"]["the chat's socket path, from its ASGI call"] > 0
+    assert "the chat's socket path, from its ASGI call" in table
 
 
 @pytest.mark.timeout(120)
