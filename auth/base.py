@@ -29,3 +29,13 @@ def may_block(authenticator: Authenticator) -> bool:
     round trip cost a token handshake more CPU than the check itself (docs/performance.md);
     a backend that does not say is run in a thread."""
     return bool(getattr(authenticator, "may_block", True))
+
+
+async def authenticate_on_loop(authenticator: Authenticator, handshake: Handshake) -> Principal:
+    """`authenticate` from an event loop (a socket's handshake, a REST request): in a worker
+    thread when it may block, in place when it never does."""
+    if not may_block(authenticator):
+        return authenticator.authenticate(handshake)
+    from starlette.concurrency import run_in_threadpool  # only where a loop runs, not on Lambda
+
+    return await run_in_threadpool(authenticator.authenticate, handshake)

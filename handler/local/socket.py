@@ -10,11 +10,10 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, WebSocket, WebSocketException
-from starlette.concurrency import run_in_threadpool
 from starlette.responses import PlainTextResponse
 from starlette.types import Receive, Scope, Send
 
-from auth.base import may_block
+from auth.base import authenticate_on_loop
 from auth.errors import AuthError
 from auth.handshake import Handshake
 from auth.principal import Principal
@@ -79,11 +78,7 @@ async def chat_socket(websocket: WebSocket, item_id: str) -> None:
         # The seed's answer: a policy-violation close before accept, which is HTTP 403.
         raise WebSocketException(CloseCode.POLICY_VIOLATION, asked.reason)
     try:
-        authenticator = chat.authenticator
-        if may_block(authenticator):
-            principal = await run_in_threadpool(authenticator.authenticate, handshake)
-        else:
-            principal = authenticator.authenticate(handshake)
+        principal = await authenticate_on_loop(chat.authenticator, handshake)
         rights = readable(chat.core.rights(principal, asked.room))
     except AuthError as error:
         log.info("handshake refused (%d): %s", error.status, error.reason)

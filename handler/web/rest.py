@@ -17,10 +17,9 @@ from typing import Annotated, Any, Protocol, TypeVar
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
-from auth.base import Authenticator
+from auth.base import Authenticator, authenticate_on_loop
 from auth.credentials import find_credential
 from auth.errors import AuthError
 from auth.handshake import Handshake
@@ -134,7 +133,7 @@ async def _principal(request: Request, backend: RestBackend) -> Principal:
             headers={"WWW-Authenticate": "Bearer"},
         )
     try:
-        return await run_in_threadpool(backend.authenticator.authenticate, handshake)
+        return await authenticate_on_loop(backend.authenticator, handshake)
     except AuthError as error:
         log.info("REST request refused (%d): %s", error.status, error.reason)
         raise HTTPException(error.status, error.reason) from None
