@@ -22,8 +22,14 @@ import sys
 import time
 from typing import Any
 
-import uvicorn
-from wsload import ROOT, SERVER_CORE, connect_receivers, free_port, pin_to_client_core, publish
+from wsload import (
+    ROOT,
+    SERVER_CORE,
+    connect_receivers,
+    pin_to_client_core,
+    publish,
+    serving_in_process,
+)
 
 CHILD = "--connect"  # the child's mode: open the sockets, say so, drop them
 IN_FLIGHT = 100
@@ -69,26 +75,16 @@ async def clients(port: int, connections: int) -> None:
 async def measure(
     connections: int, top: int, save: str | None = None
 ) -> tuple[dict[str, Any], list[str]]:
-    from handler.cli import server_config
-    from infra.settings import get_settings
-
-    os.environ.setdefault("WSCHAT_LOG_LEVEL", "warning")
     os.sched_setaffinity(0, {SERVER_CORE})
-    port = free_port()
-    server = uvicorn.Server(server_config(get_settings(), "127.0.0.1", port))
-    serving = asyncio.create_task(server.serve())
-    while not server.started:
-        await asyncio.sleep(0.05)
-    await clients(port, 10)  # imports, caches and pools are filled first
-    cpu = time.process_time()
-    await clients(port, connections)
-    plain_us = (time.process_time() - cpu) * 1e6 / connections
-    profile = cProfile.Profile(time.process_time)  # CPU time: the core may be shared
-    profile.enable()
-    await clients(port, connections)
-    profile.disable()
-    server.should_exit = True
-    await serving
+    async with serving_in_process() as port:
+        await clients(port, 10)  # imports, caches and pools are filled first
+        cpu = time.process_time()
+        await clients(port, connections)
+        plain_us = (time.process_time() - cpu) * 1e6 / connections
+        profile = cProfile.Profile(time.process_time)  # CPU time: the core may be shared
+        profile.enable()
+        await clients(port, connections)
+        profile.disable()
 
     stats = pstats.Stats(profile)
     if save:  # for `python -m pstats FILE` (callers, callees)

@@ -20,8 +20,7 @@ import sys
 import tracemalloc
 from typing import Any
 
-import uvicorn
-from wsload import ROOT, connect_receivers, free_port, pin_to_client_core, publish
+from wsload import ROOT, connect_receivers, pin_to_client_core, publish, serving_in_process
 
 ROOMS = 10
 CHILD = "--hold"  # the child's mode: open the sockets, say so, hold them until stdin closes
@@ -64,27 +63,17 @@ async def clients(port: int, connections: int) -> asyncio.subprocess.Process:
 
 
 async def measure(connections: int, top: int) -> tuple[dict[str, Any], list[str]]:
-    from handler.cli import server_config
-    from infra.settings import get_settings
-
-    os.environ.setdefault("WSCHAT_LOG_LEVEL", "warning")
-    port = free_port()
-    server = uvicorn.Server(server_config(get_settings(), "127.0.0.1", port))
-    serving = asyncio.create_task(server.serve())
-    while not server.started:
-        await asyncio.sleep(0.05)
-    warm = await clients(port, 1)  # imports, caches and pools are filled before `before`
-    await warm.communicate(b"")
-    await asyncio.sleep(0.5)
-    gc.collect()
-    before, rss_before = tracemalloc.take_snapshot(), rss_bytes()
-    child = await clients(port, connections)
-    await asyncio.sleep(1)
-    gc.collect()
-    after, rss_after = tracemalloc.take_snapshot(), rss_bytes()
-    await child.communicate(b"")
-    server.should_exit = True
-    await serving
+    async with serving_in_process() as port:
+        warm = await clients(port, 1)  # imports, caches and pools are filled before `before`
+        await warm.communicate(b"")
+        await asyncio.sleep(0.5)
+        gc.collect()
+        before, rss_before = tracemalloc.take_snapshot(), rss_bytes()
+        child = await clients(port, connections)
+        await asyncio.sleep(1)
+        gc.collect()
+        after, rss_after = tracemalloc.take_snapshot(), rss_bytes()
+        await child.communicate(b"")
 
     stats = after.compare_to(before, "lineno")
     traced = sum(stat.size_diff for stat in stats)

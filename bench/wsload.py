@@ -20,8 +20,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -132,6 +132,28 @@ def running(subject: Subject, core: int = SERVER_CORE) -> Iterator[Server]:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+@asynccontextmanager
+async def serving_in_process() -> AsyncIterator[int]:
+    """`wschat serve`'s app and protocols on this process's event loop (for tracemalloc or
+    cProfile to see them); yields its port, and stops it at the end."""
+    import uvicorn
+
+    from handler.cli import server_config
+    from infra.settings import get_settings
+
+    os.environ.setdefault("WSCHAT_LOG_LEVEL", "warning")
+    port = free_port()
+    server = uvicorn.Server(server_config(get_settings(), "127.0.0.1", port))
+    serving = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            await asyncio.sleep(0.05)
+        yield port
+    finally:
+        server.should_exit = True
+        await serving
 
 
 def _wait_listening(process: subprocess.Popen[bytes], port: int, log: IO[bytes]) -> None:
