@@ -149,20 +149,22 @@ class Outbox:
         if self.state is not OutboxState.OPEN:
             return
         sink = self._sink
+        if sink is not None and frame is None:
+            frame = text_frame(payload)
         # No writer means nothing queued nor in flight: a frame written now keeps its place.
         if (
-            sink is not None
+            frame is not None
+            and sink is not None
             and self._writer is None
             and self._finished is not None
             and sink.ready()
         ):
-            data = frame if frame is not None else text_frame(payload)
             if self._corked is None:  # the turn's first: out now, while the room is served
                 self._corked = []
                 self._corks.add(self)
-                sink.write(data)
+                sink.write(frame)
             else:
-                self._corked.append(data)
+                self._corked.append(frame)
             return
         if self._frames is not None and len(self._frames) >= self._capacity:
             log.warning("send queue full (%d frames); closing slow consumer", self._capacity)
@@ -170,10 +172,7 @@ class Outbox:
             self._frames.clear()
             self.request_close(CloseCode.TRY_AGAIN_LATER, "slow consumer: send queue full")
             return
-        if sink is None:
-            self._push(payload)
-        else:
-            self._push(frame if frame is not None else text_frame(payload))
+        self._push(payload if sink is None or frame is None else frame)
 
     def request_close(self, code: int, reason: str) -> None:
         """Close after the frames already sent or queued. Only the first request counts."""
