@@ -17,7 +17,6 @@ at every N, 0.6x the reference's at N = 1000; its p99 no worse than the docs pat
 from __future__ import annotations
 
 import argparse
-import asyncio
 import subprocess
 import time
 from contextlib import ExitStack
@@ -37,6 +36,7 @@ from wsload import (
     percentiles,
     pin_to_client_core,
     publish,
+    run_client,
     running,
 )
 
@@ -122,7 +122,7 @@ def main() -> int:
     for receivers in (int(size) for size in args.sizes.split(",")):
         with ExitStack() as stack:  # fresh server processes for each N: no leftover state
             servers = [stack.enter_context(running(subject)) for subject in subjects]
-            rows += asyncio.run(measure(servers, receivers))
+            rows += run_client(measure(servers, receivers))
     reference = {row["receivers"]: row for row in rows if row["server"] == WEBSOCKETS.label}
     lines = [
         "| N | server | deliveries/s | server CPU/delivery | vs websockets | vs floor "
