@@ -1,5 +1,5 @@
-"""A reconnect storm: N clients connect at once to a freshly started server, as after a
-restart or a network blip, 100 handshakes in flight (issue 30).
+"""A reconnect storm: N clients connect at once to a freshly started server, as after a restart
+or a network blip, 100 handshakes in flight (issue 30).
 
     .venv/bin/python bench/storm.py [--clients 2000] [--in-flight 100]
 
@@ -7,11 +7,15 @@ Scenarios, each on a fresh server pinned to core 0 (the clients on core 1): wsch
 JSON clients into one room, and into N rooms of one (the same handshakes without a room to
 tell); N text-dialect clients into one room; the same N into the FastAPI docs pattern and
 into `websockets` alone; and N JSON clients into one room through two wschat workers on one
-Redis. Figures: the wall time until every client is welcomed (the `welcome` frame for JSON,
-the 101 for the others), the server's CPU per connect (all of it, until one second after the
-last welcome: the storm's presence batches included), and the `presence` frames each JSON
-client received, against the bound `storm duration / interval + 1`. Ratios are within one
-run; bench/wsload.py has the servers, the pinning and the minimal client.
+Redis. And on Lambda, behind the API Gateway emulator (`wschat emulate`), LAMBDA_CLIENTS (or
+--clients if fewer) JSON clients into one room, where presence is not batched but posted
+inline to each member (issue 30): what that storm costs in Management API posts (every frame
+a client receives is one). Figures: the wall time until every client is welcomed (the
+`welcome` frame for JSON, the 101 for the others), the server's CPU per connect (all of it,
+until one second after the last welcome: the storm's presence batches included), and the
+`presence` frames each JSON client received, against the bound `storm duration / interval +
+1`. Ratios are within one run; bench/wsload.py has the servers, the pinning and the minimal
+client.
 """
 
 from __future__ import annotations
@@ -19,11 +23,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from emulator_soak import LEAN as EMULATOR
 from redis_fanout import REDIS, on_redis
 from wsload import (
     FASTAPI_DOCS,
@@ -40,6 +46,7 @@ from wsload import (
 
 INTERVAL = 0.3  # WSCHAT_PRESENCE_INTERVAL's default (handler/chat/core.py, Limits)
 SETTLE = 1.0  # after the last welcome: the batches the storm set off go out
+LAMBDA_CLIENTS = 100  # the Lambda storm's size: each join costs a post per member there
 JSON = replace(WSCHAT, path="/items/{room}/ws?token={user}&format=json")
 
 
@@ -51,6 +58,7 @@ class Scenario:
     one_room: bool
     json: bool
     workers: int = 1  # on Redis when 2
+    clients: int | None = None  # the storm's size at most (--clients if fewer)
 
 
 SCENARIOS = (
@@ -60,6 +68,14 @@ SCENARIOS = (
     Scenario("fastapi-docs", "FastAPI docs pattern (baseline)", FASTAPI_DOCS, True, False),
     Scenario("websockets", "`websockets` alone (reference)", WEBSOCKETS, True, False),
     Scenario("json-one-redis", "wschat, JSON, one room, 2 workers on Redis", JSON, True, True, 2),
+    Scenario(
+        "lambda-one",
+        "wschat on Lambda (emulator), JSON, one room",
+        EMULATOR,
+        one_room=True,
+        json=True,
+        clients=LAMBDA_CLIENTS,
+    ),
 )
 
 
@@ -70,6 +86,7 @@ class Storm:
 
     clients: int
     welcomed: int = 0
+    frames: Counter[str] = field(default_factory=Counter)  # every text frame, by type
     presence: list[int] = field(default_factory=list)
     last_presence: float = 0.0
     all_welcomed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -79,6 +96,9 @@ class Storm:
         self.presence.append(0)
 
         def on_text(frame: bytes) -> None:
+            head = b'{"type":"'  # as the server writes it: no need to parse the rest
+            kind = frame[len(head) : frame.find(b'"', len(head))] if frame.startswith(head) else b""
+            self.frames[kind.decode() or "other"] += 1
             if frame.startswith(b'{"type":"presence"'):
                 self.presence[index] += 1
                 self.last_presence = time.perf_counter()
@@ -133,6 +153,8 @@ async def storm(scenario: Scenario, hosts: list[Server], clients: int, in_flight
 
 
 async def measure(scenario: Scenario, clients: int, in_flight: int) -> dict[str, Any]:
+    clients = min(clients, scenario.clients or clients)
+    in_flight = min(in_flight, clients)
     with servers(scenario) as hosts:
         warm = await storm(scenario, hosts, 1, 1)  # imports and first-call costs, not counted
         abort_all(warm.receivers)
@@ -158,6 +180,7 @@ async def measure(scenario: Scenario, clients: int, in_flight: int) -> dict[str,
         row["presence_max"] = max(seen.presence)
         row["presence_mean"] = sum(seen.presence) / clients
         row["presence_bound"] = duration / INTERVAL + 1
+        row["frames"] = dict(seen.frames)
     return row
 
 
@@ -173,11 +196,10 @@ def main() -> int:
     chosen = [s for s in SCENARIOS if s.key in args.scenarios.split(",")]
     rows = [asyncio.run(measure(s, args.clients, args.in_flight)) for s in chosen]
     by_key = {row["key"]: row for row in rows}
-    n = args.clients
     lines = [
-        f"| storm: {n} clients, {args.in_flight} handshakes in flight | wall | connects/s "
+        f"| storm: up to {args.in_flight} handshakes in flight | clients | wall | connects/s "
         "| server CPU per connect | presence frames per client (max, mean; bound) |",
-        "|---|---|---|---|---|",
+        "|---|---|---|---|---|---|",
     ]
     for row in rows:
         frames = (
@@ -186,7 +208,8 @@ def main() -> int:
             else ""
         )
         lines.append(
-            f"| {row['scenario']} | {row['wall_s']:.2f} s | {row['connects_per_s']:.0f} "
+            f"| {row['scenario']} | {row['clients']:,} | {row['wall_s']:.2f} s "
+            f"| {row['connects_per_s']:.0f} "
             f"| {row['cpu_ms_per_connect']:.2f} ms | {frames} |"
         )
     ratios = [
@@ -202,6 +225,15 @@ def main() -> int:
             ratio = by_key[mine]["cpu_ms_per_connect"] / by_key[theirs]["cpu_ms_per_connect"]
             by_key[mine][f"cpu_vs_{theirs}"] = ratio
             lines.append(f"- CPU per connect, {label}: {ratio:.2f}x")
+    if "lambda-one" in by_key:
+        row = by_key["lambda-one"]
+        posts = sum(row["frames"].values())
+        kinds = ", ".join(f"{count:,} {kind}" for kind, count in sorted(row["frames"].items()))
+        lines.append(
+            f"- On Lambda, {row['clients']} joins cost {posts:,} posts ({kinds}): "
+            f"{posts / row['clients']:.1f} per join (its welcome, and its join told to each "
+            "member already there, inline)"
+        )
     return publish("storm", lines, rows)
 
 

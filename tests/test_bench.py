@@ -68,6 +68,18 @@ def test_the_storm_welcomes_everyone_and_counts_presence_frames(tmp_path: Path) 
 
 
 @pytest.mark.timeout(120)
+def test_the_lambda_storm_counts_the_posts_it_cost(tmp_path: Path) -> None:
+    require("taskset", "pin the benchmark's server and clients to cores")
+    table = run("storm.py", tmp_path, "--clients", "8", "--scenarios", "lambda-one")
+    (row,) = json.loads((tmp_path / "storm.json").read_text())["rows"]
+    assert row["clients"] == 8 and row["frames"]["welcome"] == 8
+    # Each join is told inline to the members registered when it is announced: two that
+    # register before either announces hear each other's join.
+    assert 0 < row["frames"]["presence"] <= 8 * 7
+    assert f"8 joins cost {sum(row['frames'].values())} posts" in table
+
+
+@pytest.mark.timeout(120)
 def test_connect_profile_says_where_a_connect_goes(tmp_path: Path) -> None:
     table = run("connect_profile.py", tmp_path, "--connections", "50", "--top", "10")
     (row,) = json.loads((tmp_path / "connect_profile.json").read_text())["rows"]
