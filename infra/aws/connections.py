@@ -36,6 +36,7 @@ from infra.settings import Settings
 log = logging.getLogger(__name__)
 
 REFRESH_ATTEMPTS = 5
+PRESENCE_ATTEMPTS = 5  # tries to draw a presence number while transactions hold the counter
 
 
 def _connection_attributes(connection: Connection, ttl: int) -> Item:
@@ -382,7 +383,7 @@ class DynamoConnections:
         new item, one write per join and leave). The caller has registered or removed the
         connection before, and reads the room's count after: so the count read under the
         highest number includes every change numbered below it (docs/welcome-seam.md)."""
-        for attempt in range(REFRESH_ATTEMPTS):
+        for attempt in range(PRESENCE_ATTEMPTS):
             try:
                 response = self._client.update_item(
                     TableName=self._table,
