@@ -99,8 +99,10 @@ class DirectBroadcast:
         if core.batches_presence:  # its members are read when the batch goes out
             core.fan_out_presence(event, connection, core.connections.count(room), ())
             return
+        # Numbered before the room is read (on DynamoDB; elsewhere frames come in order).
+        seq = core.connections.next_presence_seq(room)
         members = core.connections.in_room(room)
-        core.fan_out_presence(event, connection, len(members), members)
+        core.fan_out_presence(event, connection, len(members), members, seq)
 
     def typing(self, connection: Connection) -> None:
         self._core.fan_out_typing(connection, self._core.connections.in_room(connection.room))
@@ -215,9 +217,14 @@ class ChatCore:
         behind = through < latest  # more than a page after `since`
         if self._presence is not None:
             self._presence.counting(connection)
+            presence_seq = None
+        else:
+            # Read before the count: the count then includes every change numbered up to it,
+            # and the client drops an older frame's count (docs/welcome-seam.md).
+            presence_seq = self.connections.presence_seq(room)
         count = self.connections.count(room)
         frames = wire.welcome_frames(
-            connection, count, history, max(latest, through), current, recovered
+            connection, count, history, max(latest, through), current, recovered, presence_seq
         )
         self._deliver_all([connection_id], frames)
         if behind:
@@ -454,29 +461,40 @@ class ChatCore:
         return self._presence is not None
 
     def fan_out_presence(
-        self, event: str, connection: Connection, count: int, members: Sequence[Connection]
+        self,
+        event: str,
+        connection: Connection,
+        count: int,
+        members: Sequence[Connection],
+        presence_seq: int | None = None,
     ) -> None:
         """Tell the room's JSON members (but `connection` itself) that it joined or left,
         and that the room has `count` connections now: with the room's next batch, where
         there is a Timer (`members` is then not read), else at once to `members`. Above
-        `presence_occupancy`, only the count goes out."""
+        `presence_occupancy`, only the count goes out. `presence_seq`: the number the store
+        drew for this change before `count` was read (`ConnectionStore.next_presence_seq`)."""
         if self._presence is not None:
             self._presence.record(event, connection, count)
             return
-        self._presence_now(event, connection, count, members)
+        self._presence_now(event, connection, count, members, presence_seq)
 
     def _presence_now(
-        self, event: str, connection: Connection, count: int, members: Sequence[Connection]
+        self,
+        event: str,
+        connection: Connection,
+        count: int,
+        members: Sequence[Connection],
+        presence_seq: int | None,
     ) -> None:
         """One frame for one event. A member still waiting for its welcome gets it after the
         welcome, once its gate opens: the welcome comes first, and its count may predate the
         event (`_open`)."""
         if count > self.limits.presence_occupancy:
-            frame = wire.occupancy_frame(connection.room, count)
+            frame = wire.occupancy_frame(connection.room, count, presence_seq)
         else:
             user = [User(connection.user_id, connection.user_name)]
             joins, leaves = (user, []) if event == "join" else ([], user)
-            frame = wire.presence_frame(connection.room, joins, leaves, count)
+            frame = wire.presence_frame(connection.room, joins, leaves, count, presence_seq)
         now = []
         for m in members:
             if m.dialect is not Dialect.JSON or m.id == connection.id:
@@ -554,7 +572,9 @@ class ChatCore:
         self._deliver_all([connection.id], frames)
 
     def _members(self, room: str) -> list[str]:
-        return wire.members_frames(room, *self.members(room))
+        # As a welcome's: numbered before the count, where presence frames are numbered.
+        presence_seq = None if self._presence is not None else self.connections.presence_seq(room)
+        return wire.members_frames(room, *self.members(room), presence_seq)
 
     def _typing(self, connection: Connection) -> None:
         if Right.WRITE not in connection.rights:

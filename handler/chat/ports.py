@@ -140,6 +140,22 @@ class ConnectionStore(Protocol):
         `mark_welcomed` returned True, none can be added)."""
         ...
 
+    def next_presence_seq(self, room: str) -> int | None:
+        """Number a join or leave of `room` that is already in the store (registered, or
+        removed): the room's next presence sequence number, drawn atomically, for the frame
+        that announces it and whose count is read after it. None where a room's presence
+        reaches each member in the order it happened (memory's one event loop, Redis' one
+        channel per room): nothing is drawn. On DynamoDB each `$connect` and `$disconnect`
+        announces on its own, concurrently, so frames arrive in any order, and a client keeps
+        the count of the highest number (docs/welcome-seam.md, "One at a time (Lambda)")."""
+        ...
+
+    def presence_seq(self, room: str) -> int | None:
+        """The room's latest presence sequence number (0 before any), for a count read
+        after it (a welcome's, a `members` reply's): that count includes every join and
+        leave numbered up to it. None where `next_presence_seq` draws none."""
+        ...
+
 
 class MessageLog(Protocol):
     def append(self, draft: Draft) -> tuple[ChatMessage, bool]:

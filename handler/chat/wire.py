@@ -376,12 +376,19 @@ def history_frames(
     return _split(head, "messages", _bodies(messages))
 
 
-def members_frames(room: str, count: int, users: Sequence[User], complete: bool) -> list[str]:
+def members_frames(
+    room: str,
+    count: int,
+    users: Sequence[User],
+    complete: bool,
+    presence_seq: int | None = None,
+) -> list[str]:
     """Who is in the room: its `count` of connections, and its distinct `users` (all of them
-    if `complete`, else the first found), in frames as `history_frames` splits them."""
+    if `complete`, else the first found), in frames as `history_frames` splits them.
+    `presence_seq`: see `presence_frame`."""
     bodies = [(body, _size(body)) for body in (_dump(_user(u.id, u.name)) for u in users)]
     head = {"type": "members", "room": room, "count": count, "complete": complete}
-    return _split(head, "members", bodies)
+    return _split(_numbered(head, presence_seq), "members", bodies)
 
 
 def typing_frame(connection: Connection) -> str:
@@ -401,11 +408,12 @@ def welcome_frames(
     latest_id: int,
     epoch: str,
     recovered: bool | None = None,
+    presence_seq: int | None = None,
 ) -> list[str]:
     """The `welcome`, carrying as much of `history` as fits in its frame, then `history`
     frames with the rest (the welcome then says `more: true`). `epoch`: which history the
     ids belong to; `recovered`, on a resume: whether the client's `since` could be honoured
-    (False: the room started over)."""
+    (False: the room started over); `presence_seq`: see `presence_frame`."""
     head: dict[str, Any] = {
         "type": "welcome",
         "connection_id": connection.id,
@@ -417,6 +425,7 @@ def welcome_frames(
     }
     if recovered is not None:
         head["recovered"] = recovered
+    _numbered(head, presence_seq)
     head["more"] = False
     bodies = _bodies(history)
     carried = _fitting(bodies, _room_for(head, "history"))
@@ -426,25 +435,41 @@ def welcome_frames(
     return [welcome, *(_split(more, "messages", rest) if rest else [])]
 
 
-def presence_frame(room: str, joins: Sequence[User], leaves: Sequence[User], count: int) -> str:
+def presence_frame(
+    room: str,
+    joins: Sequence[User],
+    leaves: Sequence[User],
+    count: int,
+    presence_seq: int | None = None,
+) -> str:
     """Who joined and who left the room since its last `presence` frame (one entry per
     connection), and how many connections it has now. So many that the frame would be over
-    MAX_SEND_BYTES (long names): the count alone, as for a big room."""
-    frame = _dump(
-        {
-            "type": "presence",
-            "room": room,
-            "joins": [_user(u.id, u.name) for u in joins],
-            "leaves": [_user(u.id, u.name) for u in leaves],
-            "count": count,
-        }
-    )
-    return frame if _size(frame) <= MAX_SEND_BYTES else occupancy_frame(room, count)
+    MAX_SEND_BYTES (long names): the count alone, as for a big room.
+
+    `presence_seq` (Lambda, where a room's frames can arrive in any order): the number the
+    store drew for this change before the count was read (`ConnectionStore.next_presence_seq`).
+    A client keeps the count that came with the highest number; None: frames come in order."""
+    body = {
+        "type": "presence",
+        "room": room,
+        "joins": [_user(u.id, u.name) for u in joins],
+        "leaves": [_user(u.id, u.name) for u in leaves],
+        "count": count,
+    }
+    frame = _dump(_numbered(body, presence_seq))
+    return frame if _size(frame) <= MAX_SEND_BYTES else occupancy_frame(room, count, presence_seq)
 
 
-def occupancy_frame(room: str, count: int) -> str:
+def occupancy_frame(room: str, count: int, presence_seq: int | None = None) -> str:
     """A big room's `presence`: only how many connections it has (no joins, no leaves)."""
-    return _dump({"type": "presence", "room": room, "count": count})
+    return _dump(_numbered({"type": "presence", "room": room, "count": count}, presence_seq))
+
+
+def _numbered(frame: dict[str, Any], presence_seq: int | None) -> dict[str, Any]:
+    """`frame` with the presence sequence its count was read after, where there is one."""
+    if presence_seq is not None:
+        frame["presence_seq"] = presence_seq
+    return frame
 
 
 def refreshed_frame(expires_at: float | None) -> str:

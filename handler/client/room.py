@@ -127,7 +127,10 @@ class Room:
         self.url, self.room = url, room
         self.state = "connecting"
         self.user: dict[str, str] | None = None  # {id, name}, from the welcome
-        self.count: int | None = None
+        self.count: int | None = None  # the room's connections: welcome, presence, members
+        # The `presence_seq` the count came with (Lambda numbers them: its frames can arrive
+        # out of order), or None: a count with a lower number is older, and is not kept.
+        self._count_seq: int | None = None
         self.epoch: str | None = None
         self.connection_id: str | None = None
         self.error: ClientError | None = None  # why the room closed, if not by `close()`
@@ -433,8 +436,10 @@ class Room:
         elif kind == "history":
             self._on_reply(frame, frame["messages"])
         elif kind == "presence":
-            self.count = frame["count"]
-            self._events.put_nowait(frame)
+            self._keep_count(frame)
+            # Its joins and leaves happened, whatever its order; its count may be older than
+            # the one kept, so the app is given the room's count as the client keeps it.
+            self._events.put_nowait({**frame, "count": self.count})
         elif kind == "typing":
             self._events.put_nowait(frame)
         elif kind == "members":
@@ -446,7 +451,9 @@ class Room:
 
     def _on_welcome(self, frame: Event) -> None:
         self._attempt = 0
-        self.user, self.count = frame["user"], frame["count"]
+        self.user = frame["user"]
+        self._count_seq = None  # a new connection's count: whatever came before is older
+        self._keep_count(frame)
         self.connection_id = frame["connection_id"]
         self._seq.continuing = self._paging = False
         if frame.get("recovered") is False:
@@ -474,6 +481,18 @@ class Room:
         if self._members is not None:
             self._members[1].clear()
             self._emit_frame({"action": "members"})
+
+    def _keep_count(self, frame: Event) -> None:
+        """Keep `frame`'s count unless the count kept is newer: on Lambda each join and leave
+        is announced by its own invocation, so a room's `presence` frames arrive in any
+        order, and each count comes with the number (`presence_seq`) its change drew before
+        the count was read; the highest number's count includes every change
+        (docs/protocol.md). A count without a number (memory, Redis: in order) is kept."""
+        seq = frame.get("presence_seq")
+        if not isinstance(seq, int):
+            self.count = frame["count"]
+        elif self._count_seq is None or seq > self._count_seq:
+            self.count, self._count_seq = frame["count"], seq
 
     def _on_reply(self, frame: Event, messages: list[Event]) -> None:
         events, more = self._seq.reply(frame, messages)
@@ -534,7 +553,7 @@ class Room:
             return
         future, parts = self._members
         parts.extend(frame["members"])
-        self.count = frame["count"]
+        self._keep_count(frame)
         if frame.get("more"):
             return
         self._members = None

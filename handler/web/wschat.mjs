@@ -83,7 +83,10 @@ export class Room {
     this.room = o.room;
     this.state = "connecting";
     this.user = null; // {id, name}, from the welcome
-    this.count = null; // the room's connections, from the welcome and presence
+    this.count = null; // the room's connections, from the welcome, presence and members
+    // The `presence_seq` the count came with (Lambda numbers them: its frames can arrive out
+    // of order), or null: a count with a lower number is older, and is not kept.
+    this._countSeq = null;
     this.epoch = null; // which history the ids belong to
     this.retryAt = null; // while reconnecting: when the next attempt starts (ms, as now())
     this._token = o.token ?? null;
@@ -404,8 +407,10 @@ export class Room {
         if ("before" in frame) return this._onScroll(frame);
         return this._onReply(frame, frame.messages);
       case "presence":
-        this.count = frame.count;
-        return this._emit("presence", frame);
+        this._keepCount(frame);
+        // Its joins and leaves happened, whatever its order; its count may be older than the
+        // one kept, so the app is given the room's count as the client keeps it.
+        return this._emit("presence", { ...frame, count: this.count });
       case "typing":
         return this._emit("typing", frame);
       case "members":
@@ -424,7 +429,8 @@ export class Room {
     this._stopTimers("welcome");
     this._attempt = 0;
     this.user = frame.user;
-    this.count = frame.count;
+    this._countSeq = null; // a new connection's count: whatever came before is older
+    this._keepCount(frame);
     this.connectionId = frame.connection_id;
     this._continuing = this._paging = false;
     if (frame.recovered === false && this._started) {
@@ -451,6 +457,21 @@ export class Room {
     if (this._members) {
       this._members.parts = null;
       this._sendJson({ action: "members" });
+    }
+  }
+
+  /** Keep `frame.count` unless the count kept is newer: on Lambda each join and leave is
+   * announced by its own invocation, so a room's `presence` frames arrive in any order, and
+   * each count comes with the number (`presence_seq`) its change drew before the count was
+   * read; the highest number's count includes every change (docs/protocol.md). A count
+   * without a number (memory, Redis: in order) is always kept. */
+  _keepCount(frame) {
+    const seq = frame.presence_seq;
+    if (typeof seq !== "number") {
+      this.count = frame.count;
+    } else if (this._countSeq === null || seq > this._countSeq) {
+      this.count = frame.count;
+      this._countSeq = seq;
     }
   }
 
@@ -555,7 +576,7 @@ export class Room {
   _onMembers(frame) {
     if (!this._members) return;
     this._members.parts = [...(this._members.parts || []), ...frame.members];
-    this.count = frame.count;
+    this._keepCount(frame);
     if (frame.more) return;
     const reply = { count: frame.count, complete: frame.complete, members: this._members.parts };
     const { waiters } = this._members;

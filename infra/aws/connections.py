@@ -4,6 +4,7 @@ partition (infra/aws/table.py)."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -32,7 +33,10 @@ from infra.aws.table import (
 )
 from infra.settings import Settings
 
+log = logging.getLogger(__name__)
+
 REFRESH_ATTEMPTS = 5
+PRESENCE_ATTEMPTS = 5  # tries to draw a presence number while transactions hold the counter
 
 
 def _connection_attributes(connection: Connection, ttl: int) -> Item:
@@ -373,6 +377,44 @@ class DynamoConnections:
                 ConditionExpression="attribute_exists(pk)",  # unless gone meanwhile
             )
         return [frame["S"] for frame in deferred["L"]]
+
+    def next_presence_seq(self, room: str) -> int | None:
+        """One atomic ADD on the room's counter item (`SEQ`, which holds `last_id` too: no
+        new item, one write per join and leave). The caller has registered or removed the
+        connection before, and reads the room's count after: so the count read under the
+        highest number includes every change numbered below it (docs/welcome-seam.md)."""
+        for attempt in range(PRESENCE_ATTEMPTS):
+            try:
+                response = self._client.update_item(
+                    TableName=self._table,
+                    Key=self._counter_key(room),
+                    UpdateExpression="ADD presence_seq :one",
+                    ExpressionAttributeValues={":one": number(1)},
+                    ReturnValues="UPDATED_NEW",
+                )
+            except self._client.exceptions.TransactionConflictException:
+                # A message's append (or a welcome's check) holds the item in a transaction:
+                # DynamoDB refuses rather than waits, and botocore does not retry it.
+                time.sleep(random.uniform(0, 0.005 * 2**attempt))  # noqa: S311
+                continue
+            return int(response["Attributes"]["presence_seq"]["N"])
+        # Announced unnumbered, as before numbers: clients take its count as it comes.
+        log.warning("room %s: its counter stayed busy; a presence frame goes unnumbered", room)
+        return None
+
+    def presence_seq(self, room: str) -> int:
+        item = self._client.get_item(
+            TableName=self._table,
+            Key=self._counter_key(room),
+            ProjectionExpression="presence_seq",
+            # Consistent: a stale number would be below changes the count after it includes,
+            # and let through older frames' counts than this one.
+            ConsistentRead=True,
+        ).get("Item", {})
+        return int(item["presence_seq"]["N"]) if "presence_seq" in item else 0
+
+    def _counter_key(self, room: str) -> Item:
+        return {"pk": string(room_key(room)), "sk": string("SEQ")}
 
     def _expired(self, item: Item) -> bool:
         return past_ttl(item, self._clock())

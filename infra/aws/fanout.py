@@ -135,9 +135,13 @@ class ChunkedBroadcast:
         log.info("message %d of a big room: %d fan-out job(s)", message.id, len(bounds))
 
     def presence(self, event: str, connection: Connection) -> None:
+        # Numbered before the room is read, so that the count read under the highest number
+        # includes every change (docs/welcome-seam.md). A big room's too, where nothing is
+        # sent: its size is known only from that read.
+        seq = self._connections.next_presence_seq(connection.room)
         members = self._small_room(connection.room)
         if members is not None:
-            self._core.fan_out_presence(event, connection, len(members), members)
+            self._core.fan_out_presence(event, connection, len(members), members, seq)
 
     def typing(self, connection: Connection) -> None:
         """As presence: a big room's members are not told (docs/serverless.md)."""

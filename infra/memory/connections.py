@@ -67,6 +67,12 @@ class MemoryConnections:
     def defer_presence(self, member: Connection, frame: str) -> bool:
         return keep_presence(self._deferred, self._by_id.get(member.id), frame)
 
+    def next_presence_seq(self, room: str) -> int | None:
+        return None  # one event loop announces each change in turn: no number needed
+
+    def presence_seq(self, room: str) -> int | None:
+        return None
+
     def take_deferred(self, connection: Connection) -> Sequence[str]:
         return self._deferred.pop(connection.id, [])
 

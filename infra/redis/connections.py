@@ -54,5 +54,12 @@ class RedisConnections:
     def defer_presence(self, member: Connection, frame: str) -> bool:
         return self._feed.defer_presence(member, frame)
 
+    def next_presence_seq(self, room: str) -> int | None:
+        # A room's changes reach every worker in order, on its one channel: no number needed.
+        return None
+
+    def presence_seq(self, room: str) -> int | None:
+        return None
+
     def take_deferred(self, connection: Connection) -> Sequence[str]:
         return self._feed.take_deferred(connection.id)

@@ -67,6 +67,41 @@ test("presence diffs and a big room's count alone both reach the app and set the
   assert.equal(describePresence(batch), "alice, bob joined; carol left (3 here)");
 });
 
+test("on Lambda, frames out of order leave the count with the highest presence_seq", async () => {
+  // Concurrent $connects announce their joins at once: a member gets them in any order, each
+  // count numbered by the change it was read after (measured: welcome 5, then 4, 3, 5, 2).
+  const { room, sockets, clock } = start();
+  await settle();
+  const heard = [];
+  room.on("presence", (event) => heard.push(event));
+  const [socket] = sockets;
+  socket.welcome({ count: 5, presence_seq: 5 });
+  const join = (n, count) => ({ type: "presence", room: "r", joins: [{ id: `u${n}`, name: `u${n}` }], leaves: [], count, presence_seq: n });
+  for (const [n, count] of [[4, 4], [3, 3], [7, 7], [2, 2], [6, 6]]) socket.receive(join(n, count));
+  assert.equal(room.count, 7);
+  // Every join reaches the app, each with the room's count as the client keeps it.
+  assert.deepEqual(heard.map((p) => [p.joins[0].name, p.count]), [["u4", 5], ["u3", 5], ["u7", 7], ["u2", 7], ["u6", 7]]);
+  assert.equal(describePresence(heard[1]), "u3 joined (5 here)");
+  socket.receive({ type: "presence", room: "r", count: 6, presence_seq: 6 }); // occupancy, older
+  assert.equal(room.count, 7);
+  const who = room.members();
+  const reply = { type: "members", room: "r", complete: true, more: false, members: [] };
+  socket.receive({ ...reply, count: 6, presence_seq: 7 }); // read no later than the 7th change
+  assert.equal(room.count, 7);
+  assert.equal((await who).count, 6); // the reply as it came
+  room.members();
+  socket.receive({ ...reply, count: 8, presence_seq: 8 });
+  assert.equal(room.count, 8);
+  // A new connection's welcome starts over, whatever the old one kept.
+  socket.drop(1006);
+  await clock.advance(clock.pending().at(-1));
+  sockets[1].welcome({ count: 3, presence_seq: 2 });
+  assert.equal(room.count, 3);
+  // A count without a number (memory, Redis: frames in order) is always kept.
+  sockets[1].receive({ type: "presence", room: "r", joins: [], leaves: [{ id: "u2", name: "u2" }], count: 2 });
+  assert.equal(room.count, 2);
+});
+
 test("backoff has full jitter, doubles from 0.5 s to 20 s, and never gives up", async () => {
   const { clock, sockets, seen } = start();
   await settle();

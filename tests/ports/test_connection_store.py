@@ -164,3 +164,16 @@ def test_presence_is_kept_for_a_member_until_its_gate_opens(engine: Engine) -> N
     store.add(gone)  # the same id again: what was kept for it went with it
     assert store.mark_welcomed("gone", "r", 0)
     assert store.take_deferred(gone) == []
+
+
+def test_presence_numbers_where_frames_can_arrive_out_of_order(engine: Engine) -> None:
+    """DynamoDB, where each join and leave is announced by its own invocation, numbers them
+    per room, one at a time, from 1; memory and Redis announce a room's changes in order,
+    and number nothing (their frames carry no `presence_seq`)."""
+    store = engine.connections
+    if engine.name != "dynamodb":
+        assert (store.next_presence_seq("r"), store.presence_seq("r")) == (None, None)
+        return
+    assert store.presence_seq("r") == 0
+    assert [store.next_presence_seq("r") for _ in range(3)] == [1, 2, 3]
+    assert (store.presence_seq("r"), store.next_presence_seq("other")) == (3, 1)

@@ -324,3 +324,26 @@ def test_the_welcome_posts_only_to_the_configured_endpoint(
 def send_as(cid: str, room: str, text: str) -> dict[str, Any]:
     assert connect(cid, room, f"{cid}-token") == {"statusCode": 200}
     return send(cid, text)
+
+
+def test_presence_counts_carry_the_room_s_presence_number(posts: ManagementApiStandIn) -> None:
+    """On Lambda each join and leave is announced by its own invocation, so a member gets a
+    room's `presence` frames in any order: each count carries the number its change drew
+    before the count was read, and a welcome's or `members`' count the number read before it
+    (docs/welcome-seam.md, "One at a time (Lambda)")."""
+    connect("J", "n", "jo-token", format="json")  # 1
+    websocket.welcome(welcome_event("J"))
+    assert posts.take_json("J")[0]["presence_seq"] == 1
+    connect("T", "n", "text-token")  # 2: a text member counts, and draws a number too
+    connect("K", "n", "kim-token", format="json")  # 3
+    websocket.welcome(welcome_event("K"))
+    joins = posts.take_json("J")
+    assert [(f["presence_seq"], f["count"]) for f in joins] == [(2, 2), (3, 3)]
+    welcome = posts.take_json("K")[-1]
+    assert (welcome["type"], welcome["presence_seq"], welcome["count"]) == ("welcome", 3, 3)
+    websocket.disconnect(event("disconnect", connectionId="T"))  # 4
+    (leave,) = posts.take_json("K")
+    assert (leave["presence_seq"], leave["count"], leave["joins"]) == (4, 2, [])
+    send("K", '{"action": "members"}')
+    (members,) = posts.take_json("K")
+    assert (members["type"], members["presence_seq"], members["count"]) == ("members", 4, 2)
