@@ -4,7 +4,6 @@ partition (infra/aws/table.py)."""
 from __future__ import annotations
 
 import contextlib
-import logging
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -33,10 +32,12 @@ from infra.aws.table import (
 )
 from infra.settings import Settings
 
-log = logging.getLogger(__name__)
-
 REFRESH_ATTEMPTS = 5
-PRESENCE_ATTEMPTS = 5  # tries to draw a presence number while transactions hold the counter
+# A room's presence number outlives its last join or leave by this long: longer than API
+# Gateway keeps a connection (2 h), so no client still holds a number when the item expires
+# and the room's numbers start from 1 again; and a handshake into a new name leaves no item
+# for good.
+PRESENCE_KEPT_SECONDS = 3 * 3600
 
 
 def _connection_attributes(connection: Connection, ttl: int) -> Item:
@@ -379,33 +380,29 @@ class DynamoConnections:
         return [frame["S"] for frame in deferred["L"]]
 
     def next_presence_seq(self, room: str) -> int | None:
-        """One atomic ADD on the room's counter item (`SEQ`, which holds `last_id` too: no
-        new item, one write per join and leave). The caller has registered or removed the
-        connection before, and reads the room's count after: so the count read under the
-        highest number includes every change numbered below it (docs/welcome-seam.md)."""
-        for attempt in range(PRESENCE_ATTEMPTS):
-            try:
-                response = self._client.update_item(
-                    TableName=self._table,
-                    Key=self._counter_key(room),
-                    UpdateExpression="ADD presence_seq :one",
-                    ExpressionAttributeValues={":one": number(1)},
-                    ReturnValues="UPDATED_NEW",
-                )
-            except self._client.exceptions.TransactionConflictException:
-                # A message's append (or a welcome's check) holds the item in a transaction:
-                # DynamoDB refuses rather than waits, and botocore does not retry it.
-                time.sleep(random.uniform(0, 0.005 * 2**attempt))  # noqa: S311
-                continue
-            return int(response["Attributes"]["presence_seq"]["N"])
-        # Announced unnumbered, as before numbers: clients take its count as it comes.
-        log.warning("room %s: its counter stayed busy; a presence frame goes unnumbered", room)
-        return None
+        """One atomic ADD on the room's `PRESENCE` item (one write per join and leave). The
+        caller has registered or removed the connection before, and reads the room's count
+        after: so the count read under the highest number includes every change numbered below
+        it (docs/welcome-seam.md). An item of its own, not the message counter's: no
+        transaction holds it, so a number never waits on, or cancels, a message's append or a
+        welcome's check."""
+        response = self._client.update_item(
+            TableName=self._table,
+            Key=self._presence_key(room),
+            UpdateExpression="ADD presence_seq :one SET #ttl = :ttl",
+            ExpressionAttributeNames={"#ttl": "ttl"},
+            ExpressionAttributeValues={
+                ":one": number(1),
+                ":ttl": number(int(self._clock()) + PRESENCE_KEPT_SECONDS),
+            },
+            ReturnValues="UPDATED_NEW",
+        )
+        return int(response["Attributes"]["presence_seq"]["N"])
 
     def presence_seq(self, room: str) -> int:
         item = self._client.get_item(
             TableName=self._table,
-            Key=self._counter_key(room),
+            Key=self._presence_key(room),
             ProjectionExpression="presence_seq",
             # Consistent: a stale number would be below changes the count after it includes,
             # and let through older frames' counts than this one.
@@ -413,8 +410,8 @@ class DynamoConnections:
         ).get("Item", {})
         return int(item["presence_seq"]["N"]) if "presence_seq" in item else 0
 
-    def _counter_key(self, room: str) -> Item:
-        return {"pk": string(room_key(room)), "sk": string("SEQ")}
+    def _presence_key(self, room: str) -> Item:
+        return {"pk": string(room_key(room)), "sk": string("PRESENCE")}
 
     def _expired(self, item: Item) -> bool:
         return past_ttl(item, self._clock())

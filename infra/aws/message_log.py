@@ -196,8 +196,7 @@ class DynamoMessageLog:
             Key={"pk": string(room_key(room)), "sk": string("SEQ")},
             ConsistentRead=True,
         ).get("Item")
-        # The item may hold only the room's presence number (DynamoConnections): no message.
-        return int(item["last_id"]["N"]) if item and "last_id" in item else 0
+        return int(item["last_id"]["N"]) if item else 0
 
     def head(self, room: str, since: int = 0, epoch: str = "") -> tuple[int, str]:
         """DynamoDB never loses a room's counter (its writes are acknowledged once durable

@@ -4,6 +4,8 @@ adapter reads and writes it:
     CONN#{connection_id}  CONN              the connection record (a text-dialect echo, sealed)
     ROOM#{room}           CONN#{id}         room membership (a copy of the record, for fan-out)
     ROOM#{room}           SEQ               the room's message counter (`last_id`)
+    ROOM#{room}           PRESENCE          the number of its latest join or leave
+                                            (`presence_seq`, with a TTL)
     ROOM#{room}           MSG#{id:012d}     a message in the room's history
     ROOM#{room}           DEDUP#{user}#{k}  a client_msg_id already used, and the id it got
                                             (`#` and `%` percent-encoded in user and k)

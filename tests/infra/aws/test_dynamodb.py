@@ -11,7 +11,7 @@ import boto3
 import pytest
 
 from handler.chat.ports import Connection, Dialect, Draft
-from infra.aws.connections import DynamoConnections
+from infra.aws.connections import PRESENCE_KEPT_SECONDS, DynamoConnections
 from infra.aws.message_log import DynamoMessageLog
 from infra.aws.sealed_echo import EchoSeal
 from tests.support.aws import FirstWriteStall
@@ -319,41 +319,25 @@ def test_a_refresh_tells_a_clash_from_a_record_gone(
         stub.assert_no_pending_responses()
 
 
-def test_presence_is_numbered_on_the_room_s_counter_and_leaves_its_ids_alone() -> None:
-    """Each join or leave draws the room's next presence number from the item that holds
-    its message counter (one write, no new item), and a room's first change may come before
-    its first message: the counter item then has no `last_id` yet."""
+def test_presence_is_numbered_on_an_item_of_its_own_and_leaves_message_ids_alone() -> None:
+    """Each join or leave draws the room's next presence number from an item no transaction
+    holds (on the message counter's item, a number drawn during a message's append cancels
+    it), kept three hours after the room's last change: a handshake leaves nothing for good."""
     client = boto3.client("dynamodb")
-    store, log = DynamoConnections(client, TABLE), DynamoMessageLog(client, TABLE)
+    now = [1_000_000.0]
+    store = DynamoConnections(client, TABLE, clock=lambda: now[0])
+    log = DynamoMessageLog(client, TABLE)
     assert store.presence_seq("p") == 0
     store.add(conn("a", room="p"))
     assert store.next_presence_seq("p") == 1
     assert (store.presence_seq("p"), log.latest_id("p")) == (1, 0)
-    assert store.mark_welcomed("a", "p", 0)  # the gate's condition reads no `last_id` yet
+    assert store.mark_welcomed("a", "p", 0)
     message, _ = log.append(Draft(room="p", user_id="u", user_name="u", text="hi"))
     assert message.id == 1
+    now[0] += 60
     assert [store.next_presence_seq("p") for _ in range(2)] == [2, 3]
     assert (store.presence_seq("p"), log.latest_id("p"), store.presence_seq("q")) == (3, 1, 0)
     assert log.append(Draft(room="p", user_id="u", user_name="u", text="again"))[0].id == 2
-    keys = {item["sk"]["S"] for item in client.scan(TableName=TABLE)["Items"]}
-    assert keys == {"CONN", "CONN#a", "SEQ", "MSG#000000000001", "MSG#000000000002"}
-
-
-def test_a_presence_number_waits_out_a_transaction_on_the_counter() -> None:
-    """DynamoDB refuses a write to an item a transaction holds (a message's append, a
-    welcome's check) rather than waiting, and botocore does not retry that: the store does."""
-    client = boto3.client("dynamodb")
-    store = DynamoConnections(client, TABLE)
-    refusals = [1, 1]
-
-    def conflict(**_: Any) -> None:
-        if refusals:
-            refusals.pop()
-            raise client.exceptions.TransactionConflictException(
-                {"Error": {"Code": "TransactionConflictException", "Message": "held"}},
-                "UpdateItem",
-            )
-
-    client.meta.events.register("before-call.dynamodb.UpdateItem", conflict)
-    assert store.next_presence_seq("held") == 1
-    assert refusals == []
+    items = {item["sk"]["S"]: item for item in client.scan(TableName=TABLE)["Items"]}
+    assert set(items) >= {"SEQ", "PRESENCE"} and "presence_seq" not in items["SEQ"]
+    assert int(items["PRESENCE"]["ttl"]["N"]) == 1_000_060 + PRESENCE_KEPT_SECONDS
