@@ -1,5 +1,6 @@
 """Real `redis-server` processes on free loopback ports, for the tests that need them (no
-fakes): one Redis, a primary with its replica, and Sentinels watching them."""
+fakes): one Redis, a primary with its replica, Sentinels watching them, and a Redis Cluster
+of three primaries and their three replicas."""
 
 from __future__ import annotations
 
@@ -24,11 +25,19 @@ class RedisServer:
     process: subprocess.Popen[bytes] | None = None
     replica_of: int | None = None  # the primary's port, for a replica
     sentinel: bool = False  # a Sentinel (`redis-server --sentinel`), with its config file
+    cluster: bool = False  # a Redis Cluster node (CLUSTER_NODE_TIMEOUT_MS)
+    bus_port: int = 0  # a cluster node's bus port, free too (not port + 10000, maybe taken)
 
     def url(self, db: int = 0) -> str:
         return f"redis://127.0.0.1:{self.port}/{db}"
 
     def start(self) -> None:
+        self.launch()
+        self.wait_until_ready()
+
+    def launch(self) -> None:
+        """Start the process, without waiting for it to answer (`wait_until_ready`): a
+        cluster's six start together."""
         # Persistence, when asked for, is an append-only file fsynced on every write, so a
         # restart finds everything that was acknowledged.
         persistence = ["--appendonly", "yes", "--appendfsync", "always"]
@@ -46,8 +55,17 @@ class RedisServer:
             command += ["--replicaof", "127.0.0.1", str(self.replica_of)]
         if self.sentinel:  # Sentinel rewrites its config file: one of its own
             command = [server, str(self.directory / "sentinel.conf"), "--sentinel"]
+        if self.cluster:
+            command += [
+                "--cluster-enabled", "yes",
+                "--cluster-port", str(self.bus_port),
+                "--cluster-config-file", str(self.directory / "nodes.conf"),
+                "--cluster-node-timeout", str(CLUSTER_NODE_TIMEOUT_MS),
+            ]  # fmt: skip
         with (self.directory / "redis.log").open("ab") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=log)
+
+    def wait_until_ready(self) -> None:
         deadline = time.monotonic() + 10
         while True:
             try:
@@ -151,3 +169,92 @@ def _wait_for_sync(replica: RedisServer) -> None:
             if time.monotonic() > deadline:
                 raise RuntimeError("the replica did not sync with its primary in 10 s")
             time.sleep(0.05)
+
+
+# A cluster node unanswering this long is failing, and its replica takes over about as long
+# after (Redis' default is 15 s). Short, so that a failover test takes seconds, and not so
+# short that a loaded test machine fails over a node that only stalled.
+CLUSTER_NODE_TIMEOUT_MS = 1500
+
+
+@contextmanager
+def running_cluster(directory: Path, primaries: int = 3) -> Iterator[list[RedisServer]]:
+    """A Redis Cluster on loopback: `primaries` primaries, each with one replica
+    (`redis-cli --cluster create ... --cluster-replicas 1`), every node in `cluster_state:ok`
+    before this returns. The primaries come first in the list, their replicas after in the
+    same order. Stopped at the end, whichever are still running."""
+    nodes = [
+        RedisServer(
+            free_port(), _own(directory, f"node-{n}"), False, cluster=True, bus_port=free_port()
+        )
+        for n in range(primaries * 2)
+    ]
+    started: list[RedisServer] = []
+    try:
+        for node in nodes:  # all at once: each takes a few tens of ms to answer
+            node.launch()
+            started.append(node)
+        for node in nodes:
+            node.wait_until_ready()
+        cli = require("redis-cli", "create a Redis Cluster for the tests")
+        addresses = [f"127.0.0.1:{node.port}" for node in nodes]
+        # `--cluster create` makes the first `primaries` of the list primaries.
+        subprocess.run(
+            [cli, "--cluster", "create", *addresses, "--cluster-replicas", "1", "--cluster-yes"],
+            check=True, capture_output=True, timeout=60,
+        )  # fmt: skip
+        _wait_for_cluster(nodes)
+        yield _in_roles(nodes)
+    finally:
+        for node in reversed(started):
+            if node.process is not None:
+                node.resume()
+                node.stop()
+
+
+def _wait_for_cluster(nodes: list[RedisServer]) -> None:
+    """Every node says `cluster_state:ok`, and every replica is in sync with its primary."""
+    import redis
+
+    deadline = time.monotonic() + 30
+    for node in nodes:
+        with redis.Redis(port=node.port, socket_timeout=2) as client:
+            while True:
+                state = client.cluster("info")["cluster_state"]
+                role = client.info("replication")
+                synced = role["role"] == "master" or role.get("master_link_status") == "up"
+                if state == "ok" and synced:
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"node {node.port}: cluster_state {state}, {role}")
+                time.sleep(0.05)
+
+
+def _in_roles(nodes: list[RedisServer]) -> list[RedisServer]:
+    """Primaries first, then each one's replica in the same order (redis-cli pairs them as it
+    likes)."""
+    import redis
+
+    primaries = [node for node in nodes if _role(node) == "master"]
+    replicas: list[RedisServer] = []
+    for primary in primaries:
+        for node in nodes:
+            if node not in primaries and node not in replicas:
+                with redis.Redis(port=node.port, socket_timeout=2) as client:
+                    if int(client.info("replication")["master_port"]) == primary.port:
+                        replicas.append(node)
+    for primary, replica in zip(primaries, replicas, strict=True):
+        replica.replica_of = primary.port
+    return [*primaries, *replicas]
+
+
+def _role(node: RedisServer) -> str:
+    import redis
+
+    with redis.Redis(port=node.port, socket_timeout=2) as client:
+        return str(client.info("replication")["role"])
+
+
+def cluster_url(nodes: list[RedisServer]) -> str:
+    """`redis+cluster://` naming every node (any one would do: the rest are discovered)."""
+    return "redis+cluster://" + ",".join(f"127.0.0.1:{node.port}" for node in nodes)
