@@ -18,7 +18,7 @@ import redis
 from handler.chat.ports import Connection, Dialect, Draft
 from handler.local.service import LocalChat, build_local_chat
 from infra.redis.history import channel
-from infra.redis.liveness import CANARY_SECONDS
+from infra.redis.liveness import CANARY_SECONDS, DEAF_AFTER
 from infra.settings import Settings
 from tests.infra.redis.test_engine import Member
 from tests.support.redis_server import RedisServer, cluster_url, running_cluster
@@ -26,8 +26,19 @@ from tests.support.redis_server import RedisServer, cluster_url, running_cluster
 pytestmark = pytest.mark.redis_server
 
 
+@pytest.fixture(scope="module")
+def shared_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[RedisServer]]:
+    """One cluster for the tests that kill no node (a slot migrated leaves it whole)."""
+    with running_cluster(tmp_path_factory.mktemp("cluster")) as nodes:
+        yield nodes
+
+
 @pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[list[RedisServer]]:
+def cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[list[RedisServer]]:
+    """The shared cluster, or one of the test's own for a test marked `kills_a_node`."""
+    if request.node.get_closest_marker("kills_a_node") is None:
+        yield request.getfixturevalue("shared_cluster")
+        return
     with running_cluster(tmp_path) as nodes:
         yield nodes
 
@@ -39,6 +50,16 @@ async def chat(cluster: list[RedisServer]) -> AsyncIterator[LocalChat]:
     await chat.engine.start()
     yield chat
     await chat.engine.stop()
+
+
+def primaries_of(nodes: list[RedisServer]) -> list[RedisServer]:
+    """The nodes that are primaries now, in the list's order."""
+    found = []
+    for node in nodes:
+        with redis.Redis(port=node.port, socket_timeout=2) as client:
+            if client.info("replication")["role"] == "master":
+                found.append(node)
+    return found
 
 
 def owner(nodes: list[RedisServer], key: str) -> RedisServer:
@@ -62,7 +83,7 @@ def room_on(nodes: list[RedisServer], primary: RedisServer, prefix: str) -> str:
 async def listen_in(chat: LocalChat, room: str, connection_id: str) -> Member:
     """A text member of `room` on this worker, subscribed as a join subscribes it."""
     assert chat.engine is not None
-    member = Member(chat, connection_id)
+    member = Member(chat, connection_id, capacity=1000)  # a catch-up comes as one burst
     connection = Connection(connection_id, room, f"u-{connection_id}", "m", Dialect.TEXT, "")
     await chat.engine.feed.subscription.add(connection)
     return member
@@ -113,7 +134,7 @@ def migrate(nodes: list[RedisServer], slot: int, source: RedisServer, target: Re
         src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
         while keys := src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100):
             src.execute_command("MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *keys)
-        for node in nodes[:3]:  # the primaries
+        for node in primaries_of(nodes):
             with redis.Redis(port=node.port, socket_timeout=5) as client:
                 client.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
 
@@ -123,7 +144,7 @@ async def test_a_worker_subscribes_on_each_node_serving_its_rooms_with_a_canary_
     chat: LocalChat, cluster: list[RedisServer]
 ) -> None:
     assert chat.engine is not None
-    primaries = cluster[:3]
+    primaries = primaries_of(cluster)
     rooms = [room_on(cluster, primary, f"r{n}-") for n, primary in enumerate(primaries)]
     members = [await listen_in(chat, room, f"c{n}") for n, room in enumerate(rooms)]
     subscription = chat.engine.feed.subscription
@@ -143,6 +164,33 @@ async def test_a_worker_subscribes_on_each_node_serving_its_rooms_with_a_canary_
 
 
 @pytest.mark.timeout(60)
+async def test_a_deaf_link_to_one_node_is_found_by_its_canary_and_its_rooms_caught_up(
+    chat: LocalChat, cluster: list[RedisServer]
+) -> None:
+    """One node's link goes deaf without an error (here: unsubscribed from everything, the
+    canary's channel too): that node's canary goes missing, and its link alone is subscribed
+    afresh, its room caught up with what was published meanwhile."""
+    assert chat.engine is not None
+    primaries = primaries_of(cluster)
+    deaf_room = room_on(cluster, primaries[0], "deaf-")
+    fine_room = room_on(cluster, primaries[1], "fine-")
+    deaf = await listen_in(chat, deaf_room, "c1")
+    fine = await listen_in(chat, fine_room, "c2")
+    subscription = chat.engine.feed.subscription
+    link = subscription._links[f"127.0.0.1:{primaries[0].port}"]
+    await link.pubsub.sunsubscribe()
+    await asyncio.sleep(0.3)
+    history = subscription._history
+    await history.append(Draft(deaf_room, "sender", "s", "in the silence"), time.time())
+    await history.append(Draft(fine_room, "sender", "s", "heard at once"), time.time())
+    await fine.wait_for("heard at once", 2)
+    waited = await deaf.wait_for("in the silence", DEAF_AFTER + 3 * CANARY_SECONDS)
+    assert waited > DEAF_AFTER - 2 * CANARY_SECONDS  # not before its canary was missed
+    assert subscription.resubscribes == 1  # that link's, not the other's
+    assert said(deaf) == ["in the silence"] and said(fine) == ["heard at once"]
+
+
+@pytest.mark.timeout(60)
 async def test_a_room_whose_slot_migrates_mid_chat_is_followed_and_caught_up(
     chat: LocalChat, cluster: list[RedisServer]
 ) -> None:
@@ -150,7 +198,7 @@ async def test_a_room_whose_slot_migrates_mid_chat_is_followed_and_caught_up(
     worker finds the slot's new node, subscribes there, and catches the room up from its
     stream: every message once, in order."""
     assert chat.engine is not None
-    source, target = cluster[0], cluster[1]
+    source, target = primaries_of(cluster)[:2]
     room = room_on(cluster, source, "busy-")
     member = await listen_in(chat, room, "c1")
     count = 120
@@ -174,6 +222,7 @@ async def test_a_room_whose_slot_migrates_mid_chat_is_followed_and_caught_up(
     )
 
 
+@pytest.mark.kills_a_node
 @pytest.mark.timeout(90)
 async def test_a_room_whose_primary_is_killed_mid_chat_is_followed_to_its_replica(
     chat: LocalChat, cluster: list[RedisServer]

@@ -42,10 +42,10 @@ from tests.support.redis_server import RedisServer
 class Member:
     """A connection through the core, its frames and closes collected."""
 
-    def __init__(self, chat: LocalChat, connection_id: str) -> None:
+    def __init__(self, chat: LocalChat, connection_id: str, capacity: int = 16) -> None:
         self.frames: list[str] = []
         self.closes: list[int] = []
-        self.outbox = Outbox(self._send, self._close, capacity=16)
+        self.outbox = Outbox(self._send, self._close, capacity=capacity)
         chat.delivery.register(connection_id, self.outbox)
         self.writer = self.outbox.start()
 
