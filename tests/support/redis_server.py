@@ -261,3 +261,20 @@ def _role(node: RedisServer) -> str:
 def cluster_url(nodes: list[RedisServer]) -> str:
     """`redis+cluster://` naming every node (any one would do: the rest are discovered)."""
     return "redis+cluster://" + ",".join(f"127.0.0.1:{node.port}" for node in nodes)
+
+
+def primaries_of(nodes: list[RedisServer]) -> list[RedisServer]:
+    """The nodes of a cluster that are primaries now (a failover changes them), in order."""
+    return [node for node in nodes if node.process is not None and _role(node) == "master"]
+
+
+def serving(nodes: list[RedisServer], key: str) -> RedisServer:
+    """The primary of a cluster serving `key`'s slot now."""
+    import redis
+
+    with redis.Redis(port=primaries_of(nodes)[0].port, socket_timeout=2) as client:
+        slot = int(client.cluster("keyslot", key))
+        for start, end, primary, *_ in client.execute_command("CLUSTER", "SLOTS"):
+            if start <= slot <= end:
+                return next(node for node in nodes if node.port == int(primary[1]))
+    raise LookupError(f"no node serves {key!r}")

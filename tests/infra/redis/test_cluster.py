@@ -21,7 +21,13 @@ from infra.redis.history import channel
 from infra.redis.liveness import CANARY_SECONDS, DEAF_AFTER
 from infra.settings import Settings
 from tests.infra.redis.test_engine import Member
-from tests.support.redis_server import RedisServer, cluster_url, running_cluster
+from tests.support.redis_server import (
+    RedisServer,
+    cluster_url,
+    primaries_of,
+    running_cluster,
+    serving,
+)
 
 pytestmark = pytest.mark.redis_server
 
@@ -52,30 +58,10 @@ async def chat(cluster: list[RedisServer]) -> AsyncIterator[LocalChat]:
     await chat.engine.stop()
 
 
-def primaries_of(nodes: list[RedisServer]) -> list[RedisServer]:
-    """The nodes that are primaries now, in the list's order."""
-    found = []
-    for node in nodes:
-        with redis.Redis(port=node.port, socket_timeout=2) as client:
-            if client.info("replication")["role"] == "master":
-                found.append(node)
-    return found
-
-
-def owner(nodes: list[RedisServer], key: str) -> RedisServer:
-    """The primary serving `key`'s slot now."""
-    with redis.Redis(port=nodes[0].port, socket_timeout=2) as client:
-        slot = int(client.cluster("keyslot", key))
-        for start, end, primary, *_ in client.execute_command("CLUSTER", "SLOTS"):
-            if start <= slot <= end:
-                return next(node for node in nodes if node.port == int(primary[1]))
-    raise LookupError(key)
-
-
 def room_on(nodes: list[RedisServer], primary: RedisServer, prefix: str) -> str:
     """A room name whose channel (and keys) the primary serves."""
     for n in range(10_000):
-        if owner(nodes, channel(f"{prefix}{n}")).port == primary.port:
+        if serving(nodes, channel(f"{prefix}{n}")).port == primary.port:
             return f"{prefix}{n}"
     raise LookupError(primary.port)
 
@@ -150,7 +136,7 @@ async def test_a_worker_subscribes_on_each_node_serving_its_rooms_with_a_canary_
     subscription = chat.engine.feed.subscription
     assert subscription.nodes == sorted(f"127.0.0.1:{node.port}" for node in primaries)
     for link in subscription._links.values():  # each canary flies on its own node
-        assert f"127.0.0.1:{owner(cluster, link.canary.channel).port}" == link.node
+        assert f"127.0.0.1:{serving(cluster, link.canary.channel).port}" == link.node
     history = subscription._history
     for room in rooms:
         await history.append(Draft(room, "sender", "s", f"hello {room}"), time.time())
