@@ -102,7 +102,9 @@ class RedisEngine:
     def node(self) -> str:
         """The Redis this worker talks to: `host:port`, or on a cluster the nodes it
         subscribes on, comma-separated."""
-        return ",".join(self.feed.subscription.nodes) or self.endpoint.node
+        if self.endpoint.kind == "cluster":
+            return ",".join(self.feed.subscription.nodes)
+        return self.endpoint.node
 
     def link(self) -> str:
         """`linked`, `deaf` (subscribed, but its canary stopped arriving) or `unreachable`."""

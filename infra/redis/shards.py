@@ -110,7 +110,9 @@ class ClusterShards:
         return any(primary.name == node for primary in self._cluster.get_primaries())
 
     def first_nodes(self) -> list[str]:
-        return []  # each node as a room there needs it
+        # Every primary from the start, for its canary: a worker shows it hears every node
+        # (/healthz) before its first room there, and a room's first join finds the link made.
+        return sorted(str(primary.name) for primary in self._cluster.get_primaries())
 
     async def refresh(self) -> None:
         # The client's own first look, then CLUSTER SLOTS each time: the client refreshes

@@ -126,15 +126,17 @@ def migrate(nodes: list[RedisServer], slot: int, source: RedisServer, target: Re
 
 
 @pytest.mark.timeout(60)
-async def test_a_worker_subscribes_on_each_node_serving_its_rooms_with_a_canary_on_each(
+async def test_a_worker_subscribes_on_each_primary_with_a_canary_on_each(
     chat: LocalChat, cluster: list[RedisServer]
 ) -> None:
     assert chat.engine is not None
     primaries = primaries_of(cluster)
+    subscription = chat.engine.feed.subscription
+    every_primary = sorted(f"127.0.0.1:{node.port}" for node in primaries)
+    assert subscription.nodes == every_primary  # from the start, each with its canary
     rooms = [room_on(cluster, primary, f"r{n}-") for n, primary in enumerate(primaries)]
     members = [await listen_in(chat, room, f"c{n}") for n, room in enumerate(rooms)]
-    subscription = chat.engine.feed.subscription
-    assert subscription.nodes == sorted(f"127.0.0.1:{node.port}" for node in primaries)
+    assert subscription.nodes == every_primary
     for link in subscription._links.values():  # each canary flies on its own node
         assert f"127.0.0.1:{serving(cluster, link.canary.channel).port}" == link.node
     history = subscription._history
