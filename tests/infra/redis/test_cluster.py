@@ -149,6 +149,14 @@ async def test_a_worker_subscribes_on_each_primary_with_a_canary_on_each(
     assert not chat.engine.feed.deaf and chat.engine.link() == "linked"
     health = chat.health()
     assert health["redis_node"] == ",".join(subscription.nodes), health
+    # /metrics: a series per node (as the scrape asks: handler/local/service.py), and a node
+    # no longer subscribed on loses its series.
+    chat.metrics.talks_to(chat.engine.endpoint.kind, chat.engine.node.split(","))
+    exposed = chat.metrics.exposition().decode()
+    for node in every_primary:
+        assert f'wschat_redis_node{{kind="cluster",node="{node}"}} 1.0' in exposed
+    chat.metrics.talks_to("cluster", every_primary[1:])
+    assert f'node="{every_primary[0]}"' not in chat.metrics.exposition().decode()
 
 
 @pytest.mark.timeout(60)
