@@ -9,7 +9,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -186,9 +186,14 @@ def running_cluster(directory: Path, primaries: int = 3) -> Iterator[list[RedisS
     (`redis-cli --cluster create ... --cluster-replicas 1`), every node in `cluster_state:ok`
     before this returns. The primaries come first in the list, their replicas after in the
     same order. Stopped at the end, whichever are still running."""
+    ports = _free_ports(primaries * 4)  # a port and a bus port for each node
     nodes = [
         RedisServer(
-            free_port(), _own(directory, f"node-{n}"), False, cluster=True, bus_port=free_port()
+            ports[2 * n],
+            _own(directory, f"node-{n}"),
+            False,
+            cluster=True,
+            bus_port=ports[2 * n + 1],
         )
         for n in range(primaries * 2)
     ]
@@ -202,10 +207,12 @@ def running_cluster(directory: Path, primaries: int = 3) -> Iterator[list[RedisS
         cli = require("redis-cli", "create a Redis Cluster for the tests")
         addresses = [f"127.0.0.1:{node.port}" for node in nodes]
         # `--cluster create` makes the first `primaries` of the list primaries.
-        subprocess.run(
+        created = subprocess.run(
             [cli, "--cluster", "create", *addresses, "--cluster-replicas", "1", "--cluster-yes"],
-            check=True, capture_output=True, timeout=60,
+            capture_output=True, timeout=60,
         )  # fmt: skip
+        if created.returncode != 0:
+            raise RuntimeError(f"redis-cli --cluster create failed: {created.stdout.decode()}")
         _wait_for_cluster(nodes)
         yield _in_roles(nodes)
     finally:
@@ -213,6 +220,16 @@ def running_cluster(directory: Path, primaries: int = 3) -> Iterator[list[RedisS
             if node.process is not None:
                 node.resume()
                 node.stop()
+
+
+def _free_ports(count: int) -> list[int]:
+    """`count` free loopback ports, all different: each held until all are found (one at a
+    time, the system may hand out a port again once its socket closes)."""
+    with ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
 
 
 def _wait_for_cluster(nodes: list[RedisServer]) -> None:
