@@ -160,6 +160,26 @@ async def test_a_worker_subscribes_on_each_primary_with_a_canary_on_each(
 
 
 @pytest.mark.timeout(60)
+async def test_a_room_left_idle_is_unsubscribed_on_its_node_without_a_renewal(
+    chat: LocalChat, cluster: list[RedisServer]
+) -> None:
+    """The node confirms the unsubscribe the worker asked for with a `sunsubscribe`, as it
+    tells of a slot it let go: only the latter is a reason to subscribe afresh."""
+    assert chat.engine is not None
+    primary = primaries_of(cluster)[0]
+    room = room_on(cluster, primary, "idle-")
+    await listen_in(chat, room, "c1")
+    subscription = chat.engine.feed.subscription
+    link = subscription._links[f"127.0.0.1:{primary.port}"]
+    assert channel(room).encode() in link.pubsub.shard_channels
+    subscription.rooms[room].members.clear()  # as when its last member here leaves
+    await subscription.drop_idle_rooms()
+    await asyncio.sleep(0.5)  # the confirmation read
+    assert channel(room).encode() not in link.pubsub.shard_channels
+    assert link.rooms == set() and subscription.resubscribes == 0
+
+
+@pytest.mark.timeout(60)
 async def test_a_deaf_link_to_one_node_is_found_by_its_canary_and_its_rooms_caught_up(
     chat: LocalChat, cluster: list[RedisServer]
 ) -> None:
