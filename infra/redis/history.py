@@ -3,7 +3,7 @@
 Keys, all of a room under one hash tag (`{room}`), so a Redis Cluster keeps them together:
 
     wschat:{room}:seq       hash: `id` (the room's counter), `epoch` (its history's identity)
-    wschat:{room}:members   set: the ids of the room's connections, on every worker
+    wschat:{room}:members   hash: connection id -> member record, on every worker (membership.py)
     wschat:{room}:log       stream: entry `<id>-0` per message, fields `m` (the message's
                             JSON) and `s` (the sending connection's id, or "")
     wschat:{room}:retries   sorted set: `<user>:<client_msg_id>` of each message in the
@@ -162,7 +162,7 @@ if last then
   redis.call('ZREMRANGEBYSCORE', retries, '-inf', string.format('%d', last - ARGV[2]))
   redis.call('EXPIRE', log, ARGV[3])
   redis.call('EXPIRE', retries, ARGV[3])
-  if redis.call('SCARD', members) == 0 then
+  if redis.call('HLEN', members) == 0 then
     redis.call('EXPIRE', seq, ARGV[3])  -- the counter goes with the history
   end
   -- One publication for the lot: each subscriber reads it once.

@@ -1,21 +1,33 @@
 """This worker's members in Redis, and the reaping of workers that died.
 
-Each member is registered in Redis under its worker's id, by one atomic script (JOIN) that
-also announces its join; another (REMOVE) takes members out and announces their leave. A
-worker refreshes its heartbeat every HEARTBEAT_SECONDS; one whose heartbeat lapses (killed
-with SIGKILL, say) is reaped by another: its members are removed and their rooms told they
-left. A worker reaped while only cut off registers its members again.
+Every key is under one hash tag, a room's or a worker's, and every script and multi-key
+command touches one tag only, so that each runs in one slot of a Redis Cluster
+(docs/scaling.md, "Keys, slots and reaping"):
 
-Redis keys besides a room's history: `wschat:{room}:members` (set of connection ids),
-`wschat:conn:<id>` (hash: room, user, dialect, worker), `wschat:workers` (set of worker ids),
-`wschat:worker:<id>` (heartbeat, with a TTL) and `wschat:worker:<id>:conns` (set).
+    wschat:{room}:members      hash: connection id -> the member's record (JSON: user_id,
+                               user_name, dialect, worker, life)
+    wschat:worker:{W}          a worker's heartbeat, with a TTL
+    wschat:worker:{W}:conns    hash: connection id -> `<life>:<room>`, what W registered
+    wschat:worker:{W}:life     W's life: bumped each time W finds itself reaped
+    wschat:workers             set of worker ids, for discovery (a key of its own)
+
+A join is two steps, the worker's slot first (its conns entry), then the room's (JOIN: the
+record, announced); a leave the other way round (REMOVE, announced; then the conns entry
+goes). A worker killed between the steps leaves a conns entry without a member, which a
+reaper clears, never a member no reaper can find. Each step is safe to repeat.
+
+A worker whose heartbeat lapses (killed with SIGKILL, say) is reaped by another, slot by
+slot: the reaper claims its life in the worker's slot (CLAIM), removes, room by room, only
+the members stamped with that worker and that life (REMOVE), then clears the conns entries
+of that life (FORGET). A worker reaped while only cut off bumps its life before registering
+its members again, so no reaper that claimed the old life can remove them.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from handler.chat.ports import Connection, Dialect, User, distinct_users
@@ -34,7 +46,13 @@ log = logging.getLogger(__name__)
 HEARTBEAT_SECONDS = 5.0
 HEARTBEAT_TTL = 15  # a worker silent this long is reaped: no ghost outlives 20 s
 REAP_PAGE = 500  # a dead worker's members removed per few round trips
-USERS_PAGE = 500  # a room's member ids read per round trip when listing its users
+USERS_PAGE = 500  # a room's members read per round trip when listing its users
+# A reaped worker's life number is kept this long after a claim: longer than any reaper
+# that read it could still be at work, so a worker coming back never takes a life number
+# again that a stale reaper holds. A live worker's is kept for good (`bump_life`).
+LIFE_KEPT = 86_400
+
+_Call = tuple[list[str], list[Any]]
 
 
 # Each membership script announces the change it made, with the room's count, in the same
@@ -42,75 +60,104 @@ USERS_PAGE = 500  # a room's member ids read per round trip when listing its use
 # leave that races a reap, a stray's removal), and with the count it left. A presence head
 # is the event's JSON without its count and closing brace (`_presence_head`).
 
-# KEYS: connection hash, room members, worker's connections, the room's counter, its stream,
-# its channel, its retry keys. ARGV: id, room, user id, name, dialect, worker, an epoch should
-# the room have none (as PUBLISH's), the join's presence head. Returns the room's epoch, and
-# 1 if the member was not in the room already (then announced).
+# The room's slot. KEYS: the room's members, counter, stream, channel, retry keys. ARGV: the
+# connection id, its record, an epoch should the room have none (as PUBLISH's), the join's
+# presence head. Returns the room's epoch, and 1 if the member was not in the room already
+# (then announced). A member already there gets its record again (a newer life): silently.
 JOIN = """
-redis.call('HSET', KEYS[1], 'room', ARGV[2], 'user_id', ARGV[3], 'user_name', ARGV[4],
-  'dialect', ARGV[5], 'worker', ARGV[6])
-local added = redis.call('SADD', KEYS[2], ARGV[1])
-redis.call('SADD', KEYS[3], ARGV[1])
-if redis.call('HSETNX', KEYS[4], 'epoch', ARGV[7]) == 1 then
+local added = redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+if redis.call('HSETNX', KEYS[2], 'epoch', ARGV[3]) == 1 then
   -- A room that starts over starts empty (as PUBLISH says): an old retry key would answer
   -- a retry with the new message that took its id.
-  redis.call('DEL', KEYS[5], KEYS[7])
+  redis.call('DEL', KEYS[3], KEYS[5])
 end
-redis.call('PERSIST', KEYS[4])  -- kept while the room has members
+redis.call('PERSIST', KEYS[2])  -- kept while the room has members
 if added == 1 then
-  redis.call('SPUBLISH', KEYS[6], ARGV[8] .. redis.call('SCARD', KEYS[2]) .. '}')
+  redis.call('SPUBLISH', KEYS[4], ARGV[4] .. redis.call('HLEN', KEYS[1]) .. '}')
 end
-return {redis.call('HGET', KEYS[4], 'epoch'), added}
+return {redis.call('HGET', KEYS[2], 'epoch'), added}
 """
-# A worker's members that are gone: ones leaving, a dead worker's, strays. KEYS: the
-# worker's heartbeat, its connections, then for each member its hash, its room's members,
-# counter, channel, stream and retry keys (the hash again for all five, for a member whose
-# hash is gone). ARGV: 1 to stop if the worker beats again, the history's ttl, then for each
-# member its id and its leave's presence head. Returns how many it took out of their rooms
-# (each announced), or nil if the worker beats: then it came back, and registers its members
-# again itself.
+# The room's slot: a worker's members of one room that are gone (ones leaving, a dead
+# worker's, strays). KEYS: the room's members, counter, channel, stream, retry keys. ARGV:
+# the history's ttl, the room, the worker, the life to remove ('' for any: the worker's own
+# leaves), then connection ids. Only a member whose record carries that worker (and life)
+# is taken out, so a reaper that claimed an old life never removes a member registered
+# again since. Each leave's presence head is built here from the record: the reaper need
+# not read records first. Returns how many it took out (each announced).
 # A room it leaves empty keeps its counter as long as its history, and keeps nothing if it
 # has none: each join of a new name makes a counter (the epoch its welcome gives), and a
 # handshake, which nothing rate-limits, would otherwise leave a key for the history's TTL.
 REMOVE = """
-if ARGV[1] == '1' and redis.call('EXISTS', KEYS[1]) == 1 then
-  return false
-end
+local members, seq, channel = KEYS[1], KEYS[2], KEYS[3]
 local left = 0
-for i = 3, #ARGV, 2 do
-  local at = 3 * i - 6
-  local id, members, seq, channel = ARGV[i], KEYS[at + 1], KEYS[at + 2], KEYS[at + 3]
-  redis.call('DEL', KEYS[at])
-  redis.call('SREM', KEYS[2], id)
-  if redis.call('SREM', members, id) == 1 then
-    left = left + 1
-    local count = redis.call('SCARD', members)
-    if count == 0 then
-      if redis.call('EXISTS', KEYS[at + 4]) == 1 then
-        redis.call('EXPIRE', seq, ARGV[2])  -- the counter goes with the history
-      else
-        redis.call('DEL', seq, KEYS[at + 5])  -- no history: the room starts over
+for i = 5, #ARGV do
+  local id = ARGV[i]
+  local raw = redis.call('HGET', members, id)
+  if raw then
+    local record = cjson.decode(raw)
+    if record.worker == ARGV[3] and (ARGV[4] == '' or tostring(record.life) == ARGV[4]) then
+      redis.call('HDEL', members, id)
+      left = left + 1
+      local count = redis.call('HLEN', members)
+      if count == 0 then
+        if redis.call('EXISTS', KEYS[4]) == 1 then
+          redis.call('EXPIRE', seq, ARGV[1])  -- the counter goes with the history
+        else
+          redis.call('DEL', seq, KEYS[5])  -- no history: the room starts over
+        end
       end
+      local head = cjson.encode({p = 'leave', c = {id = id, room = ARGV[2],
+        user_id = record.user_id, user_name = record.user_name, dialect = record.dialect}})
+      redis.call('SPUBLISH', channel, string.sub(head, 1, -2) .. ',"n":' .. count .. '}')
     end
-    redis.call('SPUBLISH', channel, ARGV[i + 1] .. count .. '}')
   end
 end
 return left
 """
-
-
-def conn_key(connection_id: str) -> str:
-    return f"wschat:conn:{connection_id}"
+# The worker's slot: a reaper's claim on a dead worker. KEYS: its heartbeat, its life.
+# ARGV: LIFE_KEPT. Returns nil if it beats (it is not dead), else the life to reap.
+CLAIM = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return false
+end
+local life = redis.call('GET', KEYS[2])
+if life then
+  redis.call('EXPIRE', KEYS[2], ARGV[1])
+  return life
+end
+return '0'
+"""
+# The worker's slot: the conns entries of one life, once their members are out of their
+# rooms. KEYS: the worker's conns. ARGV: the life, then connection ids. An entry registered
+# again meanwhile (another life) stays, so its member stays reapable.
+FORGET = """
+local prefix = ARGV[1] .. ':'
+for i = 2, #ARGV do
+  local value = redis.call('HGET', KEYS[1], ARGV[i])
+  if value and string.sub(value, 1, #prefix) == prefix then
+    redis.call('HDEL', KEYS[1], ARGV[i])
+  end
+end
+return 0
+"""
 
 
 def beat_key(worker: str) -> str:
     """A worker's heartbeat: gone once the worker stops beating for HEARTBEAT_TTL."""
-    return f"wschat:worker:{worker}"
+    return f"wschat:worker:{{{worker}}}"
 
 
 def conns_key(worker: str) -> str:
-    """The connection ids a worker registered."""
-    return f"wschat:worker:{worker}:conns"
+    """The connections a worker registered: id -> `<life>:<room>`."""
+    return f"wschat:worker:{{{worker}}}:conns"
+
+
+def life_key(worker: str) -> str:
+    """A worker's life number, stamped on each member it registers."""
+    return f"wschat:worker:{{{worker}}}:life"
+
+
+WORKERS_KEY = "wschat:workers"
 
 
 class Membership:
@@ -122,38 +169,43 @@ class Membership:
         self.worker = worker
         self._redis = redis
         self._ttl = ttl
+        self._life = 0  # set by `enlist` before any member is registered
         # Gone from here but maybe not from Redis (their removal failed): the heartbeat
         # removes them, or they would count in their rooms for as long as this worker lives.
         self._strays: dict[str, Connection] = {}
-        # Each is one atomic round trip.
+        # Each is one atomic round trip, in one slot.
         self._join = redis.register_script(JOIN)
-        self._remove = redis.register_script(REMOVE)
+        self._remove_script = redis.register_script(REMOVE)
+        self._claim = redis.register_script(CLAIM)
+        self._forget = redis.register_script(FORGET)
+        # REMOVE calls for several rooms, in one pipeline (a seam the tests cut).
+        self._remove: Callable[[list[_Call]], Awaitable[list[Any]]] = self._remove_rooms
 
     async def register(self, connection: Connection) -> str:
-        """The member in Redis: its hash, its room's set and this worker's set. Returns the
-        room's epoch."""
+        """The member in Redis: this worker's conns entry, then its room's record (JOIN,
+        which announces it). Returns the room's epoch."""
+        await self._redis.hset(conns_key(self.worker), connection.id, self._entry(connection))
         keys, args = self._join_call(connection)
         epoch, _ = await self._join(keys=keys, args=args)
         return text(epoch)
 
-    def _join_call(self, connection: Connection) -> tuple[list[str], list[str]]:
-        """JOIN's keys and arguments for `connection`."""
-        keys = [
-            conn_key(connection.id),
-            members_key(connection.room),
-            conns_key(self.worker),
-            seq_key(connection.room),
-            log_key(connection.room),
-            channel(connection.room),
-            retries_key(connection.room),
-        ]
+    def _entry(self, connection: Connection) -> str:
+        return f"{self._life}:{connection.room}"
+
+    def _join_call(self, connection: Connection) -> _Call:
+        """JOIN's keys and arguments for `connection`, under this worker's current life."""
+        room = connection.room
+        keys = [members_key(room), seq_key(room), log_key(room), channel(room), retries_key(room)]
+        record = {
+            "user_id": connection.user_id,
+            "user_name": connection.user_name,
+            "dialect": connection.dialect.value,
+            "worker": self.worker,
+            "life": self._life,
+        }
         args = [
             connection.id,
-            connection.room,
-            connection.user_id,
-            connection.user_name,
-            connection.dialect.value,
-            self.worker,
+            json.dumps(record),
             new_epoch(),
             _presence_head("join", connection),
         ]
@@ -163,25 +215,25 @@ class Membership:
         """Take a member out of Redis, and announce its leave, unless a reaper did both
         already. If Redis cannot be told, the heartbeat tries again (`remove_strays`)."""
         try:
-            await self._take_out(self.worker, [connection.id], [connection], beating_stops=False)
+            await self._take_out([connection])
         except BaseException:
             self._strays[connection.id] = connection
             raise
 
     async def count(self, room: str) -> int:
-        return int(await self._redis.scard(members_key(room)))
+        return int(await self._redis.hlen(members_key(room)))
 
     async def users(self, room: str, limit: int) -> list[User]:
-        """The room's distinct users, every worker's members: the room's set read USERS_PAGE
-        ids at a time, each page's hashes in one round trip, until `limit` are found."""
+        """The room's distinct users, every worker's members: the room's hash read
+        USERS_PAGE members at a time, until `limit` are found."""
         found: list[User] = []
         cursor = 0
         while True:
-            cursor, ids = await self._redis.sscan(members_key(room), cursor, count=USERS_PAGE)
-            pipe = self._redis.pipeline(transaction=False)
-            for connection_id in ids:
-                pipe.hmget(conn_key(text(connection_id)), "user_id", "user_name")
-            page = [User(text(i), text(n)) for i, n in await pipe.execute() if i is not None]
+            cursor, records = await self._redis.hscan(members_key(room), cursor, count=USERS_PAGE)
+            page = []
+            for raw in records.values():
+                record = json.loads(raw)
+                page.append(User(record["user_id"], record["user_name"]))
             found = distinct_users([*found, *page], limit)
             if cursor == 0 or len(found) >= limit:
                 return found
@@ -192,8 +244,22 @@ class Membership:
         await self._redis.set(beat_key(self.worker), "1", ex=HEARTBEAT_TTL)
 
     async def enlist(self) -> bool:
-        """Put this worker on the list of workers; True if it was not on it."""
-        return bool(await self._redis.sadd("wschat:workers", self.worker))
+        """Put this worker on the list of workers; True if it was not on it (it is new, or
+        was reaped): then it takes a new life, before it registers any member (again)."""
+        if not await self._redis.sadd(WORKERS_KEY, self.worker):
+            return False
+        await self.bump_life()
+        return True
+
+    async def bump_life(self) -> None:
+        """A new life for this worker: the members it registers from now on are out of
+        reach of any reaper that claimed an older one. Kept for good while it lives (a
+        claim gave the key a TTL)."""
+        pipe = self._redis.pipeline(transaction=True)  # one key: one slot
+        pipe.incr(life_key(self.worker))
+        pipe.persist(life_key(self.worker))
+        life, _ = await pipe.execute()
+        self._life = int(life)
 
     async def withdraw(self) -> None:
         """This worker stops: its heartbeat goes, and its members with it."""
@@ -202,8 +268,8 @@ class Membership:
 
     async def reap_the_dead(self) -> None:
         """Reap every listed worker whose heartbeat is gone."""
-        workers = [raw.decode() for raw in await self._redis.smembers("wschat:workers")]
-        pipe = self._redis.pipeline(transaction=False)
+        workers = [raw.decode() for raw in await self._redis.smembers(WORKERS_KEY)]
+        pipe = self._redis.pipeline(transaction=False)  # one key per command
         for worker in workers:
             pipe.exists(beat_key(worker))
         for worker, beating in zip(workers, await pipe.execute(), strict=True):
@@ -212,51 +278,66 @@ class Membership:
 
     async def reap(self, worker: str) -> None:
         """Remove a dead worker's members and tell their rooms they left; only the worker
-        that takes it off the list does it, so each leave is announced once. Four round
-        trips per REAP_PAGE members: one per member would outlast the reaper's own heartbeat
-        TTL for a big worker, and get the reaper reaped in turn. A worker that beats again
-        meanwhile (it was only cut off) keeps the members not yet removed, and registers the
-        others again itself."""
-        if not await self._redis.srem("wschat:workers", worker):
+        that takes it off the list does it, so each leave is announced once. Slot by slot:
+        the claim of its life (CLAIM), then per REAP_PAGE members one REMOVE per room,
+        pipelined, and the conns entries of that life (FORGET). One by one would outlast
+        the reaper's own heartbeat TTL for a big worker, and get the reaper reaped in turn.
+        A worker that beats again meanwhile keeps the members not yet removed, and registers
+        the others again itself, under a new life."""
+        if not await self._redis.srem(WORKERS_KEY, worker):
             return
-        ids = [raw.decode() for raw in await self._redis.smembers(conns_key(worker))]
-        for start in range(0, len(ids), REAP_PAGE):
-            page = ids[start : start + REAP_PAGE]
-            pipe = self._redis.pipeline(transaction=False)
-            for connection_id in page:
-                pipe.hgetall(conn_key(connection_id))
-            records = await pipe.execute()
-            found = [_member_of(i, fields) for i, fields in zip(page, records, strict=True)]
-            if await self._take_out(worker, page, found, beating_stops=True) is None:
+        claimed = await self._claim(keys=[beat_key(worker), life_key(worker)], args=[LIFE_KEPT])
+        if claimed is None:
+            log.info("worker %s beats again; it keeps its members", worker)
+            return
+        life = text(claimed)
+        entries = await self._redis.hgetall(conns_key(worker))
+        ours = [
+            (text(i), room)
+            for i, value in entries.items()
+            for entry_life, _, room in [text(value).partition(":")]
+            if entry_life == life
+        ]
+        for start in range(0, len(ours), REAP_PAGE):
+            page = ours[start : start + REAP_PAGE]
+            if start and await self._redis.exists(beat_key(worker)):
                 log.info("worker %s beats again; it keeps its members", worker)
                 return
+            rooms: dict[str, list[str]] = {}
+            for connection_id, room in page:
+                rooms.setdefault(room, []).append(connection_id)
+            await self._remove(
+                [self._remove_call(r, ids, worker, life) for r, ids in rooms.items()]
+            )
+            ids = [connection_id for connection_id, _ in page]
+            await self._forget(keys=[conns_key(worker)], args=[life, *ids])
         if worker != self.worker:
-            log.info("reaped worker %s (%d members), which stopped beating", worker, len(ids))
+            log.info("reaped worker %s (%d members), which stopped beating", worker, len(ours))
 
-    async def _take_out(
-        self,
-        worker: str,
-        ids: Sequence[str],
-        members: Sequence[Connection | None],
-        beating_stops: bool,
-    ) -> int | None:
-        """Take `worker`'s `ids` out of Redis in one step, announcing the leave of each still
-        in its room (`members` are what their hashes held, if anything). Returns how many
-        were; None if `worker` beats again and `beating_stops`."""
-        keys = [beat_key(worker), conns_key(worker)]
-        args: list[Any] = ["1" if beating_stops else "0", self._ttl]
-        for connection_id, member in zip(ids, members, strict=True):
-            hash_key = conn_key(connection_id)
-            if member is None:  # no hash, no room: REMOVE deletes the hash first, and finds
-                keys += [hash_key] * 6  # nothing there to remove or announce
-                args += [connection_id, ""]
-            else:
-                room = member.room
-                keys += [hash_key, members_key(room), seq_key(room), channel(room)]
-                keys += [log_key(room), retries_key(room)]
-                args += [connection_id, _presence_head("leave", member)]
-        left = await self._remove(keys=keys, args=args)
-        return None if left is None else int(left)
+    def _remove_call(self, room: str, ids: Sequence[str], worker: str, life: str) -> _Call:
+        """REMOVE's keys and arguments: `worker`'s `ids` in `room`, of `life` ('' any)."""
+        keys = [members_key(room), seq_key(room), channel(room), log_key(room), retries_key(room)]
+        return keys, [self._ttl, room, worker, life, *ids]
+
+    async def _remove_rooms(self, calls: list[_Call]) -> list[Any]:
+        """Run REMOVE `calls` (one per room) in one pipeline; how many each took out."""
+        pipe = self._redis.pipeline(transaction=False)
+        for keys, args in calls:
+            await self._remove_script(keys=keys, args=args, client=pipe)
+        replies: list[Any] = await pipe.execute()
+        return replies
+
+    async def _take_out(self, members: Sequence[Connection]) -> int:
+        """Take this worker's `members` out of Redis: out of their rooms first (announcing
+        the leave of each still there), then off this worker's conns. Returns how many were
+        in their rooms."""
+        rooms: dict[str, list[str]] = {}
+        for member in members:
+            rooms.setdefault(member.room, []).append(member.id)
+        calls = [self._remove_call(room, ids, self.worker, "") for room, ids in rooms.items()]
+        left = await self._remove(calls)
+        await self._redis.hdel(conns_key(self.worker), *[member.id for member in members])
+        return sum(int(n) for n in left)
 
     async def remove_strays(self) -> None:
         """Take out of Redis the members whose `leave` failed (announcing the leave of those
@@ -264,20 +345,25 @@ class Membership:
         strays = list(self._strays.values())
         if not strays:
             return
-        ids = [member.id for member in strays]
-        await self._take_out(self.worker, ids, strays, beating_stops=False)
-        for connection_id in ids:
-            del self._strays[connection_id]
+        await self._take_out(strays)
+        for member in strays:
+            del self._strays[member.id]
 
     async def register_again(self, members: list[Connection], here: Callable[[str], bool]) -> None:
-        """Register `members` in Redis again (JOIN announces those that were not there: all
-        but the ones a reaper had yet to reach), in two round trips per REAP_PAGE members or
-        so. One by one, a big worker back from a long cut-off could take longer than its
-        heartbeat's TTL, and be reaped again. `here` tells whether a member is still here."""
+        """Register `members` in Redis again, under this worker's life (`enlist` took a new
+        one): per REAP_PAGE members or so, their conns entries in one command, then their
+        JOINs in one pipeline (which announce those that were not there: all but the ones a
+        reaper had yet to reach, which take the new life silently). One by one, a big worker
+        back from a long cut-off could take longer than its heartbeat's TTL, and be reaped
+        again. `here` tells whether a member is still here."""
         for start in range(0, len(members), REAP_PAGE):
             # Only those still here when the pipeline is made: one that left since the
             # list was taken would be registered again, for good.
             page = [m for m in members[start : start + REAP_PAGE] if here(m.id)]
+            if not page:
+                continue
+            entries = {member.id: self._entry(member) for member in page}
+            await self._redis.hset(conns_key(self.worker), mapping=entries)
             pipe = self._redis.pipeline(transaction=False)
             for member in page:
                 keys, args = self._join_call(member)
@@ -291,22 +377,7 @@ class Membership:
                 if added and not here(member.id)
             ]
             if gone:
-                ids = [member.id for member in gone]
-                await self._take_out(self.worker, ids, gone, beating_stops=False)
-
-
-def _member_of(connection_id: str, fields: dict[bytes, bytes]) -> Connection | None:
-    """A member as its `wschat:conn:` hash holds it (None for no hash)."""
-    if not fields:
-        return None
-    return Connection(
-        id=connection_id,
-        room=fields[b"room"].decode(),
-        user_id=fields[b"user_id"].decode(),
-        user_name=fields[b"user_name"].decode(),
-        dialect=Dialect(fields[b"dialect"].decode()),
-        echo="",
-    )
+                await self._take_out(gone)
 
 
 def member_fields(connection: Connection) -> dict[str, str]:

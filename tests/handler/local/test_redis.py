@@ -57,7 +57,9 @@ def worker_ids(redis: RedisServer) -> list[str]:
 
 
 def connections_of(redis: RedisServer, worker: str) -> int:
-    return int(redis_command(redis, "SCARD", f"wschat:worker:{worker}:conns")[1:].split(b"\r")[0])
+    return int(
+        redis_command(redis, "HLEN", f"wschat:worker:{{{worker}}}:conns")[1:].split(b"\r")[0]
+    )
 
 
 async def read_until(ws: Any, inbox: ResumePoint, count: int, timeout: float = 30) -> None:

@@ -14,7 +14,9 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 from redis.asyncio.connection import AbstractConnection
+from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 
 from auth.principal import Principal
 from handler.chat.core import ConnectParams
@@ -29,11 +31,13 @@ from infra.redis.history import (
     RedisHistory,
     channel,
     log_key,
+    members_key,
     retries_key,
     seq_key,
 )
+from infra.redis.history import text as as_text
 from infra.redis.liveness import CANARY_SECONDS, DEAF_AFTER
-from infra.redis.membership import beat_key, conn_key, conns_key
+from infra.redis.membership import WORKERS_KEY, beat_key, conns_key, life_key
 from infra.settings import Settings
 from tests.support import presence
 from tests.support.redis_server import RedisServer
@@ -111,18 +115,24 @@ async def heard(member: Member, events: int) -> list[tuple[str, str, int]]:
     return presence.events(json.loads(frame) for frame in member.frames)
 
 
-async def register_dead_worker(feed: RoomFeed, members: dict[str, str]) -> None:
-    """Register `members` (id: room) in Redis as a worker `dead` did, listed but no longer
-    beating."""
-    pipe = feed.membership._redis.pipeline(transaction=False)
+async def register_dead_worker(
+    feed: RoomFeed, members: dict[str, str], life: int = 1, worker: str = "dead"
+) -> None:
+    """Register `members` (id: room) in Redis as a worker `dead` did under `life`, listed
+    but no longer beating: its conns entries, then the rooms' records (as a join does)."""
+    membership = feed.membership
+    pipe = membership._redis.pipeline(transaction=False)
+    pipe.set(life_key(worker), life)
     for connection_id, room in members.items():
         member = Connection(
             connection_id, room, f"user-{connection_id}", "someone", Dialect.JSON, ""
         )
-        keys, args = feed.membership._join_call(member)
-        keys[2], args[5] = conns_key("dead"), "dead"  # another worker's
-        await feed.membership._join(keys=keys, args=args, client=pipe)
-    pipe.sadd("wschat:workers", "dead")
+        pipe.hset(conns_key(worker), connection_id, f"{life}:{room}")
+        keys, args = membership._join_call(member)
+        record = json.loads(args[1])
+        args[1] = json.dumps({**record, "worker": worker, "life": life})  # another worker's
+        await membership._join(keys=keys, args=args, client=pipe)
+    pipe.sadd(WORKERS_KEY, worker)
     await pipe.execute()
 
 
@@ -474,7 +484,7 @@ async def test_a_big_dead_worker_is_reaped_in_a_few_round_trips_with_every_leave
     with round_trips() as sends:
         await feed._heartbeat_once()  # it finds "dead" without a heartbeat
     assert sends[0] < 30  # 14 here, a canary's among them; 6,014 one by one
-    assert await engine.client.exists(*map(conn_key, dead), conns_key("dead")) == 0
+    assert await engine.client.exists(conns_key("dead")) == 0
     assert [await feed.count(room) for room in ("watched", "crowd-0", "crowd-1")] == [1, 0, 0]
     leaves = await heard(watcher, 5)
     assert [(event, count) for event, _, count in leaves] == [
@@ -630,26 +640,71 @@ async def test_a_worker_that_beats_again_while_it_is_reaped_keeps_its_members(
     chat: LocalChat,
 ) -> None:
     """A worker cut off for longer than its TTL comes back just as another reaps it: after
-    the reaper read its members, before it removed them. They were removed, and announced as
-    gone, while still connected to it; and its next heartbeat found itself listed again, so
-    it never registered them again."""
+    the reaper claimed it, before it removed its members. Its members, still connected to
+    it, must end registered, counted and reapable (under its new life); a leave and a join
+    again per member at most is the price of reaping slot by slot (docs/scaling.md)."""
     assert chat.engine is not None
     feed = chat.engine.feed
     watcher = await watch(chat, "comeback")
-    await register_dead_worker(feed, {"d1": "comeback", "d2": "comeback"})
+    await register_dead_worker(feed, {"d1": "comeback", "d2": "comeback"}, worker=feed.worker)
     await heard(watcher, 2)  # their joins
     watcher.frames.clear()
     remove = feed.membership._remove
+    members = {
+        i: Connection(i, "comeback", f"user-{i}", "someone", Dialect.JSON, "") for i in ("d1", "d2")
+    }
 
     async def back_meanwhile(*args: Any, **kwargs: Any) -> Any:
-        await feed.membership._redis.set(beat_key("dead"), "1", ex=15)
+        # It beats, finds itself off the list (a new life), and registers its members again.
+        await feed.membership.beat()
+        assert await feed.membership.enlist()
+        again = [*members.values(), *feed._connections.values()]  # the watcher's too
+        await feed.membership.register_again(again, lambda _: True)
         return await remove(*args, **kwargs)
 
     feed.membership._remove = back_meanwhile
-    await feed.membership.reap("dead")
+    await cut_off(feed)
+    await feed.membership.reap(feed.worker)
+    feed.membership._remove = remove
     assert await feed.count("comeback") == 3
-    assert await heard(watcher, 0) == []
+    records = await feed.membership._redis.hgetall(members_key("comeback"))
+    lives = {as_text(i): json.loads(r)["life"] for i, r in records.items() if as_text(i) in members}
+    assert lives == {"d1": 2, "d2": 2}
+    events = await heard(watcher, 0)
+    for i in members:
+        assert [event for event, user, _ in events if user == f"user-{i}"] in (
+            [],
+            ["leave", "join"],
+        )
+    # And reapable: once it dies for good, its members go.
+    await feed.membership._redis.delete(beat_key(feed.worker))
+    await feed.membership.reap(feed.worker)
+    assert await feed.count("comeback") == 0
     watcher.writer.cancel()
+
+
+@pytest.mark.timeout(30)
+async def test_a_stale_reaper_never_removes_a_member_registered_under_a_newer_life(
+    chat: LocalChat,
+) -> None:
+    """A reaper claims a dead worker's life, and is slow. The worker was only cut off: it
+    comes back, takes a new life and registers its member again. The stale reaper, going on
+    with the life it claimed, must not take that member out of its room (it would stay
+    connected, uncounted and unannounced until its worker died)."""
+    assert chat.engine is not None
+    feed = chat.engine.feed
+    await register_dead_worker(feed, {"d1": "stale"}, life=1)
+    remove = feed.membership._remove
+
+    async def slow(*args: Any, **kwargs: Any) -> Any:
+        # Between the claim and the removal, the worker is back under life 2.
+        await register_dead_worker(feed, {"d1": "stale"}, life=2)
+        return await remove(*args, **kwargs)
+
+    feed.membership._remove = slow
+    await feed.membership.reap("dead")
+    assert await feed.count("stale") == 1
+    assert await feed.membership._redis.hget(conns_key("dead"), "d1") == b"2:stale"
 
 
 @pytest.mark.timeout(30)
@@ -667,12 +722,14 @@ async def test_a_member_registered_again_while_its_worker_is_reaped_stays_reapab
 
     async def back_after(*args: Any, **kwargs: Any) -> Any:
         places = await remove(*args, **kwargs)
-        await register_dead_worker(feed, {"d1": "comeback"})  # ignoring its SADD's answer
+        # Back, it took a new life (`enlist`), and registers d1 under it.
+        await register_dead_worker(feed, {"d1": "comeback"}, life=2)
         return places
 
     feed.membership._remove = back_after
     await feed.membership.reap("dead")
-    assert await feed.membership._redis.smembers(conns_key("dead")) == {b"d1"}
+    assert await feed.membership._redis.hkeys(conns_key("dead")) == [b"d1"]
+    assert await feed.count("comeback") == 1
 
 
 @pytest.mark.timeout(30)
@@ -821,7 +878,7 @@ async def test_a_room_left_empty_without_history_keeps_no_key(chat: LocalChat) -
     await join(chat, "passing")  # c1
     assert await kept("passing") != []
     await chat.call(chat.core.disconnect, "c1")
-    assert await kept("passing") == [] and not await client.exists(conn_key("c1"))
+    assert await kept("passing") == []
     await register_dead_worker(feed, {"d1": "reaped"})
     await feed.membership.reap("dead")
     assert await kept("reaped") == []
@@ -1292,3 +1349,80 @@ async def test_a_client_claiming_more_than_a_room_has_closes_no_one_else(
     assert (await history.latest("claimed"))[1] != epoch
     member.writer.cancel()
     liar.writer.cancel()
+
+
+# Sent by the subscription, one channel per command in a cluster: the cluster client's.
+PUBSUB = {b"SSUBSCRIBE", b"SUNSUBSCRIBE", b"SUBSCRIBE", b"UNSUBSCRIBE", b"PSUBSCRIBE"}
+
+
+@contextlib.contextmanager
+def commands_sent() -> Iterator[list[tuple[Any, ...]]]:
+    """Every command this process sends to Redis meanwhile, alone or in a pipeline."""
+    sent: list[tuple[Any, ...]] = []
+    pack = AbstractConnection.pack_command
+
+    def recorded(self: AbstractConnection, *args: Any) -> Any:
+        sent.append(args)
+        return pack(self, *args)
+
+    AbstractConnection.pack_command = recorded  # type: ignore[method-assign]
+    try:
+        yield sent
+    finally:
+        AbstractConnection.pack_command = pack  # type: ignore[method-assign]
+
+
+@pytest.mark.timeout(60)
+async def test_every_script_and_command_touches_keys_of_one_slot(chat: LocalChat) -> None:
+    """A Redis Cluster refuses a script or command whose keys hash to two slots (CROSSSLOT):
+    JOIN touched a room's keys and its worker's together. Every call the engine makes, in a
+    chat's whole life (joins, messages, a resume, listing, leaves, strays, reaping a dead
+    worker, being reaped and registering again), must touch one slot; Redis itself says
+    which keys each touches (COMMAND GETKEYS)."""
+    assert chat.engine is not None
+    feed = chat.engine.feed
+    history = feed.subscription._history
+    membership = feed.membership
+    with commands_sent() as sent:
+        watcher = await watch(chat, "slots")
+        await join(chat, "slots")  # c1
+        await join(chat, "other", "c2")
+        await chat.call(chat.core.receive, "c1", ["hello"])
+        drafts = [Draft("slots", "u2", "u2", "a"), Draft("other", "u2", "u2", "b")]
+        await history.append_many(drafts, 0.0)  # two rooms: two calls
+        await history.latest("slots")
+        await feed.users("slots", 10)
+        await feed.count("slots")
+        await feed.typing(feed.local_members("slots")[0])
+        await chat.call(chat.core.disconnect, "c1")
+        with leave_fails(feed), pytest.raises(StoreUnavailable):
+            await chat.call(chat.core.disconnect, "c2")
+        await register_dead_worker(feed, {"d1": "slots", "d2": "other"})
+        await feed._heartbeat_once()  # a stray out, the dead worker reaped
+        await cut_off(feed)
+        await membership.reap(feed.worker)
+        await feed._heartbeat_once()  # reaped: a new life, its members again
+        await membership.withdraw()
+    scripts = {
+        membership._join.sha: "JOIN",
+        membership._remove_script.sha: "REMOVE",
+        membership._claim.sha: "CLAIM",
+        membership._forget.sha: "FORGET",
+        history._publish.sha: "PUBLISH",
+        history._latest.sha: "LATEST",
+    }
+    seen = set()
+    for command in sent:
+        name = str(command[0]).upper().encode() if isinstance(command[0], str) else command[0]
+        if name.upper() in PUBSUB:
+            continue
+        if name.upper() == b"EVALSHA":
+            seen.add(scripts.get(as_text(command[1]), as_text(command[1])))
+        try:
+            keys = await chat.engine.client.execute_command("COMMAND GETKEYS", *command)
+        except ResponseError:  # a command without keys
+            continue
+        slots = {key_slot(key if isinstance(key, bytes) else str(key).encode()) for key in keys}
+        assert len(slots) <= 1, (command[:8], keys)
+    assert set(scripts.values()) <= seen
+    watcher.writer.cancel()
