@@ -16,7 +16,7 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from tests.contract.conftest import TRANSPORTS, Transport, transport_with
+from tests.contract.conftest import Transport, transport_with, transports_for
 from tests.contract.test_rest import call
 from tests.support.clients import TIMEOUT, close_code, recv, recv_json, until
 
@@ -382,7 +382,7 @@ async def test_reconnect_resumes_with_since(transport: Transport) -> None:
 # --- repeated names: the last one counts, on both transports (as in API Gateway's events) ------
 
 
-@pytest.fixture(scope="module", params=list(TRANSPORTS))
+@pytest.fixture(scope="module", params=transports_for(__name__))
 def allow_list(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Transport]:
