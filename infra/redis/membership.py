@@ -21,6 +21,9 @@ slot: the reaper claims its life in the worker's slot (CLAIM), removes, room by 
 the members stamped with that worker and that life (REMOVE), then clears the conns entries
 of that life (FORGET). A worker reaped while only cut off bumps its life before registering
 its members again, so no reaper that claimed the old life can remove them.
+
+A worker's own joins and leaves of a room are batched (group commit): those made while the
+room's call is in flight go together in the next (PRESENCE), and its conns entries likewise.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from handler.chat.ports import Connection, Dialect, User, distinct_users
+from infra.redis.group_commit import GroupCommit
 from infra.redis.history import (
     channel,
     log_key,
@@ -77,6 +81,57 @@ if added == 1 then
   redis.call('SPUBLISH', KEYS[4], ARGV[4] .. redis.call('HLEN', KEYS[1]) .. '}')
 end
 return {redis.call('HGET', KEYS[2], 'epoch'), added}
+"""
+# The room's slot: this worker's joins and leaves of one room, batched (group commit: those
+# made while the room's previous call was in flight), in order, each as JOIN or REMOVE would
+# do it alone. KEYS: as JOIN's. ARGV: the history's ttl, the room, an epoch should the room
+# have none, then per change four: `j`, the id, its record, its presence head; or `l`, the
+# id, the worker, ''. One publication carries every change it made, each with the count it
+# left (`{"ps": [...]}`). Returns per change the room's epoch (a join's) and 1 if it changed
+# anything (then announced).
+PRESENCE = """
+local members, seq = KEYS[1], KEYS[2]
+local events, replies = {}, {}
+for i = 4, #ARGV, 4 do
+  local id = ARGV[i + 1]
+  if ARGV[i] == 'j' then
+    local added = redis.call('HSET', members, id, ARGV[i + 2])
+    if redis.call('HSETNX', seq, 'epoch', ARGV[3]) == 1 then
+      redis.call('DEL', KEYS[3], KEYS[5])  -- as JOIN: a room that starts over starts empty
+    end
+    redis.call('PERSIST', seq)
+    if added == 1 then
+      events[#events + 1] = ARGV[i + 3] .. redis.call('HLEN', members) .. '}'
+    end
+    replies[#replies + 1] = {redis.call('HGET', seq, 'epoch'), added}
+  else
+    local left = 0
+    local raw = redis.call('HGET', members, id)
+    if raw then
+      local record = cjson.decode(raw)
+      if record.worker == ARGV[i + 2] then
+        redis.call('HDEL', members, id)
+        left = 1
+        local count = redis.call('HLEN', members)
+        if count == 0 then  -- as REMOVE
+          if redis.call('EXISTS', KEYS[3]) == 1 then
+            redis.call('EXPIRE', seq, ARGV[1])
+          else
+            redis.call('DEL', seq, KEYS[5])
+          end
+        end
+        local head = cjson.encode({p = 'leave', c = {id = id, room = ARGV[2],
+          user_id = record.user_id, user_name = record.user_name, dialect = record.dialect}})
+        events[#events + 1] = string.sub(head, 1, -2) .. ',"n":' .. count .. '}'
+      end
+    end
+    replies[#replies + 1] = {'', left}
+  end
+end
+if #events > 0 then
+  redis.call('SPUBLISH', KEYS[4], '{"ps":[' .. table.concat(events, ',') .. ']}')
+end
+return replies
 """
 # The room's slot: a worker's members of one room that are gone (ones leaving, a dead
 # worker's, strays). KEYS: the room's members, counter, channel, stream, retry keys. ARGV:
@@ -179,16 +234,65 @@ class Membership:
         self._remove_script = redis.register_script(REMOVE)
         self._claim = redis.register_script(CLAIM)
         self._forget = redis.register_script(FORGET)
-        # REMOVE calls for several rooms, in one pipeline (a seam the tests cut).
+        self._presence_script = redis.register_script(PRESENCE)
+        # REMOVE calls for several rooms, in one pipeline, and a room's batched joins and
+        # leaves (seams the tests cut).
         self._remove: Callable[[list[_Call]], Awaitable[list[Any]]] = self._remove_rooms
+        self._presence: Callable[[_Call], Awaitable[list[Any]]] = self._run_presence
+        # Group commit, per room and for this worker's conns (infra/redis/group_commit.py).
+        self._rooms: dict[str, GroupCommit[tuple[str, Connection], list[Any]]] = {}
+        self._conns: GroupCommit[tuple[str, str | None], None] = GroupCommit(
+            self._write_conns, lambda: None
+        )
 
     async def register(self, connection: Connection) -> str:
-        """The member in Redis: this worker's conns entry, then its room's record (JOIN,
-        which announces it). Returns the room's epoch."""
-        await self._redis.hset(conns_key(self.worker), connection.id, self._entry(connection))
-        keys, args = self._join_call(connection)
-        epoch, _ = await self._join(keys=keys, args=args)
+        """The member in Redis: this worker's conns entry, then its room's record (which
+        announces it), each step batched with the others made meanwhile. Returns the room's
+        epoch, from the call that registered the member."""
+        await self._conns.submit((connection.id, self._entry(connection)))
+        epoch, _ = await self._room_batch(connection.room).submit(("j", connection))
         return text(epoch)
+
+    def _room_batch(self, room: str) -> GroupCommit[tuple[str, Connection], list[Any]]:
+        batch = self._rooms.get(room)
+        if batch is None:
+            batch = GroupCommit(
+                lambda changes: self._presence(self._presence_call(room, changes)),
+                lambda: self._rooms.pop(room, None),
+            )
+            self._rooms[room] = batch
+        return batch
+
+    def _presence_call(self, room: str, changes: list[tuple[str, Connection]]) -> _Call:
+        """PRESENCE's keys and arguments: `changes` (`j` or `l`, a member) to `room`."""
+        keys = [members_key(room), seq_key(room), log_key(room), channel(room), retries_key(room)]
+        args: list[Any] = [self._ttl, room, new_epoch()]
+        for kind, member in changes:
+            if kind == "j":
+                _, join_args = self._join_call(member)
+                args += ["j", member.id, join_args[1], join_args[3]]
+            else:
+                args += ["l", member.id, self.worker, ""]
+        return keys, args
+
+    async def _run_presence(self, call: _Call) -> list[Any]:
+        keys, args = call
+        replies: list[Any] = await self._presence_script(keys=keys, args=args)
+        return replies
+
+    async def _write_conns(self, changes: list[tuple[str, str | None]]) -> list[None]:
+        """This worker's conns entries: each id's last change (an entry, or None to delete
+        it) in one HSET and one HDEL, in one round trip."""
+        last = dict(changes)
+        kept = {i: entry for i, entry in last.items() if entry is not None}
+        gone = [i for i, entry in last.items() if entry is None]
+        pipe = self._redis.pipeline(transaction=False)  # one key: one slot
+        if kept:
+            pipe.hset(conns_key(self.worker), mapping=kept)
+        if gone:
+            pipe.hdel(conns_key(self.worker), *gone)
+        await pipe.execute()
+        return [None] * len(changes)
 
     def _entry(self, connection: Connection) -> str:
         return f"{self._life}:{connection.room}"
@@ -216,7 +320,8 @@ class Membership:
         """Take a member out of Redis, and announce its leave, unless a reaper did both
         already. If Redis cannot be told, the heartbeat tries again (`remove_strays`)."""
         try:
-            await self._take_out([connection])
+            await self._room_batch(connection.room).submit(("l", connection))
+            await self._conns.submit((connection.id, None))
         except BaseException:
             self._strays[connection.id] = connection
             raise

@@ -292,7 +292,11 @@ class RoomSubscription:
 
     async def _on_room_event(self, data: bytes) -> None:
         fields = json.loads(data)
-        if "p" in fields:
+        if "ps" in fields:  # a batch of joins and leaves (membership.py's PRESENCE), in order
+            for event in fields["ps"]:
+                self._on_presence(event)
+            return
+        if "p" in fields:  # one leave (a reaper's or a stray's REMOVE), or one join
             self._on_presence(fields)
             return
         if "t" in fields:  # typing: members open to live messages get it, or never

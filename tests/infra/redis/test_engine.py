@@ -170,18 +170,21 @@ async def cut_off(feed: RoomFeed) -> None:
 def leave_fails(feed: RoomFeed, after_running: bool = False) -> Iterator[None]:
     """Removing members from Redis fails meanwhile, as if the link broke: before the call
     reached Redis, or `after_running` it there (its answer lost)."""
-    remove = feed.membership._remove
+    remove, presence = feed.membership._remove, feed.membership._presence
 
-    async def broken(*args: Any, **kwargs: Any) -> Any:
-        if after_running:
-            await remove(*args, **kwargs)
-        raise RedisConnectionError("Redis went away")
+    def broken(run: Any) -> Any:
+        async def failing(*args: Any, **kwargs: Any) -> Any:
+            if after_running:
+                await run(*args, **kwargs)
+            raise RedisConnectionError("Redis went away")
 
-    feed.membership._remove = broken
+        return failing
+
+    feed.membership._remove, feed.membership._presence = broken(remove), broken(presence)
     try:
         yield
     finally:
-        feed.membership._remove = remove
+        feed.membership._remove, feed.membership._presence = remove, presence
 
 
 async def then_post(
@@ -1408,6 +1411,7 @@ async def test_every_script_and_command_touches_keys_of_one_slot(chat: LocalChat
         membership._remove_script.sha: "REMOVE",
         membership._claim.sha: "CLAIM",
         membership._forget.sha: "FORGET",
+        membership._presence_script.sha: "PRESENCE",
         history._publish.sha: "PUBLISH",
         history._latest.sha: "LATEST",
     }
@@ -1425,4 +1429,62 @@ async def test_every_script_and_command_touches_keys_of_one_slot(chat: LocalChat
         slots = {key_slot(key if isinstance(key, bytes) else str(key).encode()) for key in keys}
         assert len(slots) <= 1, (command[:8], keys)
     assert set(scripts.values()) <= seen
+    watcher.writer.cancel()
+
+
+async def script_calls(chat: LocalChat) -> int:
+    """Scripts Redis ran so far (every client's)."""
+    assert chat.engine is not None
+    stats = await chat.engine.client.info("commandstats")
+    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+@pytest.mark.timeout(30)
+async def test_joins_into_one_room_at_once_go_together_each_announced_once(
+    chat: LocalChat,
+) -> None:
+    """A storm of joins into one room on one worker took one script call each, one after
+    the other. Joins made while the room's call is in flight go together in the next one
+    (issue 30), and each is still announced once, with the count it left; each gets the
+    room's epoch from the call that registered it."""
+    assert chat.engine is not None
+    feed = chat.engine.feed
+    watcher = await watch(chat, "storm")
+    members = [
+        # 12: a watcher's outbox holds 16 frames, and presence goes at once in these tests
+        Connection(f"s{i}", "storm", f"user-s{i}", "someone", Dialect.JSON, "")
+        for i in range(12)
+    ]
+    before = await script_calls(chat)
+    epochs = await asyncio.gather(*(feed.membership.register(member) for member in members))
+    calls = await script_calls(chat) - before
+    assert calls < len(members) // 2  # 2 here (a lone first, then the rest); 12 one by one
+    assert len(set(epochs)) == 1
+    assert await feed.count("storm") == 13
+    events = await heard(watcher, 12)
+    assert [(event, count) for event, _, count in events] == [
+        ("join", count) for count in range(2, 14)
+    ]
+    assert sorted(user for _, user, _ in events) == sorted(m.user_id for m in members)
+    watcher.writer.cancel()
+
+
+@pytest.mark.timeout(30)
+async def test_a_join_and_a_leave_of_one_member_in_one_batch_are_both_announced(
+    chat: LocalChat,
+) -> None:
+    """A member that joins and leaves while its room's call is in flight goes in one batch
+    with both changes, in order: announced joining, then leaving, with their counts, and
+    not left in the room."""
+    assert chat.engine is not None
+    feed = chat.engine.feed
+    watcher = await watch(chat, "pair")
+    member = Connection("p1", "pair", "user-p1", "someone", Dialect.JSON, "")
+    batch = feed.membership._room_batch("pair")
+    before = await script_calls(chat)
+    joined, left = await asyncio.gather(batch.submit(("j", member)), batch.submit(("l", member)))
+    assert await script_calls(chat) - before == 1
+    assert (joined[1], left[1]) == (1, 1)
+    assert await feed.count("pair") == 1
+    assert await heard(watcher, 2) == [("join", "user-p1", 2), ("leave", "user-p1", 1)]
     watcher.writer.cancel()

@@ -1,0 +1,56 @@
+"""Group commit: what callers submit while a call is in flight goes together in the next.
+
+No caller waits for a timer: a lone submission goes at once (the next turn of the loop);
+only submissions made while a call is on its way wait, for that call's answer, and then go
+together in one call (docs/scaling.md, "Joins and leaves batched").
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class GroupCommit(Generic[T, R]):
+    """Runs `flush` on batches of submitted items, one call at a time; `flush` answers one
+    result per item, in order. `idle` is called once nothing is pending nor in flight."""
+
+    def __init__(
+        self, flush: Callable[[list[T]], Awaitable[list[R]]], idle: Callable[[], object]
+    ) -> None:
+        self._flush = flush
+        self._idle = idle
+        self._pending: list[tuple[T, asyncio.Future[R]]] = []
+        self._drainer: asyncio.Task[None] | None = None
+
+    async def submit(self, item: T) -> R:
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self._pending.append((item, future))
+        if self._drainer is None:
+            self._drainer = asyncio.create_task(self._drain())
+        # Shielded: a caller that stops waiting does not undo its item (nor its batch's).
+        return await asyncio.shield(future)
+
+    async def _drain(self) -> None:
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                try:
+                    results = await self._flush([item for item, _ in batch])
+                except BaseException as error:  # every item of the batch fails with it
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(error)
+                    if isinstance(error, asyncio.CancelledError):
+                        raise
+                    continue
+                for (_, future), result in zip(batch, results, strict=True):
+                    if not future.done():
+                        future.set_result(result)
+        finally:
+            self._drainer = None
+            self._idle()

@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from infra.redis.group_commit import GroupCommit
+
+
+async def test_a_lone_item_goes_at_once_and_those_made_meanwhile_go_together() -> None:
+    calls: list[list[int]] = []
+    release = asyncio.Event()
+    idle: list[bool] = []
+
+    async def flush(items: list[int]) -> list[int]:
+        calls.append(items)
+        if len(calls) == 1:
+            await release.wait()  # the first call in flight
+        return [item * 10 for item in items]
+
+    batch: GroupCommit[int, int] = GroupCommit(flush, lambda: idle.append(True))
+    first = asyncio.create_task(batch.submit(1))
+    await asyncio.sleep(0)  # no timer: it is on its way
+    await asyncio.sleep(0)
+    assert calls == [[1]]
+    rest = [asyncio.create_task(batch.submit(n)) for n in (2, 3, 4)]
+    await asyncio.sleep(0)
+    assert calls == [[1]]  # they wait for the call in flight
+    release.set()
+    assert await asyncio.gather(first, *rest) == [10, 20, 30, 40]
+    assert calls == [[1], [2, 3, 4]]
+    assert idle == [True]
+
+
+async def test_a_failed_call_fails_every_item_of_its_batch_and_the_next_goes_on() -> None:
+    async def flush(items: list[int]) -> list[int]:
+        if 0 in items:
+            raise ConnectionError("Redis went away")
+        return items
+
+    batch: GroupCommit[int, int] = GroupCommit(flush, lambda: None)
+    results = await asyncio.gather(batch.submit(0), batch.submit(1), return_exceptions=True)
+    assert all(isinstance(result, ConnectionError) for result in results)
+    assert await batch.submit(2) == 2
+
+
+@pytest.mark.timeout(5)
+async def test_a_caller_that_stops_waiting_does_not_undo_its_item() -> None:
+    done: list[int] = []
+
+    async def flush(items: list[int]) -> list[int]:
+        await asyncio.sleep(0.05)
+        done.extend(items)
+        return items
+
+    batch: GroupCommit[int, int] = GroupCommit(flush, lambda: None)
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(batch.submit(7), 0.01)
+    await asyncio.sleep(0.1)
+    assert done == [7]
