@@ -47,6 +47,11 @@ class Transport:
     peers: tuple[Server, ...] = ()  # sockets take turns among server and peers
     _turn: int = 0
 
+    @property
+    def on_redis(self) -> bool:
+        """Whether its servers share rooms through Redis (one, or a cluster)."""
+        return self.name in ("redis", "cluster")
+
     def url(self, room: str, **query: str) -> str:
         if self.name == "emulator":
             path = "/local"
