@@ -12,18 +12,28 @@ measured in the same run. Redis and the worker(s) share core 0; this load genera
    delivery.
 4. Cross-host delivery latency at a paced 2,000 deliveries/s, N = 100: the sender on one
    worker and every receiver on another, against one in-memory process (target: p99 within 2x).
+
+    .venv/bin/python bench/redis_fanout.py --cluster [--scale-size 100]
+
+runs instead the same fan-out against a Redis Cluster of three primaries (issue 29), beside
+one Redis in the same run: the worker's CPU per delivery at N = 100 with one sender and with
+sixteen (target: within 1.2x one Redis), and the cross-host p99 (target: within 1.5x).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
+import redis
 from wsload import (
     CLIENT_CORE,
     WSCHAT,
@@ -31,6 +41,7 @@ from wsload import (
     Server,
     Subject,
     closed_loop,
+    free_port,
     ms,
     paced,
     percentiles,
@@ -71,6 +82,47 @@ def redis_and(workers: int) -> Iterator[tuple[Server, list[Server]]]:
         subject = on_redis(redis)
         chats = [stack.enter_context(running(subject, core=i % 2)) for i in range(workers)]
         yield redis, chats
+
+
+@contextmanager
+def cluster_and(workers: int) -> Iterator[tuple[list[Server], list[Server]]]:
+    """A fresh Redis Cluster of three primaries (no replicas: what is measured is the
+    workers' work, and a replica's would share their core) with `workers` wschat processes
+    on it, placed as `redis_and` places them."""
+    with ExitStack() as stack:
+        directory = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        nodes = []
+        for n in range(3):
+            spec = replace(
+                REDIS,
+                key=f"redis-cluster-{n}",
+                label="Redis Cluster node",
+                command=(
+                    *REDIS.command,
+                    "--dir", str(directory),
+                    "--cluster-enabled", "yes",
+                    "--cluster-config-file", f"nodes-{n}.conf",
+                    "--cluster-port", str(free_port()),
+                ),
+            )  # fmt: skip
+            nodes.append(stack.enter_context(running(spec)))
+        addresses = [f"127.0.0.1:{node.port}" for node in nodes]
+        subprocess.run(
+            ["redis-cli", "--cluster", "create", *addresses, "--cluster-yes"],
+            check=True, capture_output=True, timeout=60,
+        )  # fmt: skip
+        for node in nodes:
+            with redis.Redis(port=node.port) as client:
+                while client.cluster("info")["cluster_state"] != "ok":
+                    time.sleep(0.05)
+        subject = replace(
+            WSCHAT,
+            key="wschat-cluster",
+            label="wschat on a Redis Cluster",
+            env=(*WSCHAT.env, ("WSCHAT_REDIS_URL", "redis+cluster://" + ",".join(addresses))),
+        )
+        chats = [stack.enter_context(running(subject, core=i % 2)) for i in range(workers)]
+        yield nodes, chats
 
 
 Phase = tuple[float, list[float]]  # wall seconds, and CPU seconds of each watched process
@@ -227,6 +279,101 @@ async def round_trip_floor(server: Server, calls: int = 3_000) -> dict[str, Any]
     return {"part": "floor", "redis_py_us": via_redis_py * 1e6, "bare_socket_us": bare * 1e6}
 
 
+async def cluster_against_redis(receivers: int) -> list[dict[str, Any]]:
+    """CPU per delivery and cross-host p99 on a 3-primary cluster against one Redis, in one
+    run, each with the same room: the ratios are issue 29's targets."""
+    rows = []
+    messages = max(20, DELIVERIES // receivers)
+    with redis_and(1) as (one, (chat,)), cluster_and(1) as (nodes, (on_cluster,)):
+        subjects = [(chat, [chat, one]), (on_cluster, [on_cluster, *nodes])]
+        for senders in SENDERS:
+            deliveries = messages * (receivers + senders - 1)
+            name = f"cluster{receivers}x{senders}"
+            rooms = [
+                await Room(server, name, senders=senders).open(receivers) for server, _ in subjects
+            ]
+            try:
+                for room in rooms:
+                    await closed_loop(room, messages // 10, window=16)  # warm-up
+                results: list[list[Phase]] = [[], []]
+                for _ in range(REPEATS):
+                    for (_, watched), room, runs in zip(subjects, rooms, results, strict=True):
+                        runs.append(await phase(room, messages, watched))
+            finally:
+                for room in rooms:
+                    await room.close()
+            base = None
+            for (server, _), runs in zip(subjects, results, strict=True):
+                wall, cpu = median(runs)
+                worker_us = cpu[0] / deliveries * 1e6
+                base = base or worker_us
+                rows.append(
+                    {
+                        "part": "cluster-cpu",
+                        "server": server.subject.label,
+                        "receivers": receivers,
+                        "senders": senders,
+                        "deliveries_per_s": deliveries / wall,
+                        "worker_us_per_delivery": worker_us,
+                        "redis_us_per_delivery": sum(cpu[1:]) / deliveries * 1e6,
+                        "vs_one_redis": worker_us / base,
+                    }
+                )
+    rate = PACED_RATE / receivers
+    count = max(3, round(rate * PACED_SECONDS))
+    with redis_and(2) as (_, (near, far)), cluster_and(2) as (_, (c_near, c_far)):
+        cases = [
+            ("cross-host (one Redis)", Room(near, "paced", spread=[far])),
+            ("cross-host (Redis Cluster)", Room(c_near, "paced", spread=[c_far])),
+        ]
+        for label, room in cases:
+            await room.open(receivers)
+            try:
+                await paced(room, rate, count // 3, settle=10)  # warm-up
+                latency = await paced(room, rate, count, settle=10)
+            finally:
+                await room.close()
+            rows.append(
+                {
+                    "part": "cluster-latency",
+                    "server": label,
+                    "receivers": receivers,
+                    **percentiles(latency.latencies, count * receivers),
+                }
+            )
+    return rows
+
+
+def cluster_tables(rows: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "| N | senders | server | deliveries/s | worker CPU/delivery | vs one Redis "
+        "| Redis CPU/delivery (all primaries) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in (r for r in rows if r["part"] == "cluster-cpu"):
+        lines.append(
+            f"| {row['receivers']} | {row['senders']} | {row['server']} "
+            f"| {row['deliveries_per_s']:,.0f} "
+            f"| {row['worker_us_per_delivery']:.1f} µs | {row['vs_one_redis']:.2f}x "
+            f"| {row['redis_us_per_delivery']:.1f} µs |"
+        )
+    paced_rows = [r for r in rows if r["part"] == "cluster-latency"]
+    if paced_rows:
+        base = paced_rows[0]["p99"]
+        lines += [
+            "",
+            f"| delivery (N = {paced_rows[0]['receivers']}, {PACED_RATE:,} deliveries/s) "
+            "| p50 | p99 | max | p99 vs one Redis |",
+            "|---|---|---|---|---|",
+        ]
+        for row in paced_rows:
+            lines.append(
+                f"| {row['server']} | {ms(row['p50'])} | {ms(row['p99'])} | {ms(row['max'])} "
+                f"| {row['p99'] / base:.2f}x |"
+            )
+    return lines
+
+
 def tables(rows: list[dict[str, Any]]) -> list[str]:
     lines = [
         "| N | senders | server | deliveries/s | worker CPU/delivery | vs memory "
@@ -285,9 +432,13 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", default="10,100,1000")
     parser.add_argument("--scale-size", type=int, default=100)
+    parser.add_argument("--cluster", action="store_true", help="a 3-primary cluster vs one Redis")
     args = parser.parse_args()
     pin_to_client_core()
     assert CLIENT_CORE == 1, "needs two cores"
+    if args.cluster:
+        rows = asyncio.run(cluster_against_redis(args.scale_size))
+        return publish("redis_cluster_fanout", cluster_tables(rows), rows)
     rows = asyncio.run(cpu_per_delivery([int(size) for size in args.sizes.split(",")]))
     with running(REDIS) as redis:
         rows.append(asyncio.run(round_trip_floor(redis)))

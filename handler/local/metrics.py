@@ -124,9 +124,9 @@ class ChatMetrics:
     def refused(self, status: int) -> None:
         self.handshakes_refused.labels(status=str(status)).inc()
 
-    def talks_to(self, kind: str, node: str) -> None:
-        """Which Redis this worker talks to now (asked at each scrape)."""
-        self.redis.talks_to(kind, node)
+    def talks_to(self, kind: str, nodes: list[str]) -> None:
+        """Which Redis nodes this worker talks to now (asked at each scrape)."""
+        self.redis.talks_to(kind, nodes)
 
     def exposition(self) -> bytes:
         """Every metric in Prometheus' text format: this process's, or every worker's."""
@@ -157,12 +157,13 @@ class RedisMetrics:
         )
         self.node = Gauge(
             "wschat_redis_node",
-            "1 for the Redis node (host:port) this worker talks to, by how it finds it.",
+            "1 for each Redis node (host:port) this worker talks to (on a cluster, subscribes "
+            "on), by how it finds it.",
             ["kind", "node"],
             registry=registry,
             multiprocess_mode="liveall",
         )
-        self._node: tuple[str, str] | None = None
+        self._nodes: set[tuple[str, str]] = set()
 
     def lag(self, seconds: float) -> None:
         self._lag.observe(seconds)
@@ -173,10 +174,11 @@ class RedisMetrics:
     def restarted(self) -> None:
         self.epoch_restarts.inc()
 
-    def talks_to(self, kind: str, node: str) -> None:
-        if self._node == (kind, node):
-            return
-        if self._node is not None:
-            self.node.remove(*self._node)
-        self._node = (kind, node)
-        self.node.labels(kind=kind, node=node).set(1)
+    def talks_to(self, kind: str, nodes: list[str]) -> None:
+        """A series per node: one, or on a cluster each node the worker subscribes on."""
+        now = {(kind, node) for node in nodes}
+        for gone in self._nodes - now:
+            self.node.remove(*gone)
+        for kind_, node in now - self._nodes:
+            self.node.labels(kind=kind_, node=node).set(1)
+        self._nodes = now

@@ -35,6 +35,7 @@ from infra.redis.feed import RoomFeed
 from infra.redis.history import RedisHistory
 from infra.redis.liveness import RedisLink
 from infra.redis.message_log import RedisMessageLog
+from infra.redis.shards import ClusterShards
 from infra.settings import Settings, get_settings
 
 T = TypeVar("T")
@@ -73,7 +74,7 @@ class LocalChat:
             health["redis"] = self.engine.link()
             if health["redis"] != "linked":
                 health["status"] = "degraded"
-            health["redis_node"] = self.engine.endpoint.node
+            health["redis_node"] = self.engine.node
             health["redis_resubscribes"] = self.engine.feed.subscription.resubscribes
             health["redis_epoch_restarts"] = self.engine.feed.subscription.restarts
         return health
@@ -96,6 +97,14 @@ class RedisEngine:
     async def stop(self) -> None:
         await self.feed.stop()
         await self.client.aclose()
+
+    @property
+    def node(self) -> str:
+        """The Redis this worker talks to: `host:port`, or on a cluster the nodes it
+        subscribes on, comma-separated."""
+        if self.endpoint.kind == "cluster":
+            return ",".join(self.feed.subscription.nodes)
+        return self.endpoint.node
 
     def link(self) -> str:
         """`linked`, `deaf` (subscribed, but its canary stopped arriving) or `unreachable`."""
@@ -142,7 +151,8 @@ def _on_redis(
     client = endpoint.client
     history = RedisHistory(client, settings.history_size, settings.history_ttl_seconds)
     bridge = LoopBridge(greenbridge)
-    feed = RoomFeed(client, history, link, metrics.redis)
+    shards = ClusterShards(endpoint.cluster) if endpoint.cluster is not None else None
+    feed = RoomFeed(client, history, link, metrics.redis, shards)
     core = ChatCore(
         RedisConnections(feed, bridge),
         RedisMessageLog(history, bridge),
@@ -171,7 +181,7 @@ def create_local_app(settings: Settings | None = None) -> SocketsFirst:
     async def metrics() -> Response:
         """Prometheus' scrape: every worker's figures when there are several."""
         if chat.engine is not None:
-            chat.metrics.talks_to(chat.engine.endpoint.kind, chat.engine.endpoint.node)
+            chat.metrics.talks_to(chat.engine.endpoint.kind, chat.engine.node.split(","))
         return Response(chat.metrics.exposition(), media_type=METRICS_CONTENT_TYPE)
 
     app.add_api_route("/metrics", metrics, methods=["GET"], include_in_schema=False)

@@ -12,7 +12,7 @@ keeps, on its event loop:
   newer;
 - **a canary** (infra/redis/liveness.py): every second it publishes to a channel of its own;
   a canary unseen for 5 s means the subscription went deaf, and it resubscribes and catches
-  up from the streams;
+  up from the streams (on a Redis Cluster, a canary per node it subscribes on);
 - **a heartbeat**: its members are registered in Redis under its id
   (infra/redis/membership.py, which lists the keys), which it refreshes every few seconds. A
   worker whose heartbeat lapses (killed with SIGKILL, say) is reaped by another: its members
@@ -36,8 +36,9 @@ from typing import Any
 from handler.chat.core import ChatCore
 from handler.chat.ports import Connection, User, keep_presence
 from infra.redis.history import RedisHistory, channel
-from infra.redis.liveness import Canary, RedisLink
+from infra.redis.liveness import RedisLink
 from infra.redis.membership import HEARTBEAT_SECONDS, Membership, member_fields
+from infra.redis.shards import OneRedis, Shards
 from infra.redis.subscription import QUIET, FeedMetrics, RoomSubscription
 
 log = logging.getLogger(__name__)
@@ -54,16 +55,19 @@ class RoomFeed:
         history: RedisHistory,
         link: RedisLink,
         metrics: FeedMetrics = QUIET,
+        shards: Shards | None = None,
     ) -> None:
         """`link` is what `redis`'s connections report their failures to (RedisLink.retry);
-        `metrics` is told what the subscription sees (FeedMetrics). The core it delivers
-        through registers itself (`serve`)."""
+        `metrics` is told what the subscription sees (FeedMetrics); `shards`, which node
+        serves which channel (one Redis if not given). The core it delivers through
+        registers itself (`serve`)."""
         self.worker = secrets.token_hex(6)
         self._redis = redis
         self._link = link
-        self.canary = Canary(redis, link, self.worker)
         self.membership = Membership(redis, self.worker, history.ttl)
-        self.subscription = RoomSubscription(redis, history, link, self.canary, metrics)
+        self.subscription = RoomSubscription(
+            redis, history, link, self.worker, metrics, shards or OneRedis(redis)
+        )
         self._connections: dict[str, Connection] = {}
         self._deferred: dict[str, list[str]] = {}  # presence for members not yet welcomed
         self._tasks: list[asyncio.Task[None]] = []
@@ -73,12 +77,8 @@ class RoomFeed:
     async def start(self) -> None:
         await self.membership.beat()  # first: a worker listed without a beat is reaped
         await self.membership.enlist()
-        await self.subscription.start()
-        self._tasks = [
-            asyncio.create_task(self.subscription.listen(), name="redis-listen"),
-            asyncio.create_task(self._heartbeat(), name="redis-heartbeat"),
-            asyncio.create_task(self.canary.watch(), name="redis-canary"),
-        ]
+        await self.subscription.start()  # its links' readers and canaries are its own
+        self._tasks = [asyncio.create_task(self._heartbeat(), name="redis-heartbeat")]
         self._link.up = True
 
     async def stop(self) -> None:
@@ -86,6 +86,7 @@ class RoomFeed:
             task.cancel()
         with contextlib.suppress(Exception):
             await self.membership.withdraw()
+        with contextlib.suppress(Exception):
             await self.subscription.close()
 
     @property
@@ -96,8 +97,9 @@ class RoomFeed:
 
     @property
     def deaf(self) -> bool:
-        """No canary for DEAF_AFTER seconds, until a new subscription is in place."""
-        return self.canary.deaf
+        """No canary for DEAF_AFTER seconds, until a new subscription is in place (on a
+        cluster, on any of the nodes subscribed on)."""
+        return self.subscription.deaf
 
     def serve(self, core: ChatCore) -> None:
         """Deliver what the rooms' channels carry through `core` (its fan-out to this

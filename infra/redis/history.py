@@ -44,10 +44,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from redis.exceptions import NoScriptError
-
 from handler.chat.ports import ChatMessage, Draft
 from infra.redis.high_water import NO_MARK, HighWater, Mark
+from infra.redis.scripts import run_pipelined
 
 # Shared by the scripts that read a room's counter for a caller with a mark: if the counter
 # is behind the mark under the same epoch, the room goes on under a new epoch,
@@ -355,12 +354,9 @@ class RedisHistory:
             for chunk in carried
         ]
         try:
-            replies = await self._pipeline(calls)
-            if replies and all(isinstance(reply, NoScriptError) for reply in replies):
-                # Redis lost its scripts (restarted, or SCRIPT FLUSH): nothing ran, so load
-                # the script and send them again.
-                await self._redis.script_load(PUBLISH)
-                replies = await self._pipeline(calls)
+            # A node without the script runs none of its calls: they are sent again once it
+            # is loaded (infra/redis/scripts.py).
+            replies = await run_pipelined(self._redis, self._publish, calls)
             answers: list[list[Any]] = [[None] * len(caller.drafts) for caller in queued]
             failed: dict[int, Exception] = {}
             for chunk, reply in zip(carried, replies, strict=True):
@@ -400,15 +396,6 @@ class RedisHistory:
             chunks[-1].append((n, place))
             size += text
         return chunks
-
-    async def _pipeline(self, calls: list[_Call]) -> list[Any]:
-        # Not `Script` objects in the pipeline: redis-py then asks SCRIPT EXISTS first, one
-        # more round trip for every batch.
-        pipe = self._redis.pipeline(transaction=False)
-        for keys, args in calls:
-            pipe.evalsha(self._publish.sha, len(keys), *keys, *args)
-        replies: list[Any] = await pipe.execute(raise_on_error=False)
-        return replies
 
     def _publication(self, run: Sequence[tuple[Draft, float]]) -> _Call:
         """The publish script's keys and arguments for `run`: drafts of one room, with their

@@ -3,7 +3,9 @@
 A failed call to Redis says at once that the link is lost; a subscription can go deaf without
 any call failing, and only a canary tells: every CANARY_SECONDS the worker publishes to a
 channel of its own, `wschat:canary:{<worker>}`, which its subscription hears
-(infra/redis/subscription.py); unseen for DEAF_AFTER, the subscription is renewed.
+(infra/redis/subscription.py); unseen for DEAF_AFTER, the subscription is renewed. On a Redis
+Cluster the worker subscribes on several nodes, each link of which can go deaf alone: each
+has a canary, on a channel whose slot is that node's (infra/redis/shards.py).
 """
 
 from __future__ import annotations
@@ -67,8 +69,8 @@ class Canary:
     (the canary went missing, or the subscription says it lost something); the listener
     resubscribes, and clears it."""
 
-    def __init__(self, redis: Any, link: RedisLink, worker: str) -> None:
-        self.channel = f"wschat:canary:{{{worker}}}"  # not `wschat:{...}`: no room's channel
+    def __init__(self, redis: Any, link: RedisLink, channel: str) -> None:
+        self.channel = channel  # not `wschat:{...}`: no room's channel
         self._redis = redis
         self._link = link
         self._seen = time.monotonic()

@@ -44,6 +44,7 @@ from infra.redis.history import (
     seq_key,
     text,
 )
+from infra.redis.scripts import run_pipelined
 
 log = logging.getLogger(__name__)
 
@@ -430,10 +431,10 @@ class Membership:
 
     async def _remove_rooms(self, calls: list[_Call]) -> list[Any]:
         """Run REMOVE `calls` (one per room) in one pipeline; how many each took out."""
-        pipe = self._redis.pipeline(transaction=False)
-        for keys, args in calls:
-            await self._remove_script(keys=keys, args=args, client=pipe)
-        replies: list[Any] = await pipe.execute()
+        replies = await run_pipelined(self._redis, self._remove_script, calls)
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
         return replies
 
     async def _take_out(self, members: Sequence[Connection]) -> int:
@@ -473,11 +474,12 @@ class Membership:
                 continue
             entries = {member.id: self._entry(member) for member in page}
             await self._redis.hset(conns_key(self.worker), mapping=entries)
-            pipe = self._redis.pipeline(transaction=False)
-            for member in page:
-                keys, args = self._join_call(member)
-                await self._join(keys=keys, args=args, client=pipe)
-            answers = await pipe.execute()
+            answers = await run_pipelined(
+                self._redis, self._join, [self._join_call(member) for member in page]
+            )
+            for answer in answers:
+                if isinstance(answer, Exception):
+                    raise answer
             # One that left while the pipeline was on its way, its removal run before its JOIN,
             # is back in Redis: out again.
             gone = [

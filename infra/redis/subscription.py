@@ -3,6 +3,10 @@
 One sharded pub/sub subscription holds a channel per room with members here (and the
 canary's, infra/redis/liveness.py), where the publish script (infra/redis/history.py) puts
 every message, and the membership scripts (infra/redis/membership.py) every presence event.
+On a Redis Cluster a channel is served by the node owning its slot, so the subscription is
+one link per node (infra/redis/shards.py), each with its own canary and its own reader; a
+room whose slot moved (a migration, a failover: the node says `sunsubscribe`, or refuses
+with MOVED, or is gone) is subscribed on its new node and caught up, as after a lost link.
 Each is delivered to this worker's members of the room through the core's fan-out, in id
 order: the last id delivered is remembered per room, and a gap (a message lost while the link
 was down) is filled from the room's stream before anything newer is delivered. After a lost
@@ -29,6 +33,7 @@ from infra.redis.high_water import epoch_bounds
 from infra.redis.history import RedisHistory, channel, messages_of, text
 from infra.redis.liveness import Canary, RedisLink
 from infra.redis.membership import member_from
+from infra.redis.shards import OneRedis, Shards
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +45,8 @@ class _Subscription(PubSub):
     published in between never arrives, and the canary soon flies again: nothing would catch
     up until the room's next message showed the gap. This one tells the feed instead."""
 
-    def __init__(self, redis: Any, reconnected: Callable[[], None]) -> None:
-        super().__init__(redis.connection_pool)
+    def __init__(self, pool: Any, reconnected: Callable[[], None]) -> None:
+        super().__init__(pool)
         self._reconnected = reconnected
 
     async def on_connect(self, connection: Any) -> None:
@@ -89,6 +94,18 @@ class _Room:
     failed: bool = False  # the subscription could not be made: its joiners fail too
 
 
+@dataclass
+class _Link:
+    """The subscription on one node (the one Redis's, or a cluster node's), with its canary:
+    the rooms whose channels it holds, and the tasks that read it and fly its canary."""
+
+    node: str
+    canary: Canary
+    pubsub: Any = None
+    rooms: set[str] = field(default_factory=set)
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+
 class RoomSubscription:
     """The subscription and the rooms it holds (`rooms`: each with this worker's members,
     what was delivered to them, and the room's epoch), on the event loop's thread with the
@@ -100,15 +117,19 @@ class RoomSubscription:
         redis: Any,
         history: RedisHistory,
         link: RedisLink,
-        canary: Canary,
+        worker: str,
         metrics: FeedMetrics,
+        shards: Shards | None = None,
     ) -> None:
-        """`metrics` is told what happens here (FeedMetrics). The core it delivers through
-        is given by the feed (`serve`)."""
+        """`metrics` is told what happens here (FeedMetrics); `shards` says which node
+        serves which channel (one Redis if not given). The core it delivers through is given
+        by the feed (`serve`)."""
         self._redis = redis
         self._history = history
         self._link = link
-        self._canary = canary
+        self._worker = worker
+        self._shards: Shards = shards or OneRedis(redis)
+        self._links: dict[str, _Link] = {}
         self._metrics = metrics
         self._served: ChatCore | None = None
         self.rooms: dict[str, _Room] = {}
@@ -116,18 +137,64 @@ class RoomSubscription:
         # after a lost or deaf one, and rooms heard to start over under a new epoch.
         self.resubscribes = 0
         self.restarts = 0
-        self._pubsub: Any = None
-        # Held by whatever changes the subscription. A fresh PubSub fetches its connection on
-        # its first call: two first calls at once (a renewal's and a join's) would fetch two
-        # and keep one, losing the other from the pool for good.
+        # Held by whatever changes a link's subscription. A fresh PubSub fetches its
+        # connection on its first call: two first calls at once (a renewal's and a join's)
+        # would fetch two and keep one, losing the other from the pool for good.
         self._subscribing = asyncio.Lock()
 
     async def start(self) -> None:
-        self._pubsub = _Subscription(self._redis, self._reconnected)
-        await self._pubsub.ssubscribe(self._canary.channel)
+        await self._shards.refresh()
+        async with self._subscribing:
+            for node in self._shards.first_nodes():
+                await self._open(node)
 
     async def close(self) -> None:
-        await self._pubsub.aclose()
+        for link in self._links.values():
+            for task in link.tasks:
+                task.cancel()
+            with contextlib.suppress(Exception):
+                await link.pubsub.aclose()
+        await self._shards.aclose()
+
+    @property
+    def deaf(self) -> bool:
+        """A link's canary unseen for DEAF_AFTER seconds, until it is subscribed afresh."""
+        return any(link.canary.deaf for link in self._links.values())
+
+    @property
+    def nodes(self) -> list[str]:
+        """The cluster nodes this worker subscribes on (none named on one Redis)."""
+        return sorted(node for node in self._links if node)
+
+    async def _open(self, node: str) -> _Link:
+        """The link to `node`, subscribed to its canary, read and flown from now on. Called
+        holding `_subscribing`."""
+        link = self._links.get(node)
+        if link is not None:
+            return link
+        canary = Canary(self._redis, self._link, self._shards.canary(node, self._worker))
+        link = _Link(node, canary)
+        link.pubsub = self._pubsub_for(link)
+        await link.pubsub.ssubscribe(canary.channel)
+        self._links[node] = link
+        link.tasks = [
+            asyncio.create_task(self._read(link), name=f"redis-listen {node}"),
+            asyncio.create_task(canary.watch(), name=f"redis-canary {node}"),
+        ]
+        return link
+
+    def _pubsub_for(self, link: _Link) -> _Subscription:
+        def reconnected() -> None:
+            log.warning("redis subscription reconnected; catching up on what it missed")
+            link.canary.renew.set()  # its reader resubscribes (afresh) and catches up
+
+        return _Subscription(self._shards.pool(link.node), reconnected)
+
+    def _holding(self, room: str) -> _Link | None:
+        for link in self._links.values():
+            if room in link.rooms:
+                return link
+        return None
 
     def serve(self, core: ChatCore) -> None:
         self._served = core
@@ -162,7 +229,9 @@ class RoomSubscription:
     async def _subscribe(self, room: str, state: _Room) -> None:
         try:
             async with self._subscribing:
-                await self._pubsub.ssubscribe(channel(room))
+                link = await self._open(self._shards.node_of(channel(room)))
+                await link.pubsub.ssubscribe(channel(room))
+                link.rooms.add(room)
             # Subscribed first, then the latest id: whatever is published from here on
             # arrives, and whatever is older than `latest` is not this room's news here.
             state.delivered, state.epoch = await self._history.latest(room)
@@ -178,16 +247,18 @@ class RoomSubscription:
         # room was ready to take it (and been dropped): its stream has it.
         await self._catch_up(room)
 
-    async def listen(self) -> None:
-        """Read the subscription for as long as the worker lives, resubscribing after a
-        lost link or a deaf one. The one task that touches the subscription: resubscribing
+    async def _read(self, link: _Link) -> None:
+        """Read a link for as long as the worker lives (or the node serves no channel of
+        this worker's any more), subscribing it afresh after a lost link, a deaf one, or a
+        slot that moved. The one task that touches the link's subscription: resubscribing
         under a reader would break both."""
         while True:
-            if self._canary.renew.is_set():
-                await self._resubscribe()
-                self._canary.renew.clear()
+            if link.canary.renew.is_set():
+                if not await self._resubscribe(link):
+                    return
+                link.canary.renew.clear()
             try:
-                message = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
+                message = await link.pubsub.get_message(timeout=1)
                 self._link.up = True
             except asyncio.CancelledError:
                 raise
@@ -195,13 +266,24 @@ class RoomSubscription:
                 self._link.up = False
                 log.warning("redis subscription lost (%s); resubscribing", type(error).__name__)
                 await asyncio.sleep(0.5)
-                await self._resubscribe()
+                link.canary.renew.set()
                 continue
-            if message is None or message.get("type") != "smessage":
+            if message is None:
                 continue
-            name = message["channel"].decode()
-            if name == self._canary.channel:
-                self._canary.heard()
+            kind = message.get("type")
+            name = text(message["channel"])
+            if kind == "sunsubscribe" and message["channel"] in link.pubsub.shard_channels:
+                # Not ours (redis-py forgets a channel when the node confirms our own
+                # unsubscribe): the node no longer serves the channel's slot (migrated, or
+                # the node became a replica). Its new node is to be found, and what was
+                # published there meanwhile caught up.
+                log.warning("redis node %s let go of %s; resubscribing", link.node, name)
+                link.canary.renew.set()
+                continue
+            if kind != "smessage":
+                continue
+            if name == link.canary.channel:
+                link.canary.heard()
                 continue
             try:
                 await self._on_room_event(message["data"])
@@ -248,7 +330,9 @@ class RoomSubscription:
                 # Not this one before the gap: a renewal catches up on both from the stream
                 # (else it would wait for the room's next message, maybe for ever).
                 log.warning("could not fill a gap in %r (%r); renewing", room, error)
-                self._canary.renew.set()
+                link = self._holding(room)
+                if link is not None:
+                    link.canary.renew.set()
                 return
         self._metrics.lag(max(0.0, time.time() - message.ts))
         self._fan_out(message, sender_id)
@@ -329,33 +413,49 @@ class RoomSubscription:
                 member.id, CloseCode.SERVICE_RESTART, "the room's history was lost"
             )
 
-    async def _resubscribe(self) -> None:
-        """A fresh subscription to every room with members here, then a catch-up of each."""
+    async def _resubscribe(self, link: _Link) -> bool:
+        """A fresh subscription on the link's node to its rooms still served there, and the
+        others on the nodes that serve them now (the map refreshed first), then a catch-up
+        of each. False if the node serves nothing any more: the link is closed."""
+        rooms = set(link.rooms)  # kept across tries: a try may fail half-way through
         while True:
             try:
+                await self._shards.refresh()
                 async with self._subscribing:
+                    rooms = {room for room in rooms | link.rooms if room in self.rooms}
+                    moved = sorted(rooms)
+                    link.rooms = set()
                     with contextlib.suppress(Exception):
-                        await self._pubsub.aclose()
-                    self._pubsub = _Subscription(self._redis, self._reconnected)
-                    rooms = list(self.rooms)
-                    await self._pubsub.ssubscribe(self._canary.channel, *map(channel, rooms))
-                for room in rooms:
+                        await link.pubsub.aclose()
+                    serves = self._shards.serves(link.node)
+                    if serves:
+                        link.canary.channel = self._shards.canary(link.node, self._worker)
+                        link.pubsub = self._pubsub_for(link)
+                        await link.pubsub.ssubscribe(link.canary.channel)
+                    for room in moved:
+                        where = self._shards.node_of(channel(room))
+                        home = link if where == link.node else await self._open(where)
+                        await home.pubsub.ssubscribe(channel(room))
+                        home.rooms.add(room)
+                    if not serves:
+                        del self._links[link.node]
+                        for task in link.tasks:
+                            if task is not asyncio.current_task():
+                                task.cancel()
+                for room in moved:
                     await self._start_over_if_lost(room)
                     await self._catch_up(room)
-                self._canary.heard()
+                link.canary.heard()
                 self._link.up = True
                 self.resubscribes += 1
                 self._metrics.resubscribed()
-                log.info("redis subscription restored for %d room(s)", len(rooms))
-                return
+                where = link.node or "Redis"
+                log.info("redis subscription to %s restored for %d room(s)", where, len(moved))
+                return serves
             except Exception as error:
                 self._link.up = False
                 log.warning("redis subscription not restored (%r); retrying", error)
                 await asyncio.sleep(1)
-
-    def _reconnected(self) -> None:
-        log.warning("redis subscription reconnected; catching up on what it missed")
-        self._canary.renew.set()  # the listener resubscribes (afresh) and catches up
 
     async def drop_idle_rooms(self) -> None:
         """Unsubscribe from the rooms without members here, and from any channel held for no
@@ -366,16 +466,20 @@ class RoomSubscription:
             del self.rooms[room]
             self._history.high_water.drop(room)
         async with self._subscribing:
-            wanted = {channel(room) for room in self.rooms} | {self._canary.channel}
-            pubsub = self._pubsub
-            held = set(pubsub.shard_channels) - pubsub.pending_unsubscribe_shard_channels
-            unwanted = [name for name in held if text(name) not in wanted]
-            if unwanted:
-                await pubsub.sunsubscribe(*unwanted)
+            for link in list(self._links.values()):
+                link.rooms &= set(self.rooms)
+                wanted = {channel(room) for room in link.rooms} | {link.canary.channel}
+                pubsub = link.pubsub
+                held = set(pubsub.shard_channels) - pubsub.pending_unsubscribe_shard_channels
+                unwanted = [name for name in held if text(name) not in wanted]
+                if unwanted:
+                    await pubsub.sunsubscribe(*unwanted)
         for room in idle:
             joined = self.rooms.get(room)
             if joined is not None:  # someone joined meanwhile: its subscription must stand
                 async with self._subscribing:
-                    await self._pubsub.ssubscribe(channel(room))
+                    link = await self._open(self._shards.node_of(channel(room)))
+                    await link.pubsub.ssubscribe(channel(room))
+                    link.rooms.add(room)
                 await joined.ready.wait()  # then what the gap let pass is in the stream
                 await self._catch_up(room)

@@ -1,7 +1,8 @@
 """A Redis failover that loses writes, under the Python client (handler/client/): a primary
 and its replica, the replica paused (SIGSTOP) while messages are published so that they
 never reach it, the primary killed (SIGKILL), the replica promoted: by hand behind one
-address (a managed endpoint), or by three Sentinels that the workers follow. Three clients
+address (a managed endpoint), or by three Sentinels that the workers follow; or, on a Redis
+Cluster, the primary serving the room killed and its replica taking over. Three clients
 in one room each send 200 messages meanwhile (tests/chaos/faults.py) through two workers.
 
 Every client must end with every message the room holds, once each, in id order, or have
@@ -23,9 +24,17 @@ from typing import Any
 import pytest
 import redis
 
+from infra.redis.history import channel
 from tests.chaos.faults import SERVER, Scene, check, python_clients, stored
 from tests.support.proxy import running_proxy
-from tests.support.redis_server import SERVICE, RedisServer, running_replicated
+from tests.support.redis_server import (
+    SERVICE,
+    RedisServer,
+    cluster_url,
+    running_cluster,
+    running_replicated,
+    serving,
+)
 from tests.support.servers import running_server
 
 HELD_BACK = 0.7  # seconds of messages that reach the primary and not its replica
@@ -36,11 +45,12 @@ HELD_BACK = 0.7  # seconds of messages that reach the primary and not its replic
 FILLER = 16 * 1024 * 1024
 
 
-def hold_back_and_kill(primary: RedisServer, replica: RedisServer) -> None:
-    """The replica falls behind while messages are published, then the primary dies."""
+def hold_back_and_kill(primary: RedisServer, replica: RedisServer, filler: str = "filler") -> None:
+    """The replica falls behind while messages are published, then the primary dies.
+    (`filler`: a key the primary serves, on a cluster.)"""
     replica.pause()
     with redis.Redis(port=primary.port, socket_timeout=5) as client:
-        client.set("filler", b"x" * FILLER)
+        client.set(filler, b"x" * FILLER)
     time.sleep(HELD_BACK)
     primary.stop(kill=True)
     replica.resume()
@@ -88,6 +98,24 @@ def watched_by_sentinels(tmp: Path, resumed: list[float]) -> Iterator[tuple[Scen
 
         def fail_over() -> None:
             hold_back_and_kill(primary, replica)
+            resumed.append(until_stored(http, "failover"))
+
+        yield Scene(ws, http, fail_over, loses_history=True), replica.port
+
+
+@contextmanager
+def on_a_cluster(tmp: Path, resumed: list[float]) -> Iterator[tuple[Scene, int]]:
+    """Workers on a Redis Cluster (`redis+cluster://`): the primary serving the room is
+    killed, and its replica takes over (cluster-node-timeout 1.5 s); the workers follow it.
+    `resumed` gets how long after the primary's death a publication was stored again."""
+    with ExitStack() as stack:
+        nodes = stack.enter_context(running_cluster(tmp))
+        primary = serving(nodes, channel("failover"))
+        replica = next(node for node in nodes if node.replica_of == primary.port)
+        ws, http = two_workers(stack, tmp, cluster_url(nodes))
+
+        def fail_over() -> None:
+            hold_back_and_kill(primary, replica, filler="filler:{failover}")
             resumed.append(until_stored(http, "failover"))
 
         yield Scene(ws, http, fail_over, loses_history=True), replica.port
@@ -168,6 +196,24 @@ async def test_workers_follow_sentinel_through_a_failover_and_reuse_no_id(tmp_pa
     assert f'wschat_redis_node{{kind="sentinel",node="127.0.0.1:{promoted}"}} 1.0' in metrics
     assert health["redis_resubscribes"] >= 1 and health["redis_epoch_restarts"] >= 1, health
     print(f"sentinel: stored again {resumed[0]:.1f} s after the primary died")
+    check(runs, kept, loses_history=True)
+    told = [run["name"] for run in runs if any(e["type"] == "discontinuity" for e in run["events"])]
+    assert told, "no write was lost: the failover did not test anything"
+
+
+@pytest.mark.timeout(120)
+async def test_workers_follow_a_cluster_failover_and_reuse_no_id(tmp_path: Path) -> None:
+    resumed: list[float] = []
+    with on_a_cluster(tmp_path, resumed) as (scene, promoted):
+        runs = await python_clients(scene, "failover")
+        kept = stored(scene.http, "failover")
+        health, metrics = observed(scene.http)
+    report("cluster", runs, kept)
+    # The worker subscribes on the promoted replica now, and says so.
+    assert f"127.0.0.1:{promoted}" in health["redis_node"].split(","), health
+    assert f'wschat_redis_node{{kind="cluster",node="127.0.0.1:{promoted}"}} 1.0' in metrics
+    assert health["redis_resubscribes"] >= 1 and health["redis_epoch_restarts"] >= 1, health
+    print(f"cluster: stored again {resumed[0]:.1f} s after the primary died")
     check(runs, kept, loses_history=True)
     told = [run["name"] for run in runs if any(e["type"] == "discontinuity" for e in run["events"])]
     assert told, "no write was lost: the failover did not test anything"

@@ -10,7 +10,7 @@ import pytest
 from websockets.exceptions import InvalidStatus
 
 from tests.auth.keys import SECRET, claims
-from tests.contract.conftest import TRANSPORTS, Transport, transport_with
+from tests.contract.conftest import Transport, transport_with, transports_for
 from tests.support.clients import recv
 
 JWT_ENV = {"WSCHAT_AUTH": "jwt", "WSCHAT_JWT_SECRET": SECRET, "WSCHAT_JWT_ALGORITHMS": "HS256"}
@@ -20,7 +20,7 @@ def token(**overrides: Any) -> str:
     return jwt.encode(claims(iss=None, aud=None, **overrides), SECRET, algorithm="HS256")
 
 
-@pytest.fixture(scope="module", params=list(TRANSPORTS))
+@pytest.fixture(scope="module", params=transports_for(__name__))
 def jwt_transport(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Transport]:

@@ -15,7 +15,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.auth.keys import SECRET
-from tests.contract.conftest import TRANSPORTS, Transport, transport_with
+from tests.contract.conftest import Transport, transport_with, transports_for
 from tests.support.clients import TIMEOUT, answer_to, recv_json, until
 
 ENV = {
@@ -35,7 +35,7 @@ def token(sub: str, rooms: dict[str, list[str]], ttl: float = 600, secret: str =
     return jwt.encode(claims, secret, algorithm="HS256")
 
 
-@pytest.fixture(scope="module", params=list(TRANSPORTS))
+@pytest.fixture(scope="module", params=transports_for(__name__))
 def rooms(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Transport]:

@@ -1,5 +1,6 @@
 """Real `redis-server` processes on free loopback ports, for the tests that need them (no
-fakes): one Redis, a primary with its replica, and Sentinels watching them."""
+fakes): one Redis, a primary with its replica, Sentinels watching them, and a Redis Cluster
+of three primaries and their three replicas."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,11 +25,19 @@ class RedisServer:
     process: subprocess.Popen[bytes] | None = None
     replica_of: int | None = None  # the primary's port, for a replica
     sentinel: bool = False  # a Sentinel (`redis-server --sentinel`), with its config file
+    cluster: bool = False  # a Redis Cluster node (CLUSTER_NODE_TIMEOUT_MS)
+    bus_port: int = 0  # a cluster node's bus port, free too (not port + 10000, maybe taken)
 
     def url(self, db: int = 0) -> str:
         return f"redis://127.0.0.1:{self.port}/{db}"
 
     def start(self) -> None:
+        self.launch()
+        self.wait_until_ready()
+
+    def launch(self) -> None:
+        """Start the process, without waiting for it to answer (`wait_until_ready`): a
+        cluster's six start together."""
         # Persistence, when asked for, is an append-only file fsynced on every write, so a
         # restart finds everything that was acknowledged.
         persistence = ["--appendonly", "yes", "--appendfsync", "always"]
@@ -46,8 +55,20 @@ class RedisServer:
             command += ["--replicaof", "127.0.0.1", str(self.replica_of)]
         if self.sentinel:  # Sentinel rewrites its config file: one of its own
             command = [server, str(self.directory / "sentinel.conf"), "--sentinel"]
+        if self.cluster:
+            command += [
+                "--cluster-enabled", "yes",
+                "--cluster-port", str(self.bus_port),
+                "--cluster-config-file", str(self.directory / "nodes.conf"),
+                "--cluster-node-timeout", str(CLUSTER_NODE_TIMEOUT_MS),
+                # A replica's first sync at once: by default a primary waits 5 s for more
+                # replicas to sync together, which was most of a cluster's start-up.
+                "--repl-diskless-sync-delay", "0",
+            ]  # fmt: skip
         with (self.directory / "redis.log").open("ab") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=log)
+
+    def wait_until_ready(self) -> None:
         deadline = time.monotonic() + 10
         while True:
             try:
@@ -151,3 +172,126 @@ def _wait_for_sync(replica: RedisServer) -> None:
             if time.monotonic() > deadline:
                 raise RuntimeError("the replica did not sync with its primary in 10 s")
             time.sleep(0.05)
+
+
+# A cluster node unanswering this long is failing, and its replica takes over about as long
+# after (Redis' default is 15 s). Short, so that a failover test takes seconds, and not so
+# short that a loaded test machine fails over a node that only stalled.
+CLUSTER_NODE_TIMEOUT_MS = 1500
+
+
+@contextmanager
+def running_cluster(directory: Path, primaries: int = 3) -> Iterator[list[RedisServer]]:
+    """A Redis Cluster on loopback: `primaries` primaries, each with one replica
+    (`redis-cli --cluster create ... --cluster-replicas 1`), every node in `cluster_state:ok`
+    before this returns. The primaries come first in the list, their replicas after in the
+    same order. Stopped at the end, whichever are still running."""
+    ports = _free_ports(primaries * 4)  # a port and a bus port for each node
+    nodes = [
+        RedisServer(
+            ports[2 * n],
+            _own(directory, f"node-{n}"),
+            False,
+            cluster=True,
+            bus_port=ports[2 * n + 1],
+        )
+        for n in range(primaries * 2)
+    ]
+    started: list[RedisServer] = []
+    try:
+        for node in nodes:  # all at once: each takes a few tens of ms to answer
+            node.launch()
+            started.append(node)
+        for node in nodes:
+            node.wait_until_ready()
+        cli = require("redis-cli", "create a Redis Cluster for the tests")
+        addresses = [f"127.0.0.1:{node.port}" for node in nodes]
+        # `--cluster create` makes the first `primaries` of the list primaries.
+        created = subprocess.run(
+            [cli, "--cluster", "create", *addresses, "--cluster-replicas", "1", "--cluster-yes"],
+            capture_output=True, timeout=60,
+        )  # fmt: skip
+        if created.returncode != 0:
+            raise RuntimeError(f"redis-cli --cluster create failed: {created.stdout.decode()}")
+        _wait_for_cluster(nodes)
+        yield _in_roles(nodes)
+    finally:
+        for node in reversed(started):
+            if node.process is not None:
+                node.resume()
+                node.stop()
+
+
+def _free_ports(count: int) -> list[int]:
+    """`count` free loopback ports, all different: each held until all are found (one at a
+    time, the system may hand out a port again once its socket closes)."""
+    with ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
+
+
+def _wait_for_cluster(nodes: list[RedisServer]) -> None:
+    """Every node says `cluster_state:ok`, and every replica is in sync with its primary."""
+    import redis
+
+    deadline = time.monotonic() + 30
+    for node in nodes:
+        with redis.Redis(port=node.port, socket_timeout=2) as client:
+            while True:
+                state = client.cluster("info")["cluster_state"]
+                role = client.info("replication")
+                synced = role["role"] == "master" or role.get("master_link_status") == "up"
+                if state == "ok" and synced:
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"node {node.port}: cluster_state {state}, {role}")
+                time.sleep(0.05)
+
+
+def _in_roles(nodes: list[RedisServer]) -> list[RedisServer]:
+    """Primaries first, then each one's replica in the same order (redis-cli pairs them as it
+    likes)."""
+    import redis
+
+    primaries = [node for node in nodes if _role(node) == "master"]
+    replicas: list[RedisServer] = []
+    for primary in primaries:
+        for node in nodes:
+            if node not in primaries and node not in replicas:
+                with redis.Redis(port=node.port, socket_timeout=2) as client:
+                    if int(client.info("replication")["master_port"]) == primary.port:
+                        replicas.append(node)
+    for primary, replica in zip(primaries, replicas, strict=True):
+        replica.replica_of = primary.port
+    return [*primaries, *replicas]
+
+
+def _role(node: RedisServer) -> str:
+    import redis
+
+    with redis.Redis(port=node.port, socket_timeout=2) as client:
+        return str(client.info("replication")["role"])
+
+
+def cluster_url(nodes: list[RedisServer]) -> str:
+    """`redis+cluster://` naming every node (any one would do: the rest are discovered)."""
+    return "redis+cluster://" + ",".join(f"127.0.0.1:{node.port}" for node in nodes)
+
+
+def primaries_of(nodes: list[RedisServer]) -> list[RedisServer]:
+    """The nodes of a cluster that are primaries now (a failover changes them), in order."""
+    return [node for node in nodes if node.process is not None and _role(node) == "master"]
+
+
+def serving(nodes: list[RedisServer], key: str) -> RedisServer:
+    """The primary of a cluster serving `key`'s slot now."""
+    import redis
+
+    with redis.Redis(port=primaries_of(nodes)[0].port, socket_timeout=2) as client:
+        slot = int(client.cluster("keyslot", key))
+        for start, end, primary, *_ in client.execute_command("CLUSTER", "SLOTS"):
+            if start <= slot <= end:
+                return next(node for node in nodes if node.port == int(primary[1]))
+    raise LookupError(f"no node serves {key!r}")

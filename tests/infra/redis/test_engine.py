@@ -46,10 +46,10 @@ from tests.support.redis_server import RedisServer
 class Member:
     """A connection through the core, its frames and closes collected."""
 
-    def __init__(self, chat: LocalChat, connection_id: str) -> None:
+    def __init__(self, chat: LocalChat, connection_id: str, capacity: int = 16) -> None:
         self.frames: list[str] = []
         self.closes: list[int] = []
-        self.outbox = Outbox(self._send, self._close, capacity=16)
+        self.outbox = Outbox(self._send, self._close, capacity=capacity)
         chat.delivery.register(connection_id, self.outbox)
         self.writer = self.outbox.start()
 
@@ -238,7 +238,8 @@ async def test_a_silently_deaf_subscription_is_found_by_its_canary_and_caught_up
     engine = chat.engine
     assert engine is not None
     member = await join(chat, "quiet")
-    await engine.feed.subscription._pubsub.sunsubscribe()  # every channel, the canary's too
+    (link,) = engine.feed.subscription._links.values()
+    await link.pubsub.sunsubscribe()  # every channel, the canary's too
     silent = time.monotonic()
     await post(engine.feed.subscription._history, "quiet", "missed")
     await member.wait_for("missed", DEAF_AFTER + 2 * CANARY_SECONDS)
@@ -352,6 +353,7 @@ async def test_a_room_joined_while_the_worker_resubscribes_is_in_the_new_subscri
     engine = chat.engine
     assert engine is not None
     feed = engine.feed
+    (link,) = feed.subscription._links.values()
     read_latest = feed.subscription._history.latest
     joining = True  # the renewal reads the room's latest too: renew only for the join
 
@@ -360,9 +362,9 @@ async def test_a_room_joined_while_the_worker_resubscribes_is_in_the_new_subscri
         answer = await read_latest(room, seen)
         if room == "late" and joining:
             joining = False
-            renewed = feed.subscription._pubsub
-            feed.canary.renew.set()  # as the canary's watcher does
-            while feed.subscription._pubsub is renewed or feed.canary.renew.is_set():
+            renewed = link.pubsub
+            link.canary.renew.set()  # as the canary's watcher does
+            while link.pubsub is renewed or link.canary.renew.is_set():
                 await asyncio.sleep(0.05)
         return answer
 
@@ -393,12 +395,13 @@ async def test_a_join_during_a_renewal_takes_no_connection_from_the_pool_for_goo
         return await fetch(*args, **kwargs)
 
     pool.get_connection = slow_fetch
-    renewed = feed.subscription._pubsub
-    feed.canary.renew.set()  # as the canary's watcher does
-    while feed.subscription._pubsub is renewed:
+    (link,) = feed.subscription._links.values()
+    renewed = link.pubsub
+    link.canary.renew.set()  # as the canary's watcher does
+    while link.pubsub is renewed:
         await asyncio.sleep(0.01)
     member = await join(chat, "joined-meanwhile")
-    while feed.canary.renew.is_set():
+    while link.canary.renew.is_set():
         await asyncio.sleep(0.05)
     del pool.get_connection  # the class's again
     assert len(pool._in_use_connections) == in_use  # the old subscription's was handed back
