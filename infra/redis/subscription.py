@@ -53,6 +53,12 @@ class _Subscription(PubSub):
         await super().on_connect(connection)  # redis-py calls this on reconnects only
         self._reconnected()
 
+    async def _resubscribe_shard_channels(self) -> None:
+        # One SSUBSCRIBE per channel: redis-py sends them all in one, which a cluster node
+        # refuses for channels of several slots (CROSSSLOT), as any multi-key command.
+        for name in list(self.shard_channels):
+            await self.ssubscribe(name)
+
 
 class FeedMetrics(Protocol):
     """What the subscription tells /metrics (handler/local/metrics.py)."""
@@ -472,8 +478,8 @@ class RoomSubscription:
                 pubsub = link.pubsub
                 held = set(pubsub.shard_channels) - pubsub.pending_unsubscribe_shard_channels
                 unwanted = [name for name in held if text(name) not in wanted]
-                if unwanted:
-                    await pubsub.sunsubscribe(*unwanted)
+                for name in unwanted:  # one each: a cluster node refuses several slots
+                    await pubsub.sunsubscribe(name)
         for room in idle:
             joined = self.rooms.get(room)
             if joined is not None:  # someone joined meanwhile: its subscription must stand

@@ -14,11 +14,13 @@ from pathlib import Path
 
 import pytest
 import redis
+from redis.crc import key_slot
 
 from handler.chat.ports import Connection, Dialect, Draft
 from handler.local.service import LocalChat, build_local_chat
 from infra.redis.history import channel
 from infra.redis.liveness import CANARY_SECONDS, DEAF_AFTER
+from infra.redis.subscription import _Subscription
 from infra.settings import Settings
 from tests.infra.redis.test_engine import Member
 from tests.support.redis_server import (
@@ -177,6 +179,52 @@ async def test_a_room_left_idle_is_unsubscribed_on_its_node_without_a_renewal(
     await asyncio.sleep(0.5)  # the confirmation read
     assert channel(room).encode() not in link.pubsub.shard_channels
     assert link.rooms == set() and subscription.resubscribes == 0
+
+
+@pytest.mark.timeout(30)
+async def test_rooms_left_idle_in_several_slots_of_one_node_are_all_unsubscribed(
+    chat: LocalChat, cluster: list[RedisServer]
+) -> None:
+    """A node refuses an SSUNSUBSCRIBE naming channels of several slots (CROSSSLOT), as it
+    refuses any multi-key command across slots: the rooms stayed subscribed, their traffic
+    coming for as long as the link lived."""
+    assert chat.engine is not None
+    primary = primaries_of(cluster)[0]
+    rooms = [room_on(cluster, primary, prefix) for prefix in ("idle-a-", "idle-b-", "idle-c-")]
+    assert len({key_slot(channel(room).encode()) for room in rooms}) == 3
+    for n, room in enumerate(rooms):
+        await listen_in(chat, room, f"c{n}")
+    subscription = chat.engine.feed.subscription
+    link = subscription._links[f"127.0.0.1:{primary.port}"]
+    for room in rooms:
+        subscription.rooms[room].members.clear()
+    await subscription.drop_idle_rooms()
+    await asyncio.sleep(0.5)  # the confirmations read
+    assert not {channel(room).encode() for room in rooms} & set(link.pubsub.shard_channels)
+    assert subscription.resubscribes == 0
+
+
+@pytest.mark.timeout(30)
+async def test_a_link_that_reconnects_subscribes_each_room_again_on_its_own(
+    chat: LocalChat, cluster: list[RedisServer]
+) -> None:
+    """redis-py subscribes a reconnected link to all its channels in one SSUBSCRIBE, which a
+    node refuses for channels of several slots (CROSSSLOT): the link's reader met the error
+    instead of its rooms' messages."""
+    assert chat.engine is not None
+    primary = primaries_of(cluster)[1]
+    rooms = [room_on(cluster, primary, prefix) for prefix in ("back-a-", "back-b-")]
+    assert len({key_slot(channel(room).encode()) for room in rooms}) == 2
+    for n, room in enumerate(rooms):
+        await listen_in(chat, room, f"c{n}")
+    link = chat.engine.feed.subscription._links[f"127.0.0.1:{primary.port}"]
+    probe = _Subscription(link.pubsub.connection_pool, lambda: None)
+    for room in rooms:
+        await probe.ssubscribe(channel(room))
+    await probe._resubscribe_shard_channels()  # what a reconnect runs
+    answers = [await probe.get_message(timeout=1) for _ in range(4)]
+    assert sorted(a["type"] for a in answers if a) == ["ssubscribe"] * 4
+    await probe.aclose()
 
 
 @pytest.mark.timeout(60)
