@@ -230,29 +230,36 @@ async def scaling(receivers: int) -> list[dict[str, Any]]:
 async def cross_host(receivers: int) -> list[dict[str, Any]]:
     """Paced latency: in one in-memory process, then from a sender on one worker to
     receivers on another."""
-    rate = PACED_RATE / receivers
-    count = max(3, round(rate * PACED_SECONDS))
-    rows = []
     with running(WSCHAT) as memory, redis_and(2) as (_, (near, far)):
         cases = [
             ("in one process (memory)", Room(memory, "paced")),
             ("cross-host (Redis)", Room(near, "paced", spread=[far])),
         ]
-        for label, room in cases:
-            await room.open(receivers)
-            try:
-                await paced(room, rate, count // 3, settle=10)  # warm-up
-                latency = await paced(room, rate, count, settle=10)
-            finally:
-                await room.close()
-            rows.append(
-                {
-                    "part": "latency",
-                    "server": label,
-                    "receivers": receivers,
-                    **percentiles(latency.latencies, count * receivers),
-                }
-            )
+        return await paced_cases("latency", cases, receivers)
+
+
+async def paced_cases(
+    part: str, cases: list[tuple[str, Room]], receivers: int
+) -> list[dict[str, Any]]:
+    """Each room's paced latency in turn (after a warm-up), a row each."""
+    rate = PACED_RATE / receivers
+    count = max(3, round(rate * PACED_SECONDS))
+    rows = []
+    for label, room in cases:
+        await room.open(receivers)
+        try:
+            await paced(room, rate, count // 3, settle=10)  # warm-up
+            latency = await paced(room, rate, count, settle=10)
+        finally:
+            await room.close()
+        rows.append(
+            {
+                "part": part,
+                "server": label,
+                "receivers": receivers,
+                **percentiles(latency.latencies, count * receivers),
+            }
+        )
     return rows
 
 
@@ -319,29 +326,12 @@ async def cluster_against_redis(receivers: int) -> list[dict[str, Any]]:
                         "vs_one_redis": worker_us / base,
                     }
                 )
-    rate = PACED_RATE / receivers
-    count = max(3, round(rate * PACED_SECONDS))
     with redis_and(2) as (_, (near, far)), cluster_and(2) as (_, (c_near, c_far)):
         cases = [
             ("cross-host (one Redis)", Room(near, "paced", spread=[far])),
             ("cross-host (Redis Cluster)", Room(c_near, "paced", spread=[c_far])),
         ]
-        for label, room in cases:
-            await room.open(receivers)
-            try:
-                await paced(room, rate, count // 3, settle=10)  # warm-up
-                latency = await paced(room, rate, count, settle=10)
-            finally:
-                await room.close()
-            rows.append(
-                {
-                    "part": "cluster-latency",
-                    "server": label,
-                    "receivers": receivers,
-                    **percentiles(latency.latencies, count * receivers),
-                }
-            )
-    return rows
+        return rows + await paced_cases("cluster-latency", cases, receivers)
 
 
 def cluster_tables(rows: list[dict[str, Any]]) -> list[str]:
