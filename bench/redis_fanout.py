@@ -334,6 +334,25 @@ async def cluster_against_redis(receivers: int) -> list[dict[str, Any]]:
         return rows + await paced_cases("cluster-latency", cases, receivers)
 
 
+def latency_table(paced_rows: list[dict[str, Any]], first: str) -> list[str]:
+    """The paced rows as a table, each p99 against the first row's (`first` names it)."""
+    if not paced_rows:
+        return []
+    base = paced_rows[0]["p99"]
+    lines = [
+        "",
+        f"| delivery (N = {paced_rows[0]['receivers']}, {PACED_RATE:,} deliveries/s) "
+        f"| p50 | p99 | max | p99 vs {first} |",
+        "|---|---|---|---|---|",
+    ]
+    for row in paced_rows:
+        lines.append(
+            f"| {row['server']} | {ms(row['p50'])} | {ms(row['p99'])} | {ms(row['max'])} "
+            f"| {row['p99'] / base:.2f}x |"
+        )
+    return lines
+
+
 def cluster_tables(rows: list[dict[str, Any]]) -> list[str]:
     lines = [
         "| N | senders | server | deliveries/s | worker CPU/delivery | vs one Redis "
@@ -347,20 +366,7 @@ def cluster_tables(rows: list[dict[str, Any]]) -> list[str]:
             f"| {row['worker_us_per_delivery']:.1f} µs | {row['vs_one_redis']:.2f}x "
             f"| {row['redis_us_per_delivery']:.1f} µs |"
         )
-    paced_rows = [r for r in rows if r["part"] == "cluster-latency"]
-    if paced_rows:
-        base = paced_rows[0]["p99"]
-        lines += [
-            "",
-            f"| delivery (N = {paced_rows[0]['receivers']}, {PACED_RATE:,} deliveries/s) "
-            "| p50 | p99 | max | p99 vs one Redis |",
-            "|---|---|---|---|---|",
-        ]
-        for row in paced_rows:
-            lines.append(
-                f"| {row['server']} | {ms(row['p50'])} | {ms(row['p99'])} | {ms(row['max'])} "
-                f"| {row['p99'] / base:.2f}x |"
-            )
+    lines += latency_table([r for r in rows if r["part"] == "cluster-latency"], "one Redis")
     return lines
 
 
@@ -401,20 +407,7 @@ def tables(rows: list[dict[str, Any]]) -> list[str]:
                 f"| {', '.join(f'{pct:.0f}%' for pct in row['worker_cpu_pct'])} "
                 f"| {row['redis_cpu_pct']:.0f}% | {row['client_cpu_pct']:.0f}% |"
             )
-    paced_rows = [r for r in rows if r["part"] == "latency"]
-    if paced_rows:
-        base = paced_rows[0]["p99"]
-        lines += [
-            "",
-            f"| delivery (N = {paced_rows[0]['receivers']}, {PACED_RATE:,} deliveries/s) "
-            "| p50 | p99 | max | p99 vs one process |",
-            "|---|---|---|---|---|",
-        ]
-        for row in paced_rows:
-            lines.append(
-                f"| {row['server']} | {ms(row['p50'])} | {ms(row['p99'])} | {ms(row['max'])} "
-                f"| {row['p99'] / base:.2f}x |"
-            )
+    lines += latency_table([r for r in rows if r["part"] == "latency"], "one process")
     return lines
 
 
