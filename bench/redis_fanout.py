@@ -147,23 +147,32 @@ async def cpu_per_delivery(sizes: list[int]) -> list[dict[str, Any]]:
     for receivers in sizes:
         messages = max(20, DELIVERIES // receivers)
         with running(WSCHAT) as memory, redis_and(1) as (redis, (chat,)):
+            subjects = [(memory, [memory]), (chat, [chat, redis])]
             for senders in SENDERS:
-                rows += await _cpu_rows(receivers, senders, messages, memory, chat, redis)
+                name = f"cpu{receivers}x{senders}"
+                rows += await compared(subjects, name, receivers, senders, messages)
     return rows
 
 
-async def _cpu_rows(
-    receivers: int, senders: int, messages: int, memory: Server, chat: Server, redis: Server
+async def compared(
+    subjects: list[tuple[Server, list[Server]]],
+    name: str,
+    receivers: int,
+    senders: int,
+    messages: int,
+    part: str = "cpu",
+    versus: str = "vs_memory",
 ) -> list[dict[str, Any]]:
+    """Closed-loop CPU per delivery of each subject's room (the server, then the processes
+    whose CPU is counted: the worker first, then its Redis nodes), taking turns; `versus`
+    holds each as a multiple of the first subject's."""
     deliveries = messages * (receivers + senders - 1)  # the other senders get each one too
-    subjects = [(memory, [memory]), (chat, [chat, redis])]
-    name = f"cpu{receivers}x{senders}"
     rooms = [await Room(server, name, senders=senders).open(receivers) for server, _ in subjects]
     try:
         for room in rooms:
             await closed_loop(room, messages // 10, window=16)  # warm-up
-        results: list[list[Phase]] = [[], []]
-        for _ in range(REPEATS):  # the two take turns, so drift moves both alike
+        results: list[list[Phase]] = [[] for _ in rooms]
+        for _ in range(REPEATS):  # they take turns, so drift moves all alike
             for (_, watched), room, runs in zip(subjects, rooms, results, strict=True):
                 runs.append(await phase(room, messages, watched))
     finally:
@@ -177,14 +186,14 @@ async def _cpu_rows(
         base = base or worker_us
         rows.append(
             {
-                "part": "cpu",
+                "part": part,
                 "server": server.subject.label,
                 "receivers": receivers,
                 "senders": senders,
                 "deliveries_per_s": deliveries / wall,
                 "worker_us_per_delivery": worker_us,
-                "redis_us_per_delivery": cpu[1] / deliveries * 1e6 if len(cpu) > 1 else 0.0,
-                "vs_memory": worker_us / base,
+                "redis_us_per_delivery": sum(cpu[1:]) / deliveries * 1e6,
+                versus: worker_us / base,
             }
         )
     return rows
@@ -294,38 +303,10 @@ async def cluster_against_redis(receivers: int) -> list[dict[str, Any]]:
     with redis_and(1) as (one, (chat,)), cluster_and(1) as (nodes, (on_cluster,)):
         subjects = [(chat, [chat, one]), (on_cluster, [on_cluster, *nodes])]
         for senders in SENDERS:
-            deliveries = messages * (receivers + senders - 1)
             name = f"cluster{receivers}x{senders}"
-            rooms = [
-                await Room(server, name, senders=senders).open(receivers) for server, _ in subjects
-            ]
-            try:
-                for room in rooms:
-                    await closed_loop(room, messages // 10, window=16)  # warm-up
-                results: list[list[Phase]] = [[], []]
-                for _ in range(REPEATS):
-                    for (_, watched), room, runs in zip(subjects, rooms, results, strict=True):
-                        runs.append(await phase(room, messages, watched))
-            finally:
-                for room in rooms:
-                    await room.close()
-            base = None
-            for (server, _), runs in zip(subjects, results, strict=True):
-                wall, cpu = median(runs)
-                worker_us = cpu[0] / deliveries * 1e6
-                base = base or worker_us
-                rows.append(
-                    {
-                        "part": "cluster-cpu",
-                        "server": server.subject.label,
-                        "receivers": receivers,
-                        "senders": senders,
-                        "deliveries_per_s": deliveries / wall,
-                        "worker_us_per_delivery": worker_us,
-                        "redis_us_per_delivery": sum(cpu[1:]) / deliveries * 1e6,
-                        "vs_one_redis": worker_us / base,
-                    }
-                )
+            rows += await compared(
+                subjects, name, receivers, senders, messages, "cluster-cpu", "vs_one_redis"
+            )
     with redis_and(2) as (_, (near, far)), cluster_and(2) as (_, (c_near, c_far)):
         cases = [
             ("cross-host (one Redis)", Room(near, "paced", spread=[far])),
@@ -353,36 +334,33 @@ def latency_table(paced_rows: list[dict[str, Any]], first: str) -> list[str]:
     return lines
 
 
-def cluster_tables(rows: list[dict[str, Any]]) -> list[str]:
+def cpu_table(rows: list[dict[str, Any]], versus: str, first: str, redis: str) -> list[str]:
+    """The closed-loop rows as a table, `versus` the key of each one's multiple of the
+    first's (which `first` names)."""
     lines = [
-        "| N | senders | server | deliveries/s | worker CPU/delivery | vs one Redis "
-        "| Redis CPU/delivery (all primaries) |",
+        f"| N | senders | server | deliveries/s | worker CPU/delivery | vs {first} | {redis} |",
         "|---|---|---|---|---|---|---|",
     ]
-    for row in (r for r in rows if r["part"] == "cluster-cpu"):
+    for row in rows:
         lines.append(
             f"| {row['receivers']} | {row['senders']} | {row['server']} "
             f"| {row['deliveries_per_s']:,.0f} "
-            f"| {row['worker_us_per_delivery']:.1f} µs | {row['vs_one_redis']:.2f}x "
+            f"| {row['worker_us_per_delivery']:.1f} µs | {row[versus]:.2f}x "
             f"| {row['redis_us_per_delivery']:.1f} µs |"
         )
+    return lines
+
+
+def cluster_tables(rows: list[dict[str, Any]]) -> list[str]:
+    cluster = [r for r in rows if r["part"] == "cluster-cpu"]
+    lines = cpu_table(cluster, "vs_one_redis", "one Redis", "Redis CPU/delivery (all primaries)")
     lines += latency_table([r for r in rows if r["part"] == "cluster-latency"], "one Redis")
     return lines
 
 
 def tables(rows: list[dict[str, Any]]) -> list[str]:
-    lines = [
-        "| N | senders | server | deliveries/s | worker CPU/delivery | vs memory "
-        "| Redis CPU/delivery |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for row in (r for r in rows if r["part"] == "cpu"):
-        lines.append(
-            f"| {row['receivers']} | {row['senders']} | {row['server']} "
-            f"| {row['deliveries_per_s']:,.0f} "
-            f"| {row['worker_us_per_delivery']:.1f} µs | {row['vs_memory']:.2f}x "
-            f"| {row['redis_us_per_delivery']:.1f} µs |"
-        )
+    cpu = [r for r in rows if r["part"] == "cpu"]
+    lines = cpu_table(cpu, "vs_memory", "memory", "Redis CPU/delivery")
     for row in (r for r in rows if r["part"] == "floor"):
         lines += [
             "",
