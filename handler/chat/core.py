@@ -217,11 +217,7 @@ class ChatCore:
         behind = through < latest  # more than a page after `since`
         if self._presence is not None:
             self._presence.counting(connection)
-            presence_seq = None
-        else:
-            # Read before the count: the count then includes every change numbered up to it,
-            # and the client drops an older frame's count (docs/welcome-seam.md).
-            presence_seq = self.connections.presence_seq(room)
+        presence_seq = self._presence_seq(room)
         count = self.connections.count(room)
         frames = wire.welcome_frames(
             connection, count, history, max(latest, through), current, recovered, presence_seq
@@ -572,9 +568,15 @@ class ChatCore:
         self._deliver_all([connection.id], frames)
 
     def _members(self, room: str) -> list[str]:
-        # As a welcome's: numbered before the count, where presence frames are numbered.
-        presence_seq = None if self._presence is not None else self.connections.presence_seq(room)
+        presence_seq = self._presence_seq(room)
         return wire.members_frames(room, *self.members(room), presence_seq)
+
+    def _presence_seq(self, room: str) -> int | None:
+        """The room's presence number, for a count read after it (a welcome's, a `members`
+        reply's): the count then includes every change numbered up to it, and the client
+        drops an older frame's count (docs/welcome-seam.md). None where presence is batched
+        (the batches go out in order)."""
+        return None if self._presence is not None else self.connections.presence_seq(room)
 
     def _typing(self, connection: Connection) -> None:
         if Right.WRITE not in connection.rights:
