@@ -65,23 +65,63 @@ _Call = tuple[list[str], list[Any]]
 # leave that races a reap, a stray's removal), and with the count it left. A presence head
 # is the event's JSON without its count and closing brace (`_presence_head`).
 
+# What a join and a leave do to a room, for JOIN, PRESENCE and REMOVE, which each announce
+# what these did. ADD_MEMBER returns 1 if the member was not in the room already.
+# TAKE_OUT takes a member out only if its record carries `worker` (and `life`; '' for any),
+# so a reaper that claimed an old life never removes a member registered again since; it
+# returns the leave's event with the count it left (the presence head built from the
+# record: a reaper need not read records first), or nil. A room it leaves empty keeps its
+# counter as long as its history, and keeps nothing if it has none: each join of a new name
+# makes a counter (the epoch its welcome gives), and a handshake, which nothing rate-limits,
+# would otherwise leave a key for the history's TTL.
+ROOM_CHANGES = """
+local function ADD_MEMBER(members, seq, log, retries, id, record, fresh)
+  local added = redis.call('HSET', members, id, record)
+  if redis.call('HSETNX', seq, 'epoch', fresh) == 1 then
+    -- A room that starts over starts empty (as PUBLISH says): an old retry key would answer
+    -- a retry with the new message that took its id.
+    redis.call('DEL', log, retries)
+  end
+  redis.call('PERSIST', seq)  -- kept while the room has members
+  return added
+end
+local function TAKE_OUT(members, seq, log, retries, ttl, room, id, worker, life)
+  local raw = redis.call('HGET', members, id)
+  if not raw then
+    return nil
+  end
+  local record = cjson.decode(raw)
+  if record.worker ~= worker or (life ~= '' and tostring(record.life) ~= life) then
+    return nil
+  end
+  redis.call('HDEL', members, id)
+  local count = redis.call('HLEN', members)
+  if count == 0 then
+    if redis.call('EXISTS', log) == 1 then
+      redis.call('EXPIRE', seq, ttl)  -- the counter goes with the history
+    else
+      redis.call('DEL', seq, retries)  -- no history: the room starts over
+    end
+  end
+  local head = cjson.encode({p = 'leave', c = {id = id, room = room,
+    user_id = record.user_id, user_name = record.user_name, dialect = record.dialect}})
+  return string.sub(head, 1, -2) .. ',"n":' .. count .. '}'
+end
+"""
 # The room's slot. KEYS: the room's members, counter, stream, channel, retry keys. ARGV: the
 # connection id, its record, an epoch should the room have none (as PUBLISH's), the join's
 # presence head. Returns the room's epoch, and 1 if the member was not in the room already
 # (then announced). A member already there gets its record again (a newer life): silently.
-JOIN = """
-local added = redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-if redis.call('HSETNX', KEYS[2], 'epoch', ARGV[3]) == 1 then
-  -- A room that starts over starts empty (as PUBLISH says): an old retry key would answer
-  -- a retry with the new message that took its id.
-  redis.call('DEL', KEYS[3], KEYS[5])
-end
-redis.call('PERSIST', KEYS[2])  -- kept while the room has members
+JOIN = (
+    ROOM_CHANGES
+    + """
+local added = ADD_MEMBER(KEYS[1], KEYS[2], KEYS[3], KEYS[5], ARGV[1], ARGV[2], ARGV[3])
 if added == 1 then
   redis.call('SPUBLISH', KEYS[4], ARGV[4] .. redis.call('HLEN', KEYS[1]) .. '}')
 end
 return {redis.call('HGET', KEYS[2], 'epoch'), added}
 """
+)
 # The room's slot: this worker's joins and leaves of one room, batched (group commit: those
 # made while the room's previous call was in flight), in order, each as JOIN or REMOVE would
 # do it alone. KEYS: as JOIN's. ARGV: the history's ttl, the room, an epoch should the room
@@ -89,43 +129,25 @@ return {redis.call('HGET', KEYS[2], 'epoch'), added}
 # id, the worker, ''. One publication carries every change it made, each with the count it
 # left (`{"ps": [...]}`). Returns per change the room's epoch (a join's) and 1 if it changed
 # anything (then announced).
-PRESENCE = """
-local members, seq = KEYS[1], KEYS[2]
+PRESENCE = (
+    ROOM_CHANGES
+    + """
+local members, seq, log, retries = KEYS[1], KEYS[2], KEYS[3], KEYS[5]
 local events, replies = {}, {}
 for i = 4, #ARGV, 4 do
   local id = ARGV[i + 1]
   if ARGV[i] == 'j' then
-    local added = redis.call('HSET', members, id, ARGV[i + 2])
-    if redis.call('HSETNX', seq, 'epoch', ARGV[3]) == 1 then
-      redis.call('DEL', KEYS[3], KEYS[5])  -- as JOIN: a room that starts over starts empty
-    end
-    redis.call('PERSIST', seq)
+    local added = ADD_MEMBER(members, seq, log, retries, id, ARGV[i + 2], ARGV[3])
     if added == 1 then
       events[#events + 1] = ARGV[i + 3] .. redis.call('HLEN', members) .. '}'
     end
     replies[#replies + 1] = {redis.call('HGET', seq, 'epoch'), added}
   else
-    local left = 0
-    local raw = redis.call('HGET', members, id)
-    if raw then
-      local record = cjson.decode(raw)
-      if record.worker == ARGV[i + 2] then
-        redis.call('HDEL', members, id)
-        left = 1
-        local count = redis.call('HLEN', members)
-        if count == 0 then  -- as REMOVE
-          if redis.call('EXISTS', KEYS[3]) == 1 then
-            redis.call('EXPIRE', seq, ARGV[1])
-          else
-            redis.call('DEL', seq, KEYS[5])
-          end
-        end
-        local head = cjson.encode({p = 'leave', c = {id = id, room = ARGV[2],
-          user_id = record.user_id, user_name = record.user_name, dialect = record.dialect}})
-        events[#events + 1] = string.sub(head, 1, -2) .. ',"n":' .. count .. '}'
-      end
+    local event = TAKE_OUT(members, seq, log, retries, ARGV[1], ARGV[2], id, ARGV[i + 2], '')
+    if event then
+      events[#events + 1] = event
     end
-    replies[#replies + 1] = {'', left}
+    replies[#replies + 1] = {'', event and 1 or 0}
   end
 end
 if #events > 0 then
@@ -133,43 +155,26 @@ if #events > 0 then
 end
 return replies
 """
+)
 # The room's slot: a worker's members of one room that are gone (ones leaving, a dead
 # worker's, strays). KEYS: the room's members, counter, channel, stream, retry keys. ARGV:
 # the history's ttl, the room, the worker, the life to remove ('' for any: the worker's own
-# leaves), then connection ids. Only a member whose record carries that worker (and life)
-# is taken out, so a reaper that claimed an old life never removes a member registered
-# again since. Each leave's presence head is built here from the record: the reaper need
-# not read records first. Returns how many it took out (each announced).
-# A room it leaves empty keeps its counter as long as its history, and keeps nothing if it
-# has none: each join of a new name makes a counter (the epoch its welcome gives), and a
-# handshake, which nothing rate-limits, would otherwise leave a key for the history's TTL.
-REMOVE = """
-local members, seq, channel = KEYS[1], KEYS[2], KEYS[3]
+# leaves), then connection ids. Returns how many it took out (each announced).
+REMOVE = (
+    ROOM_CHANGES
+    + """
 local left = 0
 for i = 5, #ARGV do
-  local id = ARGV[i]
-  local raw = redis.call('HGET', members, id)
-  if raw then
-    local record = cjson.decode(raw)
-    if record.worker == ARGV[3] and (ARGV[4] == '' or tostring(record.life) == ARGV[4]) then
-      redis.call('HDEL', members, id)
-      left = left + 1
-      local count = redis.call('HLEN', members)
-      if count == 0 then
-        if redis.call('EXISTS', KEYS[4]) == 1 then
-          redis.call('EXPIRE', seq, ARGV[1])  -- the counter goes with the history
-        else
-          redis.call('DEL', seq, KEYS[5])  -- no history: the room starts over
-        end
-      end
-      local head = cjson.encode({p = 'leave', c = {id = id, room = ARGV[2],
-        user_id = record.user_id, user_name = record.user_name, dialect = record.dialect}})
-      redis.call('SPUBLISH', channel, string.sub(head, 1, -2) .. ',"n":' .. count .. '}')
-    end
+  local event = TAKE_OUT(KEYS[1], KEYS[2], KEYS[4], KEYS[5], ARGV[1], ARGV[2], ARGV[i], ARGV[3],
+    ARGV[4])
+  if event then
+    left = left + 1
+    redis.call('SPUBLISH', KEYS[3], event)
   end
 end
 return left
 """
+)
 # The worker's slot: a reaper's claim on a dead worker. KEYS: its heartbeat, its life.
 # ARGV: LIFE_KEPT. Returns nil if it beats (it is not dead), else the life to reap.
 CLAIM = """
@@ -269,8 +274,7 @@ class Membership:
         args: list[Any] = [self._ttl, room, new_epoch()]
         for kind, member in changes:
             if kind == "j":
-                _, join_args = self._join_call(member)
-                args += ["j", member.id, join_args[1], join_args[3]]
+                args += ["j", member.id, self._record(member), _presence_head("join", member)]
             else:
                 args += ["l", member.id, self.worker, ""]
         return keys, args
@@ -305,6 +309,16 @@ class Membership:
         """JOIN's keys and arguments for `connection`, under this worker's current life."""
         room = connection.room
         keys = [members_key(room), seq_key(room), log_key(room), channel(room), retries_key(room)]
+        args = [
+            connection.id,
+            self._record(connection),
+            new_epoch(),
+            _presence_head("join", connection),
+        ]
+        return keys, args
+
+    def _record(self, connection: Connection) -> str:
+        """The member's record in its room's hash, under this worker's current life."""
         record = {
             "user_id": connection.user_id,
             "user_name": connection.user_name,
@@ -312,13 +326,7 @@ class Membership:
             "worker": self.worker,
             "life": self._life,
         }
-        args = [
-            connection.id,
-            json.dumps(record),
-            new_epoch(),
-            _presence_head("join", connection),
-        ]
-        return keys, args
+        return json.dumps(record)
 
     async def leave(self, connection: Connection) -> None:
         """Take a member out of Redis, and announce its leave, unless a reaper did both
