@@ -189,6 +189,13 @@ class RoomSubscription:
         ]
         return link
 
+    async def _subscribe_where_served(self, room: str) -> None:
+        """`room`'s channel subscribed on the link to the node serving it (made if need be).
+        Called holding `_subscribing`."""
+        link = await self._open(self._shards.node_of(channel(room)))
+        await link.pubsub.ssubscribe(channel(room))
+        link.rooms.add(room)
+
     def _pubsub_for(self, link: _Link) -> _Subscription:
         def reconnected() -> None:
             log.warning("redis subscription reconnected; catching up on what it missed")
@@ -235,9 +242,7 @@ class RoomSubscription:
     async def _subscribe(self, room: str, state: _Room) -> None:
         try:
             async with self._subscribing:
-                link = await self._open(self._shards.node_of(channel(room)))
-                await link.pubsub.ssubscribe(channel(room))
-                link.rooms.add(room)
+                await self._subscribe_where_served(room)
             # Subscribed first, then the latest id: whatever is published from here on
             # arrives, and whatever is older than `latest` is not this room's news here.
             state.delivered, state.epoch = await self._history.latest(room)
@@ -439,10 +444,7 @@ class RoomSubscription:
                         link.pubsub = self._pubsub_for(link)
                         await link.pubsub.ssubscribe(link.canary.channel)
                     for room in moved:
-                        where = self._shards.node_of(channel(room))
-                        home = link if where == link.node else await self._open(where)
-                        await home.pubsub.ssubscribe(channel(room))
-                        home.rooms.add(room)
+                        await self._subscribe_where_served(room)
                     if not serves:
                         del self._links[link.node]
                         for task in link.tasks:
@@ -484,8 +486,6 @@ class RoomSubscription:
             joined = self.rooms.get(room)
             if joined is not None:  # someone joined meanwhile: its subscription must stand
                 async with self._subscribing:
-                    link = await self._open(self._shards.node_of(channel(room)))
-                    await link.pubsub.ssubscribe(channel(room))
-                    link.rooms.add(room)
+                    await self._subscribe_where_served(room)
                 await joined.ready.wait()  # then what the gap let pass is in the stream
                 await self._catch_up(room)
