@@ -146,6 +146,8 @@ class ChatCore:
             if timer is not None and self.limits.presence_interval > 0
             else None
         )
+        # A JSON connection's room count as its join left it, until its welcome sends it.
+        self._join_counts: dict[str, int] = {}
         self._clock = clock
         self._wall_clock = wall_clock
         # Rate state lives with the process: exact locally, per warm container on Lambda.
@@ -177,7 +179,16 @@ class ChatCore:
             connected_at=self._wall_clock(),
             rights=params.rights,
         )
-        self.connections.add(connection)
+        # Where presence is batched, the welcome counts the room as this join left it: the
+        # events heard before this point are in that count, those heard after it reach the
+        # newcomer after its welcome (docs/welcome-seam.md). The store gives the count with
+        # the join, where it can: one read fewer per join on Redis.
+        batched = self._presence if params.dialect is Dialect.JSON else None
+        if batched is not None:
+            batched.counting(connection)
+        count = self.connections.add(connection)
+        if batched is not None and count is not None:
+            self._join_counts[connection_id] = count
         self._expire_at(connection_id, connection.expires_at)
         self._announce("join", connection)
         return connection
@@ -203,22 +214,26 @@ class ChatCore:
         # together, so every id up to `latest` that is not in the history has expired.
         # The client's resume point holds the store to what it was sent (a Redis failover
         # that lost it starts the room over under a new epoch: then not recovered).
-        latest, current = self.messages.head(room, since or 0, epoch or "")
+        limit = self.limits.welcome_history if since is None else self.limits.history_page
+        latest, current, page = self.messages.opening(room, since, epoch or "", limit)
         recovered: bool | None = None
         if since is None:
-            history = list(self.messages.recent(room, self.limits.welcome_history))
+            history = list(page)
         else:
             # A `since` beyond the room's latest id: the room's history started over (an
             # in-memory server restarted), so all it holds now is new to the client.
             recovered = since <= latest and epoch in (None, current)
             self.metrics.resumed(recovered)
-            history = self._page(room, since if recovered else 0)
+            history = wire.page(page) if recovered else self._page(room, 0)
         through = history[-1].id if history else latest  # what the client will have
         behind = through < latest  # more than a page after `since`
-        if self._presence is not None:
-            self._presence.counting(connection)
-        presence_seq = self._presence_seq(room)
-        count = self.connections.count(room)
+        presence_seq = None
+        count = self._join_counts.pop(connection_id, None)
+        if count is None:
+            if self._presence is not None:
+                self._presence.counting(connection)
+            presence_seq = self._presence_seq(room)
+            count = self.connections.count(room)
         frames = wire.welcome_frames(
             connection, count, history, max(latest, through), current, recovered, presence_seq
         )
@@ -321,6 +336,7 @@ class ChatCore:
     def disconnect(self, connection_id: str) -> None:
         """Forget a connection and tell the room. Safe to call twice."""
         self._rates.pop(connection_id, None)
+        self._join_counts.pop(connection_id, None)
         self._expire_at(connection_id, None)
         connection = self.connections.remove(connection_id)
         if connection is not None:

@@ -94,7 +94,10 @@ Stored = tuple[ChatMessage, bool] | StoreBusy  # what became of one draft: see M
 
 
 class ConnectionStore(Protocol):
-    def add(self, connection: Connection) -> None: ...
+    def add(self, connection: Connection) -> int | None:
+        """Register a connection. Returns its room's count with it, where registering
+        tells the store that at no extra cost (memory, Redis); else None."""
+        ...
 
     def get(self, connection_id: str) -> Connection | None: ...
 
@@ -201,6 +204,24 @@ class MessageLog(Protocol):
         a new one instead, so that no id the client holds is given again. One that cannot
         lose them (memory, DynamoDB) has nothing to check."""
         ...
+
+    def opening(
+        self, room: str, since: int | None, epoch: str, limit: int
+    ) -> tuple[int, str, Sequence[ChatMessage]]:
+        """What a welcome reads: `head(room, since or 0, epoch)`, and after it the page the
+        welcome starts from: the `limit` most recent messages, or with `since` the first
+        `limit` after it. Read together, so a store across a network answers in one round
+        trip (`read_opening` is the plain way, one read after the other)."""
+        ...
+
+
+def read_opening(
+    log: MessageLog, room: str, since: int | None, epoch: str, limit: int
+) -> tuple[int, str, Sequence[ChatMessage]]:
+    """`MessageLog.opening` as two reads, the head first."""
+    latest, current = log.head(room, since or 0, epoch)
+    page = log.recent(room, limit) if since is None else log.after(room, since, limit)
+    return latest, current, page
 
 
 class Delivery(Protocol):

@@ -117,6 +117,7 @@ class DynamoConnections:
         return _connection_from(item, opened or "")
 
     def add(self, connection: Connection) -> None:
+        # No count: it would take a query of the room (a welcome makes it when it needs it).
         ttl = int(self._clock()) + self._ttl_seconds
         attributes = _connection_attributes(connection, ttl)
         self._client.transact_write_items(

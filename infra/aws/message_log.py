@@ -9,7 +9,14 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from handler.chat.ports import ChatMessage, Draft, StoreBusy, Stored, append_each
+from handler.chat.ports import (
+    ChatMessage,
+    Draft,
+    StoreBusy,
+    Stored,
+    append_each,
+    read_opening,
+)
 from infra.aws.table import (
     LARGEST_KEYED_ID,
     Item,
@@ -197,6 +204,11 @@ class DynamoMessageLog:
             ConsistentRead=True,
         ).get("Item")
         return int(item["last_id"]["N"]) if item else 0
+
+    def opening(
+        self, room: str, since: int | None, epoch: str, limit: int
+    ) -> tuple[int, str, Sequence[ChatMessage]]:
+        return read_opening(self, room, since, epoch, limit)
 
     def head(self, room: str, since: int = 0, epoch: str = "") -> tuple[int, str]:
         """DynamoDB never loses a room's counter (its writes are acknowledged once durable

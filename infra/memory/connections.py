@@ -17,10 +17,12 @@ class MemoryConnections:
         self._rooms: dict[str, dict[str, Connection]] = {}
         self._deferred: dict[str, list[str]] = {}
 
-    def add(self, connection: Connection) -> None:
+    def add(self, connection: Connection) -> int:
         self._unindex(connection.id)  # a welcome's mark: presence kept for it stays
         self._by_id[connection.id] = connection
-        self._rooms.setdefault(connection.room, {})[connection.id] = connection
+        members = self._rooms.setdefault(connection.room, {})
+        members[connection.id] = connection
+        return len(members)
 
     def get(self, connection_id: str) -> Connection | None:
         return self._by_id.get(connection_id)

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
 
-from handler.chat.ports import ChatMessage, Draft, Stored, append_each
+from handler.chat.ports import ChatMessage, Draft, Stored, append_each, read_opening
 from infra.settings import Settings
 
 # What a message costs beyond its text (the record, its ring slot, the dedup entry's tuple),
@@ -141,6 +141,11 @@ class MemoryMessageLog:
     def latest_id(self, room: str) -> int:
         state = self._rooms.get(room)
         return state.last_id if state is not None else self._floor
+
+    def opening(
+        self, room: str, since: int | None, epoch: str, limit: int
+    ) -> tuple[int, str, Sequence[ChatMessage]]:
+        return read_opening(self, room, since, epoch, limit)
 
     def head(self, room: str, since: int = 0, epoch: str = "") -> tuple[int, str]:
         return self.latest_id(room), self._epoch

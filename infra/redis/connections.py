@@ -18,8 +18,8 @@ class RedisConnections:
         self._feed = feed
         self._bridge = bridge
 
-    def add(self, connection: Connection) -> None:
-        self._bridge.run(self._feed.join(connection))
+    def add(self, connection: Connection) -> int:
+        return self._bridge.run(self._feed.join(connection))
 
     def refresh(self, connection_id: str, expires_at: float | None, rights: Rights) -> bool:
         connection = self._feed.get(connection_id)

@@ -64,7 +64,9 @@ class RoomFeed:
         self.worker = secrets.token_hex(6)
         self._redis = redis
         self._link = link
-        self.membership = Membership(redis, self.worker, history.ttl)
+        self.membership = Membership(
+            redis, self.worker, history.ttl, history.reads, one_node=shards is None
+        )
         self.subscription = RoomSubscription(
             redis, history, link, self.worker, metrics, shards or OneRedis(redis)
         )
@@ -108,16 +110,18 @@ class RoomFeed:
 
     # --- members (from the core, through infra/redis/connections.py) ---------------------
 
-    async def join(self, connection: Connection) -> None:
+    async def join(self, connection: Connection) -> int:
         """Register a member here and in Redis, subscribed to its room before it returns: the
-        welcome reads history only once live messages are sure to reach it."""
+        welcome reads history only once live messages are sure to reach it. Returns the
+        room's count with it."""
         self._connections[connection.id] = connection
         state = await self.subscription.add(connection)
-        epoch = await self.membership.register(connection)
+        epoch, count = await self.membership.register(connection)
         if state.ready.is_set():
             # If Redis lost the room since this worker last heard from it, and no message has
             # said so yet, the members before this one have the old history's ids.
             self.subscription.hear_epoch(state, epoch, sparing=connection.id)
+        return count
 
     def get(self, connection_id: str) -> Connection | None:
         return self._connections.get(connection_id)

@@ -47,6 +47,7 @@ from typing import Any
 from handler.chat.ports import ChatMessage, Draft
 from infra.redis.high_water import NO_MARK, HighWater, Mark
 from infra.redis.scripts import run_pipelined
+from infra.redis.turn_pipeline import Command, TurnPipeline, evalsha
 
 # Shared by the scripts that read a room's counter for a caller with a mark: if the counter
 # is behind the mark under the same epoch, the room goes on under a new epoch,
@@ -314,6 +315,8 @@ class RedisHistory:
         self.high_water = HighWater()
         self._publish = redis.register_script(PUBLISH)
         self._latest = redis.register_script(LATEST)
+        # The reads many welcomes make at once share round trips (one pipeline per turn).
+        self.reads = TurnPipeline(redis)
         self._queued: list[_Queued] = []  # publications waiting for this turn's pipeline
         self._sending: set[asyncio.Task[None]] = set()
 
@@ -437,22 +440,24 @@ class RedisHistory:
         """As `after`, with each message's sending connection: None for none (REST), or if
         a worker from before 2026-11-26 stored it. A catch-up must not send a text-dialect
         client's line back to it."""
-        entries = await self._redis.xrange(
-            log_key(room), min=f"{after_id + 1}-0", max="+", count=limit
+        entries = await self.reads.run(
+            lambda redis: redis.xrange(log_key(room), min=f"{after_id + 1}-0", max="+", count=limit)
         )
         return [(_message(entry[b"m"]), text(entry.get(b"s", b"")) or None) for _, entry in entries]
 
     async def recent(self, room: str, limit: int) -> Sequence[ChatMessage]:
         if limit <= 0:
             return []
-        entries = await self._redis.xrevrange(log_key(room), count=limit)
+        entries = await self.reads.run(lambda redis: redis.xrevrange(log_key(room), count=limit))
         return [_message(entry[b"m"]) for _, entry in reversed(entries)]
 
     async def before(self, room: str, before_id: int, limit: int) -> Sequence[ChatMessage]:
         if limit <= 0 or before_id <= 1:
             return []  # ids start at 1
-        entries = await self._redis.xrevrange(
-            log_key(room), max=f"{before_id - 1}-0", min="-", count=limit
+        entries = await self.reads.run(
+            lambda redis: redis.xrevrange(
+                log_key(room), max=f"{before_id - 1}-0", min="-", count=limit
+            )
         )
         return [_message(entry[b"m"]) for _, entry in reversed(entries)]
 
@@ -461,9 +466,35 @@ class RedisHistory:
         (none yet, or it expired or was lost), for which nothing is stored. Held to this
         worker's mark of the room and to `seen` (a client's): a counter behind either under
         its epoch starts the room over above it."""
+        (head,) = await self.reads.with_script(self._latest, [self._latest_call(room, seen)])
+        return self._head(room, head)
+
+    async def opening(
+        self, room: str, since: int | None, seen: Mark, limit: int
+    ) -> tuple[int, str, list[ChatMessage]]:
+        """`latest(room, seen)`, then the `limit` most recent messages, or with `since` the
+        first `limit` after it: one round trip, in order (the two keys share the room's
+        slot)."""
+        if since is None:
+            page = lambda redis: redis.xrevrange(log_key(room), count=limit)  # noqa: E731
+        else:
+            page = lambda redis: redis.xrange(  # noqa: E731
+                log_key(room), min=f"{since + 1}-0", max="+", count=limit
+            )
+        head, entries = await self.reads.with_script(
+            self._latest, [self._latest_call(room, seen), page]
+        )
+        if since is None:
+            entries = entries[::-1]
+        latest, epoch = self._head(room, head)
+        return latest, epoch, [_message(entry[b"m"]) for _, entry in entries]
+
+    def _latest_call(self, room: str, seen: Mark) -> Command:
         keys = [seq_key(room), log_key(room), retries_key(room)]
-        args = [new_epoch(), *self.high_water.mark(room), *seen]
-        latest, epoch = await self._latest(keys=keys, args=args)
+        return evalsha(self._latest, keys, [new_epoch(), *self.high_water.mark(room), *seen])
+
+    def _head(self, room: str, reply: list[Any]) -> tuple[int, str]:
+        latest, epoch = reply
         if epoch is None:
             return NO_HISTORY
         self.high_water.saw(room, text(epoch), int(latest))

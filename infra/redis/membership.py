@@ -45,6 +45,7 @@ from infra.redis.history import (
     text,
 )
 from infra.redis.scripts import run_pipelined
+from infra.redis.turn_pipeline import TurnPipeline
 
 log = logging.getLogger(__name__)
 
@@ -124,30 +125,39 @@ return {redis.call('HGET', KEYS[2], 'epoch'), added}
 )
 # The room's slot: this worker's joins and leaves of one room, batched (group commit: those
 # made while the room's previous call was in flight), in order, each as JOIN or REMOVE would
-# do it alone. KEYS: as JOIN's. ARGV: the history's ttl, the room, an epoch should the room
-# have none, then per change four: `j`, the id, its record, its presence head; or `l`, the
-# id, the worker, ''. One publication carries every change it made, each with the count it
-# left (`{"ps": [...]}`). Returns per change the room's epoch (a join's) and 1 if it changed
-# anything (then announced).
+# do it alone. KEYS: as JOIN's, and on one Redis (not a cluster, where it is another slot)
+# the worker's conns: then each join's entry is written first and each leave's deleted
+# last, in the same atomic step (no separate call). ARGV: the history's ttl, the room, an
+# epoch should the room have none, the joins' conns entry, then per change four: `j`, the
+# id, its record, its presence head; or `l`, the id, the worker, ''. One publication carries
+# every change it made, each with the count it left (`{"ps": [...]}`). Returns per change the
+# room's epoch (a join's), 1 if it changed anything (then announced), and a join's count.
 PRESENCE = (
     ROOM_CHANGES
     + """
-local members, seq, log, retries = KEYS[1], KEYS[2], KEYS[3], KEYS[5]
+local members, seq, log, retries, conns = KEYS[1], KEYS[2], KEYS[3], KEYS[5], KEYS[6]
 local events, replies = {}, {}
-for i = 4, #ARGV, 4 do
+for i = 5, #ARGV, 4 do
   local id = ARGV[i + 1]
   if ARGV[i] == 'j' then
-    local added = ADD_MEMBER(members, seq, log, retries, id, ARGV[i + 2], ARGV[3])
-    if added == 1 then
-      events[#events + 1] = ARGV[i + 3] .. redis.call('HLEN', members) .. '}'
+    if conns then
+      redis.call('HSET', conns, id, ARGV[4])
     end
-    replies[#replies + 1] = {redis.call('HGET', seq, 'epoch'), added}
+    local added = ADD_MEMBER(members, seq, log, retries, id, ARGV[i + 2], ARGV[3])
+    local count = redis.call('HLEN', members)
+    if added == 1 then
+      events[#events + 1] = ARGV[i + 3] .. count .. '}'
+    end
+    replies[#replies + 1] = {redis.call('HGET', seq, 'epoch'), added, count}
   else
     local event = TAKE_OUT(members, seq, log, retries, ARGV[1], ARGV[2], id, ARGV[i + 2], '')
     if event then
       events[#events + 1] = event
     end
     replies[#replies + 1] = {'', event and 1 or 0}
+    if conns then
+      redis.call('HDEL', conns, id)
+    end
   end
 end
 if #events > 0 then
@@ -226,9 +236,20 @@ class Membership:
     after a reaper took them; its heartbeat; and the reaping of dead workers. `ttl` is the
     history's: how long a room left empty keeps its counter."""
 
-    def __init__(self, redis: Any, worker: str, ttl: int) -> None:
+    def __init__(
+        self,
+        redis: Any,
+        worker: str,
+        ttl: int,
+        reads: TurnPipeline | None = None,
+        one_node: bool = True,
+    ) -> None:
         self.worker = worker
+        # One Redis holds every key (not a cluster): a batch's conns entries are written by
+        # its PRESENCE call, not in a call of their own.
+        self.one_node = one_node
         self._redis = redis
+        self._reads = reads or TurnPipeline(redis)  # shared with the history's, if given
         self._ttl = ttl
         self._life = 0  # set by `enlist` before any member is registered
         # Gone from here but maybe not from Redis (their removal failed): the heartbeat
@@ -250,13 +271,14 @@ class Membership:
             self._write_conns, lambda: None
         )
 
-    async def register(self, connection: Connection) -> str:
+    async def register(self, connection: Connection) -> tuple[str, int]:
         """The member in Redis: this worker's conns entry, then its room's record (which
         announces it), each step batched with the others made meanwhile. Returns the room's
-        epoch, from the call that registered the member."""
-        await self._conns.submit((connection.id, self._entry(connection)))
-        epoch, _ = await self._room_batch(connection.room).submit(("j", connection))
-        return text(epoch)
+        epoch and count, from the call that registered the member."""
+        if not self.one_node:
+            await self._conns.submit((connection.id, self._entry(connection.room)))
+        epoch, _, count = await self._room_batch(connection.room).submit(("j", connection))
+        return text(epoch), int(count)
 
     def _room_batch(self, room: str) -> GroupCommit[tuple[str, Connection], list[Any]]:
         batch = self._rooms.get(room)
@@ -271,7 +293,9 @@ class Membership:
     def _presence_call(self, room: str, changes: list[tuple[str, Connection]]) -> _Call:
         """PRESENCE's keys and arguments: `changes` (`j` or `l`, a member) to `room`."""
         keys = [members_key(room), seq_key(room), log_key(room), channel(room), retries_key(room)]
-        args: list[Any] = [self._ttl, room, new_epoch()]
+        if self.one_node:
+            keys.append(conns_key(self.worker))
+        args: list[Any] = [self._ttl, room, new_epoch(), self._entry(room)]
         for kind, member in changes:
             if kind == "j":
                 args += ["j", member.id, self._record(member), _presence_head("join", member)]
@@ -302,8 +326,9 @@ class Membership:
             await self._redis.hdel(key, *gone)
         return [None] * len(changes)
 
-    def _entry(self, connection: Connection) -> str:
-        return f"{self._life}:{connection.room}"
+    def _entry(self, room: str) -> str:
+        """A member's conns entry: this worker's life, and its room."""
+        return f"{self._life}:{room}"
 
     def _join_call(self, connection: Connection) -> _Call:
         """JOIN's keys and arguments for `connection`, under this worker's current life."""
@@ -333,13 +358,14 @@ class Membership:
         already. If Redis cannot be told, the heartbeat tries again (`remove_strays`)."""
         try:
             await self._room_batch(connection.room).submit(("l", connection))
-            await self._conns.submit((connection.id, None))
+            if not self.one_node:
+                await self._conns.submit((connection.id, None))
         except BaseException:
             self._strays[connection.id] = connection
             raise
 
     async def count(self, room: str) -> int:
-        return int(await self._redis.hlen(members_key(room)))
+        return int(await self._reads.run(lambda redis: redis.hlen(members_key(room))))
 
     async def users(self, room: str, limit: int) -> list[User]:
         """The room's distinct users, every worker's members: the room's hash read
@@ -480,7 +506,7 @@ class Membership:
             page = [m for m in members[start : start + REAP_PAGE] if here(m.id)]
             if not page:
                 continue
-            entries = {member.id: self._entry(member) for member in page}
+            entries = {member.id: self._entry(member.room) for member in page}
             await self._redis.hset(conns_key(self.worker), mapping=entries)
             answers = await run_pipelined(
                 self._redis, self._join, [self._join_call(member) for member in page]

@@ -37,5 +37,11 @@ class RedisMessageLog:
         latest, _ = self.head(room)
         return latest
 
+    def opening(
+        self, room: str, since: int | None, epoch: str, limit: int
+    ) -> tuple[int, str, Sequence[ChatMessage]]:
+        mark = (epoch, since or 0, "")
+        return self._bridge.run(self._history.opening(room, since, mark, limit))
+
     def head(self, room: str, since: int = 0, epoch: str = "") -> tuple[int, str]:
         return self._bridge.run(self._history.latest(room, (epoch, since, "")))

@@ -320,8 +320,11 @@ class RoomSubscription:
 
     def _on_presence(self, fields: dict[str, Any]) -> None:
         connection = member_from(fields["c"])
-        members = self.members(connection.room)
-        self._core.fan_out_presence(fields["p"], connection, int(fields["n"]), members)
+        core = self._core
+        # Batched, the event waits for the room's next frame, which reads the members then:
+        # listing them here for each of a storm's N joins would cost N x members.
+        members = () if core.batches_presence else self.members(connection.room)
+        core.fan_out_presence(fields["p"], connection, int(fields["n"]), members)
 
     async def _deliver_in_order(
         self, message: ChatMessage, epoch: str, sender_id: str | None

@@ -154,6 +154,36 @@ def test_a_batch_sent_while_a_welcome_is_on_its_way_follows_that_welcome(
     assert frames(delivery, "new") == []  # no repeat
 
 
+def test_a_join_between_a_newcomers_connect_and_its_welcome_comes_after_the_welcome(
+    delivery: RecordingDelivery, clock: FakeClock, timer: ManualTimer
+) -> None:
+    """The welcome counts the room as the newcomer's join left it (the store says so with
+    the join): one who joined before the welcome went out is not in that count, and comes
+    in the first frame, once."""
+
+    class Counting(MemoryConnections):
+        reads = 0
+
+        def count(self, room: str) -> int:
+            self.reads += 1
+            return super().count(room)
+
+    store = Counting()
+    core = batching(delivery, clock, timer, connections=store)
+    enter(core, "old")
+    timer.run()
+    core.connect("new", "r", Principal("id-new", "new", ""), JSON)
+    core.connect("k", "r", Principal("id-k", "k", ""), JSON)  # while new's handshake ends
+    reads = store.reads  # each join's announcement read the count
+    core.welcome("new")
+    core.welcome("k")
+    assert store.reads == reads  # the welcomes did not: each came with its join
+    (welcome,) = delivery.take_json("new")
+    assert (welcome["type"], welcome["count"]) == ("welcome", 2)
+    timer.run()
+    assert presence.events(frames(delivery, "new")) == [("join", "id-k", 3)]
+
+
 def test_above_the_occupancy_threshold_the_room_gets_the_count_alone(
     delivery: RecordingDelivery, clock: FakeClock, timer: ManualTimer
 ) -> None:

@@ -1386,6 +1386,7 @@ async def test_every_script_and_command_touches_keys_of_one_slot(chat: LocalChat
     feed = chat.engine.feed
     history = feed.subscription._history
     membership = feed.membership
+    membership.one_node = False  # as on a cluster: one Redis may take a call across slots
     with commands_sent() as sent:
         watcher = await watch(chat, "slots")
         await join(chat, "slots")  # c1
@@ -1456,10 +1457,12 @@ async def test_joins_into_one_room_at_once_go_together_each_announced_once(
         for i in range(12)
     ]
     before = await script_calls(chat)
-    epochs = await asyncio.gather(*(feed.membership.register(member) for member in members))
+    joined = await asyncio.gather(*(feed.membership.register(member) for member in members))
     calls = await script_calls(chat) - before
     assert calls < len(members) // 2  # 2 here (a lone first, then the rest); 12 one by one
-    assert len(set(epochs)) == 1
+    assert len({epoch for epoch, _ in joined}) == 1
+    # Each gets the count its own join left, in the order of the joins.
+    assert [count for _, count in joined] == list(range(2, 14))
     assert await feed.count("storm") == 13
     events = await heard(watcher, 12)
     assert [(event, count) for event, _, count in events] == [
@@ -1467,6 +1470,57 @@ async def test_joins_into_one_room_at_once_go_together_each_announced_once(
     ]
     assert sorted(user for _, user, _ in events) == sorted(m.user_id for m in members)
     watcher.writer.cancel()
+
+
+@pytest.mark.timeout(30)
+async def test_a_welcome_reads_the_head_and_the_page_together_and_takes_the_count_from_the_join(
+    redis: RedisServer,
+) -> None:
+    """A welcome read the room's head, its history and its count: three round trips one
+    after the other. Where presence is batched (as `wschat serve` has it) the count comes
+    with the join now, and the head and the page go in one pipeline (in that order: every id
+    up to the head not in the page has expired)."""
+    chat = build_local_chat(Settings(redis_url=redis.url()))
+    assert chat.engine is not None
+    await chat.engine.start()
+    await watch(chat, "reads")  # the room subscribed, the scripts loaded
+    await chat.call(chat.core.receive, "j1", ['{"action":"sendmessage","text":"hi"}'])
+    member = Member(chat, "j2")
+    principal = Principal(id="u-j2", name="u-j2", echo="u-j2")
+    await chat.call(chat.core.connect, "j2", "reads", principal, ConnectParams(Dialect.JSON))
+    with commands_sent() as sent:
+        await chat.call(chat.core.welcome, "j2")
+    assert [command[0] for command in sent] == ["EVALSHA", "XREVRANGE"]
+    await member.wait_for('"welcome"', 5)
+    (welcome,) = [json.loads(frame) for frame in member.frames if '"welcome"' in frame]
+    assert welcome["count"] == 2
+    assert [message["text"] for message in welcome["history"]] == ["hi"]
+    await chat.engine.stop()
+
+
+@pytest.mark.timeout(30)
+async def test_on_one_redis_a_join_and_a_leave_are_one_call_each_with_their_conns_entry(
+    chat: LocalChat,
+) -> None:
+    """A join wrote its worker's conns entry in a call of its own before its room's, and a
+    leave deleted it in one after: two round trips each. On one Redis (not a cluster) the
+    room's call writes it, in the same atomic step: first for a join, last for a leave."""
+    assert chat.engine is not None
+    feed = chat.engine.feed
+    member = Connection("one", "calls", "user-one", "someone", Dialect.JSON, "")
+    client = chat.engine.client
+    warm = Connection("warm", "calls", "user-warm", "someone", Dialect.JSON, "")
+    await feed.membership.register(warm)  # the pool's connection made, the script loaded
+    await feed.membership.leave(warm)
+    with commands_sent() as sent:
+        await feed.membership.register(member)
+    assert [command[0] for command in sent] == ["EVALSHA"]
+    assert await client.hget(f"wschat:worker:{{{feed.worker}}}:conns", "one") is not None
+    with commands_sent() as sent:
+        await feed.membership.leave(member)
+    assert [command[0] for command in sent] == ["EVALSHA"]
+    assert await client.hget(f"wschat:worker:{{{feed.worker}}}:conns", "one") is None
+    assert await feed.count("calls") == 0
 
 
 @pytest.mark.timeout(30)
@@ -1488,3 +1542,32 @@ async def test_a_join_and_a_leave_of_one_member_in_one_batch_are_both_announced(
     assert await feed.count("pair") == 1
     assert await heard(watcher, 2) == [("join", "user-p1", 2), ("leave", "user-p1", 1)]
     watcher.writer.cancel()
+
+
+@pytest.mark.timeout(30)
+async def test_joins_heard_where_presence_is_batched_list_no_members_each(
+    redis: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each join heard on the room's channel listed the worker's members of the room, which
+    a batched room does not use: a storm of N joins, N lists of up to N members."""
+    chat = build_local_chat(Settings(redis_url=redis.url()))
+    assert chat.engine is not None
+    await chat.engine.start()
+    feed = chat.engine.feed
+    await watch(chat, "heard")
+    listed: list[str] = []
+    members = feed.subscription.members
+
+    def counted(room: str) -> list[Connection]:
+        listed.append(room)
+        return members(room)
+
+    monkeypatch.setattr(feed.subscription, "members", counted)
+    joiners = [Connection(f"h{i}", "heard", f"user-h{i}", "h", Dialect.JSON, "") for i in range(20)]
+    await asyncio.gather(*(feed.membership.register(member) for member in joiners))
+    watcher = Member(chat, "j1")
+    await asyncio.sleep(0.8)  # heard, and the batch (0.3 s) gone out
+    assert 1 <= len(listed) <= 3  # by the batches that went out, not by each of 20 joins
+    assert await feed.count("heard") == 21
+    watcher.writer.cancel()
+    await chat.engine.stop()
