@@ -11,10 +11,11 @@ command touches one tag only, so that each runs in one slot of a Redis Cluster
     wschat:worker:{W}:life     W's life: bumped each time W finds itself reaped
     wschat:workers             set of worker ids, for discovery (a key of its own)
 
-A join is two steps, the worker's slot first (its conns entry), then the room's (JOIN: the
-record, announced); a leave the other way round (REMOVE, announced; then the conns entry
-goes). A worker killed between the steps leaves a conns entry without a member, which a
-reaper clears, never a member no reaper can find. Each step is safe to repeat.
+On a cluster a join is two steps, the worker's slot first (its conns entry), then the
+room's (JOIN: the record, announced); a leave the other way round (REMOVE, announced; then
+the conns entry goes). A worker killed between the steps leaves a conns entry without a
+member, which a reaper clears, never a member no reaper can find. Each step is safe to
+repeat. On one Redis a batch's PRESENCE call writes the conns entries itself, atomically.
 
 A worker whose heartbeat lapses (killed with SIGKILL, say) is reaped by another, slot by
 slot: the reaper claims its life in the worker's slot (CLAIM), removes, room by room, only
