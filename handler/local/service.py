@@ -3,6 +3,7 @@ the app `wschat serve` runs (uvicorn's factory: `handler.local.service:create_lo
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -191,6 +192,11 @@ def create_local_app(settings: Settings | None = None) -> SocketsFirst:
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         if engine is not None:
             await engine.start()
+        # What the worker holds once started (modules, the app) lives as long as it does:
+        # frozen out of the collector's sight, each full collection walks only what came
+        # since. A reconnect storm's CPU per connect drops by a fifth (docs/performance.md).
+        gc.collect()
+        gc.freeze()
         try:
             yield {DRAIN: chat.drain}
         finally:

@@ -32,8 +32,9 @@ class GroupCommit(Generic[T, R]):
         self._pending.append((item, future))
         if self._drainer is None:
             self._drainer = asyncio.create_task(self._drain())
-        # Shielded: a caller that stops waiting does not undo its item (nor its batch's).
-        return await asyncio.shield(future)
+        # A caller that stops waiting cancels only its future: its item is in the batch
+        # already, and goes (no shield needed, one future and two callbacks fewer a call).
+        return await future
 
     async def _drain(self) -> None:
         try:
