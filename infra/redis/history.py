@@ -248,6 +248,16 @@ def retries_key(room: str) -> str:
     return room_key(room, "retries")
 
 
+def _read_recent(room: str, limit: int) -> Command:
+    """The room's last `limit` stream entries, newest first."""
+    return lambda redis: redis.xrevrange(log_key(room), count=limit)
+
+
+def _read_after(room: str, after_id: int, limit: int) -> Command:
+    """The room's first `limit` stream entries after `after_id`."""
+    return lambda redis: redis.xrange(log_key(room), min=f"{after_id + 1}-0", max="+", count=limit)
+
+
 def _message(body: str | bytes) -> ChatMessage:
     return _from_fields(json.loads(body))
 
@@ -440,15 +450,13 @@ class RedisHistory:
         """As `after`, with each message's sending connection: None for none (REST), or if
         a worker from before 2026-11-26 stored it. A catch-up must not send a text-dialect
         client's line back to it."""
-        entries = await self.reads.run(
-            lambda redis: redis.xrange(log_key(room), min=f"{after_id + 1}-0", max="+", count=limit)
-        )
+        entries = await self.reads.run(_read_after(room, after_id, limit))
         return [(_message(entry[b"m"]), text(entry.get(b"s", b"")) or None) for _, entry in entries]
 
     async def recent(self, room: str, limit: int) -> Sequence[ChatMessage]:
         if limit <= 0:
             return []
-        entries = await self.reads.run(lambda redis: redis.xrevrange(log_key(room), count=limit))
+        entries = await self.reads.run(_read_recent(room, limit))
         return [_message(entry[b"m"]) for _, entry in reversed(entries)]
 
     async def before(self, room: str, before_id: int, limit: int) -> Sequence[ChatMessage]:
@@ -475,12 +483,7 @@ class RedisHistory:
         """`latest(room, seen)`, then the `limit` most recent messages, or with `since` the
         first `limit` after it: one round trip, in order (the two keys share the room's
         slot)."""
-        if since is None:
-            page = lambda redis: redis.xrevrange(log_key(room), count=limit)  # noqa: E731
-        else:
-            page = lambda redis: redis.xrange(  # noqa: E731
-                log_key(room), min=f"{since + 1}-0", max="+", count=limit
-            )
+        page = _read_recent(room, limit) if since is None else _read_after(room, since, limit)
         head, entries = await self.reads.with_script(
             self._latest, [self._latest_call(room, seen), page]
         )
