@@ -46,8 +46,8 @@ from typing import Any
 
 from handler.chat.ports import ChatMessage, Draft
 from infra.redis.high_water import NO_MARK, HighWater, Mark
+from infra.redis.pipelined_reads import Command, PipelinedReads, evalsha
 from infra.redis.scripts import run_pipelined
-from infra.redis.turn_pipeline import Command, TurnPipeline, evalsha
 
 # Shared by the scripts that read a room's counter for a caller with a mark: if the counter
 # is behind the mark under the same epoch, the room goes on under a new epoch,
@@ -325,8 +325,8 @@ class RedisHistory:
         self.high_water = HighWater()
         self._publish = redis.register_script(PUBLISH)
         self._latest = redis.register_script(LATEST)
-        # The reads many welcomes make at once share round trips (one pipeline per turn).
-        self.reads = TurnPipeline(redis)
+        # The reads many welcomes make at once share round trips (infra/redis/pipelined_reads.py).
+        self.reads = PipelinedReads(redis)
         self._queued: list[_Queued] = []  # publications waiting for this turn's pipeline
         self._sending: set[asyncio.Task[None]] = set()
 

@@ -45,8 +45,8 @@ from infra.redis.history import (
     seq_key,
     text,
 )
+from infra.redis.pipelined_reads import PipelinedReads
 from infra.redis.scripts import run_pipelined
-from infra.redis.turn_pipeline import TurnPipeline
 
 log = logging.getLogger(__name__)
 
@@ -242,7 +242,7 @@ class Membership:
         redis: Any,
         worker: str,
         ttl: int,
-        reads: TurnPipeline | None = None,
+        reads: PipelinedReads | None = None,
         one_node: bool = True,
     ) -> None:
         self.worker = worker
@@ -250,7 +250,7 @@ class Membership:
         # its PRESENCE call, not in a call of their own.
         self.one_node = one_node
         self._redis = redis
-        self._reads = reads or TurnPipeline(redis)  # shared with the history's, if given
+        self._reads = reads or PipelinedReads(redis)  # shared with the history's, if given
         self._ttl = ttl
         self._life = 0  # set by `enlist` before any member is registered
         # Gone from here but maybe not from Redis (their removal failed): the heartbeat

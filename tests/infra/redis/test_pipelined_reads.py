@@ -8,7 +8,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
-from infra.redis.turn_pipeline import TurnPipeline, evalsha
+from infra.redis.pipelined_reads import PipelinedReads, evalsha
 from tests.support.redis_server import RedisServer
 
 COUNT = "return redis.call('HLEN', KEYS[1])"
@@ -19,14 +19,14 @@ async def _clients(client: Any) -> int:
     return int((await client.info("clients"))["connected_clients"])
 
 
-async def test_reads_made_in_one_turn_share_one_connection_and_each_gets_its_reply(
+async def test_reads_made_at_once_share_one_connection_and_each_gets_its_reply(
     redis: RedisServer,
 ) -> None:
     client = aioredis.Redis.from_url(redis.url())
     for n in range(20):
         await client.hset(f"room{n}", mapping={str(i): "x" for i in range(n + 1)})
     before = await _clients(client)  # the pool holds the one connection used so far
-    reads = TurnPipeline(client)
+    reads = PipelinedReads(client)
 
     def count(key: str) -> Any:
         return lambda r: r.hlen(key)
@@ -43,7 +43,7 @@ async def test_a_command_that_fails_fails_only_its_own_caller(redis: RedisServer
     client = aioredis.Redis.from_url(redis.url())
     await client.set("plain", "1")
     await client.hset("hash", "a", "1")
-    reads = TurnPipeline(client)
+    reads = PipelinedReads(client)
 
     outcomes = await asyncio.gather(
         reads.run(lambda r: r.hlen("hash")),
@@ -67,7 +67,7 @@ async def test_a_script_redis_lacks_is_loaded_and_run_once(
     client = aioredis.Redis.from_url(redis.url())
     await client.hset("hash", mapping={"a": "1", "b": "2"})
     script = client.register_script(COUNT)
-    reads = TurnPipeline(client)
+    reads = PipelinedReads(client)
     await client.script_flush()  # as after a restart, or on a replica just promoted
 
     replies = await asyncio.gather(
@@ -79,10 +79,10 @@ async def test_a_script_redis_lacks_is_loaded_and_run_once(
     await client.aclose()
 
 
-async def test_a_link_that_fails_fails_every_caller_of_its_turn(redis: RedisServer) -> None:
+async def test_a_link_that_fails_fails_every_caller_of_its_batch(redis: RedisServer) -> None:
     client = aioredis.Redis.from_url(redis.url(), retry_on_error=[])
     await client.ping()
-    reads = TurnPipeline(client)
+    reads = PipelinedReads(client)
     redis.stop()
 
     outcomes = await asyncio.gather(
@@ -97,7 +97,7 @@ async def test_commands_run_together_run_in_order_in_one_round_trip(redis: Redis
     client = aioredis.Redis.from_url(redis.url())
     await client.ping()
     before = await _clients(client)
-    reads = TurnPipeline(client)
+    reads = PipelinedReads(client)
 
     together, alone = await asyncio.gather(
         reads.run_all([lambda r: r.incr("n"), lambda r: r.get("n"), lambda r: r.incr("n")]),
@@ -105,6 +105,6 @@ async def test_commands_run_together_run_in_order_in_one_round_trip(redis: Redis
     )
 
     assert together == [1, b"1", 2]
-    assert alone == b"2"  # queued after them in the same turn
+    assert alone == b"2"  # sent after them in the same pipeline
     assert await _clients(client) == before
     await client.aclose()
