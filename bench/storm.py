@@ -6,16 +6,16 @@ or a network blip, 100 handshakes in flight (issue 30).
 Scenarios, each on a fresh server pinned to core 0 (the clients on core 1): wschat with N
 JSON clients into one room, and into N rooms of one (the same handshakes without a room to
 tell); N text-dialect clients into one room; the same N into the FastAPI docs pattern and
-into `websockets` alone; and N JSON clients into one room through two wschat workers on one
-Redis. And on Lambda, behind the API Gateway emulator (`wschat emulate`), LAMBDA_CLIENTS (or
---clients if fewer) JSON clients into one room, where presence is not batched but posted
-inline to each member (issue 30): what that storm costs in Management API posts (every frame
-a client receives is one). Figures: the wall time until every client is welcomed (the
-`welcome` frame for JSON, the 101 for the others), the server's CPU per connect (all of it,
-until one second after the last welcome: the storm's presence batches included), and the
-`presence` frames each JSON client received, against the bound `storm duration / interval +
-1`. Ratios are within one run; bench/wsload.py has the servers, the pinning and the minimal
-client.
+into `websockets` alone; and N JSON clients into one room through one wschat worker on
+Redis, and through two (the second on the clients' core). And on Lambda, behind the API
+Gateway emulator (`wschat emulate`), LAMBDA_CLIENTS (or --clients if fewer) JSON clients
+into one room, where presence is not batched but posted inline to each member (issue 30):
+what that storm costs in Management API posts (every frame a client receives is one).
+Figures: the wall time until every client is welcomed (the `welcome` frame for JSON, the
+101 for the others), the server's CPU per connect (all of it, until one second after the
+last welcome: the storm's presence batches included), and the `presence` frames each JSON
+client received, against the bound `storm duration / interval + 1`. Ratios are within one
+run; bench/wsload.py has the servers, the pinning and the minimal client.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ class Scenario:
     subject: Subject
     one_room: bool
     json: bool
-    workers: int = 1  # on Redis when 2
+    redis: int = 0  # workers on one Redis (0: one server, on its own)
     clients: int | None = None  # the storm's size at most (--clients if fewer)
 
 
@@ -67,6 +67,7 @@ SCENARIOS = (
     Scenario("text-one", "wschat, text, all into one room", WSCHAT, True, False),
     Scenario("fastapi-docs", "FastAPI docs pattern (baseline)", FASTAPI_DOCS, True, False),
     Scenario("websockets", "`websockets` alone (reference)", WEBSOCKETS, True, False),
+    Scenario("json-one-redis-1", "wschat, JSON, one room, 1 worker on Redis", JSON, True, True, 1),
     Scenario("json-one-redis", "wschat, JSON, one room, 2 workers on Redis", JSON, True, True, 2),
     Scenario(
         "lambda-one",
@@ -115,14 +116,15 @@ class Storm:
 
 @contextmanager
 def servers(scenario: Scenario) -> Iterator[list[Server]]:
-    """The scenario's server(s): one on core 0; or Redis on core 0 with a worker on each."""
+    """The scenario's server(s): one on core 0; or Redis on core 0 with its workers, the
+    first on core 0, the second on core 1 (with the clients)."""
     with ExitStack() as stack:
-        if scenario.workers == 1:
+        if not scenario.redis:
             yield [stack.enter_context(running(scenario.subject))]
             return
         redis = stack.enter_context(running(REDIS))
         subject = replace(on_redis(redis), path=scenario.subject.path)
-        yield [stack.enter_context(running(subject, core=i % 2)) for i in range(scenario.workers)]
+        yield [stack.enter_context(running(subject, core=i % 2)) for i in range(scenario.redis)]
 
 
 async def storm(scenario: Scenario, hosts: list[Server], clients: int, in_flight: int) -> Storm:
@@ -216,6 +218,7 @@ def main() -> int:
         ("JSON, one room vs each into its own room (target ≤ 1.5x)", "json-one", "json-rooms"),
         ("text connect vs the FastAPI docs pattern (target ≤ 1.2x)", "text-one", "fastapi-docs"),
         ("text connect vs `websockets` alone", "text-one", "websockets"),
+        ("JSON, one room: 1 worker on Redis vs 1 in memory", "json-one-redis-1", "json-one"),
         ("JSON, one room: 2 workers on Redis vs 1 in memory (target ≤ 2x)", "json-one-redis",
          "json-one"),
     ]  # fmt: skip
