@@ -56,13 +56,15 @@ def test_the_storm_welcomes_everyone_and_counts_presence_frames(tmp_path: Path) 
     require("taskset", "pin the benchmark's server and clients to cores")
     scenarios = "json-rooms,json-one"
     table = run(
-        "storm.py", tmp_path, "--clients", "60", "--in-flight", "20", "--scenarios", scenarios
-    )
+        "storm.py", tmp_path, "--clients", "60", "--in-flight", "20", "--scenarios", scenarios,
+        "--rounds", "2",
+    )  # fmt: skip
     assert "JSON, one room vs each into its own room" in table
     rows = {row["key"]: row for row in json.loads((tmp_path / "storm.json").read_text())["rows"]}
     assert list(rows) == scenarios.split(",")
     for row in rows.values():
         assert row["clients"] == 60 and row["cpu_ms_per_connect"] > 0
+        assert len(row["cpu_ms_rounds"]) == 2 and row["cpu_ms_per_connect"] in row["cpu_ms_rounds"]
     assert rows["json-rooms"]["presence_max"] == 0  # a room of one hears no one
     assert 1 <= rows["json-one"]["presence_max"] <= rows["json-one"]["presence_bound"]
 
