@@ -50,8 +50,8 @@ class PipelinedReads:
 
     async def with_script(self, script: Any, commands: Sequence[Command]) -> list[Any]:
         """`run_all`, for commands among which is an EVALSHA of `script`: where Redis lacks
-        it (restarted, flushed, a replica promoted), it is loaded and all are run again (they
-        are reads; the EVALSHA did not run, so it does not run twice)."""
+        it (restarted, flushed, a replica promoted), it is loaded and all are run again (the
+        EVALSHA did not run, so it does not run twice; the others must be reads)."""
         try:
             return await self.run_all(commands)
         except NoScriptError:
