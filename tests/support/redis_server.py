@@ -4,6 +4,7 @@ of three primaries and their three replicas."""
 
 from __future__ import annotations
 
+import random
 import signal
 import socket
 import subprocess
@@ -186,24 +187,9 @@ def running_cluster(directory: Path, primaries: int = 3) -> Iterator[list[RedisS
     (`redis-cli --cluster create ... --cluster-replicas 1`), every node in `cluster_state:ok`
     before this returns. The primaries come first in the list, their replicas after in the
     same order. Stopped at the end, whichever are still running."""
-    ports = _free_ports(primaries * 4)  # a port and a bus port for each node
-    nodes = [
-        RedisServer(
-            ports[2 * n],
-            _own(directory, f"node-{n}"),
-            False,
-            cluster=True,
-            bus_port=ports[2 * n + 1],
-        )
-        for n in range(primaries * 2)
-    ]
     started: list[RedisServer] = []
     try:
-        for node in nodes:  # all at once: each takes a few tens of ms to answer
-            node.launch()
-            started.append(node)
-        for node in nodes:
-            node.wait_until_ready()
+        nodes = _cluster_nodes(directory, primaries * 2, started)
         cli = require("redis-cli", "create a Redis Cluster for the tests")
         addresses = [f"127.0.0.1:{node.port}" for node in nodes]
         # `--cluster create` makes the first `primaries` of the list primaries.
@@ -222,14 +208,65 @@ def running_cluster(directory: Path, primaries: int = 3) -> Iterator[list[RedisS
                 node.stop()
 
 
+def _cluster_nodes(directory: Path, count: int, started: list[RedisServer]) -> list[RedisServer]:
+    """`count` cluster-enabled nodes, running and answering (each added to `started`). Ports
+    found free can be taken before a node binds them (another test's server): then the
+    nodes go, and new ports are tried, up to three times."""
+    for attempt in range(3):
+        ports = _free_ports(count * 2)  # a port and a bus port for each node
+        nodes = [
+            RedisServer(
+                ports[2 * n],
+                _own(directory, f"node-{n}" if attempt == 0 else f"node-{n}-{attempt}"),
+                False,
+                cluster=True,
+                bus_port=ports[2 * n + 1],
+            )
+            for n in range(count)
+        ]
+        try:
+            for node in nodes:  # all at once: each takes a few tens of ms to answer
+                node.launch()
+                started.append(node)
+            for node in nodes:
+                node.wait_until_ready()
+            return nodes
+        except RuntimeError as error:
+            if "Address already in use" not in str(error) or attempt == 2:
+                raise
+            for node in nodes:
+                if node in started:
+                    node.stop()
+                    started.remove(node)
+    raise AssertionError("unreachable")
+
+
 def _free_ports(count: int) -> list[int]:
-    """`count` free loopback ports, all different: each held until all are found (one at a
-    time, the system may hand out a port again once its socket closes)."""
+    """`count` free loopback ports, all different, below the system's ephemeral range. A
+    port the system hands out (bind to 0) comes from that range, which outgoing connections
+    draw from too: between this check and the node's bind, one of the suite's thousands of
+    client sockets took a cluster bus port once (`Address already in use`)."""
+    low = _ephemeral_low()
+    candidates = random.sample(range(max(1024, low - 12_000), low), 200)
     with ExitStack() as stack:
-        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [int(sock.getsockname()[1]) for sock in sockets]
+        found: list[int] = []
+        for port in candidates:
+            sock = stack.enter_context(socket.socket())
+            try:
+                sock.bind(("127.0.0.1", port))  # held until all are found
+            except OSError:
+                continue
+            found.append(port)
+            if len(found) == count:
+                return found
+    raise RuntimeError(f"no {count} free ports below {low}")
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
 
 
 def _wait_for_cluster(nodes: list[RedisServer]) -> None:
