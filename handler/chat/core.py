@@ -227,12 +227,11 @@ class ChatCore:
             history = wire.page(page) if recovered else self._page(room, 0)
         through = history[-1].id if history else latest  # what the client will have
         behind = through < latest  # more than a page after `since`
-        presence_seq = None
-        count = self._join_counts.pop(connection_id, None)
+        presence_seq = self._presence_seq(room)  # before the count; None where batched
+        count = self._join_counts.pop(connection_id, None)  # batched: the join's count
         if count is None:
             if self._presence is not None:
                 self._presence.counting(connection)
-            presence_seq = self._presence_seq(room)
             count = self.connections.count(room)
         frames = wire.welcome_frames(
             connection, count, history, max(latest, through), current, recovered, presence_seq

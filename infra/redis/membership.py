@@ -238,19 +238,14 @@ class Membership:
     history's: how long a room left empty keeps its counter."""
 
     def __init__(
-        self,
-        redis: Any,
-        worker: str,
-        ttl: int,
-        reads: PipelinedReads | None = None,
-        one_node: bool = True,
+        self, redis: Any, worker: str, ttl: int, reads: PipelinedReads, one_node: bool
     ) -> None:
         self.worker = worker
         # One Redis holds every key (not a cluster): a batch's conns entries are written by
         # its PRESENCE call, not in a call of their own.
         self.one_node = one_node
         self._redis = redis
-        self._reads = reads or PipelinedReads(redis)  # shared with the history's, if given
+        self._reads = reads  # the history's: a welcome's reads and a count share round trips
         self._ttl = ttl
         self._life = 0  # set by `enlist` before any member is registered
         # Gone from here but maybe not from Redis (their removal failed): the heartbeat
