@@ -65,7 +65,7 @@ class RoomFeed:
         self._redis = redis
         self._link = link
         self.membership = Membership(
-            redis, self.worker, history.ttl, history.reads, one_node=shards is None
+            redis, self.worker, history.ttl, history.calls, one_node=shards is None
         )
         self.subscription = RoomSubscription(
             redis, history, link, self.worker, metrics, shards or OneRedis(redis)

@@ -46,7 +46,7 @@ from typing import Any
 
 from handler.chat.ports import ChatMessage, Draft
 from infra.redis.high_water import NO_MARK, HighWater, Mark
-from infra.redis.pipelined_reads import Command, PipelinedReads, evalsha
+from infra.redis.pipelined_calls import Command, PipelinedCalls, evalsha
 from infra.redis.scripts import run_pipelined
 
 # Shared by the scripts that read a room's counter for a caller with a mark: if the counter
@@ -325,8 +325,9 @@ class RedisHistory:
         self.high_water = HighWater()
         self._publish = redis.register_script(PUBLISH)
         self._latest = redis.register_script(LATEST)
-        # The reads many welcomes make at once share round trips (infra/redis/pipelined_reads.py).
-        self.reads = PipelinedReads(redis)
+        # The reads many welcomes make at once share round trips, with the joins and leaves
+        # made meanwhile (infra/redis/pipelined_calls.py).
+        self.calls = PipelinedCalls(redis)
         self._queued: list[_Queued] = []  # publications waiting for this turn's pipeline
         self._sending: set[asyncio.Task[None]] = set()
 
@@ -450,19 +451,19 @@ class RedisHistory:
         """As `after`, with each message's sending connection: None for none (REST), or if
         a worker from before 2026-11-26 stored it. A catch-up must not send a text-dialect
         client's line back to it."""
-        entries = await self.reads.run(_read_after(room, after_id, limit))
+        entries = await self.calls.run(_read_after(room, after_id, limit))
         return [(_message(entry[b"m"]), text(entry.get(b"s", b"")) or None) for _, entry in entries]
 
     async def recent(self, room: str, limit: int) -> Sequence[ChatMessage]:
         if limit <= 0:
             return []
-        entries = await self.reads.run(_read_recent(room, limit))
+        entries = await self.calls.run(_read_recent(room, limit))
         return [_message(entry[b"m"]) for _, entry in reversed(entries)]
 
     async def before(self, room: str, before_id: int, limit: int) -> Sequence[ChatMessage]:
         if limit <= 0 or before_id <= 1:
             return []  # ids start at 1
-        entries = await self.reads.run(
+        entries = await self.calls.run(
             lambda redis: redis.xrevrange(
                 log_key(room), max=f"{before_id - 1}-0", min="-", count=limit
             )
@@ -474,7 +475,7 @@ class RedisHistory:
         (none yet, or it expired or was lost), for which nothing is stored. Held to this
         worker's mark of the room and to `seen` (a client's): a counter behind either under
         its epoch starts the room over above it."""
-        (head,) = await self.reads.with_script(self._latest, [self._latest_call(room, seen)])
+        (head,) = await self.calls.with_script(self._latest, [self._latest_call(room, seen)])
         return self._head(room, head)
 
     async def opening(
@@ -484,7 +485,7 @@ class RedisHistory:
         first `limit` after it: one round trip, in order (the two keys share the room's
         slot)."""
         page = _read_recent(room, limit) if since is None else _read_after(room, since, limit)
-        head, entries = await self.reads.with_script(
+        head, entries = await self.calls.with_script(
             self._latest, [self._latest_call(room, seen), page]
         )
         if since is None:

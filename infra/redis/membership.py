@@ -45,7 +45,7 @@ from infra.redis.history import (
     seq_key,
     text,
 )
-from infra.redis.pipelined_reads import PipelinedReads
+from infra.redis.pipelined_calls import PipelinedCalls, evalsha
 from infra.redis.scripts import run_pipelined
 
 log = logging.getLogger(__name__)
@@ -238,14 +238,16 @@ class Membership:
     history's: how long a room left empty keeps its counter."""
 
     def __init__(
-        self, redis: Any, worker: str, ttl: int, reads: PipelinedReads, one_node: bool
+        self, redis: Any, worker: str, ttl: int, calls: PipelinedCalls, one_node: bool
     ) -> None:
         self.worker = worker
         # One Redis holds every key (not a cluster): a batch's conns entries are written by
         # its PRESENCE call, not in a call of their own.
         self.one_node = one_node
         self._redis = redis
-        self._reads = reads  # the history's: a welcome's reads and a count share round trips
+        # The history's: a room's batch of joins and leaves, a count and the welcomes' reads
+        # share round trips.
+        self._calls = calls
         self._ttl = ttl
         self._life = 0  # set by `enlist` before any member is registered
         # Gone from here but maybe not from Redis (their removal failed): the heartbeat
@@ -261,7 +263,8 @@ class Membership:
         # leaves (seams the tests cut).
         self._remove: Callable[[list[_Call]], Awaitable[list[Any]]] = self._remove_rooms
         self._presence: Callable[[_Call], Awaitable[list[Any]]] = self._run_presence
-        # Group commit, per room and for this worker's conns (infra/redis/group_commit.py).
+        # Group commit, per room and for this worker's conns (infra/redis/group_commit.py);
+        # a room's batch then goes with the worker's other calls (`calls`).
         self._rooms: dict[str, GroupCommit[tuple[str, Connection], list[Any]]] = {}
         self._conns: GroupCommit[tuple[str, str | None], None] = GroupCommit(
             self._write_conns, lambda: None
@@ -301,7 +304,9 @@ class Membership:
 
     async def _run_presence(self, call: _Call) -> list[Any]:
         keys, args = call
-        replies: list[Any] = await self._presence_script(keys=keys, args=args)
+        script = self._presence_script
+        replies: list[Any]
+        (replies,) = await self._calls.with_script(script, [evalsha(script, keys, args)])
         return replies
 
     async def _write_conns(self, changes: list[tuple[str, str | None]]) -> list[None]:
@@ -361,7 +366,7 @@ class Membership:
             raise
 
     async def count(self, room: str) -> int:
-        return int(await self._reads.run(lambda redis: redis.hlen(members_key(room))))
+        return int(await self._calls.run(lambda redis: redis.hlen(members_key(room))))
 
     async def users(self, room: str, limit: int) -> list[User]:
         """The room's distinct users, every worker's members: the room's hash read

@@ -1530,6 +1530,31 @@ async def test_on_one_redis_a_join_and_a_leave_are_one_call_each_with_their_conn
 
 
 @pytest.mark.timeout(30)
+async def test_joins_and_welcome_reads_made_at_once_share_one_round_trip(
+    chat: LocalChat,
+) -> None:
+    """A room's batch of joins went in a script call of its own beside the welcomes' read
+    pipeline: two round trips where one does (a reconnect storm makes both at once, all
+    the time). Now the batch waits its turn with the reads, and grows meanwhile."""
+    assert chat.engine is not None
+    feed = chat.engine.feed
+    history = feed.subscription._history
+    members = [
+        Connection(f"t{i}", "trips", f"user-t{i}", "someone", Dialect.JSON, "") for i in range(8)
+    ]
+    await feed.membership.register(members[0])  # the pool's connection made, scripts loaded
+    await history.opening("trips", None, NO_MARK, 10)
+    with round_trips() as sends:
+        joined, _ = await asyncio.gather(
+            asyncio.gather(*(feed.membership.register(member) for member in members[1:])),
+            asyncio.gather(*(history.opening("trips", None, NO_MARK, 10) for _ in members[1:])),
+        )
+    assert sends == [1]
+    assert [count for _, count in joined] == list(range(2, 9))
+    assert await feed.count("trips") == 8
+
+
+@pytest.mark.timeout(30)
 async def test_a_join_and_a_leave_of_one_member_in_one_batch_are_both_announced(
     chat: LocalChat,
 ) -> None:

@@ -1,13 +1,16 @@
-"""Reads made while one pipeline of reads is on its way go together in the next.
+"""A worker's reads, joins and leaves made while one pipeline is on its way go together in
+the next.
 
 A round trip costs a worker about 100 µs of CPU through redis-py (the write, the wake-up for
 the answer, the pool and the parsing), whatever it carries; in a pipeline of ten, about a
 third of that per command (docs/performance.md, section 11). A reconnect storm is a hundred
-welcomes at a time, each reading its room's head and history: group commit
-(infra/redis/group_commit.py), as for joins and leaves, so the busier the worker, the more
-each round trip carries. A lone read goes at once (as a plain command: less than a pipeline
-of one); no read waits for a timer. The publications have a pipeline of their own
-(infra/redis/history.py).
+welcomes at a time, each joining its room and reading its head and history: group commit
+(infra/redis/group_commit.py), so the busier the worker, the more each round trip carries.
+The rooms' batches of joins and leaves (infra/redis/membership.py) go this way too: each
+waits here while a pipeline is in flight, so its room's batch grows meanwhile, and it
+shares the round trip with the welcomes' reads. A lone call goes at once (as a plain
+command: less than a pipeline of one); no call waits for a timer. The publications have a
+pipeline of their own (infra/redis/history.py).
 """
 
 from __future__ import annotations
@@ -19,13 +22,13 @@ from redis.exceptions import NoScriptError
 
 from infra.redis.group_commit import GroupCommit
 
-# How a read is made: given the client (a coroutine) or a pipeline (which queues it), it
+# How a call is made: given the client (a coroutine) or a pipeline (which queues it), it
 # makes the same command, so one or many can go.
 Command = Callable[[Any], Any]
 
 
-class PipelinedReads:
-    """Reads sent together; each caller gets its own replies, or error."""
+class PipelinedCalls:
+    """Calls sent together; each caller gets its own replies, or error."""
 
     def __init__(self, redis: Any) -> None:
         self._redis = redis
@@ -51,7 +54,8 @@ class PipelinedReads:
     async def with_script(self, script: Any, commands: Sequence[Command]) -> list[Any]:
         """`run_all`, for commands among which is an EVALSHA of `script`: where Redis lacks
         it (restarted, flushed, a replica promoted), it is loaded and all are run again (the
-        EVALSHA did not run, so it does not run twice; the others must be reads)."""
+        EVALSHA did not run, so it does not run twice; any other command among them runs
+        again, so must be a read)."""
         try:
             return await self.run_all(commands)
         except NoScriptError:

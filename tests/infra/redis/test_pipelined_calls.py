@@ -8,7 +8,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
-from infra.redis.pipelined_reads import PipelinedReads, evalsha
+from infra.redis.pipelined_calls import PipelinedCalls, evalsha
 from tests.support.redis_server import RedisServer
 
 COUNT = "return redis.call('HLEN', KEYS[1])"
@@ -26,12 +26,12 @@ async def test_reads_made_at_once_share_one_connection_and_each_gets_its_reply(
     for n in range(20):
         await client.hset(f"room{n}", mapping={str(i): "x" for i in range(n + 1)})
     before = await _clients(client)  # the pool holds the one connection used so far
-    reads = PipelinedReads(client)
+    calls = PipelinedCalls(client)
 
     def count(key: str) -> Any:
         return lambda r: r.hlen(key)
 
-    counts = await asyncio.gather(*(reads.run(count(f"room{n}")) for n in range(20)))
+    counts = await asyncio.gather(*(calls.run(count(f"room{n}")) for n in range(20)))
 
     assert counts == list(range(1, 21))
     # Twenty reads one at a time would each have taken a connection of the pool.
@@ -43,12 +43,12 @@ async def test_a_command_that_fails_fails_only_its_own_caller(redis: RedisServer
     client = aioredis.Redis.from_url(redis.url())
     await client.set("plain", "1")
     await client.hset("hash", "a", "1")
-    reads = PipelinedReads(client)
+    calls = PipelinedCalls(client)
 
     outcomes = await asyncio.gather(
-        reads.run(lambda r: r.hlen("hash")),
-        reads.run(lambda r: r.hlen("plain")),  # WRONGTYPE
-        reads.run(lambda r: r.get("plain")),
+        calls.run(lambda r: r.hlen("hash")),
+        calls.run(lambda r: r.hlen("plain")),  # WRONGTYPE
+        calls.run(lambda r: r.get("plain")),
         return_exceptions=True,
     )
 
@@ -56,7 +56,7 @@ async def test_a_command_that_fails_fails_only_its_own_caller(redis: RedisServer
     assert isinstance(outcomes[1], ResponseError)
     assert outcomes[2] == b"1"
     with pytest.raises(ResponseError):  # alone in its turn, too
-        await reads.run(lambda r: r.hlen("plain"))
+        await calls.run(lambda r: r.hlen("plain"))
     await client.aclose()
 
 
@@ -67,11 +67,11 @@ async def test_a_script_redis_lacks_is_loaded_and_run_once(
     client = aioredis.Redis.from_url(redis.url())
     await client.hset("hash", mapping={"a": "1", "b": "2"})
     script = client.register_script(COUNT)
-    reads = PipelinedReads(client)
+    calls = PipelinedCalls(client)
     await client.script_flush()  # as after a restart, or on a replica just promoted
 
     replies = await asyncio.gather(
-        *(reads.with_script(script, [evalsha(script, ["hash"], [])]) for _ in range(together))
+        *(calls.with_script(script, [evalsha(script, ["hash"], [])]) for _ in range(together))
     )
 
     assert replies == [[2]] * together
@@ -82,11 +82,11 @@ async def test_a_script_redis_lacks_is_loaded_and_run_once(
 async def test_a_link_that_fails_fails_every_caller_of_its_batch(redis: RedisServer) -> None:
     client = aioredis.Redis.from_url(redis.url(), retry_on_error=[])
     await client.ping()
-    reads = PipelinedReads(client)
+    calls = PipelinedCalls(client)
     redis.stop()
 
     outcomes = await asyncio.gather(
-        *(reads.run(lambda r: r.hlen("hash")) for _ in range(3)), return_exceptions=True
+        *(calls.run(lambda r: r.hlen("hash")) for _ in range(3)), return_exceptions=True
     )
 
     assert all(isinstance(outcome, RedisConnectionError) for outcome in outcomes), outcomes
@@ -97,11 +97,11 @@ async def test_commands_run_together_run_in_order_in_one_round_trip(redis: Redis
     client = aioredis.Redis.from_url(redis.url())
     await client.ping()
     before = await _clients(client)
-    reads = PipelinedReads(client)
+    calls = PipelinedCalls(client)
 
     together, alone = await asyncio.gather(
-        reads.run_all([lambda r: r.incr("n"), lambda r: r.get("n"), lambda r: r.incr("n")]),
-        reads.run(lambda r: r.get("n")),
+        calls.run_all([lambda r: r.incr("n"), lambda r: r.get("n"), lambda r: r.incr("n")]),
+        calls.run(lambda r: r.get("n")),
     )
 
     assert together == [1, b"1", 2]
