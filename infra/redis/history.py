@@ -176,16 +176,17 @@ return replies
 CALL_KEPT = 120  # seconds: longer than redis-py's retries of one pipeline can take
 
 
-# KEYS: seq hash, stream, retry keys. ARGV: an epoch should the room start over, then the
-# callers' marks (epoch, id, that message's ts or ""; "" for none): a worker's and a
-# client's. Returns {latest id, epoch}, or {0, nil} for a room without a counter: a read
-# stores nothing (each name read would be a key kept for days), and the room's first
-# publication or join makes its epoch. Only a counter behind a caller's mark is written to
-# (BEHIND).
+# KEYS: seq hash, stream, retry keys. ARGV: an epoch should the room start over; the page
+# to read after the head ("" for none, "-" for the last ARGV[3] messages, newest first, or
+# the stream id to read ARGV[3] messages from); then the callers' marks (epoch, id, that
+# message's ts or ""; "" for none): a worker's and a client's. Returns {latest id, epoch,
+# the page's message bodies...}, or {0, nil} for a room without a counter: a read stores
+# nothing (each name read would be a key kept for days), and the room's first publication
+# or join makes its epoch. Only a counter behind a caller's mark is written to (BEHIND).
 LATEST = (
     BEHIND
     + """
-for i = 2, #ARGV, 3 do
+for i = 4, #ARGV, 3 do
   BEHIND(KEYS[1], KEYS[2], ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[1])
 end
 local seq = redis.call('HMGET', KEYS[1], 'id', 'epoch')
@@ -193,7 +194,17 @@ if not seq[2] then
   redis.call('DEL', KEYS[2], KEYS[3])  -- a stream without its counter is an old history's
   return {0, false}
 end
-return {tonumber(seq[1]) or 0, seq[2]}
+local reply = {tonumber(seq[1]) or 0, seq[2]}
+local entries = {}
+if ARGV[2] == '-' then
+  entries = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', ARGV[3])
+elseif ARGV[2] ~= '' then
+  entries = redis.call('XRANGE', KEYS[2], ARGV[2], '+', 'COUNT', ARGV[3])
+end
+for _, entry in ipairs(entries) do
+  reply[#reply + 1] = entry[2][2]  -- the message: its entry's first field, 'm'
+end
+return reply
 """
 )
 
@@ -482,20 +493,21 @@ class RedisHistory:
         self, room: str, since: int | None, seen: Mark, limit: int
     ) -> tuple[int, str, list[ChatMessage]]:
         """`latest(room, seen)`, then the `limit` most recent messages, or with `since` the
-        first `limit` after it: one round trip, in order (the two keys share the room's
-        slot)."""
-        page = _read_recent(room, limit) if since is None else _read_after(room, since, limit)
-        head, entries = await self.calls.with_script(
-            self._latest, [self._latest_call(room, seen), page]
+        first `limit` after it: read by the same script call, in that order (the page as a
+        command of its own, in the same pipeline, cost the worker 60 % more CPU a welcome:
+        docs/performance.md, section 11)."""
+        page = "" if limit <= 0 else "-" if since is None else f"{since + 1}-0"
+        (reply,) = await self.calls.with_script(
+            self._latest, [self._latest_call(room, seen, page, limit)]
         )
-        if since is None:
-            entries = entries[::-1]
-        latest, epoch = self._head(room, head)
-        return latest, epoch, [_message(entry[b"m"]) for _, entry in entries]
+        latest, epoch = self._head(room, reply[:2])
+        bodies = reply[2:] if since is not None else reply[:1:-1]  # oldest first
+        return latest, epoch, [_message(body) for body in bodies]
 
-    def _latest_call(self, room: str, seen: Mark) -> Command:
+    def _latest_call(self, room: str, seen: Mark, page: str = "", limit: int = 0) -> Command:
         keys = [seq_key(room), log_key(room), retries_key(room)]
-        return evalsha(self._latest, keys, [new_epoch(), *self.high_water.mark(room), *seen])
+        marks = [*self.high_water.mark(room), *seen]
+        return evalsha(self._latest, keys, [new_epoch(), page, limit, *marks])
 
     def _head(self, room: str, reply: list[Any]) -> tuple[int, str]:
         latest, epoch = reply

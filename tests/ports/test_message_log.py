@@ -54,6 +54,28 @@ def test_recent_reads_the_newest_oldest_first(engine: Engine) -> None:
     assert log.recent("nowhere", 5) == []
 
 
+def test_opening_reads_the_head_then_the_newest_or_those_after_since(engine: Engine) -> None:
+    """A welcome's reads (`opening`): the head, then a page as `recent` or `after` reads it."""
+    log = engine.messages
+    stored = [log.append(draft(f"m{n}"))[0] for n in range(5)]
+    log.append(draft("elsewhere", room="other"))
+    latest, epoch = log.head("r")
+    assert latest == 5 and epoch
+
+    def opened(since: int | None, known: str, limit: int) -> tuple[int, str, list[ChatMessage]]:
+        head, current, page = log.opening("r", since, known, limit)
+        return head, current, list(page)
+
+    assert opened(None, "", 2) == (5, epoch, stored[3:])
+    assert opened(None, epoch, 10) == (5, epoch, stored)
+    assert opened(None, epoch, 0) == (5, epoch, [])
+    assert opened(2, epoch, 2) == (5, epoch, stored[2:4])
+    assert opened(0, "", 10) == (5, epoch, stored)
+    assert opened(5, epoch, 10) == (5, epoch, [])
+    assert opened(MAX_MESSAGE_ID, "", 10) == (5, epoch, [])
+    assert log.opening("nowhere", None, "", 5)[::2] == (0, [])
+
+
 def test_before_reads_the_newest_below_an_id_oldest_first(engine: Engine) -> None:
     log = engine.messages
     stored = [log.append(draft(f"m{n}"))[0] for n in range(5)]
