@@ -50,14 +50,14 @@ class LocalChat:
     authenticator: Authenticator
     # In memory the core never waits, so it is called directly. On Redis it waits on the
     # network, so it runs in a greenlet that the loop's task resumes (handler/local/greenbridge.py).
-    bridged: bool = False
+    greenlets: greenbridge.Greenlets | None = None
     engine: RedisEngine | None = None
     metrics: ChatMetrics = field(default_factory=ChatMetrics)
 
     async def call(self, function: Callable[..., T], *args: Any) -> T:
         """Run a core call where the core runs."""
-        if self.bridged:
-            return await greenbridge.call(function, *args)
+        if self.greenlets is not None:
+            return await self.greenlets.call(function, *args)
         return function(*args)
 
     def drain(self) -> None:
@@ -167,8 +167,9 @@ def _on_redis(
         timer=LoopTimer(),
     )
     engine = RedisEngine(endpoint, feed)
+    greenlets = greenbridge.Greenlets()
     return LocalChat(
-        settings, core, delivery, authenticator, bridged=True, engine=engine, metrics=metrics
+        settings, core, delivery, authenticator, greenlets=greenlets, engine=engine, metrics=metrics
     )
 
 
