@@ -6,12 +6,12 @@ core in worker threads costs four thread hand-offs per call (to the thread, to t
 back twice), and each is a futex wake and a GIL hand-off: on a 2-core VM they cost more CPU
 than the Redis round trip they wrap (docs/performance.md, section 9).
 
-So the core runs in a greenlet on the loop's own thread instead: `Greenlets.call` runs it there
-(in a greenlet of its own, reused by later calls), and when a port needs Redis, `wait`
+So the core runs in a greenlet on the loop's own thread instead: `Greenlets.call` runs it
+there (in a greenlet of its own, reused by later calls), and when a port needs Redis, `wait`
 switches back to the loop's task with the coroutine, which awaits it and switches in again
-with its result. The same idea as SQLAlchemy's asyncio
-bridge (`greenlet_spawn` / `await_only`). Everything stays on one thread: between two `wait`s
-the core runs without interruption, as plain loop code does between two `await`s.
+with its result. The same idea as SQLAlchemy's asyncio bridge (`greenlet_spawn` /
+`await_only`). Everything stays on one thread: between two `wait`s the core runs without
+interruption, as plain loop code does between two `await`s.
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ from greenlet import GreenletExit, getcurrent, greenlet
 T = TypeVar("T")
 
 
-# Idle greenlets `Greenlets` keeps for its next calls: starting a greenlet and running it to its
-# end costs about 9 µs of CPU, resuming one about 0.3 µs; a reconnect storm has at most its
-# handshakes in flight (100 in bench/storm.py) in the core at once.
+# Idle greenlets `Greenlets` keeps for its next calls: starting a greenlet and running it to
+# its end costs about 9 µs of CPU, resuming one about 0.3 µs; a reconnect storm has at most
+# its handshakes in flight (100 in bench/storm.py) in the core at once.
 IDLE_KEPT = 128
 
 
@@ -88,8 +88,8 @@ class Greenlets:
 
 
 def can_wait() -> bool:
-    """True inside `Greenlets.call`: `wait` may be used. False in plain loop code, which must not
-    block and so should start a task instead."""
+    """True inside `Greenlets.call`: `wait` may be used. False in plain loop code, which must
+    not block and so should start a task instead."""
     return isinstance(getcurrent(), _Bridged)
 
 
