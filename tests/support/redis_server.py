@@ -4,17 +4,16 @@ of three primaries and their three replicas."""
 
 from __future__ import annotations
 
-import random
 import signal
 import socket
 import subprocess
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.support.servers import free_port
+from tests.support.servers import free_port, free_ports
 from tests.support.tools import require
 
 
@@ -213,7 +212,7 @@ def _cluster_nodes(directory: Path, count: int, started: list[RedisServer]) -> l
     found free can be taken before a node binds them (another test's server): then the
     nodes go, and new ports are tried, up to three times."""
     for attempt in range(3):
-        ports = _free_ports(count * 2)  # a port and a bus port for each node
+        ports = free_ports(count * 2)  # a port and a bus port for each node
         nodes = [
             RedisServer(
                 ports[2 * n],
@@ -239,34 +238,6 @@ def _cluster_nodes(directory: Path, count: int, started: list[RedisServer]) -> l
                     node.stop()
                     started.remove(node)
     raise AssertionError("unreachable")
-
-
-def _free_ports(count: int) -> list[int]:
-    """`count` free loopback ports, all different, below the system's ephemeral range. A
-    port the system hands out (bind to 0) comes from that range, which outgoing connections
-    draw from too: between this check and the node's bind, one of the suite's thousands of
-    client sockets took a cluster bus port once (`Address already in use`)."""
-    low = _ephemeral_low()
-    candidates = random.sample(range(max(1024, low - 12_000), low), 200)
-    with ExitStack() as stack:
-        found: list[int] = []
-        for port in candidates:
-            sock = stack.enter_context(socket.socket())
-            try:
-                sock.bind(("127.0.0.1", port))  # held until all are found
-            except OSError:
-                continue
-            found.append(port)
-            if len(found) == count:
-                return found
-    raise RuntimeError(f"no {count} free ports below {low}")
-
-
-def _ephemeral_low() -> int:
-    try:
-        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32768  # Linux's default
 
 
 def _wait_for_cluster(nodes: list[RedisServer]) -> None:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+import random
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,9 +19,37 @@ WSCHAT = Path(sys.executable).parent / "wschat"
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A free loopback port for a server a test starts (see `free_ports`)."""
+    (port,) = free_ports(1)
+    return port
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` free loopback ports, all different, below the system's ephemeral range. A
+    port the system hands out (bind to 0) comes from that range, which outgoing connections
+    draw from too: between this check and the server's bind, one of the suite's thousands of
+    client sockets took a Redis Cluster bus port once (`Address already in use`)."""
+    low = _ephemeral_low()
+    candidates = random.sample(range(max(1024, low - 12_000), low), 200)
+    with ExitStack() as stack:
+        found: list[int] = []
+        for port in candidates:
+            sock = stack.enter_context(socket.socket())
+            try:
+                sock.bind(("127.0.0.1", port))  # held until all are found
+            except OSError:
+                continue
+            found.append(port)
+            if len(found) == count:
+                return found
+    raise RuntimeError(f"no {count} free ports below {low}")
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
 
 
 @dataclass
