@@ -2,7 +2,8 @@
 
 No caller waits for a timer: a lone submission goes at once (the next turn of the loop);
 only submissions made while a call is on its way wait, for that call's answer, and then go
-together in one call (docs/scaling.md, "Joins and leaves batched").
+together in one call (docs/scaling.md, "Joins and leaves batched"). A worker's publications,
+its rooms' joins and leaves, and its reads each go this way.
 """
 
 from __future__ import annotations

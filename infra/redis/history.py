@@ -37,14 +37,13 @@ no history, and no epoch until its first message or member.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import secrets
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from handler.chat.ports import ChatMessage, Draft
+from infra.redis.group_commit import GroupCommit
 from infra.redis.high_water import NO_MARK, HighWater, Mark
 from infra.redis.pipelined_calls import Command, PipelinedCalls, evalsha
 from infra.redis.scripts import run_pipelined
@@ -315,13 +314,9 @@ _Call = tuple[list[str], list[Any]]  # one run of the publish script: its keys a
 PUBLICATION_TEXT = 256 * 1024  # characters of message text per script call, about (_chunks)
 
 
-@dataclass
-class _Queued:
-    """One caller's drafts, waiting for the turn's pipeline, and where their answer goes."""
-
-    drafts: Sequence[Draft]
-    ts: float
-    answer: asyncio.Future[list[tuple[ChatMessage, bool]]]
+# One caller's drafts and their time, waiting for the next publication pipeline.
+_Queued = tuple[Sequence[Draft], float]
+_Answer = list[tuple[ChatMessage, bool]]
 
 
 class RedisHistory:
@@ -339,8 +334,11 @@ class RedisHistory:
         # The reads many welcomes make at once share round trips, with the joins and leaves
         # made meanwhile (infra/redis/pipelined_calls.py).
         self.calls = PipelinedCalls(redis)
-        self._queued: list[_Queued] = []  # publications waiting for this turn's pipeline
-        self._sending: set[asyncio.Task[None]] = set()
+        # Publications by group commit: those made while a pipeline of them is in flight go
+        # together in the next (infra/redis/group_commit.py).
+        self._publications: GroupCommit[_Queued, _Answer | Exception] = GroupCommit(
+            self._send, lambda: None
+        )
 
     async def append(self, draft: Draft, ts: float) -> tuple[ChatMessage, bool]:
         (stored,) = await self.append_many([draft], ts)
@@ -349,61 +347,44 @@ class RedisHistory:
     async def append_many(
         self, drafts: Sequence[Draft], ts: float
     ) -> list[tuple[ChatMessage, bool]]:
-        """Publish `drafts` in order. What every socket hands over in one turn of the event
-        loop goes to Redis together: one script run per room, in the order handed over (each
-        socket waits for its answer before it sends more, so its order holds), all in one
-        pipeline. Each run publishes its new messages as one payload, which each subscriber
-        reads once."""
-        answer: asyncio.Future[list[tuple[ChatMessage, bool]]]
-        answer = asyncio.get_running_loop().create_future()
-        self._queued.append(_Queued(drafts, ts, answer))
-        if len(self._queued) == 1:  # the first this turn: send once the others have queued
-            asyncio.get_running_loop().call_soon(self._send_queued)
-        return await answer
+        """Publish `drafts` in order. What every socket hands over while a pipeline of
+        publications is in flight goes to Redis together, in the next: one script run per
+        room, in the order handed over (each socket waits for its answer before it sends
+        more, so its order holds). Each run publishes its new messages as one payload, which
+        each subscriber reads once."""
+        answer = await self._publications.submit((drafts, ts))
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
 
-    def _send_queued(self) -> None:
-        queued, self._queued = self._queued, []
-        task = asyncio.get_running_loop().create_task(self._send(queued))
-        self._sending.add(task)  # a reference, so the task is not collected half-way
-        task.add_done_callback(self._sending.discard)
-
-    async def _send(self, queued: list[_Queued]) -> None:
-        # The turn's drafts by room, in the order handed over; each as (caller, place).
+    async def _send(self, queued: list[_Queued]) -> list[_Answer | Exception]:
+        # The batch's drafts by room, in the order handed over; each as (caller, place).
         runs: dict[str, list[tuple[int, int]]] = {}
-        for n, caller in enumerate(queued):
-            for place, draft in enumerate(caller.drafts):
+        for n, (drafts, _) in enumerate(queued):
+            for place, draft in enumerate(drafts):
                 runs.setdefault(draft.room, []).append((n, place))
         carried = [chunk for run in runs.values() for chunk in self._chunks(queued, run)]
         calls = [
-            self._publication([(queued[n].drafts[place], queued[n].ts) for n, place in chunk])
+            self._publication([(queued[n][0][place], queued[n][1]) for n, place in chunk])
             for chunk in carried
         ]
-        try:
-            # A node without the script runs none of its calls: they are sent again once it
-            # is loaded (infra/redis/scripts.py).
-            replies = await run_pipelined(self._redis, self._publish, calls)
-            answers: list[list[Any]] = [[None] * len(caller.drafts) for caller in queued]
-            failed: dict[int, Exception] = {}
-            for chunk, reply in zip(carried, replies, strict=True):
-                if isinstance(reply, Exception):  # part may have run: the caller closes the
-                    failed.update(dict.fromkeys((n for n, _ in chunk), reply))  # socket
-                    continue
-                epoch, *each = reply  # the epoch, then each draft's answer
-                for (n, place), answer in zip(chunk, each, strict=True):
-                    caller = queued[n]
-                    stored = _stored(caller.drafts[place], caller.ts, answer)
-                    answers[n][place] = stored
-                    message, _ = stored
-                    self.high_water.saw(message.room, text(epoch), message.id, message.ts)
-        except Exception as error:  # not one caller may wait for an answer that cannot come
-            answers, failed = [], dict.fromkeys(range(len(queued)), error)
-        for n, caller in enumerate(queued):
-            if caller.answer.done():  # its caller gave up (CALL_TIMEOUT)
+        # A node without the script runs none of its calls: they are sent again once it is
+        # loaded (infra/redis/scripts.py). An error of the whole pipeline fails every caller.
+        replies = await run_pipelined(self._redis, self._publish, calls)
+        answers: list[list[Any]] = [[None] * len(drafts) for drafts, _ in queued]
+        failed: dict[int, Exception] = {}
+        for chunk, reply in zip(carried, replies, strict=True):
+            if isinstance(reply, Exception):  # part may have run: the caller closes the socket
+                failed.update(dict.fromkeys((n for n, _ in chunk), reply))
                 continue
-            if n in failed:
-                caller.answer.set_exception(failed[n])
-            else:
-                caller.answer.set_result(answers[n])
+            epoch, *each = reply  # the epoch, then each draft's answer
+            for (n, place), answer in zip(chunk, each, strict=True):
+                drafts, ts = queued[n]
+                stored = _stored(drafts[place], ts, answer)
+                answers[n][place] = stored
+                message, _ = stored
+                self.high_water.saw(message.room, text(epoch), message.id, message.ts)
+        return [failed.get(n, answer) for n, answer in enumerate(answers)]
 
     @staticmethod
     def _chunks(queued: list[_Queued], run: list[tuple[int, int]]) -> list[list[tuple[int, int]]]:
@@ -414,7 +395,7 @@ class RedisHistory:
         chunks: list[list[tuple[int, int]]] = [[]]
         size = 0
         for n, place in run:
-            text = len(queued[n].drafts[place].text)
+            text = len(queued[n][0][place].text)
             if chunks[-1] and size + text > PUBLICATION_TEXT:
                 chunks.append([])
                 size = 0

@@ -141,15 +141,18 @@ async def post(history: RedisHistory, room: str, text: str) -> None:
 
 
 @contextlib.contextmanager
-def round_trips() -> Iterator[list[int]]:
-    """Counts what this process sends to Redis meanwhile: a command, or a whole pipeline, is
-    one send (and one round trip)."""
+def round_trips(carrying: bytes = b"") -> Iterator[list[int]]:
+    """Counts what this process sends to Redis meanwhile (only the sends with `carrying` in
+    them, if given: the worker's heartbeat and canary go on meanwhile): a command, or a whole
+    pipeline, is one send (and one round trip)."""
     sends = [0]
     send = AbstractConnection.send_packed_command
 
-    async def counted(self: AbstractConnection, *args: Any, **kwargs: Any) -> None:
-        sends[0] += 1
-        await send(self, *args, **kwargs)
+    async def counted(self: AbstractConnection, command: Any, *args: Any, **kwargs: Any) -> None:
+        packed = command.encode() if isinstance(command, str) else command
+        if carrying in (packed if isinstance(packed, bytes) else b"".join(packed)):
+            sends[0] += 1
+        await send(self, command, *args, **kwargs)
 
     AbstractConnection.send_packed_command = counted  # type: ignore[method-assign]
     try:
@@ -1544,7 +1547,7 @@ async def test_joins_and_welcome_reads_made_at_once_share_one_round_trip(
     ]
     await feed.membership.register(members[0])  # the pool's connection made, scripts loaded
     await history.opening("trips", None, NO_MARK, 10)
-    with round_trips() as sends:
+    with round_trips(carrying=b"EVALSHA") as sends:
         joined, _ = await asyncio.gather(
             asyncio.gather(*(feed.membership.register(member) for member in members[1:])),
             asyncio.gather(*(history.opening("trips", None, NO_MARK, 10) for _ in members[1:])),
@@ -1552,6 +1555,37 @@ async def test_joins_and_welcome_reads_made_at_once_share_one_round_trip(
     assert sends == [1]
     assert [count for _, count in joined] == list(range(2, 9))
     assert await feed.count("trips") == 8
+
+
+@pytest.mark.timeout(30)
+async def test_publications_made_while_one_is_in_flight_go_together_in_the_next(
+    chat: LocalChat,
+) -> None:
+    """Each turn of the loop sent the publications handed over in it in a pipeline of its
+    own, however many were in flight: senders whose messages come in turns of their own
+    took a round trip each (and a pool connection each while the others were out). Now
+    those made while a pipeline is in flight wait for it, and go together, in order."""
+    assert chat.engine is not None
+    history = chat.engine.feed.subscription._history
+    await history.append(Draft("pubs", "u0", "u0", "warm"), ts=0.0)  # the script loaded
+    await chat.engine.client.client_pause(1000, all=False)  # the first pipeline stays out
+    with round_trips(carrying=history._publish.sha.encode()) as sends:
+        first = asyncio.create_task(history.append(Draft("pubs", "u1", "u1", "first"), 0.0))
+        await asyncio.sleep(0.05)
+        later = []
+        for n in range(2, 6):
+            draft = Draft("pubs", f"u{n}", f"u{n}", f"later {n}")
+            later.append(asyncio.create_task(history.append(draft, 0.0)))
+            await asyncio.sleep(0)  # each in a turn of its own
+        stored = [await first, *[await task for task in later]]
+    assert sends == [2]
+    assert [(message.id, message.text) for message, _ in stored] == [
+        (2, "first"),
+        (3, "later 2"),
+        (4, "later 3"),
+        (5, "later 4"),
+        (6, "later 5"),
+    ]
 
 
 @pytest.mark.timeout(30)
