@@ -6,7 +6,7 @@ import gc
 
 from fastapi.testclient import TestClient
 
-from handler.local.service import create_local_app
+from handler.local.service import GC_YOUNG, create_local_app
 from infra.settings import Settings
 
 
@@ -21,3 +21,16 @@ def test_a_started_worker_freezes_what_it_holds_out_of_the_collectors_sight() ->
     finally:
         gc.unfreeze()
     assert frozen > 10_000  # the imports alone are tens of thousands of objects
+
+
+def test_a_started_worker_collects_its_youngest_objects_less_often() -> None:
+    """The collector's youngest generation ran every 700 container objects more made than
+    freed: every few connects in a reconnect storm (docs/performance.md, section 11)."""
+    before = gc.get_threshold()
+    try:
+        with TestClient(create_local_app(Settings())) as client:
+            assert client.get("/healthz").status_code == 200
+            assert gc.get_threshold() == (GC_YOUNG, *before[1:])
+    finally:
+        gc.set_threshold(*before)
+        gc.unfreeze()
