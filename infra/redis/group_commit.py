@@ -12,19 +12,29 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
+from infra.redis.bridge import CALL_TIMEOUT
+
 T = TypeVar("T")
 R = TypeVar("R")
 
 
 class GroupCommit(Generic[T, R]):
     """Runs `flush` on batches of submitted items, one call at a time; `flush` answers one
-    result per item, in order. `idle` is called once nothing is pending nor in flight."""
+    result per item, in order. `idle` is called once nothing is pending nor in flight. A
+    call not answered within `timeout` seconds fails its batch (TimeoutError) and the next
+    batch goes: one connection that stopped answering (a peer gone without a word, which
+    redis-py, without a read timeout, would wait on for as long as TCP lets it) holds up no
+    more than one batch, each of whose callers gave up by then anyway (CALL_TIMEOUT)."""
 
     def __init__(
-        self, flush: Callable[[list[T]], Awaitable[list[R]]], idle: Callable[[], object]
+        self,
+        flush: Callable[[list[T]], Awaitable[list[R]]],
+        idle: Callable[[], object],
+        timeout: float = CALL_TIMEOUT,
     ) -> None:
         self._flush = flush
         self._idle = idle
+        self._timeout = timeout
         self._pending: list[tuple[T, asyncio.Future[R]]] = []
         self._drainer: asyncio.Task[None] | None = None
 
@@ -42,7 +52,8 @@ class GroupCommit(Generic[T, R]):
             while self._pending:
                 batch, self._pending = self._pending, []
                 try:
-                    results = await self._flush([item for item, _ in batch])
+                    async with asyncio.timeout(self._timeout):  # redis-py drops the connection
+                        results = await self._flush([item for item, _ in batch])
                 except BaseException as error:  # every item of the batch fails with it
                     for _, future in batch:
                         if not future.done():

@@ -58,3 +58,24 @@ async def test_a_caller_that_stops_waiting_does_not_undo_its_item() -> None:
         await asyncio.wait_for(batch.submit(7), 0.01)
     await asyncio.sleep(0.1)
     assert done == [7]
+
+
+@pytest.mark.timeout(5)
+async def test_a_call_that_never_answers_fails_its_batch_and_the_next_goes_on() -> None:
+    """A call that never came back (a connection whose peer vanished without a word: redis-py
+    has no read timeout) held every later batch behind it, for as long as TCP kept the
+    connection: the worker's publications, or its joins, stopped for good."""
+    forever = asyncio.Event()
+
+    async def flush(items: list[int]) -> list[int]:
+        if 0 in items:
+            await forever.wait()
+        return items
+
+    batch: GroupCommit[int, int] = GroupCommit(flush, lambda: None, timeout=0.1)
+    stuck = asyncio.create_task(batch.submit(0))
+    await asyncio.sleep(0)
+    later = asyncio.create_task(batch.submit(1))  # waits for the call in flight
+    with pytest.raises(TimeoutError):
+        await stuck
+    assert await later == 1
