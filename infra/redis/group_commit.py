@@ -22,9 +22,10 @@ class GroupCommit(Generic[T, R]):
     """Runs `flush` on batches of submitted items, one call at a time; `flush` answers one
     result per item, in order. `idle` is called once nothing is pending nor in flight. A
     call not answered within `timeout` seconds fails its batch (TimeoutError) and the next
-    batch goes: one connection that stopped answering (a peer gone without a word, which
-    redis-py, without a read timeout, would wait on for as long as TCP lets it) holds up no
-    more than one batch, each of whose callers gave up by then anyway (CALL_TIMEOUT)."""
+    batch goes. Against a Redis that stops answering, redis-py gives up a read after 5 s and
+    tries again, ten times (infra/redis/endpoint.py): one call took 63 s to fail, and every
+    later batch waited behind it, long after its callers gave up (CALL_TIMEOUT). A batch
+    given up may still be stored once Redis reads it, as any call whose answer never came."""
 
     def __init__(
         self,

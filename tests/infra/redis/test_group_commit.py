@@ -4,7 +4,12 @@ import asyncio
 
 import pytest
 
+from handler.chat.ports import Draft
+from infra.redis.endpoint import Endpoint
 from infra.redis.group_commit import GroupCommit
+from infra.redis.history import RedisHistory
+from infra.redis.liveness import RedisLink
+from tests.support.redis_server import RedisServer
 
 
 async def test_a_lone_item_goes_at_once_and_those_made_meanwhile_go_together() -> None:
@@ -62,9 +67,8 @@ async def test_a_caller_that_stops_waiting_does_not_undo_its_item() -> None:
 
 @pytest.mark.timeout(5)
 async def test_a_call_that_never_answers_fails_its_batch_and_the_next_goes_on() -> None:
-    """A call that never came back (a connection whose peer vanished without a word: redis-py
-    has no read timeout) held every later batch behind it, for as long as TCP kept the
-    connection: the worker's publications, or its joins, stopped for good."""
+    """A call that did not come back held every later batch behind it for as long as it
+    took: the worker's publications, or its joins, stopped meanwhile."""
     forever = asyncio.Event()
 
     async def flush(items: list[int]) -> list[int]:
@@ -79,3 +83,28 @@ async def test_a_call_that_never_answers_fails_its_batch_and_the_next_goes_on() 
     with pytest.raises(TimeoutError):
         await stuck
     assert await later == 1
+
+
+@pytest.mark.timeout(30)
+async def test_a_silent_redis_holds_up_one_batch_only_for_the_timeout(redis: RedisServer) -> None:
+    """Against a Redis that stops answering, redis-py gives up a read after 5 s and tries
+    again, ten times (the worker's policy, infra/redis/endpoint.py): one call took 63 s to
+    fail, and every later batch of the worker waited behind it, to land long after its
+    callers gave up. The batch is given up after its timeout, and once Redis answers again
+    the next one goes at once. What was given up may still be stored (Redis reads it when
+    it wakes), once, as any call whose answer never came."""
+    client = Endpoint(redis.url(), RedisLink()).client  # the worker's client and policy
+    history = RedisHistory(client, 100, 3600)
+    history._publications._timeout = 0.5  # CALL_TIMEOUT, shortened for the test
+    before, _ = await history.append(Draft("silent", "u1", "u1", "before"), 0.0)
+    redis.pause()
+    try:
+        with pytest.raises(TimeoutError):
+            await history.append(Draft("silent", "u1", "u1", "given up"), 0.0)
+    finally:
+        redis.resume()
+    after, _ = await history.append(Draft("silent", "u1", "u1", "after"), 0.0)
+    stored = [message.text for message in await history.recent("silent", 10)]
+    assert stored in (["before", "after"], ["before", "given up", "after"])
+    assert (before.id, after.id) == (1, len(stored))
+    await client.aclose()
