@@ -30,7 +30,7 @@ class GroupCommit(Generic[T, R]):
     def __init__(
         self,
         flush: Callable[[list[T]], Awaitable[list[R]]],
-        idle: Callable[[], object],
+        idle: Callable[[], object] = lambda: None,
         timeout: float = CALL_TIMEOUT,
     ) -> None:
         self._flush = flush

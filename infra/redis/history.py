@@ -40,7 +40,7 @@ from __future__ import annotations
 import json
 import secrets
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from handler.chat.ports import ChatMessage, Draft
 from infra.redis.group_commit import GroupCommit
@@ -258,16 +258,6 @@ def retries_key(room: str) -> str:
     return room_key(room, "retries")
 
 
-def _read_recent(room: str, limit: int) -> Command:
-    """The room's last `limit` stream entries, newest first."""
-    return lambda redis: redis.xrevrange(log_key(room), count=limit)
-
-
-def _read_after(room: str, after_id: int, limit: int) -> Command:
-    """The room's first `limit` stream entries after `after_id`."""
-    return lambda redis: redis.xrange(log_key(room), min=f"{after_id + 1}-0", max="+", count=limit)
-
-
 def _message(body: str | bytes) -> ChatMessage:
     return _from_fields(json.loads(body))
 
@@ -314,8 +304,13 @@ _Call = tuple[list[str], list[Any]]  # one run of the publish script: its keys a
 PUBLICATION_TEXT = 256 * 1024  # characters of message text per script call, about (_chunks)
 
 
-# One caller's drafts and their time, waiting for the next publication pipeline.
-_Queued = tuple[Sequence[Draft], float]
+class _Queued(NamedTuple):
+    """One caller's drafts and their time, waiting for the next publication pipeline."""
+
+    drafts: Sequence[Draft]
+    ts: float
+
+
 _Answer = list[tuple[ChatMessage, bool]]
 
 
@@ -336,9 +331,7 @@ class RedisHistory:
         self.calls = PipelinedCalls(redis)
         # Publications by group commit: those made while a pipeline of them is in flight go
         # together in the next (infra/redis/group_commit.py).
-        self._publications: GroupCommit[_Queued, _Answer | Exception] = GroupCommit(
-            self._send, lambda: None
-        )
+        self._publications: GroupCommit[_Queued, _Answer | Exception] = GroupCommit(self._send)
 
     async def append(self, draft: Draft, ts: float) -> tuple[ChatMessage, bool]:
         (stored,) = await self.append_many([draft], ts)
@@ -352,7 +345,7 @@ class RedisHistory:
         room, in the order handed over (each socket waits for its answer before it sends
         more, so its order holds). Each run publishes its new messages as one payload, which
         each subscriber reads once."""
-        answer = await self._publications.submit((drafts, ts))
+        answer = await self._publications.submit(_Queued(drafts, ts))
         if isinstance(answer, Exception):
             raise answer
         return answer
@@ -365,7 +358,7 @@ class RedisHistory:
                 runs.setdefault(draft.room, []).append((n, place))
         carried = [chunk for run in runs.values() for chunk in self._chunks(queued, run)]
         calls = [
-            self._publication([(queued[n][0][place], queued[n][1]) for n, place in chunk])
+            self._publication([(queued[n].drafts[place], queued[n].ts) for n, place in chunk])
             for chunk in carried
         ]
         # A node without the script runs none of its calls: they are sent again once it is
@@ -395,7 +388,7 @@ class RedisHistory:
         chunks: list[list[tuple[int, int]]] = [[]]
         size = 0
         for n, place in run:
-            text = len(queued[n][0][place].text)
+            text = len(queued[n].drafts[place].text)
             if chunks[-1] and size + text > PUBLICATION_TEXT:
                 chunks.append([])
                 size = 0
@@ -443,13 +436,15 @@ class RedisHistory:
         """As `after`, with each message's sending connection: None for none (REST), or if
         a worker from before 2026-11-26 stored it. A catch-up must not send a text-dialect
         client's line back to it."""
-        entries = await self.calls.run(_read_after(room, after_id, limit))
+        entries = await self.calls.run(
+            lambda redis: redis.xrange(log_key(room), min=f"{after_id + 1}-0", max="+", count=limit)
+        )
         return [(_message(entry[b"m"]), text(entry.get(b"s", b"")) or None) for _, entry in entries]
 
     async def recent(self, room: str, limit: int) -> Sequence[ChatMessage]:
         if limit <= 0:
             return []
-        entries = await self.calls.run(_read_recent(room, limit))
+        entries = await self.calls.run(lambda redis: redis.xrevrange(log_key(room), count=limit))
         return [_message(entry[b"m"]) for _, entry in reversed(entries)]
 
     async def before(self, room: str, before_id: int, limit: int) -> Sequence[ChatMessage]:

@@ -266,9 +266,7 @@ class Membership:
         # Group commit, per room and for this worker's conns (infra/redis/group_commit.py);
         # a room's batch then goes with the worker's other calls (`calls`).
         self._rooms: dict[str, GroupCommit[tuple[str, Connection], list[Any]]] = {}
-        self._conns: GroupCommit[tuple[str, str | None], None] = GroupCommit(
-            self._write_conns, lambda: None
-        )
+        self._conns: GroupCommit[tuple[str, str | None], None] = GroupCommit(self._write_conns)
 
     async def register(self, connection: Connection) -> tuple[str, int]:
         """The member in Redis: this worker's conns entry, then its room's record (which

@@ -32,9 +32,7 @@ class PipelinedCalls:
 
     def __init__(self, redis: Any) -> None:
         self._redis = redis
-        self._batches: GroupCommit[Sequence[Command], list[Any]] = GroupCommit(
-            self._send, lambda: None
-        )
+        self._batches: GroupCommit[Sequence[Command], list[Any]] = GroupCommit(self._send)
 
     async def run(self, command: Command) -> Any:
         """`command`'s reply."""
